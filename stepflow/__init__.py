@@ -1,0 +1,101 @@
+"""stepflow: long-running external processes as explicit, immutable state machines.
+
+Build a flow spec, compile it, and drive it::
+
+    import stepflow
+
+    flow = stepflow.new(
+        stepflow.named("deploy/v1")
+        .do("collect", collect)
+        .wait_for("collected", is_collected)
+        .case("shouldDeploy", should_deploy, stepflow.steps().do("push", push))
+    )
+    state = flow.apply(None, ctx)          # one step; save stepflow.dumps(state)
+
+The core (:mod:`stepflow.core`) is pure: :func:`advance` maps
+``(definition, state, effects)`` to ``(state, commands)`` and executes nothing.
+The shell (:class:`Interpreter`, :class:`Flow`'s drivers, the codec) carries the
+commands out.
+"""
+
+from stepflow.codec import FORMAT_VERSION as FORMAT_VERSION
+from stepflow.codec import dumps as dumps
+from stepflow.codec import loads as loads
+from stepflow.codec import make_converter as make_converter
+from stepflow.core.advance import advance as advance
+from stepflow.core.definition import Destination as Destination
+from stepflow.core.definition import FlowDefinition as FlowDefinition
+from stepflow.core.definition import Transition as Transition
+from stepflow.core.messages import CallHandler as CallHandler
+from stepflow.core.messages import Command as Command
+from stepflow.core.messages import Effect as Effect
+from stepflow.core.messages import HandlerRaised as HandlerRaised
+from stepflow.core.messages import HandlerReturned as HandlerReturned
+from stepflow.core.spec import Steps as Steps
+from stepflow.core.spec import named as named
+from stepflow.core.spec import steps as steps
+from stepflow.core.state import ErrorRecord as ErrorRecord
+from stepflow.core.state import State as State
+from stepflow.core.state import Status as Status
+from stepflow.errors import CorruptStateError as CorruptStateError
+from stepflow.errors import DefinitionError as DefinitionError
+from stepflow.errors import DuplicateEffectError as DuplicateEffectError
+from stepflow.errors import EffectError as EffectError
+from stepflow.errors import FlowFailed as FlowFailed
+from stepflow.errors import FlowMismatchError as FlowMismatchError
+from stepflow.errors import HandlerResultError as HandlerResultError
+from stepflow.errors import IncompatibleDefinition as IncompatibleDefinition
+from stepflow.errors import InterpreterError as InterpreterError
+from stepflow.errors import LateEffectError as LateEffectError
+from stepflow.errors import RecordedError as RecordedError
+from stepflow.errors import StateError as StateError
+from stepflow.errors import StepflowError as StepflowError
+from stepflow.errors import UnknownEffectError as UnknownEffectError
+from stepflow.errors import UnknownEventError as UnknownEventError
+from stepflow.flow import Flow as Flow
+from stepflow.flow import new as new
+from stepflow.interpreter import Interpreter as Interpreter
+from stepflow.interpreter import rebuild_exception as rebuild_exception
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CallHandler",
+    "Command",
+    "CorruptStateError",
+    "DefinitionError",
+    "Destination",
+    "DuplicateEffectError",
+    "Effect",
+    "EffectError",
+    "ErrorRecord",
+    "Flow",
+    "FlowDefinition",
+    "FlowFailed",
+    "FlowMismatchError",
+    "HandlerRaised",
+    "HandlerResultError",
+    "HandlerReturned",
+    "IncompatibleDefinition",
+    "Interpreter",
+    "InterpreterError",
+    "LateEffectError",
+    "RecordedError",
+    "State",
+    "StateError",
+    "Status",
+    "StepflowError",
+    "Steps",
+    "Transition",
+    "UnknownEffectError",
+    "UnknownEventError",
+    "advance",
+    "dumps",
+    "loads",
+    "make_converter",
+    "named",
+    "new",
+    "rebuild_exception",
+    "steps",
+]

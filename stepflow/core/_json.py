@@ -1,0 +1,58 @@
+"""Freeze and thaw JSON values for the state's outputs (pure)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pyrsistent import PMap, PVector, pmap, pvector
+
+__all__ = ["NotJSON", "freeze_json", "thaw_json"]
+
+
+class NotJSON(TypeError):
+    """Internal: a value is not JSON data; ``where`` is a ``$``-path to it."""
+
+    def __init__(self, value: Any, where: str) -> None:
+        super().__init__(f"{where} is {type(value).__name__} {value!r:.80}")
+        self.where = where
+
+
+def freeze_json(value: Any, where: str = "$") -> Any:
+    """Return ``value`` as immutable JSON data (lists -> pvector, objects -> pmap).
+
+    Raises:
+        NotJSON: if any part is not a str-keyed object, array, str, int, finite
+            float, bool or None.
+
+    """
+    if value is None or value is True or value is False or type(value) is str:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise NotJSON(value, where)
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (list, tuple, PVector)):
+        return pvector(freeze_json(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, (dict, PMap, Mapping)):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise NotJSON(k, f"{where} key")
+            out[str(k)] = freeze_json(v, f"{where}.{k}")
+        return pmap(out)
+    raise NotJSON(value, where)
+
+
+def thaw_json(value: Any) -> Any:
+    """Return frozen JSON data as plain ``dict``/``list`` values, for encoding."""
+    if isinstance(value, PVector):
+        return [thaw_json(v) for v in value]
+    if isinstance(value, PMap):
+        return {k: thaw_json(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,236 @@
+"""Compile a spec into a :class:`FlowDefinition` plus its handler bindings.
+
+Scopes and events follow go-stepflow character for character:
+
+* a step's scope is ``<parent>/<name>``, with the suffix ``WaitFor``, ``Case``,
+  ``Retry`` or ``LoopUntil`` for those items (``do`` and ``.steps`` add none);
+* ``case`` and ``loop_until`` run their group in a child scope ``steps``; a
+  retry's group *is* its ``<name>Retry`` scope;
+* every scope has a ``start:<path>`` and a ``completed:<path>`` event.
+
+So ``named("deploy/v1").case("shouldDeploy", c, steps().do("x", f))`` has the event
+``start:deploy/v1/shouldDeployCase/steps/x``.
+
+Names are checked here, where the full path of an offending step is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from stepflow.core.definition import (
+    Destination,
+    FlowDefinition,
+    Transition,
+    TransitionKind,
+    completed_event,
+    start_event,
+)
+from stepflow.core.spec import Case, Do, Group, Item, LoopUntil, Retry, Steps, WaitFor
+from stepflow.errors import DefinitionError
+
+__all__ = ["HandlerKey", "compile_spec", "scope_name"]
+
+#: ``(command kind, step path)``: how a command finds the handler it calls.
+HandlerKey = tuple[str, str]
+
+_SUFFIX: Mapping[type, str] = MappingProxyType(
+    {Do: "", Group: "", WaitFor: "WaitFor", Case: "Case", Retry: "Retry", LoopUntil: "LoopUntil"}
+)
+_STATIC: TransitionKind = "static"
+_RETRY = "retry"
+
+
+def scope_name(item: Item) -> str:
+    """Return the scope name go-stepflow gives ``item`` (``"shouldDeployCase"``)."""
+    return item.name + _SUFFIX[type(item)]
+
+
+def _check_root_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise DefinitionError(
+            f"flow name must be a non-empty str, got {name!r}; "
+            'name the flow with named("my-flow/v1")',
+            path=str(name),
+        )
+    if ":" in name:
+        raise DefinitionError(
+            f"flow name {name!r} contains ':', which separates an event from its scope; "
+            "use letters, digits, '-', '_', '.' and '/'",
+            path=name,
+        )
+    if name.startswith("/") or name.endswith("/") or "//" in name:
+        raise DefinitionError(
+            f"flow name {name!r} has an empty '/'-separated segment; write it like \"deploy/v1\"",
+            path=name,
+        )
+    return name
+
+
+def _check_item(item: object, parent: str, index: int) -> Item:
+    if not isinstance(item, (Do, WaitFor, Case, Retry, LoopUntil, Group)):
+        raise DefinitionError(
+            f"step #{index} of {parent!r} is {item!r}, not a step; "
+            "build steps with the methods of stepflow.steps()",
+            path=parent,
+        )
+    name = item.name
+    path = f"{parent}/{name}"
+    if not isinstance(name, str) or not name:
+        raise DefinitionError(
+            f"step #{index} of {parent!r} has name {name!r}; every step needs a non-empty str name",
+            path=path,
+        )
+    for bad in (":", "/"):
+        if bad in name:
+            raise DefinitionError(
+                f"step name {name!r} in {parent!r} contains {bad!r}, which stepflow uses in "
+                "event strings; rename the step (for example with '-' or '_')",
+                path=path,
+            )
+    for attr in ("fn", "cond", "on_error"):
+        if not hasattr(item, attr):
+            continue
+        fn = getattr(item, attr)
+        if not callable(fn):
+            raise DefinitionError(
+                f"the {attr} of step {path!r} is {fn!r}, which is not callable; "
+                "pass a function (plain or async def)",
+                path=path,
+            )
+    body = getattr(item, "body", None)
+    if body is not None and not isinstance(body, Steps):
+        raise DefinitionError(
+            f"the steps of {path!r} are {body!r}, not a spec; pass stepflow.steps()...",
+            path=path,
+        )
+    return item
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self.transitions: list[Transition] = []
+        self.handlers: dict[HandlerKey, Callable[..., Any]] = {}
+
+    def static(self, source: str, destination: str) -> None:
+        self.transitions.append(
+            Transition(source, _STATIC, None, (Destination(destination, _STATIC),))
+        )
+
+    def handler(
+        self,
+        kind: TransitionKind,
+        source: str,
+        step: str,
+        destinations: tuple[Destination, ...],
+        retries: tuple[str, ...],
+        fn: Callable[..., Any],
+    ) -> None:
+        retry_dests = tuple(Destination(start_event(r), _RETRY) for r in retries)
+        self.transitions.append(Transition(source, kind, step, destinations + retry_dests, retries))
+        self.handlers[(kind, step)] = fn
+
+    def steps(self, scope: str, spec: Steps, retries: tuple[str, ...]) -> None:
+        seen: dict[str, int] = {}
+        last = start_event(scope)
+        for index, raw in enumerate(spec.items):
+            item = _check_item(raw, scope, index)
+            name = scope_name(item)
+            child = f"{scope}/{name}"
+            if name in seen:
+                raise DefinitionError(
+                    f"two steps of {scope!r} have the scope name {name!r} "
+                    f"(#{seen[name]} and #{index}); names must be unique in a scope, "
+                    "after the WaitFor/Case/Retry/LoopUntil suffixes",
+                    path=child,
+                )
+            seen[name] = index
+            self.static(last, start_event(child))
+            self.item(child, item, retries)
+            last = completed_event(child)
+        self.static(last, completed_event(scope))
+
+    def item(self, scope: str, item: Item, retries: tuple[str, ...]) -> None:
+        start, done = start_event(scope), completed_event(scope)
+        if isinstance(item, Do):
+            self.handler(
+                "do", start, scope, (Destination(done, "handler returned"),), retries, item.fn
+            )
+        elif isinstance(item, WaitFor):
+            self.handler(
+                "wait_for",
+                start,
+                scope,
+                (
+                    Destination(done, "WaitFor condition is met"),
+                    Destination(start, "WaitFor condition is not met, poll again"),
+                ),
+                retries,
+                item.cond,
+            )
+        elif isinstance(item, Case):
+            group = f"{scope}/steps"
+            self.handler(
+                "case",
+                start,
+                scope,
+                (
+                    Destination(start_event(group), "Case condition is met"),
+                    Destination(done, "Case condition is not met"),
+                ),
+                retries,
+                item.cond,
+            )
+            self.static(completed_event(group), done)
+            self.steps(group, item.body, retries)
+        elif isinstance(item, LoopUntil):
+            group = f"{scope}/steps"
+            self.static(start, start_event(group))
+            self.handler(
+                "loop_until",
+                completed_event(group),
+                scope,
+                (
+                    Destination(done, "LoopUntil condition is met"),
+                    Destination(start_event(group), "LoopUntil condition is not met, loop again"),
+                ),
+                retries,
+                item.cond,
+            )
+            self.steps(group, item.body, retries)
+        elif isinstance(item, Retry):
+            self.handlers[("on_error", scope)] = item.on_error
+            self.steps(scope, item.body, (scope, *retries))
+        else:
+            self.steps(scope, item.body, retries)
+
+
+def compile_spec(
+    spec: Steps,
+) -> tuple[FlowDefinition, Mapping[HandlerKey, Callable[..., Any]]]:
+    """Compile ``spec`` into its definition and the handlers bound to its steps.
+
+    Args:
+        spec: The root spec, from :func:`stepflow.named` or :func:`stepflow.steps`.
+
+    Returns:
+        The :class:`FlowDefinition` (pure data) and a read-only mapping from
+        ``(command kind, step path)`` to the handler that serves it.
+
+    Raises:
+        DefinitionError: for an invalid or duplicate name, a non-callable
+            handler, or a spec that is not a :class:`Steps`, with the path.
+
+    """
+    if not isinstance(spec, Steps):
+        raise DefinitionError(
+            f"expected a flow spec from stepflow.named(...) or stepflow.steps(), got {spec!r}",
+            path="",
+        )
+    name = _check_root_name(spec.name)
+    compiler = _Compiler()
+    compiler.steps(name, spec, ())
+    definition = FlowDefinition(name, tuple(compiler.transitions))
+    return definition, MappingProxyType(compiler.handlers)

@@ -1,0 +1,133 @@
+"""Commands and effects: what the core asks for, and what happened.
+
+Commands are imperative (:class:`CallHandler`): the core asks the shell to call a
+handler. Effects are past tense (:class:`HandlerReturned`, :class:`HandlerRaised`):
+the shell reports the outcome, addressed to the command's id. Both are frozen data;
+they are ``NamedTuple`` subclasses because they are made on every step, and each
+compares equal only to its own type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+from stepflow.core.state import ErrorRecord
+
+__all__ = [
+    "CallHandler",
+    "Command",
+    "CommandKind",
+    "Effect",
+    "HandlerRaised",
+    "HandlerReturned",
+]
+
+CommandKind = Literal["do", "wait_for", "case", "loop_until", "on_error"]
+
+
+class CallHandler(NamedTuple):
+    """Call the handler bound to a step and report its outcome as an effect.
+
+    Attributes:
+        id: Run-unique, deterministic id (the state's sequence number when it was
+            issued). Re-issued commands keep their id.
+        kind: ``"do"``, ``"wait_for"``, ``"case"``, ``"loop_until"`` or
+            ``"on_error"``. It says which handler of the step to call and what its
+            result means: a JSON value for ``do``, a ``bool`` for the others.
+        step: Scope path of the step (``"deploy/v1/shouldDeployCase"``). For
+            ``on_error`` it is the retry scope (``"deploy/v1/pushRetry"``).
+        event: The state event the command belongs to (the position that waits
+            for it).
+        error: For ``on_error``, the error record to hand to the handler; else
+            ``None``.
+
+    """
+
+    id: int
+    kind: CommandKind
+    step: str
+    event: str
+    error: ErrorRecord | None
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is CallHandler and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
+
+    @property
+    def key(self) -> str:
+        """Idempotency key: stable across re-issues of this command in one run.
+
+        Side effects keyed by it (prefixed with a run id when several runs share a
+        store) happen once even when a crashed worker's successor re-runs the
+        command.
+
+        >>> CallHandler(7, "do", "deploy/v1/push", "start:deploy/v1/push", None).key
+        'deploy/v1/push#7'
+        """
+        return f"{self.step}#{self.id}"
+
+
+#: Every command the core can issue. More kinds (timers) join this union later.
+Command = CallHandler
+
+
+class HandlerReturned(NamedTuple):
+    """The handler of command ``command_id`` returned ``value``.
+
+    Attributes:
+        command_id: The id of the answered command.
+        value: The return value: JSON data for ``do``, a ``bool`` for conditions
+            and ``on_error``.
+
+    """
+
+    command_id: int
+    value: Any
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is HandlerReturned and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
+
+
+class HandlerRaised(NamedTuple):
+    """The handler of command ``command_id`` raised.
+
+    Attributes:
+        command_id: The id of the answered command.
+        error: The recorded error (type name, message, step).
+        exception: The live exception object, when the effect was made in this
+            process; ``None`` after a round trip through storage. It does not take
+            part in equality.
+
+    """
+
+    command_id: int
+    error: ErrorRecord
+    exception: BaseException | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is HandlerRaised
+            and self.command_id == other.command_id
+            and self.error == other.error
+        )
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((HandlerRaised, self.command_id, self.error))
+
+
+#: Every effect the core accepts.
+Effect = HandlerReturned | HandlerRaised

@@ -1,0 +1,126 @@
+"""The run state: a typed, versioned, immutable record.
+
+A :class:`State` is everything stepflow needs to continue a run: its position (the
+go-stepflow event strings), its status, the error that failed it, the commands in
+flight, a sequence counter for command ids, and the JSON outputs of its steps.
+
+It is a ``NamedTuple`` because it is built on every step and must be cheap to make;
+it compares equal only to another ``State``, never to a plain tuple.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import attrs
+from pyrsistent import pmap
+from pyrsistent.typing import PMap
+
+if TYPE_CHECKING:
+    from stepflow.core.messages import Command
+
+__all__ = ["COMPLETED", "FAILED", "RUNNING", "ErrorRecord", "State", "Status", "type_name"]
+
+Status = Literal["running", "completed", "failed"]
+RUNNING: Status = "running"
+COMPLETED: Status = "completed"
+FAILED: Status = "failed"
+
+EMPTY_OUTPUTS: PMap[str, Any] = pmap()
+
+
+def type_name(exc: BaseException) -> str:
+    """Return the qualified type name recorded for ``exc``.
+
+    Builtins keep their bare name (``"ValueError"``); other types are
+    ``"module.QualName"``.
+
+    >>> type_name(KeyError("x"))
+    'KeyError'
+    """
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@attrs.frozen
+class ErrorRecord:
+    """What failed, as data: the error's type name, its message, and the step.
+
+    >>> ErrorRecord.from_exception(ValueError("boom"), "deploy/v1/push")
+    ErrorRecord(type='ValueError', message='boom', step='deploy/v1/push')
+
+    Attributes:
+        type: Qualified type name of the exception (see :func:`type_name`).
+        message: ``str()`` of the exception.
+        step: Scope path of the step whose handler failed (for a failing
+            ``on_error`` handler, the path of its retry scope).
+
+    """
+
+    type: str
+    message: str
+    step: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, step: str) -> ErrorRecord:
+        """Record ``exc``, raised by the handler of ``step``."""
+        return cls(type_name(exc), str(exc), step)
+
+
+class State(NamedTuple):
+    """The immutable state of one run of a flow.
+
+    Build the first one with ``advance(definition, None)``; every later one comes
+    from :func:`stepflow.advance` or :func:`stepflow.loads`.
+
+    Attributes:
+        flow: Name of the flow (the root scope, ``"deploy/v1"``).
+        fingerprint: Fingerprint of the definition the state was made under.
+        events: The current position, as go-stepflow event strings
+            (``("start:deploy/v1/push",)``). One entry today; a tuple so that
+            parallel branches can hold several.
+        status: ``"running"``, ``"completed"`` or ``"failed"``.
+        error: The :class:`ErrorRecord` of the failure when ``status`` is
+            ``"failed"``, else ``None``.
+        in_flight: The commands issued and not yet answered.
+        seq: The id of the last command issued (ids count up from 1).
+        outputs: The latest non-``None`` JSON value each ``do`` step returned,
+            keyed by the step's scope path (lists as ``pvector``, objects as
+            ``pmap``).
+
+    """
+
+    flow: str
+    fingerprint: str
+    events: tuple[str, ...]
+    status: Status
+    error: ErrorRecord | None
+    in_flight: tuple[Command, ...]
+    seq: int
+    outputs: PMap[str, Any]
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is State and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the run can still make progress."""
+        return self.status == RUNNING
+
+    @property
+    def is_completed(self) -> bool:
+        """Whether the run reached the end of its flow."""
+        return self.status == COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        """Whether a step failed outside of any retry that would restart it."""
+        return self.status == FAILED

@@ -1,0 +1,206 @@
+"""The stepflow exception hierarchy.
+
+Every exception stepflow raises derives from :class:`StepflowError`, and each
+subclass also extends the builtin that fits it best (``DefinitionError`` is a
+``ValueError``), so callers can catch either the stepflow root or the usual
+builtin. Each carries the values that explain it as attributes, and its message
+says what was wrong and how to fix it.
+
+This module is pure: the core imports it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stepflow.core.state import ErrorRecord, State
+
+__all__ = [
+    "CorruptStateError",
+    "DefinitionError",
+    "DuplicateEffectError",
+    "EffectError",
+    "FlowFailed",
+    "FlowMismatchError",
+    "HandlerResultError",
+    "IncompatibleDefinition",
+    "InterpreterError",
+    "LateEffectError",
+    "RecordedError",
+    "StateError",
+    "StepflowError",
+    "UnknownEffectError",
+    "UnknownEventError",
+]
+
+
+class StepflowError(Exception):
+    """Root of every exception stepflow raises."""
+
+
+class DefinitionError(StepflowError, ValueError):
+    """A flow specification cannot be compiled into a definition.
+
+    Attributes:
+        path: The scope path of the offending step (``"deploy/v1/shouldDeployCase"``),
+            or the root name when the problem is the flow itself.
+
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class EffectError(StepflowError, ValueError):
+    """An effect batch cannot be applied to a state; the state is left unchanged.
+
+    Attributes:
+        command_id: The command id the offending effect was addressed to.
+
+    """
+
+    def __init__(self, message: str, command_id: int) -> None:
+        super().__init__(message)
+        self.command_id = command_id
+
+
+class UnknownEffectError(EffectError):
+    """An effect answers a command that was never issued."""
+
+
+class DuplicateEffectError(EffectError):
+    """One batch holds two effects for the same command."""
+
+
+class LateEffectError(EffectError):
+    """An effect answers a command that was already answered (or is not in flight)."""
+
+
+class StateError(StepflowError, ValueError):
+    """A serialized or given state does not fit the definition it is used with."""
+
+
+class CorruptStateError(StateError):
+    """Serialized state text cannot be read: bad JSON, wrong shape, or unknown format.
+
+    Attributes:
+        problems: One line per problem, each naming the ``$.path`` that was wrong.
+
+    """
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
+class FlowMismatchError(StateError):
+    """The state belongs to another flow than the definition it was given with.
+
+    Attributes:
+        expected: The definition's flow name.
+        actual: The state's flow name.
+
+    """
+
+    def __init__(self, message: str, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class UnknownEventError(StateError):
+    """The state holds events (or commands) the definition does not know.
+
+    Attributes:
+        events: The unknown event strings.
+
+    """
+
+    def __init__(self, message: str, events: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.events = events
+
+
+class IncompatibleDefinition(UnknownEventError):
+    """A state saved under another definition cannot continue under this one.
+
+    Raised when the fingerprints differ and events (or in-flight commands) of the
+    state no longer exist in the new definition.
+
+    Attributes:
+        events: The events (and command sources) missing from the new definition.
+        state_fingerprint: The fingerprint recorded in the state.
+        definition_fingerprint: The fingerprint of the definition given.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        events: tuple[str, ...],
+        state_fingerprint: str,
+        definition_fingerprint: str,
+    ) -> None:
+        super().__init__(message, events)
+        self.state_fingerprint = state_fingerprint
+        self.definition_fingerprint = definition_fingerprint
+
+
+class HandlerResultError(StepflowError, TypeError):
+    """A handler returned a value of the wrong kind.
+
+    The core records it as the step's failure (a ``do`` that returned a value that is
+    not JSON, a condition that returned something other than a ``bool``); it is never
+    raised by :func:`stepflow.advance` itself. The interpreter rebuilds it from the
+    state's error record so ``on_error`` handlers and ``FlowFailed`` see this type.
+    """
+
+
+class RecordedError(StepflowError):
+    """An exception rebuilt from an error record whose original type is unavailable.
+
+    When a state was saved and loaded, the exception object a handler raised no longer
+    exists. ``on_error`` handlers then receive the original type rebuilt from its
+    recorded name and message when that type is importable and takes a message, or
+    this class otherwise.
+
+    Attributes:
+        type_name: The recorded type name (``"builtins.ValueError"``, ``"app.Flaky"``).
+        message: The recorded message.
+
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+class InterpreterError(StepflowError, RuntimeError):
+    """The interpreter was used in a way it cannot serve.
+
+    For example, a synchronous ``execute`` of an ``async def`` handler from inside a
+    running event loop: use ``execute_async`` (or ``apply_async``) there.
+    """
+
+
+class FlowFailed(StepflowError, RuntimeError):
+    """A flow run failed; the failed state is attached and can be saved.
+
+    ``__cause__`` is the handler's exception (or its rebuilt form when the failure
+    was loaded from a saved state).
+
+    Attributes:
+        state: The failed state. It keeps the position and the error record.
+        error: The error record of the failure (``state.error``).
+
+    """
+
+    def __init__(self, state: State, error: ErrorRecord) -> None:
+        super().__init__(
+            f"flow {state.flow!r} failed at step {error.step!r}: {error.type}: {error.message}"
+        )
+        self.state = state
+        self.error = error

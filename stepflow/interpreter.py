@@ -1,0 +1,175 @@
+"""The interpreter: carry out commands by calling the bound handlers.
+
+This is the shell around the pure core. :meth:`Interpreter.execute` looks up the
+handler a :class:`~stepflow.core.messages.CallHandler` names, calls it with the
+caller's context object, unchanged, and turns its outcome into an effect. An
+exception raised by a handler becomes a :class:`HandlerRaised` effect; it never
+escapes.
+
+``on_error`` handlers receive the exception the failing handler raised. The
+interpreter keeps the live exception objects of recent failures for that; when
+the failure was loaded from storage (another process, a restart), it rebuilds one
+from the error record instead (see :func:`rebuild_exception`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import inspect
+import sys
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from stepflow.core.compile import HandlerKey
+from stepflow.core.messages import CallHandler, Effect, HandlerRaised, HandlerReturned
+from stepflow.core.state import ErrorRecord
+from stepflow.errors import InterpreterError, RecordedError
+
+if TYPE_CHECKING:
+    from stepflow.flow import Flow
+
+__all__ = ["Interpreter", "rebuild_exception"]
+
+#: How many live exceptions an interpreter remembers for on_error handlers.
+_LIVE_EXCEPTIONS = 256
+
+
+def _lookup_type(name: str) -> type[BaseException] | None:
+    if "." not in name:
+        found = getattr(builtins, name, None)
+    else:
+        # Only modules already imported are searched: a record read from storage
+        # must never make us import (and run) arbitrary code.
+        found = None
+        parts = name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            module = sys.modules.get(".".join(parts[:cut]))
+            if module is None:
+                continue
+            obj: Any = module
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr, None)
+            found = obj
+            break
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return found
+    return None
+
+
+def rebuild_exception(record: ErrorRecord) -> BaseException:
+    """Rebuild an exception from its record, for handlers that need an object.
+
+    The recorded type is used when it is a builtin or lives in an already imported
+    module and can be built from the message alone; otherwise the result is a
+    :class:`~stepflow.errors.RecordedError` carrying the type name and message.
+
+    >>> rebuild_exception(ErrorRecord("KeyError", "'x'", "flow/a"))
+    KeyError("'x'")
+    >>> rebuild_exception(ErrorRecord("nowhere.Gone", "lost", "flow/a"))
+    RecordedError('nowhere.Gone: lost')
+    """
+    cls = _lookup_type(record.type)
+    if cls is not None:
+        try:
+            return cls(record.message)
+        except Exception:  # any constructor mismatch falls back to the record
+            pass
+    return RecordedError(record.type, record.message)
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+class Interpreter:
+    """Execute commands against the handlers bound to a flow.
+
+    Args:
+        flow: The flow whose handlers serve the commands (from :func:`stepflow.new`).
+
+    """
+
+    def __init__(self, flow: Flow) -> None:
+        self._handlers: Mapping[HandlerKey, Callable[..., Any]] = flow.handlers
+        self._live: OrderedDict[ErrorRecord, BaseException] = OrderedDict()
+
+    def _call(self, command: CallHandler, ctx: Any) -> Any:
+        try:
+            handler = self._handlers[(command.kind, command.step)]
+        except KeyError:
+            raise InterpreterError(
+                f"no {command.kind} handler is bound to step {command.step!r}; execute "
+                "commands with the interpreter of the flow that issued them"
+            ) from None
+        if command.kind == "on_error":
+            assert command.error is not None
+            return handler(ctx, self.exception_for(command.error))
+        return handler(ctx)
+
+    def _raised(self, command: CallHandler, exc: Exception) -> HandlerRaised:
+        record = ErrorRecord.from_exception(exc, command.step)
+        self._live[record] = exc
+        self._live.move_to_end(record)
+        if len(self._live) > _LIVE_EXCEPTIONS:
+            self._live.popitem(last=False)
+        return HandlerRaised(command.id, record, exc)
+
+    def exception_for(self, record: ErrorRecord) -> BaseException:
+        """Return the exception behind ``record``: the live one if known, else rebuilt."""
+        live = self._live.get(record)
+        return live if live is not None else rebuild_exception(record)
+
+    def execute(self, command: CallHandler, ctx: Any = None) -> Effect:
+        """Call the handler ``command`` names with ``ctx``; return its outcome as an effect.
+
+        An ``async def`` handler is run to completion on a new event loop; from
+        inside a running loop, use :meth:`execute_async`.
+
+        Raises:
+            InterpreterError: no handler is bound for the command, or an async
+                handler was called from inside a running event loop.
+
+        """
+        try:
+            result = self._call(command, ctx)
+            if inspect.isawaitable(result):
+                result = self._run_awaitable(command, result)
+        except InterpreterError:
+            raise
+        except Exception as exc:  # a handler's failure is an effect, never an escape
+            return self._raised(command, exc)
+        return HandlerReturned(command.id, result)
+
+    @staticmethod
+    def _run_awaitable(command: CallHandler, awaitable: Awaitable[Any]) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(_await(awaitable))
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        raise InterpreterError(
+            f"the {command.kind} handler of {command.step!r} is async and an event loop is "
+            "running; use `await interpreter.execute_async(...)` or `await flow.apply_async(...)`"
+        )
+
+    async def execute_async(self, command: CallHandler, ctx: Any = None) -> Effect:
+        """Like :meth:`execute`, awaiting ``async def`` handlers on the running loop.
+
+        Plain handlers are called directly, on the loop's thread.
+
+        Raises:
+            InterpreterError: no handler is bound for the command.
+
+        """
+        try:
+            result = self._call(command, ctx)
+            if inspect.isawaitable(result):
+                result = await result
+        except InterpreterError:
+            raise
+        except Exception as exc:  # a handler's failure is an effect, never an escape
+            return self._raised(command, exc)
+        return HandlerReturned(command.id, result)
