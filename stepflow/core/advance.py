@@ -114,76 +114,91 @@ def advance(
             does not fit ``definition`` (see :func:`check_state`).
 
     """
+    # The hot path reads tuples by position and builds them with tuple.__new__:
+    # advance runs once per step of every run a worker drives.
+    name, fingerprint, nodes = definition._hot
     if state is None:
         state = initial_state(definition)
-    elif state.fingerprint != definition.fingerprint or state.flow != definition.name:
+    elif state[1] is not fingerprint and (state[1] != fingerprint or state[0] != name):
         state = check_state(definition, state)
+    _, _, events, status, _, in_flight, seq, outputs = state
     if not effects:
-        if state.in_flight or state.status != RUNNING:
-            return state, state.in_flight
-        return _issue(definition, state, state.events[0], state.seq, state.outputs)
-    effect = _single_effect(state, effects)
-    command = state.in_flight[0]
-    node = definition._nodes[command.event]
-    kind = command.kind
-    if type(effect) is HandlerReturned:
-        value = effect.value
-        if kind == "do":
-            outputs = state.outputs
-            step = command.step
-            if value is None:
-                if outputs and step in outputs:
-                    outputs = outputs.discard(step)
-            else:
-                try:
-                    outputs = outputs.set(step, freeze_json(value))
-                except NotJSON as exc:
-                    return _fail_step(
-                        definition,
-                        state,
-                        command,
-                        node,
-                        _result_error(
-                            step,
-                            f"do step {step!r} returned a value that is not JSON ({exc}); "
-                            "return dict, list, str, int, float, bool or None, "
-                            "or keep the object elsewhere and return its id",
-                        ),
-                    )
-            return _issue(definition, state, node.on_true, state.seq, outputs)
-        if value is True or value is False:
-            if kind == "on_error":
-                if value:
-                    restart = definition._nodes[start_event(command.step)].event
-                    return _issue(definition, state, restart, state.seq, state.outputs)
-                assert command.error is not None
-                return _fail_step(definition, state, command, node, command.error)
-            target = node.on_true if value else node.on_false
-            return _issue(definition, state, target, state.seq, state.outputs)
-        what = "on_error handler of" if kind == "on_error" else f"{kind} condition of"
-        error = _result_error(
-            command.step,
-            f"the {what} {command.step!r} returned {value!r:.80} "
-            f"({type(value).__name__}); it must return True or False",
-        )
+        if in_flight or status != RUNNING:
+            return state, in_flight
+        if len(events) != 1 or events[0] not in nodes:
+            check_state(definition, state)  # raises the error that explains it
+        return _issue(definition, events[0], seq, outputs)
+    effect = effects[0]
+    effect_type = type(effect)
+    if (
+        len(effects) != 1
+        or not in_flight
+        or (effect_type is not HandlerReturned and effect_type is not HandlerRaised)
+        or effect[0] != in_flight[0][0]
+    ):
+        raise _rejection(state, effects)
+    command = in_flight[0]
+    node = nodes.get(command[3])
+    if node is None or node[2] is None:
+        check_state(definition, state)  # raises the error that explains it
+        raise StateError(f"command {command!r} waits at an event with no handler")
+    kind = command[1]
+    if effect_type is HandlerRaised:
+        return _fail_step(definition, state, command, node, effect[1])
+    value = effect[1]
+    if kind == "do":
+        if value is None:
+            if outputs is not EMPTY_OUTPUTS and command[2] in outputs:
+                outputs = outputs.discard(command[2])
+        else:
+            try:
+                outputs = outputs.set(command[2], freeze_json(value))
+            except NotJSON as exc:
+                message = (
+                    f"do step {command[2]!r} returned a value that is not JSON ({exc}); "
+                    "return dict, list, str, int, float, bool or None, "
+                    "or keep the object elsewhere and return its id"
+                )
+                error = _result_error(command[2], message)
+                return _fail_step(definition, state, command, node, error)
+        target = nodes[node[4]]
+    elif value is True or value is False:
+        if kind == "on_error":
+            if value:
+                return _issue(definition, nodes[start_event(command[2])][0], seq, outputs)
+            assert command[4] is not None
+            return _fail_step(definition, state, command, node, command[4])
+        target = nodes[node[4] if value else node[5]]
     else:
-        error = effect[1]
-    return _fail_step(definition, state, command, node, error)
+        what = "on_error handler of" if kind == "on_error" else f"{kind} condition of"
+        message = (
+            f"the {what} {command[2]!r} returned {value!r:.80} "
+            f"({type(value).__name__}); it must return True or False"
+        )
+        return _fail_step(definition, state, command, node, _result_error(command[2], message))
+    # Rest at the target and issue its command: _issue, inlined on the hot path.
+    if target[2] is None:
+        return _new(State, (name, fingerprint, target[1], COMPLETED, None, (), seq, outputs)), ()
+    seq += 1
+    commands = (_new(CallHandler, (seq, target[2], target[3], target[0], None)),)
+    return _new(
+        State, (name, fingerprint, target[1], RUNNING, None, commands, seq, outputs)
+    ), commands
 
 
-def _single_effect(state: State, effects: Sequence[Effect]) -> Effect:
-    """Validate the batch against the commands in flight; return the one effect."""
+def _rejection(state: State, effects: Sequence[Effect]) -> EffectError:
+    """Explain why ``effects`` cannot be applied to ``state``."""
     seen: set[int] = set()
     for effect in effects:
         if type(effect) is not HandlerReturned and type(effect) is not HandlerRaised:
-            raise EffectError(
+            return EffectError(
                 f"{effect!r:.120} is not an effect; pass HandlerReturned or HandlerRaised "
                 "values (Interpreter.execute makes them)",
                 command_id=-1,
             )
         command_id = effect[0]
         if command_id in seen:
-            raise DuplicateEffectError(
+            return DuplicateEffectError(
                 f"two effects in one batch answer command {command_id}; "
                 "send each command's outcome once",
                 command_id=command_id,
@@ -191,20 +206,25 @@ def _single_effect(state: State, effects: Sequence[Effect]) -> Effect:
         seen.add(command_id)
     in_flight = {command.id for command in state.in_flight}
     for command_id in seen:
-        if command_id not in in_flight:
-            if isinstance(command_id, int) and 0 < command_id <= state.seq:
-                raise LateEffectError(
-                    f"command {command_id} of run {state.flow!r} was already answered "
-                    f"(status {state.status!r}, in flight: {sorted(in_flight)}); "
-                    "an outcome applies once: drop this stale effect",
-                    command_id=command_id,
-                )
-            raise UnknownEffectError(
-                f"no command {command_id!r} was issued in this run (last id: {state.seq}); "
-                "address effects to the ids of the commands advance returned",
-                command_id=command_id if isinstance(command_id, int) else -1,
+        if command_id in in_flight:
+            continue
+        if isinstance(command_id, int) and 0 < command_id <= state.seq:
+            return LateEffectError(
+                f"command {command_id} of run {state.flow!r} was already answered "
+                f"(status {state.status!r}, in flight: {sorted(in_flight)}); "
+                "an outcome applies once: drop this stale effect",
+                command_id=command_id,
             )
-    return effects[0]
+        return UnknownEffectError(
+            f"no command {command_id!r} was issued in this run (last id: {state.seq}); "
+            "address effects to the ids of the commands advance returned",
+            command_id=command_id if isinstance(command_id, int) else -1,
+        )
+    return EffectError(
+        f"a batch of {len(effects)} effects cannot answer the {len(in_flight)} command(s) "
+        "in flight; send one effect per command",
+        command_id=-1,
+    )
 
 
 def _result_error(step: str, message: str) -> ErrorRecord:
@@ -212,17 +232,18 @@ def _result_error(step: str, message: str) -> ErrorRecord:
 
 
 def _issue(
-    definition: FlowDefinition, state: State, event: str, seq: int, outputs: PMap[str, Any]
+    definition: FlowDefinition, event: str, seq: int, outputs: PMap[str, Any]
 ) -> tuple[State, tuple[Command, ...]]:
     """Rest at ``event`` (resolved through static hops) and issue its command."""
     node = definition._nodes[event]
-    if node.kind is None:
-        done = (definition.name, definition.fingerprint, node.events, COMPLETED, None, (), seq)
-        return _new(State, (*done, outputs)), ()
+    name, fingerprint = definition.name, definition.fingerprint
+    if node[2] is None:
+        return _new(State, (name, fingerprint, node[1], COMPLETED, None, (), seq, outputs)), ()
     seq += 1
-    commands = (_new(CallHandler, (seq, node.kind, node.step, node.event, None)),)
-    fields = (definition.name, definition.fingerprint, node.events, RUNNING, None, commands, seq)
-    return _new(State, (*fields, outputs)), commands
+    commands = (_new(CallHandler, (seq, node[2], node[3], node[0], None)),)
+    return _new(
+        State, (name, fingerprint, node[1], RUNNING, None, commands, seq, outputs)
+    ), commands
 
 
 def _fail_step(
@@ -242,10 +263,20 @@ def _fail_step(
     if index < len(scopes):
         seq = state.seq + 1
         ask = _new(CallHandler, (seq, "on_error", scopes[index], command.event, error))
-        fields = (definition.name, definition.fingerprint, state.events, RUNNING, None)
-        return _new(State, (*fields, (ask,), seq, state.outputs)), (ask,)
-    failed = (definition.name, definition.fingerprint, state.events, FAILED, error, ())
-    return _new(State, (*failed, state.seq, state.outputs)), ()
+        name, fingerprint, events, outputs = (
+            definition.name,
+            definition.fingerprint,
+            state[2],
+            state[7],
+        )
+        return _new(State, (name, fingerprint, events, RUNNING, None, (ask,), seq, outputs)), (ask,)
+    return state._replace(
+        flow=definition.name,
+        fingerprint=definition.fingerprint,
+        status=FAILED,
+        error=error,
+        in_flight=(),
+    ), ()
 
 
 def check_state(definition: FlowDefinition, state: State) -> State:
@@ -288,6 +319,11 @@ def check_state(definition: FlowDefinition, state: State) -> State:
     nodes = definition._nodes
     missing = [e for e in state.events if e not in nodes]
     for command in state.in_flight:
+        if command.event not in state.events:
+            raise StateError(
+                f"command {command.id} waits at {command.event!r}, but the state is at "
+                f"{list(state.events)!r}; a command in flight belongs to the state's position"
+            )
         transition = definition.table.get(command.event)
         if transition is None:
             missing.append(command.event)

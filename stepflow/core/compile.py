@@ -90,6 +90,7 @@ def _check_item(item: object, parent: str, index: int) -> Item:
                 "event strings; rename the step (for example with '-' or '_')",
                 path=path,
             )
+    path = f"{parent}/{scope_name(item)}"
     for attr in ("fn", "cond", "on_error"):
         if not hasattr(item, attr):
             continue

@@ -170,7 +170,11 @@ class FlowDefinition:
     start_event: str = attrs.field(init=False, eq=False, hash=False)
     completed_event: str = attrs.field(init=False, eq=False, hash=False)
     # Every known event -> the resting node it resolves to through static hops.
-    _nodes: Mapping[str, _Node] = attrs.field(init=False, eq=False, hash=False)
+    # A plain dict (built here, never changed afterwards): advance reads it on
+    # every step, and a read-only proxy would double the cost of each lookup.
+    _nodes: dict[str, _Node] = attrs.field(init=False, eq=False, hash=False)
+    # (name, fingerprint, nodes): what advance needs, in one attribute read.
+    _hot: tuple[str, str, dict[str, _Node]] = attrs.field(init=False, eq=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
         table: dict[str, Transition] = {}
@@ -203,7 +207,9 @@ class FlowDefinition:
         )
         object.__setattr__(self, "start_event", start)
         object.__setattr__(self, "completed_event", done)
-        object.__setattr__(self, "_nodes", MappingProxyType(self._compile_nodes(table, done)))
+        nodes = self._compile_nodes(table, done)
+        object.__setattr__(self, "_nodes", nodes)
+        object.__setattr__(self, "_hot", (self.name, self.fingerprint, nodes))
 
     def _compile_nodes(self, table: Mapping[str, Transition], done: str) -> dict[str, _Node]:
         rest: dict[str, str] = {done: done}

@@ -1,0 +1,85 @@
+"""The public API: pinned names, sorted ``__all__``, docstrings everywhere."""
+
+from __future__ import annotations
+
+import inspect
+
+import stepflow
+import stepflow.core
+
+PUBLIC = [
+    "FORMAT_VERSION",
+    "CallHandler",
+    "Command",
+    "CorruptStateError",
+    "DefinitionError",
+    "Destination",
+    "DuplicateEffectError",
+    "Effect",
+    "EffectError",
+    "ErrorRecord",
+    "Flow",
+    "FlowDefinition",
+    "FlowFailed",
+    "FlowMismatchError",
+    "HandlerRaised",
+    "HandlerResultError",
+    "HandlerReturned",
+    "IncompatibleDefinition",
+    "Interpreter",
+    "InterpreterError",
+    "LateEffectError",
+    "RecordedError",
+    "State",
+    "StateError",
+    "Status",
+    "StepflowError",
+    "Steps",
+    "Transition",
+    "UnknownEffectError",
+    "UnknownEventError",
+    "advance",
+    "dumps",
+    "loads",
+    "make_converter",
+    "named",
+    "new",
+    "rebuild_exception",
+    "steps",
+]
+
+
+def test_the_public_names_are_pinned() -> None:
+    assert stepflow.__all__ == PUBLIC
+
+
+def test_all_is_sorted_and_every_name_exists() -> None:
+    for module in (stepflow, stepflow.core):
+        assert module.__all__ == sorted(module.__all__, key=lambda n: (not n.isupper(), n))
+        for name in module.__all__:
+            assert hasattr(module, name), name
+
+
+def test_every_public_class_and_function_has_a_docstring() -> None:
+    missing = []
+    for name in stepflow.__all__:
+        obj = getattr(stepflow, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            if not inspect.getdoc(obj):
+                missing.append(name)
+            for attr, member in vars(obj).items() if inspect.isclass(obj) else ():
+                public = not attr.startswith("_")
+                if public and (inspect.isfunction(member) or isinstance(member, property)):
+                    if not inspect.getdoc(member):
+                        missing.append(f"{name}.{attr}")
+    assert not missing
+
+
+def test_every_error_has_one_root_and_a_builtin() -> None:
+    errors = [getattr(stepflow, n) for n in stepflow.__all__ if n.endswith(("Error", "Failed"))]
+    errors.append(stepflow.IncompatibleDefinition)
+    for cls in errors:
+        assert issubclass(cls, stepflow.StepflowError), cls
+        if cls not in (stepflow.StepflowError, stepflow.RecordedError):
+            builtin_bases = [b for b in cls.__mro__ if b.__module__ == "builtins"]
+            assert set(builtin_bases) - {Exception, BaseException, object}, cls

@@ -1,0 +1,180 @@
+"""Properties every flow must have, checked on random flow trees and outcome scripts.
+
+These are the backbone of the suite: each new construct extends
+``strategies.items`` and is then covered here without new tests.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import (
+    HandlerKey,
+    Outcome,
+    World,
+    WrongKind,
+    definitions,
+    flows_and_scripts,
+    run,
+)
+
+import stepflow
+
+FlowAndScript = tuple[stepflow.FlowDefinition, dict[HandlerKey, tuple[Outcome, ...]]]
+
+
+def _run_with_crashes(
+    definition: stepflow.FlowDefinition,
+    world: World,
+    crashes: list[str],
+) -> str:
+    """A worker loop that saves after every advance and crashes where ``crashes`` says.
+
+    Each iteration loads the last save, advances (issuing or re-issuing the
+    command in flight), saves, executes the command and applies its effect. A
+    crash "before" the execution loses nothing; a crash "after" it loses the
+    effect: the command runs again after the reload, with the same id.
+    """
+    saved = stepflow.dumps(stepflow.advance(definition, None)[0])
+    for step in range(10_000):
+        state = stepflow.loads(saved, definition)
+        state, commands = stepflow.advance(definition, state)
+        saved = stepflow.dumps(state)
+        if not commands:
+            return saved
+        crash = crashes[step] if step < len(crashes) else "none"
+        if crash == "before":
+            continue
+        effect = world.execute(commands[0])
+        if crash == "after":
+            continue
+        state, _ = stepflow.advance(definition, state, (effect,))
+        saved = stepflow.dumps(state)
+    raise AssertionError("the run did not end")
+
+
+@given(
+    flows_and_scripts(),
+    st.lists(st.sampled_from(["none", "none", "before", "after"]), max_size=40),
+)
+def test_a_run_that_crashes_anywhere_ends_as_an_uninterrupted_one(
+    flow_and_script: FlowAndScript, crashes: list[str]
+) -> None:
+    definition, script = flow_and_script
+    calm = World(script)
+    expected, _, _ = run(definition, calm)
+
+    stormy = World(script)
+    final = _run_with_crashes(definition, stormy, crashes)
+
+    assert final == stepflow.dumps(expected)
+    first: dict[int, stepflow.CallHandler] = {}
+    for command in stormy.executed:
+        # A command runs again only as a re-issue of the same command, same id.
+        assert first.setdefault(command.id, command) == command
+    assert list(first.values()) == calm.executed
+    assert len(stormy.executed) - len(calm.executed) <= crashes.count("after")
+
+
+@given(flows_and_scripts())
+def test_the_same_inputs_give_byte_identical_states_and_equal_commands(
+    flow_and_script: FlowAndScript,
+) -> None:
+    definition, script = flow_and_script
+    _, states_a, commands_a = run(definition, World(script))
+    _, states_b, commands_b = run(definition, World(script))
+    assert [stepflow.dumps(s) for s in states_a] == [stepflow.dumps(s) for s in states_b]
+    assert commands_a == commands_b
+
+
+@given(flows_and_scripts())
+def test_every_state_of_a_run_survives_the_codec_round_trip(
+    flow_and_script: FlowAndScript,
+) -> None:
+    definition, script = flow_and_script
+    _, states, _ = run(definition, World(script))
+    for state in states:
+        text = stepflow.dumps(state)
+        loaded = stepflow.loads(text, definition)
+        assert loaded == state
+        assert stepflow.dumps(loaded) == text
+        # The envelope is JSON any other tool can read.
+        assert json.loads(text)["flow"] == definition.name
+
+
+@given(flows_and_scripts())
+def test_a_run_driven_by_flow_apply_ends_as_one_driven_by_advance(
+    flow_and_script: FlowAndScript,
+) -> None:
+    definition, script = flow_and_script
+    expected, _, _ = run(definition, World(script))
+
+    world = World(script)
+    handlers = {key: world.handler(*key) for key in script}
+    flow = stepflow.Flow(definition, handlers)
+    state = None
+    for _ in range(10_000):
+        try:
+            state = flow.apply(state)
+        except stepflow.FlowFailed as failed:
+            state = failed.state
+            break
+        if flow.is_completed(state):
+            break
+    assert state == expected
+
+
+_PROBES: list[Any] = [True, False, None, {"k": [1, "a"]}, WrongKind()]
+
+
+@given(definitions())
+def test_every_event_and_every_outcome_is_handled(definition: stepflow.FlowDefinition) -> None:
+    """Totality: no event, and no (event, outcome) pair, is left without a transition."""
+    for transition in definition.transitions:
+        for destination in transition.destinations:
+            assert destination.event in definition.table or (
+                destination.event == definition.completed_event
+            )
+    for event in definition.events:
+        state, commands = stepflow.advance(
+            definition, stepflow.loads(json.dumps([event]), definition)
+        )
+        if state.is_completed:
+            assert commands == ()
+            assert state.events == (definition.completed_event,)
+        else:
+            (command,) = commands
+            assert definition.table[command.event].kind == command.kind
+            assert state.events == (command.event,)
+    for transition in definition.handler_transitions():
+        state, (command,) = stepflow.advance(
+            definition, stepflow.loads(json.dumps([transition.source]), definition)
+        )
+        raised = stepflow.HandlerRaised(
+            command.id, stepflow.ErrorRecord("RuntimeError", "x", command.step)
+        )
+        effects = [stepflow.HandlerReturned(command.id, v) for v in _PROBES] + [raised]
+        for effect in effects:
+            after, commands = stepflow.advance(definition, state, (effect,))
+            assert after.status in ("running", "completed", "failed")
+            assert len(commands) == (1 if after.is_running else 0)
+            assert after.in_flight == commands
+
+
+@given(flows_and_scripts())
+def test_advance_never_mutates_its_inputs(flow_and_script: FlowAndScript) -> None:
+    definition, script = flow_and_script
+    world = World(script)
+    before_definition = pickle.dumps(definition)
+    state, commands = stepflow.advance(definition, None)
+    while commands:
+        effects = (world.execute(commands[0]),)
+        snapshot = pickle.dumps((state, effects))
+        next_state, commands = stepflow.advance(definition, state, effects)
+        assert pickle.dumps((state, effects)) == snapshot
+        state = next_state
+    assert pickle.dumps(definition) == before_definition
