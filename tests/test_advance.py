@@ -139,6 +139,7 @@ def test_a_false_wait_for_polls_again_with_a_new_command() -> None:
     assert second.id == first.id + 1
     state, commands = stepflow.advance(definition, state, (HandlerReturned(second.id, True),))
     assert state.is_completed
+    assert commands == ()
 
 
 RETRY = definition_of(
