@@ -8,9 +8,10 @@
                               "id": 3, "kind": "do", "step": "deploy/v1/push"}],
                "outputs": {}, "seq": 3, "status": "running"}}
 
-with sorted keys and no insignificant white space, so the same state always gives
-the same text. ``loads(text, definition)`` reads it back, or a go-stepflow state
-(a JSON list of event strings), and checks that it fits the definition.
+with sorted keys, no insignificant white space and UTF-8 text (written by orjson),
+so the same state always gives the same text. ``loads(text, definition)`` reads
+it back, or a go-stepflow state (a JSON list of event strings), and checks that
+it fits the definition.
 
 The work is done by a cattrs converter made by :func:`make_converter`. Well-formed
 input takes hand-written hooks registered on it (a state is read and written on
@@ -20,11 +21,11 @@ strictly typed hooks, whose errors name every ``$.path`` that was wrong.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import attrs
 import cattrs
+import orjson
 from cattrs.errors import BaseValidationError
 
 from stepflow.core._json import NotJSON, freeze_json, thaw_json
@@ -102,38 +103,34 @@ def _unstructure_error(error: ErrorRecord | None) -> dict[str, str] | None:
 
 
 def _unstructure_state(state: State) -> dict[str, Any]:
-    outputs = state.outputs
+    flow, fingerprint, events, status, error, in_flight, seq, outputs = state
     return {
         "format": FORMAT_VERSION,
-        "flow": state.flow,
-        "fingerprint": state.fingerprint,
+        "flow": flow,
+        "fingerprint": fingerprint,
         "state": {
-            "events": list(state.events),
-            "status": state.status,
-            "error": _unstructure_error(state.error),
+            "events": events,
+            "status": status,
+            "error": None if error is None else _unstructure_error(error),
             "in_flight": [
                 {
-                    "id": c.id,
-                    "kind": c.kind,
-                    "step": c.step,
-                    "event": c.event,
-                    "error": _unstructure_error(c.error),
+                    "id": c[0],
+                    "kind": c[1],
+                    "step": c[2],
+                    "event": c[3],
+                    "error": None if c[4] is None else _unstructure_error(c[4]),
                 }
-                for c in state.in_flight
+                for c in in_flight
             ],
-            "seq": state.seq,
+            "seq": seq,
             "outputs": {k: thaw_json(v) for k, v in outputs.items()} if outputs else {},
         },
     }
 
 
-def _error_fast(raw: Any) -> ErrorRecord | None:
-    if raw is None:
-        return None
-    if type(raw) is not dict or len(raw) != 3:
-        raise TypeError
+def _error_fast(raw: Any) -> ErrorRecord:
     t, m, s = raw["type"], raw["message"], raw["step"]
-    if type(t) is not str or type(m) is not str or type(s) is not str:
+    if len(raw) != 3 or type(t) is not str or type(m) is not str or type(s) is not str:
         raise TypeError
     return ErrorRecord(t, m, s)
 
@@ -143,36 +140,47 @@ _STATUSES = frozenset(("running", "completed", "failed"))
 
 
 def _state_fast(obj: dict[str, Any]) -> State:
-    """Structure well-formed input quickly; raise anything on the first doubt."""
-    if len(obj) != 4:
-        raise TypeError
+    """Structure well-formed input quickly; raise anything on the first doubt.
+
+    Anything it rejects is structured again by cattrs' generated hooks, which
+    either accept it or explain, path by path, what is wrong.
+    """
     flow, fingerprint, raw = obj["flow"], obj["fingerprint"], obj["state"]
-    if type(flow) is not str or type(fingerprint) is not str or type(raw) is not dict:
+    events, status, seq = raw["events"], raw["status"], raw["seq"]
+    error, in_flight, outputs = raw["error"], raw["in_flight"], raw["outputs"]
+    if (
+        len(obj) != 4
+        or len(raw) != 6
+        or type(flow) is not str
+        or type(fingerprint) is not str
+        or type(events) is not list
+        or type(seq) is not int
+        or status not in _STATUSES
+        or type(in_flight) is not list
+        or type(outputs) is not dict
+    ):
         raise TypeError
-    if len(raw) != 6:
-        raise TypeError
-    events = raw["events"]
-    if type(events) is not list or any(type(e) is not str for e in events):
-        raise TypeError
-    status, seq = raw["status"], raw["seq"]
-    if status not in _STATUSES or type(seq) is not int:
-        raise TypeError
-    commands = []
-    for c in raw["in_flight"]:
-        if type(c) is not dict or len(c) != 5:
-            raise TypeError
-        cid, kind, step, event = c["id"], c["kind"], c["step"], c["event"]
-        if type(cid) is not int or kind not in _KINDS or type(step) is not str:
-            raise TypeError
+    for event in events:
         if type(event) is not str:
             raise TypeError
-        commands.append(_new(CallHandler, (cid, kind, step, event, _error_fast(c["error"]))))
-    outputs = raw["outputs"]
-    if type(outputs) is not dict:
-        raise TypeError
+    commands = []
+    for c in in_flight:
+        cid, kind, step, event, cerror = c["id"], c["kind"], c["step"], c["event"], c["error"]
+        if (
+            len(c) != 5
+            or type(cid) is not int
+            or kind not in _KINDS
+            or type(step) is not str
+            or type(event) is not str
+        ):
+            raise TypeError
+        cerror = None if cerror is None else _error_fast(cerror)
+        commands.append(_new(CallHandler, (cid, kind, step, event, cerror)))
     frozen = freeze_json(outputs) if outputs else EMPTY_OUTPUTS
-    fields = (flow, fingerprint, tuple(events), status, _error_fast(raw["error"]))
-    return _new(State, (*fields, tuple(commands), seq, frozen))
+    error = None if error is None else _error_fast(error)
+    return _new(
+        State, (flow, fingerprint, tuple(events), status, error, tuple(commands), seq, frozen)
+    )
 
 
 def _from_wire(env: _Envelope) -> State:
@@ -214,6 +222,9 @@ def make_converter() -> cattrs.Converter:
 
 
 _CONVERTER = make_converter()
+# Resolved once: dispatching through the converter on every call costs more than the hook.
+_UNSTRUCTURE_STATE = _CONVERTER.get_unstructure_hook(State)
+_STRUCTURE_STATE = _CONVERTER.get_structure_hook(State)
 
 
 def dumps(state: State) -> str:
@@ -223,11 +234,9 @@ def dumps(state: State) -> str:
         TypeError: if ``state`` is not a :class:`~stepflow.core.state.State`.
 
     """
-    if not isinstance(state, State):
+    if type(state) is not State:
         raise TypeError(f"dumps expects a stepflow State, got {state!r:.80}")
-    return json.dumps(
-        _CONVERTER.unstructure(state), sort_keys=True, separators=(",", ":"), allow_nan=False
-    )
+    return orjson.dumps(_UNSTRUCTURE_STATE(state), option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _go_state(obj: list[Any], definition: FlowDefinition) -> State:
@@ -266,8 +275,8 @@ def loads(text: str | bytes, definition: FlowDefinition) -> State:
 
     """
     try:
-        obj = json.loads(text)
-    except (ValueError, TypeError) as exc:
+        obj = orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError) as exc:
         raise CorruptStateError(
             f"state text is not valid JSON ({exc}); pass the text dumps() wrote, unchanged",
             problems=(f"$: {exc}",),
@@ -286,11 +295,18 @@ def loads(text: str | bytes, definition: FlowDefinition) -> State:
             problems=(f"$.format: expected {FORMAT_VERSION}",),
         )
     try:
-        state = _CONVERTER.structure(obj, State)
+        state = _state_fast(obj)
+    except Exception:  # any doubt goes to the converter's strict, explaining hooks
+        state = _structure_explained(obj)
+    return check_state(definition, state)
+
+
+def _structure_explained(obj: Any) -> State:
+    try:
+        return _STRUCTURE_STATE(obj, State)  # type: ignore[no-any-return]
     except BaseValidationError as exc:
         problems = tuple(cattrs.transform_error(exc))
         raise CorruptStateError(
             "state text does not have the shape of a stepflow state: " + "; ".join(problems),
             problems=problems,
         ) from None
-    return check_state(definition, state)

@@ -158,7 +158,7 @@ class HandlerResultError(StepflowError, TypeError):
     """
 
 
-class RecordedError(StepflowError):
+class RecordedError(StepflowError, RuntimeError):
     """An exception rebuilt from an error record whose original type is unavailable.
 
     When a state was saved and loaded, the exception object a handler raised no longer

@@ -34,6 +34,10 @@ __all__ = ["Interpreter", "rebuild_exception"]
 
 #: How many live exceptions an interpreter remembers for on_error handlers.
 _LIVE_EXCEPTIONS = 256
+# Results that are certainly not awaitable: inspect.isawaitable's ABC check is the
+# slowest part of a call otherwise.
+_PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, dict, list, tuple))
+_new = tuple.__new__
 
 
 def _lookup_type(name: str) -> type[BaseException] | None:
@@ -65,8 +69,8 @@ def rebuild_exception(record: ErrorRecord) -> BaseException:
     module and can be built from the message alone; otherwise the result is a
     :class:`~stepflow.errors.RecordedError` carrying the type name and message.
 
-    >>> rebuild_exception(ErrorRecord("KeyError", "'x'", "flow/a"))
-    KeyError("'x'")
+    >>> rebuild_exception(ErrorRecord("KeyError", "x", "flow/a"))
+    KeyError('x')
     >>> rebuild_exception(ErrorRecord("nowhere.Gone", "lost", "flow/a"))
     RecordedError('nowhere.Gone: lost')
     """
@@ -95,15 +99,17 @@ class Interpreter:
         self._handlers: Mapping[HandlerKey, Callable[..., Any]] = flow.handlers
         self._live: OrderedDict[ErrorRecord, BaseException] = OrderedDict()
 
-    def _call(self, command: CallHandler, ctx: Any) -> Any:
+    def _handler(self, command: CallHandler) -> Callable[..., Any]:
         try:
-            handler = self._handlers[(command.kind, command.step)]
+            return self._handlers[(command[1], command[2])]
         except KeyError:
             raise InterpreterError(
                 f"no {command.kind} handler is bound to step {command.step!r}; execute "
                 "commands with the interpreter of the flow that issued them"
             ) from None
-        if command.kind == "on_error":
+
+    def _call(self, handler: Callable[..., Any], command: CallHandler, ctx: Any) -> Any:
+        if command[1] == "on_error":
             assert command.error is not None
             return handler(ctx, self.exception_for(command.error))
         return handler(ctx)
@@ -132,15 +138,16 @@ class Interpreter:
                 handler was called from inside a running event loop.
 
         """
+        handler = self._handler(command)
         try:
-            result = self._call(command, ctx)
-            if inspect.isawaitable(result):
+            result = self._call(handler, command, ctx)
+            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                 result = self._run_awaitable(command, result)
         except InterpreterError:
             raise
         except Exception as exc:  # a handler's failure is an effect, never an escape
             return self._raised(command, exc)
-        return HandlerReturned(command.id, result)
+        return _new(HandlerReturned, (command[0], result))
 
     @staticmethod
     def _run_awaitable(command: CallHandler, awaitable: Awaitable[Any]) -> Any:
@@ -164,12 +171,11 @@ class Interpreter:
             InterpreterError: no handler is bound for the command.
 
         """
+        handler = self._handler(command)
         try:
-            result = self._call(command, ctx)
-            if inspect.isawaitable(result):
+            result = self._call(handler, command, ctx)
+            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                 result = await result
-        except InterpreterError:
-            raise
         except Exception as exc:  # a handler's failure is an effect, never an escape
             return self._raised(command, exc)
-        return HandlerReturned(command.id, result)
+        return _new(HandlerReturned, (command[0], result))

@@ -11,11 +11,16 @@ from pyrsistent import PMap, PVector, pmap, pvector
 __all__ = ["NotJSON", "freeze_json", "thaw_json"]
 
 
+# JSON has no integer limits, but its readers do: stepflow keeps 64-bit integers.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
 class NotJSON(TypeError):
     """Internal: a value is not JSON data; ``where`` is a ``$``-path to it."""
 
-    def __init__(self, value: Any, where: str) -> None:
-        super().__init__(f"{where} is {type(value).__name__} {value!r:.80}")
+    def __init__(self, value: Any, where: str, what: str = "") -> None:
+        what = what or f"{type(value).__name__} {value!r:.80}"
+        super().__init__(f"{where} is {what}")
         self.where = where
 
 
@@ -30,10 +35,12 @@ def freeze_json(value: Any, where: str = "$") -> Any:
     if value is None or value is True or value is False or type(value) is str:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise NotJSON(value, where, "an integer beyond 64 bits")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise NotJSON(value, where)
+            raise NotJSON(value, where, f"{value!r}, which JSON cannot represent")
         return float(value)
     if isinstance(value, str):
         return str(value)

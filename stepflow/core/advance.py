@@ -297,6 +297,24 @@ def check_state(definition: FlowDefinition, state: State) -> State:
     """
     if not isinstance(state, State):
         raise StateError(f"expected a stepflow State, got {state!r:.120}")
+    # Fast path: the common case of a well-formed state of this very definition
+    # (loads checks every state it reads), decided with a handful of lookups.
+    name, fingerprint, nodes = definition._hot
+    flow, state_fingerprint, events, status, error, in_flight = state[:6]
+    if flow == name and state_fingerprint == fingerprint and len(events) == 1:
+        node = nodes.get(events[0])
+        if node is not None and (error is None) == (status != FAILED) and status in _STATUSES:
+            if not in_flight:
+                return state
+            command = in_flight[0]
+            if (
+                len(in_flight) == 1
+                and node.event == command[3] == events[0]
+                and node.kind == command[1]
+                and node.step == command[2]
+                and command[4] is None
+            ):
+                return state
     if state.flow != definition.name:
         raise FlowMismatchError(
             f"the state belongs to flow {state.flow!r}, not {definition.name!r}; "
@@ -324,13 +342,16 @@ def check_state(definition: FlowDefinition, state: State) -> State:
                 f"command {command.id} waits at {command.event!r}, but the state is at "
                 f"{list(state.events)!r}; a command in flight belongs to the state's position"
             )
-        transition = definition.table.get(command.event)
-        if transition is None:
-            missing.append(command.event)
+        # A handler's resting node is keyed by its own event: a match there means
+        # the command still names the same handler with the same meaning.
+        node = nodes.get(command.event)
+        if node is None or node.event != command.event:
+            if command.event not in missing:
+                missing.append(command.event)
         elif command.kind == "on_error":
-            if command.step not in transition.retry_scopes:
+            if command.step not in node.retry_scopes:
                 missing.append(f"on_error of {command.step} around {command.event}")
-        elif transition.kind != command.kind or transition.step != command.step:
+        elif node.kind != command.kind or node.step != command.step:
             missing.append(f"{command.kind} of {command.step} at {command.event}")
     if missing:
         listed = ", ".join(repr(m) for m in missing)

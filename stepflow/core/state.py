@@ -65,7 +65,14 @@ class ErrorRecord:
 
     @classmethod
     def from_exception(cls, exc: BaseException, step: str) -> ErrorRecord:
-        """Record ``exc``, raised by the handler of ``step``."""
+        """Record ``exc``, raised by the handler of ``step``.
+
+        The message is ``str(exc)``, except for a ``KeyError`` of one argument,
+        whose ``str()`` is the key's ``repr()``: recording the key itself keeps the
+        message stable when the error is rebuilt and recorded again.
+        """
+        if isinstance(exc, KeyError) and len(exc.args) == 1:
+            return cls(type_name(exc), str(exc.args[0]), step)
         return cls(type_name(exc), str(exc), step)
 
 
