@@ -263,13 +263,8 @@ def _fail_step(
     if index < len(scopes):
         seq = state.seq + 1
         ask = _new(CallHandler, (seq, "on_error", scopes[index], command.event, error))
-        name, fingerprint, events, outputs = (
-            definition.name,
-            definition.fingerprint,
-            state[2],
-            state[7],
-        )
-        return _new(State, (name, fingerprint, events, RUNNING, None, (ask,), seq, outputs)), (ask,)
+        fields = (definition.name, definition.fingerprint, state[2], RUNNING, None, (ask,))
+        return _new(State, (*fields, seq, state[7])), (ask,)
     return state._replace(
         flow=definition.name,
         fingerprint=definition.fingerprint,
@@ -334,7 +329,6 @@ def check_state(definition: FlowDefinition, state: State) -> State:
             f"a {state.status!r} state must {'' if state.status == FAILED else 'not '}"
             f"carry an error record, got {state.error!r}"
         )
-    nodes = definition._nodes
     missing = [e for e in state.events if e not in nodes]
     for command in state.in_flight:
         if command.event not in state.events:
