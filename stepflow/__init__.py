@@ -18,19 +18,26 @@ The shell (:class:`Interpreter`, :class:`Flow`'s drivers, the codec) carries the
 commands out.
 """
 
+from stepflow.clock import Clock as Clock
+from stepflow.clock import FakeClock as FakeClock
+from stepflow.clock import SystemClock as SystemClock
 from stepflow.codec import FORMAT_VERSION as FORMAT_VERSION
 from stepflow.codec import dumps as dumps
 from stepflow.codec import loads as loads
 from stepflow.codec import make_converter as make_converter
 from stepflow.core.advance import advance as advance
+from stepflow.core.advance import resume as resume
 from stepflow.core.definition import Destination as Destination
 from stepflow.core.definition import FlowDefinition as FlowDefinition
+from stepflow.core.definition import RetryPolicy as RetryPolicy
 from stepflow.core.definition import Transition as Transition
 from stepflow.core.messages import CallHandler as CallHandler
 from stepflow.core.messages import Command as Command
 from stepflow.core.messages import Effect as Effect
 from stepflow.core.messages import HandlerRaised as HandlerRaised
 from stepflow.core.messages import HandlerReturned as HandlerReturned
+from stepflow.core.messages import TimerFired as TimerFired
+from stepflow.core.messages import Wake as Wake
 from stepflow.core.spec import Steps as Steps
 from stepflow.core.spec import named as named
 from stepflow.core.spec import steps as steps
@@ -52,6 +59,7 @@ from stepflow.errors import StateError as StateError
 from stepflow.errors import StepflowError as StepflowError
 from stepflow.errors import UnknownEffectError as UnknownEffectError
 from stepflow.errors import UnknownEventError as UnknownEventError
+from stepflow.errors import WaitTimeoutError as WaitTimeoutError
 from stepflow.flow import Flow as Flow
 from stepflow.flow import new as new
 from stepflow.interpreter import Interpreter as Interpreter
@@ -62,6 +70,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "FORMAT_VERSION",
     "CallHandler",
+    "Clock",
     "Command",
     "CorruptStateError",
     "DefinitionError",
@@ -70,6 +79,7 @@ __all__ = [
     "Effect",
     "EffectError",
     "ErrorRecord",
+    "FakeClock",
     "Flow",
     "FlowDefinition",
     "FlowFailed",
@@ -82,14 +92,19 @@ __all__ = [
     "InterpreterError",
     "LateEffectError",
     "RecordedError",
+    "RetryPolicy",
     "State",
     "StateError",
     "Status",
     "StepflowError",
     "Steps",
+    "SystemClock",
+    "TimerFired",
     "Transition",
     "UnknownEffectError",
     "UnknownEventError",
+    "WaitTimeoutError",
+    "Wake",
     "advance",
     "dumps",
     "loads",
@@ -97,5 +112,6 @@ __all__ = [
     "named",
     "new",
     "rebuild_exception",
+    "resume",
     "steps",
 ]

@@ -21,24 +21,52 @@ strictly typed hooks, whose errors name every ``$.path`` that was wrong.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, cast
 
 import attrs
 import cattrs
 import orjson
 from cattrs.errors import BaseValidationError
+from pyrsistent import pmap
 
 from stepflow.core._json import NotJSON, freeze_json, thaw_json
-from stepflow.core.advance import check_state
+from stepflow.core.advance import check_state, result_error
 from stepflow.core.definition import FlowDefinition
-from stepflow.core.messages import CallHandler, CommandKind
-from stepflow.core.state import COMPLETED, EMPTY_OUTPUTS, RUNNING, ErrorRecord, State, Status
+from stepflow.core.messages import (
+    CallHandler,
+    Command,
+    CommandKind,
+    Effect,
+    HandlerRaised,
+    HandlerReturned,
+    TimerFired,
+    Wake,
+)
+from stepflow.core.state import (
+    COMPLETED,
+    EMPTY_ATTEMPTS,
+    EMPTY_OUTPUTS,
+    RUNNING,
+    ErrorRecord,
+    State,
+    Status,
+)
 from stepflow.errors import CorruptStateError
 
-__all__ = ["FORMAT_VERSION", "dumps", "loads", "make_converter"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Batch",
+    "dumps",
+    "dumps_batch",
+    "loads",
+    "loads_batch",
+    "make_converter",
+]
 
-#: Version of the envelope format written by :func:`dumps`.
-FORMAT_VERSION = 1
+#: Version of the envelope format written by :func:`dumps`. Format 1 (before
+#: timers: no ``wake_at``, ``timeout_at``, ``attempts`` or ``run_id``) is still read.
+FORMAT_VERSION = 2
+_READABLE = (1, 2)
 
 _new = tuple.__new__
 
@@ -58,7 +86,8 @@ class _WireCommand:
     kind: CommandKind
     step: str
     event: str
-    error: _WireError | None
+    error: _WireError | None = None
+    at: float | None = None
 
 
 @attrs.frozen
@@ -69,6 +98,10 @@ class _WireState:
     in_flight: list[_WireCommand]
     seq: int
     outputs: dict[str, Any]
+    wake_at: float | None = None
+    timeout_at: float | None = None
+    attempts: dict[str, int] = attrs.Factory(dict)
+    run_id: str = ""
 
 
 @attrs.frozen
@@ -81,10 +114,12 @@ class _Envelope:
 
 def _strict(cls: type) -> Any:
     def structure(value: Any, _: Any) -> Any:
-        # cattrs' default str()/int() calls would accept 5 for a str and "5" for an int.
-        if type(value) is not cls:
-            raise TypeError(f"expected {cls.__name__}, got {type(value).__name__} {value!r:.40}")
-        return value
+        # cattrs' default str()/int() calls would accept 5 for a str and "5" for an int;
+        # only an int may stand for a float, as in JSON.
+        kind = type(value)
+        if kind is not cls and not (cls is float and kind is int):
+            raise TypeError(f"expected {cls.__name__}, got {kind.__name__} {value!r:.40}")
+        return float(value) if kind is int and cls is float else value
 
     return structure
 
@@ -102,8 +137,20 @@ def _unstructure_error(error: ErrorRecord | None) -> dict[str, str] | None:
     return {"type": error.type, "message": error.message, "step": error.step}
 
 
+def _unstructure_command(c: Command) -> dict[str, Any]:
+    if type(c) is Wake:
+        return {"id": c[0], "kind": c[1], "step": c[2], "event": c[3], "at": c[4]}
+    return {
+        "id": c[0],
+        "kind": c[1],
+        "step": c[2],
+        "event": c[3],
+        "error": _unstructure_error(cast(ErrorRecord | None, c[4])),
+    }
+
+
 def _unstructure_state(state: State) -> dict[str, Any]:
-    flow, fingerprint, events, status, error, in_flight, seq, outputs = state
+    flow, fingerprint, events, status, error, in_flight, seq, outputs = state[:8]
     return {
         "format": FORMAT_VERSION,
         "flow": flow,
@@ -112,18 +159,13 @@ def _unstructure_state(state: State) -> dict[str, Any]:
             "events": events,
             "status": status,
             "error": None if error is None else _unstructure_error(error),
-            "in_flight": [
-                {
-                    "id": c[0],
-                    "kind": c[1],
-                    "step": c[2],
-                    "event": c[3],
-                    "error": None if c[4] is None else _unstructure_error(c[4]),
-                }
-                for c in in_flight
-            ],
+            "in_flight": [_unstructure_command(c) for c in in_flight],
             "seq": seq,
             "outputs": {k: thaw_json(v) for k, v in outputs.items()} if outputs else {},
+            "wake_at": state[8],
+            "timeout_at": state[9],
+            "attempts": dict(state[10]) if state[10] else {},
+            "run_id": state[11],
         },
     }
 
@@ -135,8 +177,33 @@ def _error_fast(raw: Any) -> ErrorRecord:
     return ErrorRecord(t, m, s)
 
 
+def _time_fast(value: Any) -> float | None:
+    if value is None or type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise TypeError
+
+
 _KINDS = frozenset(("do", "wait_for", "case", "loop_until", "on_error"))
 _STATUSES = frozenset(("running", "completed", "failed"))
+
+
+def _command_fast(c: dict[str, Any]) -> Command:
+    cid, kind, step, event = c["id"], c["kind"], c["step"], c["event"]
+    if type(cid) is not int or type(step) is not str or type(event) is not str:
+        raise TypeError
+    if kind == "sleep":
+        at = _time_fast(c["at"])
+        if len(c) != 5 or at is None:
+            raise TypeError
+        return _new(Wake, (cid, kind, step, event, at))
+    if len(c) != 5 or kind not in _KINDS:
+        raise TypeError
+    cerror = c["error"]
+    return _new(
+        CallHandler, (cid, kind, step, event, None if cerror is None else _error_fast(cerror))
+    )
 
 
 def _state_fast(obj: dict[str, Any]) -> State:
@@ -148,9 +215,22 @@ def _state_fast(obj: dict[str, Any]) -> State:
     flow, fingerprint, raw = obj["flow"], obj["fingerprint"], obj["state"]
     events, status, seq = raw["events"], raw["status"], raw["seq"]
     error, in_flight, outputs = raw["error"], raw["in_flight"], raw["outputs"]
+    if len(raw) == 10:
+        wake_at, timeout_at = _time_fast(raw["wake_at"]), _time_fast(raw["timeout_at"])
+        raw_attempts, run_id = raw["attempts"], raw["run_id"]
+        if type(raw_attempts) is not dict or type(run_id) is not str:
+            raise TypeError
+        for count in raw_attempts.values():
+            if type(count) is not int:
+                raise TypeError
+        attempts = pmap(raw_attempts) if raw_attempts else EMPTY_ATTEMPTS
+    elif len(raw) == 6 and obj["format"] == 1:
+        wake_at = timeout_at = None
+        attempts, run_id = EMPTY_ATTEMPTS, ""
+    else:
+        raise TypeError
     if (
         len(obj) != 4
-        or len(raw) != 6
         or type(flow) is not str
         or type(fingerprint) is not str
         or type(events) is not list
@@ -163,36 +243,33 @@ def _state_fast(obj: dict[str, Any]) -> State:
     for event in events:
         if type(event) is not str:
             raise TypeError
-    commands = []
-    for c in in_flight:
-        cid, kind, step, event, cerror = c["id"], c["kind"], c["step"], c["event"], c["error"]
-        if (
-            len(c) != 5
-            or type(cid) is not int
-            or kind not in _KINDS
-            or type(step) is not str
-            or type(event) is not str
-        ):
-            raise TypeError
-        cerror = None if cerror is None else _error_fast(cerror)
-        commands.append(_new(CallHandler, (cid, kind, step, event, cerror)))
+    commands = tuple([_command_fast(c) for c in in_flight])
     frozen = freeze_json(outputs) if outputs else EMPTY_OUTPUTS
     error = None if error is None else _error_fast(error)
-    return _new(
-        State, (flow, fingerprint, tuple(events), status, error, tuple(commands), seq, frozen)
-    )
+    fields = (flow, fingerprint, tuple(events), status, error, commands, seq, frozen)
+    return _new(State, (*fields, wake_at, timeout_at, attempts, run_id))
 
 
 def _from_wire(env: _Envelope) -> State:
     def err(e: _WireError | None) -> ErrorRecord | None:
         return None if e is None else ErrorRecord(e.type, e.message, e.step)
 
+    def command(c: _WireCommand) -> Command:
+        if c.kind == "sleep":
+            if c.at is None:
+                raise CorruptStateError(
+                    f"sleep command {c.id} has no time; a Wake needs its 'at'",
+                    problems=("$.state.in_flight: sleep command without 'at'",),
+                )
+            return Wake(c.id, "sleep", c.step, c.event, c.at)
+        return CallHandler(c.id, c.kind, c.step, c.event, err(c.error))
+
     s = env.state
-    commands = tuple(CallHandler(c.id, c.kind, c.step, c.event, err(c.error)) for c in s.in_flight)
+    commands = tuple(command(c) for c in s.in_flight)
     outputs = freeze_json(s.outputs) if s.outputs else EMPTY_OUTPUTS
-    return State(
-        env.flow, env.fingerprint, tuple(s.events), s.status, err(s.error), commands, s.seq, outputs
-    )
+    attempts = pmap(s.attempts) if s.attempts else EMPTY_ATTEMPTS
+    fields = (env.flow, env.fingerprint, tuple(s.events), s.status, err(s.error), commands)
+    return State(*fields, s.seq, outputs, s.wake_at, s.timeout_at, attempts, s.run_id)
 
 
 def make_converter() -> cattrs.Converter:
@@ -205,7 +282,7 @@ def make_converter() -> cattrs.Converter:
     groups naming each wrong ``$.path``.
     """
     converter = cattrs.Converter(forbid_extra_keys=True)
-    for scalar in (int, str):
+    for scalar in (int, str, float):
         converter.register_structure_hook(scalar, _strict(scalar))
     converter.register_structure_hook(Any, _structure_json_value)
     converter.register_unstructure_hook(State, _unstructure_state)
@@ -288,11 +365,11 @@ def loads(text: str | bytes, definition: FlowDefinition) -> State:
             f"expected a stepflow state object or a go-stepflow event list, got {obj!r:.80}",
             problems=("$: expected an object or a list",),
         )
-    if obj.get("format") != FORMAT_VERSION:
+    if obj.get("format") not in _READABLE:
         raise CorruptStateError(
-            f"unsupported state format {obj.get('format')!r}; this stepflow reads format "
-            f"{FORMAT_VERSION}. Upgrade stepflow to read newer states.",
-            problems=(f"$.format: expected {FORMAT_VERSION}",),
+            f"unsupported state format {obj.get('format')!r}; this stepflow reads formats "
+            f"{list(_READABLE)}. Upgrade stepflow to read newer states.",
+            problems=(f"$.format: expected one of {list(_READABLE)}",),
         )
     try:
         state = _state_fast(obj)
@@ -310,3 +387,114 @@ def _structure_explained(obj: Any) -> State:
             "state text does not have the shape of a stepflow state: " + "; ".join(problems),
             problems=problems,
         ) from None
+
+
+# -- journal batches ----------------------------------------------------------
+
+#: What a journal entry records: an effect batch, or an operator's resume/cancel.
+BatchOp = Literal["effects", "resume", "cancel"]
+
+
+@attrs.frozen
+class Batch:
+    """One entry of a run's journal: what was applied to the run, and when.
+
+    Attributes:
+        op: ``"effects"`` (an effect batch given to :func:`stepflow.advance`),
+            ``"resume"`` (:func:`stepflow.resume`) or ``"cancel"``.
+        at: When it was applied (seconds since the epoch), or ``None``.
+        effects: The effects applied, in order.
+        answered: The commands in flight that the effects answered.
+
+    """
+
+    op: BatchOp
+    at: float | None
+    effects: tuple[Effect, ...] = ()
+    answered: tuple[Command, ...] = ()
+
+
+def _unstructure_effect(effect: Effect, command: Command | None) -> dict[str, Any]:
+    if type(effect) is TimerFired:
+        return {"type": "timer", "command": effect.command_id, "at": effect.at}
+    if type(effect) is HandlerReturned:
+        try:
+            value = thaw_json(freeze_json(effect.value))
+        except NotJSON:
+            # A value JSON cannot hold is recorded as the failure advance made of it
+            # (result_error), which leads to the very same state.
+            error = result_error(command, effect.value) if command is not None else None
+            if error is None:
+                raise TypeError(f"effect value {effect.value!r:.80} is not JSON") from None
+            return {
+                "type": "raised",
+                "command": effect.command_id,
+                "error": _unstructure_error(error),
+                "at": effect.at,
+            }
+        return {"type": "returned", "command": effect.command_id, "value": value, "at": effect.at}
+    if type(effect) is HandlerRaised:
+        return {
+            "type": "raised",
+            "command": effect.command_id,
+            "error": _unstructure_error(effect.error),
+            "at": effect.at,
+        }
+    raise TypeError(f"{effect!r:.80} is not an effect")
+
+
+def dumps_batch(batch: Batch) -> str:
+    """Serialize a journal :class:`Batch` to canonical JSON text.
+
+    A ``HandlerReturned`` whose value is not JSON is written as the
+    ``HandlerRaised`` that :func:`stepflow.advance` turns it into (see
+    :func:`~stepflow.core.advance.result_error`), so replaying the entry gives the
+    same state.
+    """
+    by_id = {c.id: c for c in batch.answered}
+    body = {
+        "op": batch.op,
+        "at": batch.at,
+        "effects": [_unstructure_effect(e, by_id.get(e[0])) for e in batch.effects],
+        "answered": [_unstructure_command(c) for c in batch.answered],
+    }
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _structure_effect(raw: Any) -> Effect:
+    kind, command_id, at = raw["type"], raw["command"], _time_fast(raw["at"])
+    if type(command_id) is not int:
+        raise TypeError(f"command id {command_id!r} is not an int")
+    if kind == "timer":
+        if at is None:
+            raise TypeError("a timer effect needs its time")
+        return TimerFired(command_id, at)
+    if kind == "returned":
+        return HandlerReturned(command_id, raw["value"], at)
+    if kind == "raised":
+        return HandlerRaised(command_id, _error_fast(raw["error"]), None, at)
+    raise TypeError(f"unknown effect type {kind!r}")
+
+
+def loads_batch(text: str | bytes) -> Batch:
+    """Read a journal entry written by :func:`dumps_batch`.
+
+    Raises:
+        CorruptStateError: the text is not a journal entry; the message says
+            what is wrong.
+
+    """
+    try:
+        raw = orjson.loads(text)
+        op, at = raw["op"], _time_fast(raw["at"])
+        if op not in ("effects", "resume", "cancel"):
+            raise TypeError(f"unknown op {op!r}")
+        effects = tuple(_structure_effect(e) for e in raw["effects"])
+        answered = tuple(_command_fast(c) for c in raw["answered"])
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+        raise CorruptStateError(
+            f"not a stepflow journal entry ({type(exc).__name__}: {exc}); "
+            "pass the text dumps_batch() wrote, unchanged",
+            problems=(f"$: {exc}",),
+        ) from exc
+    return Batch(op, at, effects, answered)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from stepflow.core.state import ErrorRecord, State
 
 __all__ = [
+    "ConfigurationError",
     "CorruptStateError",
     "DefinitionError",
     "DuplicateEffectError",
@@ -28,10 +29,15 @@ __all__ = [
     "InterpreterError",
     "LateEffectError",
     "RecordedError",
+    "RunExistsError",
+    "StaleWriteError",
     "StateError",
     "StepflowError",
+    "StoreError",
     "UnknownEffectError",
     "UnknownEventError",
+    "UnknownRunError",
+    "WaitTimeoutError",
 ]
 
 
@@ -204,3 +210,61 @@ class FlowFailed(StepflowError, RuntimeError):
         )
         self.state = state
         self.error = error
+
+
+class WaitTimeoutError(StepflowError, TimeoutError):
+    """A ``wait_for`` step's condition stayed false past its ``timeout``.
+
+    It is recorded in the state like any handler failure, so an enclosing
+    ``retry`` can catch it.
+    """
+
+
+class StoreError(StepflowError, RuntimeError):
+    """A run store cannot do what was asked (schema, connection, corrupt row)."""
+
+
+class StaleWriteError(StoreError):
+    """A save lost its compare-and-swap: the run moved on or the lease was lost.
+
+    Nothing was written. The writer should drop its copy of the run and let the
+    lease holder (or the next claim) continue it.
+
+    Attributes:
+        run_id: The run the save was for.
+
+    """
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class UnknownRunError(StoreError, LookupError):
+    """No run has the given id.
+
+    Attributes:
+        run_id: The id that was looked up.
+
+    """
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunExistsError(StoreError, ValueError):
+    """A run with the given id already exists.
+
+    Attributes:
+        run_id: The id that is taken.
+
+    """
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class ConfigurationError(StepflowError, ValueError):
+    """A setting is malformed: a store URL, a ``MODULE:FLOW`` reference, an option."""

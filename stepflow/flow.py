@@ -6,21 +6,29 @@ the ``on_error`` calls its failure triggers), applies the result, and follows th
 automatic transitions after it. The returned state is ready to save; a failure
 raises :class:`~stepflow.errors.FlowFailed` carrying a failed state that keeps the
 position and the error, never ``nil``.
+
+``apply`` leaves scheduling to its caller, as go-stepflow does: it polls a
+``wait_for`` whenever it is called, but fires a ``sleep`` timer only once it is
+due. :meth:`Flow.run` and :meth:`Flow.run_async` drive a run to its end in
+process, honouring every ``wake_at`` through the flow's clock; the durable
+:class:`stepflow.Worker` does the same across many runs and restarts.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
+from stepflow.clock import Clock, SystemClock
 from stepflow.core.advance import advance
 from stepflow.core.compile import HandlerKey, compile_spec
 from stepflow.core.definition import FlowDefinition
-from stepflow.core.messages import Command, Effect
+from stepflow.core.messages import Command, Effect, Wake
 from stepflow.core.spec import Steps
-from stepflow.core.state import COMPLETED, FAILED, State
+from stepflow.core.state import COMPLETED, FAILED, RUNNING, State
 from stepflow.errors import FlowFailed
 from stepflow.interpreter import Interpreter
 
@@ -36,16 +44,22 @@ class Flow:
     Attributes:
         definition: The compiled state machine: pure data.
         handlers: ``(command kind, step path) -> handler``.
+        clock: Where the drivers read the time (default: :class:`SystemClock`).
         interpreter: The :class:`~stepflow.interpreter.Interpreter` the drivers use.
 
     """
 
     definition: FlowDefinition
     handlers: Mapping[HandlerKey, Callable[..., Any]]
+    clock: Clock = attrs.field(factory=SystemClock, eq=False, repr=False)
     interpreter: Interpreter = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "interpreter", Interpreter(self))
+        object.__setattr__(self, "interpreter", Interpreter(self, self.clock))
+
+    def with_clock(self, clock: Clock) -> Flow:
+        """Return this flow driven by ``clock`` (a :class:`FakeClock` in tests)."""
+        return Flow(self.definition, self.handlers, clock)
 
     @property
     def name(self) -> str:
@@ -70,6 +84,16 @@ class Flow:
             return commands[0]
         return None
 
+    def _first(self, state: State | None) -> tuple[State, Command | None]:
+        """Start or load the apply: the state, and the command to execute now."""
+        state, commands = advance(self.definition, state, now=self.clock.now())
+        if state.status == FAILED:
+            raise self._failed(state)
+        command: Command | None = commands[0] if commands else None
+        if type(command) is Wake and command.at > self.clock.now():
+            return state, None  # the timer is not due: nothing to do yet
+        return state, command
+
     def apply(self, state: State | None = None, ctx: Any = None) -> State:
         """Run one step of the flow from ``state`` (``None`` starts a run).
 
@@ -85,10 +109,7 @@ class Flow:
                 the failed state (save it), ``__cause__`` the handler's exception.
 
         """
-        state, commands = advance(self.definition, state)
-        if state.status == FAILED:
-            raise self._failed(state)
-        command: Command | None = commands[0] if commands else None
+        state, command = self._first(state)
         while command is not None:
             effect: Effect = self.interpreter.execute(command, ctx)
             state, commands = advance(self.definition, state, (effect,))
@@ -97,19 +118,39 @@ class Flow:
 
     async def apply_async(self, state: State | None = None, ctx: Any = None) -> State:
         """Like :meth:`apply`, awaiting ``async def`` handlers on the running loop."""
-        state, commands = advance(self.definition, state)
-        if state.status == FAILED:
-            raise self._failed(state)
-        command: Command | None = commands[0] if commands else None
+        state, command = self._first(state)
         while command is not None:
             effect: Effect = await self.interpreter.execute_async(command, ctx)
             state, commands = advance(self.definition, state, (effect,))
             command = self._after(state, commands)
         return state
 
+    def run(self, state: State | None = None, ctx: Any = None) -> State:
+        """Drive a run to its end in this process, sleeping until each ``wake_at``.
 
-def new(spec: Steps) -> Flow:
-    """Compile ``spec`` into a :class:`Flow`.
+        With a :class:`~stepflow.clock.FakeClock`, the waits take no real time.
+
+        Returns:
+            The completed state.
+
+        Raises:
+            FlowFailed: as for :meth:`apply`.
+
+        """
+        return asyncio.run(self.run_async(state, ctx))
+
+    async def run_async(self, state: State | None = None, ctx: Any = None) -> State:
+        """Like :meth:`run`, on the running event loop."""
+        state = await self.apply_async(state, ctx)
+        while state.status == RUNNING:
+            if state.wake_at is not None:
+                await self.clock.sleep(state.wake_at - self.clock.now())
+            state = await self.apply_async(state, ctx)
+        return state
+
+
+def new(spec: Steps, *, clock: Clock | None = None) -> Flow:
+    """Compile ``spec`` into a :class:`Flow` whose drivers read ``clock``.
 
     >>> import stepflow
     >>> flow = stepflow.new(stepflow.named("hello/v1").do("greet", lambda ctx: "hi"))
@@ -121,4 +162,4 @@ def new(spec: Steps) -> Flow:
 
     """
     definition, handlers = compile_spec(spec)
-    return Flow(definition, handlers)
+    return Flow(definition, handlers, clock if clock is not None else SystemClock())

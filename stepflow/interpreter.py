@@ -2,9 +2,10 @@
 
 This is the shell around the pure core. :meth:`Interpreter.execute` looks up the
 handler a :class:`~stepflow.core.messages.CallHandler` names, calls it with the
-caller's context object, unchanged, and turns its outcome into an effect. An
-exception raised by a handler becomes a :class:`HandlerRaised` effect; it never
-escapes.
+caller's context object, unchanged, and turns its outcome into an effect stamped
+with the time read from its :class:`~stepflow.clock.Clock`. An exception raised
+by a handler becomes a :class:`HandlerRaised` effect; it never escapes. A due
+:class:`~stepflow.core.messages.Wake` becomes a ``TimerFired``.
 
 ``on_error`` handlers receive the exception the failing handler raised. The
 interpreter keeps the live exception objects of recent failures for that; when
@@ -22,8 +23,17 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from stepflow.clock import Clock, SystemClock
 from stepflow.core.compile import HandlerKey
-from stepflow.core.messages import CallHandler, Effect, HandlerRaised, HandlerReturned
+from stepflow.core.messages import (
+    CallHandler,
+    Command,
+    Effect,
+    HandlerRaised,
+    HandlerReturned,
+    TimerFired,
+    Wake,
+)
 from stepflow.core.state import ErrorRecord
 from stepflow.errors import InterpreterError, RecordedError
 
@@ -92,12 +102,29 @@ class Interpreter:
 
     Args:
         flow: The flow whose handlers serve the commands (from :func:`stepflow.new`).
+        clock: Where effects' times come from (default: :class:`SystemClock`).
 
     """
 
-    def __init__(self, flow: Flow) -> None:
+    def __init__(self, flow: Flow, clock: Clock | None = None) -> None:
         self._handlers: Mapping[HandlerKey, Callable[..., Any]] = flow.handlers
         self._live: OrderedDict[ErrorRecord, BaseException] = OrderedDict()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+
+    def fire(self, command: Wake) -> TimerFired:
+        """Answer a due :class:`Wake` with ``TimerFired`` at the clock's time.
+
+        Raises:
+            InterpreterError: the timer is not due yet.
+
+        """
+        now = self.clock.now()
+        if now < command.at:
+            raise InterpreterError(
+                f"the timer of {command.step!r} fires at {command.at!r}, and the clock reads "
+                f"{now!r}; wait until the state's wake_at before executing it"
+            )
+        return TimerFired(command.id, now)
 
     def _handler(self, command: CallHandler) -> Callable[..., Any]:
         try:
@@ -120,24 +147,29 @@ class Interpreter:
         self._live.move_to_end(record)
         if len(self._live) > _LIVE_EXCEPTIONS:
             self._live.popitem(last=False)
-        return HandlerRaised(command.id, record, exc)
+        return HandlerRaised(command.id, record, exc, self.clock.now())
 
     def exception_for(self, record: ErrorRecord) -> BaseException:
         """Return the exception behind ``record``: the live one if known, else rebuilt."""
         live = self._live.get(record)
         return live if live is not None else rebuild_exception(record)
 
-    def execute(self, command: CallHandler, ctx: Any = None) -> Effect:
+    def execute(self, command: Command, ctx: Any = None) -> Effect:
         """Call the handler ``command`` names with ``ctx``; return its outcome as an effect.
 
         An ``async def`` handler is run to completion on a new event loop; from
-        inside a running loop, use :meth:`execute_async`.
+        inside a running loop, use :meth:`execute_async`. A :class:`Wake` is
+        answered with :meth:`fire`.
 
         Raises:
-            InterpreterError: no handler is bound for the command, or an async
-                handler was called from inside a running event loop.
+            InterpreterError: no handler is bound for the command, an async
+                handler was called from inside a running event loop, or a timer
+                is not due.
 
         """
+        if type(command) is Wake:
+            return self.fire(command)
+        assert type(command) is CallHandler
         handler = self._handler(command)
         try:
             result = self._call(handler, command, ctx)
@@ -147,7 +179,7 @@ class Interpreter:
             raise
         except Exception as exc:  # a handler's failure is an effect, never an escape
             return self._raised(command, exc)
-        return _new(HandlerReturned, (command[0], result))
+        return _new(HandlerReturned, (command[0], result, self.clock.now()))
 
     @staticmethod
     def _run_awaitable(command: CallHandler, awaitable: Awaitable[Any]) -> Any:
@@ -162,15 +194,19 @@ class Interpreter:
             "running; use `await interpreter.execute_async(...)` or `await flow.apply_async(...)`"
         )
 
-    async def execute_async(self, command: CallHandler, ctx: Any = None) -> Effect:
+    async def execute_async(self, command: Command, ctx: Any = None) -> Effect:
         """Like :meth:`execute`, awaiting ``async def`` handlers on the running loop.
 
         Plain handlers are called directly, on the loop's thread.
 
         Raises:
-            InterpreterError: no handler is bound for the command.
+            InterpreterError: no handler is bound for the command, or a timer is
+                not due.
 
         """
+        if type(command) is Wake:
+            return self.fire(command)
+        assert type(command) is CallHandler
         handler = self._handler(command)
         try:
             result = self._call(handler, command, ctx)
@@ -178,4 +214,4 @@ class Interpreter:
                 result = await result
         except Exception as exc:  # a handler's failure is an effect, never an escape
             return self._raised(command, exc)
-        return _new(HandlerReturned, (command[0], result))
+        return _new(HandlerReturned, (command[0], result, self.clock.now()))

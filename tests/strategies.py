@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import stepflow
 from stepflow.core.compile import scope_name
-from stepflow.core.spec import Case, Do, Group, Item, LoopUntil, Retry, Steps, WaitFor
+from stepflow.core.spec import Case, Do, Group, Item, LoopUntil, Retry, Sleep, Steps, WaitFor
 
 # -- flow trees ---------------------------------------------------------------
 
@@ -35,18 +35,44 @@ step_names = st.text(alphabet="abcdxyz-_.0", min_size=1, max_size=4)
 root_names = st.sampled_from(["f", "steps", "deploy/v1", "a.b/c-d_e/v2"])
 
 
+#: Durations in seconds: small, so timeouts and backoffs interleave with the
+#: one second every scripted handler takes.
+durations = st.sampled_from([0.5, 1, 2.5, 5])
+
+policies = st.builds(
+    stepflow.RetryPolicy,
+    max_attempts=st.none() | st.integers(1, 4),
+    initial_interval=st.sampled_from([0, 0.5, 2]),
+    backoff_coefficient=st.sampled_from([1, 2, 3.5]),
+    max_interval=st.none() | st.just(4.0),
+    jitter=st.sampled_from([0, 0.5, 1]),
+    non_retryable=st.sampled_from(
+        [(), ("RuntimeError",), ("stepflow.errors.HandlerResultError", "KeyError")]
+    ),
+)
+
+
 def items(depth: int) -> st.SearchStrategy[Item]:
     """One step of any kind; groups nest at most ``depth`` more levels."""
     leaves: list[st.SearchStrategy[Item]] = [
         st.builds(Do, step_names, st.just(_unused)),
-        st.builds(WaitFor, step_names, st.just(_unused)),
+        st.builds(
+            WaitFor,
+            step_names,
+            st.just(_unused),
+            durations,
+            st.none() | durations.map(lambda d: d * 2),
+        ),
+        st.builds(Sleep, step_names, st.just(0) | durations),
     ]
     if depth <= 0:
         return st.one_of(leaves)
     body = bodies(depth - 1)
+    on_error = st.just(_unused)
     groups: list[st.SearchStrategy[Item]] = [
         st.builds(Case, step_names, st.just(_unused), body),
-        st.builds(Retry, step_names, st.just(_unused), body),
+        st.builds(Retry, step_names, on_error, body),
+        st.builds(Retry, step_names, st.none() | on_error, body, policies),
         st.builds(LoopUntil, step_names, st.just(_unused), body),
         st.builds(Group, step_names, body),
     ]
@@ -134,9 +160,15 @@ EXIT_OUTCOMES = {
 
 
 def handler_keys(definition: stepflow.FlowDefinition) -> list[HandlerKey]:
-    """Every ``(kind, step)`` a command of ``definition`` can name."""
-    keys: list[HandlerKey] = [(t.kind, t.step or "") for t in definition.handler_transitions()]
-    keys += [("on_error", scope) for scope in definition.retry_scopes()]
+    """Every ``(kind, step)`` a handler of ``definition`` serves (timers have none)."""
+    keys: list[HandlerKey] = [
+        (t.kind, t.step or "") for t in definition.handler_transitions() if t.kind != "sleep"
+    ]
+    keys += [
+        ("on_error", scope)
+        for scope in definition.retry_scopes()
+        if definition.retry_rule(scope).on_error
+    ]
     return keys
 
 
@@ -171,13 +203,16 @@ class World:
     """The simulated outside world: answers commands from an outcome script.
 
     An answer is decided once per command id and remembered, as an idempotent
-    external system would: a command re-run after a crash gets the same outcome.
+    external system would: a command re-run after a crash gets the same outcome,
+    at the same time. Time is a :class:`stepflow.FakeClock`: every handler takes
+    one second, and the world waits for a state's ``wake_at`` before answering.
     """
 
     def __init__(self, script: dict[HandlerKey, tuple[Outcome, ...]]) -> None:
         self._pending = {key: list(outs) for key, outs in script.items()}
-        self._answers: dict[int, Outcome] = {}
-        self.executed: list[stepflow.CallHandler] = []
+        self._answers: dict[int, stepflow.Effect] = {}
+        self.clock = stepflow.FakeClock(START)
+        self.executed: list[stepflow.Command] = []
         self.calls: defaultdict[HandlerKey, int] = defaultdict(int)
 
     def _decide(self, key: HandlerKey) -> Outcome:
@@ -185,28 +220,34 @@ class World:
         queue = self._pending.get(key, [])
         return queue.pop(0) if queue else EXIT_OUTCOMES[key[0]]
 
-    def outcome(self, command: stepflow.CallHandler) -> Outcome:
-        """Decide (once per command id) and return the outcome of ``command``."""
+    def execute(self, command: stepflow.Command, wake_at: float | None = None) -> stepflow.Effect:
+        """Answer ``command`` (once per id) with an effect, as the interpreter would."""
         self.executed.append(command)
         if command.id not in self._answers:
-            self._answers[command.id] = self._decide((command.kind, command.step))
+            self._answers[command.id] = self._answer(command, wake_at)
         return self._answers[command.id]
 
-    def execute(self, command: stepflow.CallHandler) -> stepflow.Effect:
-        """Answer ``command`` with an effect, as the interpreter would."""
-        outcome = self.outcome(command)
+    def _answer(self, command: stepflow.Command, wake_at: float | None) -> stepflow.Effect:
+        if wake_at is not None and wake_at > self.clock.now():
+            self.clock.set(wake_at)
+        if isinstance(command, stepflow.Wake):
+            self.clock.set(max(command.at, self.clock.now()))
+            return stepflow.TimerFired(command.id, self.clock.now())
+        outcome = self._decide((command.kind, command.step))
+        at = self.clock.advance(1)
         if isinstance(outcome, Returns):
-            return stepflow.HandlerReturned(command.id, outcome.value)
+            return stepflow.HandlerReturned(command.id, outcome.value, at)
         if isinstance(outcome, Raises):
             error = stepflow.ErrorRecord("RuntimeError", outcome.message, command.step)
-            return stepflow.HandlerRaised(command.id, error)
-        return stepflow.HandlerReturned(command.id, WrongKind())
+            return stepflow.HandlerRaised(command.id, error, None, at)
+        return stepflow.HandlerReturned(command.id, WrongKind(), at)
 
     def handler(self, kind: str, step: str) -> Callable[..., Any]:
         """A real handler for ``(kind, step)`` that plays the script (no crash memo)."""
 
         def play(ctx: Any, *_: Any) -> Any:
             outcome = self._decide((kind, step))
+            self.clock.advance(1)
             if isinstance(outcome, Returns):
                 return outcome.value
             if isinstance(outcome, Raises):
@@ -216,15 +257,19 @@ class World:
         return play
 
 
+#: When scripted worlds start.
+START = 1_000.0
+
+
 def run(
     definition: stepflow.FlowDefinition, world: World
-) -> tuple[stepflow.State, list[stepflow.State], list[stepflow.CallHandler]]:
+) -> tuple[stepflow.State, list[stepflow.State], list[stepflow.Command]]:
     """Drive a run to its end through ``advance``; return final state, all states, commands."""
-    state, commands = stepflow.advance(definition, None)
+    state, commands = stepflow.advance(definition, None, now=world.clock.now())
     states = [state]
     issued = list(commands)
     while commands:
-        effect = world.execute(commands[0])
+        effect = world.execute(commands[0], state.wake_at)
         state, commands = stepflow.advance(definition, state, (effect,))
         states.append(state)
         issued.extend(commands)

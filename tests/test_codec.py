@@ -21,7 +21,7 @@ def test_dumps_writes_a_versioned_envelope_with_sorted_keys_and_no_spaces() -> N
     state, _ = stepflow.advance(DEFINITION)
     text = stepflow.dumps(state)
     envelope = json.loads(text)
-    assert envelope["format"] == stepflow.FORMAT_VERSION == 1
+    assert envelope["format"] == stepflow.FORMAT_VERSION == 2
     assert envelope["flow"] == "deploy/v1"
     assert envelope["fingerprint"] == DEFINITION.fingerprint
     assert envelope["state"]["in_flight"] == [

@@ -10,9 +10,11 @@ import json
 import pickle
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import (
+    START,
     HandlerKey,
     Outcome,
     World,
@@ -39,7 +41,7 @@ def _run_with_crashes(
     crash "before" the execution loses nothing; a crash "after" it loses the
     effect: the command runs again after the reload, with the same id.
     """
-    saved = stepflow.dumps(stepflow.advance(definition, None)[0])
+    saved = stepflow.dumps(stepflow.advance(definition, None, now=world.clock.now())[0])
     for step in range(10_000):
         state = stepflow.loads(saved, definition)
         state, commands = stepflow.advance(definition, state)
@@ -49,7 +51,7 @@ def _run_with_crashes(
         crash = crashes[step] if step < len(crashes) else "none"
         if crash == "before":
             continue
-        effect = world.execute(commands[0])
+        effect = world.execute(commands[0], state.wake_at)
         if crash == "after":
             continue
         state, _ = stepflow.advance(definition, state, (effect,))
@@ -72,7 +74,7 @@ def test_a_run_that_crashes_anywhere_ends_as_an_uninterrupted_one(
     final = _run_with_crashes(definition, stormy, crashes)
 
     assert final == stepflow.dumps(expected)
-    first: dict[int, stepflow.CallHandler] = {}
+    first: dict[int, stepflow.Command] = {}
     for command in stormy.executed:
         # A command runs again only as a re-issue of the same command, same id.
         assert first.setdefault(command.id, command) == command
@@ -115,9 +117,11 @@ def test_a_run_driven_by_flow_apply_ends_as_one_driven_by_advance(
 
     world = World(script)
     handlers = {key: world.handler(*key) for key in script}
-    flow = stepflow.Flow(definition, handlers)
+    flow = stepflow.Flow(definition, handlers, world.clock)
     state = None
     for _ in range(10_000):
+        if state is not None and state.wake_at is not None and state.wake_at > world.clock.now():
+            world.clock.set(state.wake_at)  # a go-style caller's scheduler
         try:
             state = flow.apply(state)
         except stepflow.FlowFailed as failed:
@@ -141,7 +145,7 @@ def test_every_event_and_every_outcome_is_handled(definition: stepflow.FlowDefin
             )
     for event in definition.events:
         state, commands = stepflow.advance(
-            definition, stepflow.loads(json.dumps([event]), definition)
+            definition, stepflow.loads(json.dumps([event]), definition), now=START
         )
         if state.is_completed:
             assert commands == ()
@@ -152,17 +156,22 @@ def test_every_event_and_every_outcome_is_handled(definition: stepflow.FlowDefin
             assert state.events == (command.event,)
     for transition in definition.handler_transitions():
         state, (command,) = stepflow.advance(
-            definition, stepflow.loads(json.dumps([transition.source]), definition)
+            definition, stepflow.loads(json.dumps([transition.source]), definition), now=START
         )
         raised = stepflow.HandlerRaised(
-            command.id, stepflow.ErrorRecord("RuntimeError", "x", command.step)
+            command.id, stepflow.ErrorRecord("RuntimeError", "x", command.step), None, START
         )
-        effects = [stepflow.HandlerReturned(command.id, v) for v in _PROBES] + [raised]
-        for effect in effects:
+        answers = [stepflow.HandlerReturned(command.id, v, START) for v in _PROBES] + [raised]
+        fired = [stepflow.TimerFired(command.id, state.wake_at or START)]
+        good, bad = (fired, answers) if transition.kind == "sleep" else (answers, fired)
+        for effect in good:
             after, commands = stepflow.advance(definition, state, (effect,))
             assert after.status in ("running", "completed", "failed")
             assert len(commands) == (1 if after.is_running else 0)
             assert after.in_flight == commands
+        for effect in bad:  # a timer cannot answer a handler, nor a handler a timer
+            with pytest.raises(stepflow.EffectError):
+                stepflow.advance(definition, state, (effect,))
 
 
 @given(flows_and_scripts())
@@ -170,9 +179,9 @@ def test_advance_never_mutates_its_inputs(flow_and_script: FlowAndScript) -> Non
     definition, script = flow_and_script
     world = World(script)
     before_definition = pickle.dumps(definition)
-    state, commands = stepflow.advance(definition, None)
+    state, commands = stepflow.advance(definition, None, now=START)
     while commands:
-        effects = (world.execute(commands[0]),)
+        effects = (world.execute(commands[0], state.wake_at),)
         snapshot = pickle.dumps((state, effects))
         next_state, commands = stepflow.advance(definition, state, effects)
         assert pickle.dumps((state, effects)) == snapshot

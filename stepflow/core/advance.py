@@ -2,7 +2,9 @@
 
 Rule 1: :func:`advance` computes and executes nothing. It performs no I/O, reads
 no clock, draws no random number, and calls no user code. The commands it returns
-are requests, carried out (or not) by whoever called it.
+are requests, carried out (or not) by whoever called it. Time is an input like
+any other: effects carry the time they were observed (``at``), and the caller may
+pass ``now``; the state records when it next wants to run (``wake_at``).
 
 Rule 2: inputs are never mutated. A bad effect batch raises a typed
 :class:`~stepflow.errors.EffectError` and leaves the state as it was; a failing
@@ -11,36 +13,54 @@ recorded and the position kept.
 
 Theory of operation
 -------------------
-A state rests at an event that waits for a handler (see
+A state rests at an event that waits for a handler or a timer (see
 :mod:`stepflow.core.definition`), with one command in flight for it. An effect
 answers that command:
 
 * a ``do`` that returned moves to the step's ``completed`` event; its JSON value
   is kept in ``outputs`` under the step's path;
-* a condition that returned a ``bool`` takes the matching destination;
-* a handler that raised (or returned a value of the wrong kind) hands the error
-  to the innermost enclosing retry as an ``on_error`` command; ``True`` restarts
-  that retry's group, ``False`` passes the same error outward, and an exception
+* a condition that returned a ``bool`` takes the matching destination; a
+  ``wait_for`` that returned ``False`` polls again ``every`` seconds later
+  (``wake_at``), or fails with ``WaitTimeoutError`` once past its timeout;
+* a ``sleep``'s :class:`~stepflow.core.messages.TimerFired` moves past it;
+* a handler that raised (or returned a value of the wrong kind) goes to the
+  innermost enclosing retry. Its :class:`~stepflow.core.definition.RetryPolicy`
+  decides first (attempts left, error retryable), then its ``on_error`` handler,
+  asked with an ``on_error`` command: ``True`` restarts the group after the
+  policy's backoff, ``False`` passes the same error outward, and an exception
   from ``on_error`` replaces it. With no retry left the run fails.
 
 Static transitions after the move were resolved at compile time, so the new
 position is found with one lookup, and its command is issued in the same call.
 A state that already has its command in flight is returned as it is, with the
 same command (same id), so a crashed worker's successor re-runs it.
+
+The time of a batch is its effect's ``at``, else ``now``. Without either, delays
+cannot be computed: polls and restarts are due at once (go-stepflow's
+behaviour), and reaching a ``sleep`` is an error that asks for ``now``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from pyrsistent.typing import PMap
 
 from stepflow.core._json import NotJSON, freeze_json
 from stepflow.core.definition import FlowDefinition, _Node, start_event
-from stepflow.core.messages import CallHandler, Command, Effect, HandlerRaised, HandlerReturned
+from stepflow.core.messages import (
+    CallHandler,
+    Command,
+    Effect,
+    HandlerRaised,
+    HandlerReturned,
+    TimerFired,
+    Wake,
+)
 from stepflow.core.state import (
     COMPLETED,
+    EMPTY_ATTEMPTS,
     EMPTY_OUTPUTS,
     FAILED,
     RUNNING,
@@ -57,18 +77,26 @@ from stepflow.errors import (
     StateError,
     UnknownEffectError,
     UnknownEventError,
+    WaitTimeoutError,
 )
 
-__all__ = ["advance", "check_state", "initial_state"]
+__all__ = ["advance", "check_state", "initial_state", "result_error", "resume"]
 
 # NamedTuple.__new__ is a Python function; tuple.__new__ builds the same object
 # several times faster, and states and commands are built on every step.
 _new = tuple.__new__
 _STATUSES = (RUNNING, COMPLETED, FAILED)
+_EFFECTS = (HandlerReturned, HandlerRaised, TimerFired)
 
 
-def initial_state(definition: FlowDefinition) -> State:
-    """Return the state of a new run of ``definition``, before its first command."""
+def initial_state(definition: FlowDefinition, run_id: str = "") -> State:
+    """Return the state of a new run of ``definition``, before its first command.
+
+    Args:
+        definition: The compiled flow.
+        run_id: The run's identity (seeds the jitter of retry backoffs).
+
+    """
     return _new(
         State,
         (
@@ -80,6 +108,10 @@ def initial_state(definition: FlowDefinition) -> State:
             (),
             0,
             EMPTY_OUTPUTS,
+            None,
+            None,
+            EMPTY_ATTEMPTS,
+            run_id,
         ),
     )
 
@@ -88,17 +120,21 @@ def advance(
     definition: FlowDefinition,
     state: State | None = None,
     effects: Sequence[Effect] = (),
+    *,
+    now: float | None = None,
 ) -> tuple[State, tuple[Command, ...]]:
     """Apply ``effects`` to ``state`` and return the next state and its commands.
 
     This function is pure: it executes nothing, reads no clock and mutates none of
     its inputs. Carrying out the returned commands is the caller's job (see
-    :class:`stepflow.Interpreter`).
+    :class:`stepflow.Interpreter`), no earlier than the new state's ``wake_at``.
 
     Args:
         definition: The compiled flow.
         state: The current state, or ``None`` to start a new run.
         effects: Outcomes of commands in flight, addressed by command id.
+        now: The caller's time (seconds since the epoch), used when the effects
+            carry none: to start a run, or to reach a ``sleep`` without effects.
 
     Returns:
         The new state and the commands in flight in it. With no effects, a state
@@ -109,7 +145,9 @@ def advance(
         UnknownEffectError: an effect answers a command id never issued.
         LateEffectError: an effect answers a command no longer in flight.
         DuplicateEffectError: two effects answer the same command.
-        EffectError: an item of ``effects`` is not an effect.
+        EffectError: an item of ``effects`` is not an effect, answers a command
+            of another kind, fires a timer early, or a ``sleep`` is reached with
+            no time known.
         FlowMismatchError, UnknownEventError, IncompatibleDefinition: the state
             does not fit ``definition`` (see :func:`check_state`).
 
@@ -121,19 +159,20 @@ def advance(
         state = initial_state(definition)
     elif state[1] is not fingerprint and (state[1] != fingerprint or state[0] != name):
         state = check_state(definition, state)
-    _, _, events, status, _, in_flight, seq, outputs = state
+    in_flight, status = state[5], state[3]
     if not effects:
         if in_flight or status != RUNNING:
             return state, in_flight
+        events = state[2]
         if len(events) != 1 or events[0] not in nodes:
             check_state(definition, state)  # raises the error that explains it
-        return _issue(definition, events[0], seq, outputs)
+        return _enter(definition, state, nodes[events[0]], state[7], state[10], now, None)
     effect = effects[0]
     effect_type = type(effect)
     if (
         len(effects) != 1
         or not in_flight
-        or (effect_type is not HandlerReturned and effect_type is not HandlerRaised)
+        or effect_type not in _EFFECTS
         or effect[0] != in_flight[0][0]
     ):
         raise _rejection(state, effects)
@@ -143,57 +182,169 @@ def advance(
         check_state(definition, state)  # raises the error that explains it
         raise StateError(f"command {command!r} waits at an event with no handler")
     kind = command[1]
-    if effect_type is HandlerRaised:
-        return _fail_step(definition, state, command, node, effect[1])
-    value = effect[1]
-    if kind == "do":
-        if value is None:
-            if outputs is not EMPTY_OUTPUTS and command[2] in outputs:
-                outputs = outputs.discard(command[2])
-        else:
-            try:
-                outputs = outputs.set(command[2], freeze_json(value))
-            except NotJSON as exc:
-                message = (
-                    f"do step {command[2]!r} returned a value that is not JSON ({exc}); "
-                    "return dict, list, str, int, float, bool or None, "
-                    "or keep the object elsewhere and return its id"
-                )
-                error = _result_error(command[2], message)
-                return _fail_step(definition, state, command, node, error)
-        target = nodes[node[4]]
-    elif value is True or value is False:
-        if kind == "on_error":
-            if value:
-                return _issue(definition, nodes[start_event(command[2])][0], seq, outputs)
-            assert command[4] is not None
-            return _fail_step(definition, state, command, node, command[4])
-        target = nodes[node[4] if value else node[5]]
-    else:
-        what = "on_error handler of" if kind == "on_error" else f"{kind} condition of"
-        message = (
-            f"the {what} {command[2]!r} returned {value!r:.80} "
-            f"({type(value).__name__}); it must return True or False"
+    at = effect.at
+    if at is None:
+        at = now
+    if (effect_type is TimerFired) != (kind == "sleep"):
+        raise EffectError(
+            f"{effect!r:.120} cannot answer {kind} command {command[0]} of step {command[2]!r}; "
+            "answer a Wake with TimerFired and a CallHandler with HandlerReturned/HandlerRaised",
+            command_id=command[0],
         )
-        return _fail_step(definition, state, command, node, _result_error(command[2], message))
-    # Rest at the target and issue its command: _issue, inlined on the hot path.
-    if target[2] is None:
-        return _new(State, (name, fingerprint, target[1], COMPLETED, None, (), seq, outputs)), ()
-    seq += 1
+    outputs = state[7]
+    if effect_type is TimerFired:
+        if at is None or at < cast(float, command[4]):
+            raise EffectError(
+                f"the timer of step {command[2]!r} fires at {command[4]!r}, not at {at!r}; "
+                "answer a Wake with TimerFired only once its time has come",
+                command_id=command[0],
+            )
+        target = nodes[node[4]]
+    elif effect_type is HandlerRaised:
+        return _fail_step(definition, state, command, node, cast(ErrorRecord, effect[1]), at)
+    else:
+        value = effect[1]
+        if kind == "do":
+            if value is None:
+                if outputs is not EMPTY_OUTPUTS and command[2] in outputs:
+                    outputs = outputs.discard(command[2])
+            else:
+                try:
+                    outputs = outputs.set(command[2], freeze_json(value))
+                except NotJSON:
+                    error = _bad_result(command, value)
+                    return _fail_step(definition, state, command, node, error, at)
+            target = nodes[node[4]]
+        elif value is True or value is False:
+            if kind == "on_error":
+                if value:
+                    return _restart(definition, state, command[2], at)
+                error = cast(ErrorRecord, command[4])
+                return _fail_step(definition, state, command, node, error, at)
+            if kind == "wait_for" and not value:
+                return _poll_again(definition, state, command, node, at)
+            target = nodes[node[4] if value else node[5]]
+        else:
+            error = _bad_result(command, value)
+            return _fail_step(definition, state, command, node, error, at)
+    attempts = state[10]
+    if attempts or target[2] is None or target[8] is not None or target[2] == "sleep":
+        return _enter(definition, state, target, outputs, attempts, at, None)
+    # The common case, _enter inlined: rest at a plain handler step, issue its command.
+    seq = state[6] + 1
     commands = (_new(CallHandler, (seq, target[2], target[3], target[0], None)),)
-    return _new(
-        State, (name, fingerprint, target[1], RUNNING, None, commands, seq, outputs)
-    ), commands
+    fields = (name, fingerprint, target[1], RUNNING, None, commands, seq, outputs)
+    return _new(State, (*fields, None, None, attempts, state[11])), commands
+
+
+def _enter(
+    definition: FlowDefinition,
+    state: State,
+    node: _Node,
+    outputs: PMap[str, Any],
+    attempts: PMap[str, int],
+    at: float | None,
+    not_before: float | None,
+) -> tuple[State, tuple[Command, ...]]:
+    """Rest at ``node`` (resolved through static hops) and issue its command.
+
+    ``at`` is the time of the batch that got here; ``not_before`` delays the
+    command (a retry's backoff).
+    """
+    name, fingerprint, run_id = definition.name, definition.fingerprint, state[11]
+    if attempts:
+        scopes = node.retry_scopes
+        for scope in attempts:
+            if scope not in scopes:
+                attempts = attempts.discard(scope)
+    seq = state[6]
+    if node.kind is None:
+        done = (name, fingerprint, node.events, COMPLETED, None, (), seq, outputs)
+        return _new(State, (*done, None, None, attempts, run_id)), ()
+    seq += 1
+    start = at if not_before is None else not_before
+    timeout_at = None
+    command: Command
+    if node.kind == "sleep":
+        if start is None:
+            raise EffectError(
+                f"the run reached sleep step {node.step!r} and no time is known; "
+                "pass now= to advance, or stamp effects with their time (at=)",
+                command_id=-1,
+            )
+        assert node.delay is not None
+        wake_at: float | None = start + node.delay
+        command = _new(Wake, (seq, "sleep", node.step, node.event, wake_at))
+    else:
+        wake_at = not_before
+        if node.timeout is not None and start is not None:
+            timeout_at = start + node.timeout
+        command = _new(CallHandler, (seq, node.kind, node.step, node.event, None))
+    issued: tuple[Command, ...] = (command,)
+    fields = (name, fingerprint, node.events, RUNNING, None, issued, seq, outputs)
+    return _new(State, (*fields, wake_at, timeout_at, attempts, run_id)), issued
+
+
+def _poll_again(
+    definition: FlowDefinition,
+    state: State,
+    command: Command,
+    node: _Node,
+    at: float | None,
+) -> tuple[State, tuple[Command, ...]]:
+    """Poll a ``wait_for`` condition found false at ``at`` again later, or time out."""
+    timeout_at = state.timeout_at
+    if node.timeout is not None and at is not None:
+        if timeout_at is None:
+            timeout_at = at + node.timeout
+        if at >= timeout_at:
+            error = ErrorRecord.from_exception(
+                WaitTimeoutError(
+                    f"the condition of {node.step!r} was still false at {at!r}, past its "
+                    f"timeout of {node.timeout:g}s (deadline {timeout_at!r})"
+                ),
+                node.step,
+            )
+            return _fail_step(definition, state, command, node, error, at)
+    wake_at = None
+    if at is not None:
+        assert node.delay is not None
+        wake_at = at + node.delay
+        if timeout_at is not None and wake_at > timeout_at:
+            wake_at = timeout_at
+    seq = state.seq + 1
+    commands = (_new(CallHandler, (seq, "wait_for", node.step, node.event, None)),)
+    fields = (definition.name, definition.fingerprint, state.events, RUNNING, None, commands, seq)
+    rest = (state.outputs, wake_at, timeout_at, state.attempts, state.run_id)
+    return _new(State, (*fields, *rest)), commands
+
+
+def _restart(
+    definition: FlowDefinition, state: State, scope: str, at: float | None
+) -> tuple[State, tuple[Command, ...]]:
+    """Restart the group of retry ``scope``, after its policy's backoff."""
+    attempts = state.attempts
+    attempt = attempts.get(scope, 0) + 1  # the attempt that just failed
+    policy = definition._rules[scope].policy
+    not_before = None
+    if policy is not None and at is not None:
+        delay = policy.backoff(attempt, state.run_id, scope)
+        if delay > 0:
+            not_before = at + delay
+    node = definition._nodes[start_event(scope)]
+    return _enter(
+        definition, state, node, state.outputs, attempts.set(scope, attempt), at, not_before
+    )
 
 
 def _rejection(state: State, effects: Sequence[Effect]) -> EffectError:
     """Explain why ``effects`` cannot be applied to ``state``."""
     seen: set[int] = set()
     for effect in effects:
-        if type(effect) is not HandlerReturned and type(effect) is not HandlerRaised:
+        if type(effect) not in _EFFECTS:
             return EffectError(
-                f"{effect!r:.120} is not an effect; pass HandlerReturned or HandlerRaised "
-                "values (Interpreter.execute makes them)",
+                f"{effect!r:.120} is not an effect; pass HandlerReturned, HandlerRaised or "
+                "TimerFired values (Interpreter.execute makes them)",
                 command_id=-1,
             )
         command_id = effect[0]
@@ -227,51 +378,104 @@ def _rejection(state: State, effects: Sequence[Effect]) -> EffectError:
     )
 
 
-def _result_error(step: str, message: str) -> ErrorRecord:
-    return ErrorRecord.from_exception(HandlerResultError(message), step)
+def result_error(command: Command, value: Any) -> ErrorRecord | None:
+    """Return the error a handler's return ``value`` is recorded as, or ``None`` if valid.
+
+    A ``do`` must return JSON data (or ``None``); a condition or ``on_error``
+    handler must return a real ``bool``. :func:`advance` records any other value
+    as this :class:`~stepflow.errors.HandlerResultError`, exactly as if the
+    handler had raised it, so a journal may store the equivalent
+    ``HandlerRaised`` instead of a value that JSON cannot hold.
+    """
+    if command.kind == "do":
+        try:
+            freeze_json(value)
+        except NotJSON as exc:
+            message = (
+                f"do step {command.step!r} returned a value that is not JSON ({exc}); "
+                "return dict, list, str, int, float, bool or None, "
+                "or keep the object elsewhere and return its id"
+            )
+            return ErrorRecord.from_exception(HandlerResultError(message), command.step)
+        return None
+    if value is True or value is False:
+        return None
+    what = "on_error handler of" if command.kind == "on_error" else f"{command.kind} condition of"
+    message = (
+        f"the {what} {command.step!r} returned {value!r:.80} "
+        f"({type(value).__name__}); it must return True or False"
+    )
+    return ErrorRecord.from_exception(HandlerResultError(message), command.step)
 
 
-def _issue(
-    definition: FlowDefinition, event: str, seq: int, outputs: PMap[str, Any]
-) -> tuple[State, tuple[Command, ...]]:
-    """Rest at ``event`` (resolved through static hops) and issue its command."""
-    node = definition._nodes[event]
-    name, fingerprint = definition.name, definition.fingerprint
-    if node[2] is None:
-        return _new(State, (name, fingerprint, node[1], COMPLETED, None, (), seq, outputs)), ()
-    seq += 1
-    commands = (_new(CallHandler, (seq, node[2], node[3], node[0], None)),)
-    return _new(
-        State, (name, fingerprint, node[1], RUNNING, None, commands, seq, outputs)
-    ), commands
+def _bad_result(command: Command, value: Any) -> ErrorRecord:
+    error = result_error(command, value)
+    assert error is not None
+    return error
 
 
 def _fail_step(
     definition: FlowDefinition,
     state: State,
-    command: CallHandler,
+    command: Command,
     node: _Node,
     error: ErrorRecord,
+    at: float | None,
 ) -> tuple[State, tuple[Command, ...]]:
-    """Hand ``error`` to the next enclosing retry, or fail the run with it.
+    """Hand ``error`` to the next enclosing retry that takes it, or fail the run.
 
-    ``command`` is the failed one: a step's handler (ask the innermost retry) or an
-    ``on_error`` handler (ask the retry enclosing the one that answered).
+    ``command`` is the failed one: a step's handler (start at the innermost retry)
+    or an ``on_error`` handler (start at the retry enclosing the one that
+    answered). A retry takes the error when its policy allows another attempt;
+    it then asks its ``on_error`` handler, or restarts at once if it has none.
     """
     scopes = node.retry_scopes
     index = scopes.index(command.step) + 1 if command.kind == "on_error" else 0
-    if index < len(scopes):
-        seq = state.seq + 1
-        ask = _new(CallHandler, (seq, "on_error", scopes[index], command.event, error))
-        fields = (definition.name, definition.fingerprint, state[2], RUNNING, None, (ask,))
-        return _new(State, (*fields, seq, state[7])), (ask,)
+    attempts = state.attempts
+    while index < len(scopes):
+        scope = scopes[index]
+        rule = definition._rules[scope]
+        if rule.policy is None or rule.policy.allows(attempts.get(scope, 0) + 1, error.type):
+            if not rule.on_error:
+                return _restart(definition, state, scope, at)
+            seq = state.seq + 1
+            ask = _new(CallHandler, (seq, "on_error", scope, command.event, error))
+            fields = (definition.name, definition.fingerprint, state.events, RUNNING, None, (ask,))
+            rest = (seq, state.outputs, None, None, attempts, state.run_id)
+            return _new(State, (*fields, *rest)), (ask,)
+        index += 1
     return state._replace(
         flow=definition.name,
         fingerprint=definition.fingerprint,
         status=FAILED,
         error=error,
         in_flight=(),
+        wake_at=None,
+        timeout_at=None,
     ), ()
+
+
+def resume(
+    definition: FlowDefinition, state: State, *, now: float | None = None
+) -> tuple[State, tuple[Command, ...]]:
+    """Send a failed run back to the step that failed; return it and its command.
+
+    Pure, like :func:`advance`. The position, outputs and command ids are kept; the
+    error is cleared, retry attempts start over, and the failed step's command is
+    issued again with a new id.
+
+    Raises:
+        StateError: the state is not failed.
+        FlowMismatchError, UnknownEventError, IncompatibleDefinition: the state
+            does not fit ``definition`` (see :func:`check_state`).
+
+    """
+    state = check_state(definition, state)
+    if state.status != FAILED:
+        raise StateError(f"only a failed run can be resumed; this one is {state.status!r}")
+    node = definition._nodes[state.events[0]]
+    running = state._replace(status=RUNNING, error=None)
+    return _enter(definition, running, node, state.outputs, EMPTY_ATTEMPTS, now, None)
 
 
 def check_state(definition: FlowDefinition, state: State) -> State:
@@ -298,7 +502,12 @@ def check_state(definition: FlowDefinition, state: State) -> State:
     flow, state_fingerprint, events, status, error, in_flight = state[:6]
     if flow == name and state_fingerprint == fingerprint and len(events) == 1:
         node = nodes.get(events[0])
-        if node is not None and (error is None) == (status != FAILED) and status in _STATUSES:
+        if (
+            node is not None
+            and (error is None) == (status != FAILED)
+            and status in _STATUSES
+            and all(scope in node.retry_scopes for scope in state[10])
+        ):
             if not in_flight:
                 return state
             command = in_flight[0]
@@ -307,7 +516,7 @@ def check_state(definition: FlowDefinition, state: State) -> State:
                 and node.event == command[3] == events[0]
                 and node.kind == command[1]
                 and node.step == command[2]
-                and command[4] is None
+                and (command[4] is None or type(command) is Wake)
             ):
                 return state
     if state.flow != definition.name:
@@ -347,6 +556,10 @@ def check_state(definition: FlowDefinition, state: State) -> State:
                 missing.append(f"on_error of {command.step} around {command.event}")
         elif node.kind != command.kind or node.step != command.step:
             missing.append(f"{command.kind} of {command.step} at {command.event}")
+    for scope in state.attempts:
+        node = nodes.get(state.events[0])
+        if node is not None and scope not in node.retry_scopes:
+            missing.append(f"retry attempts of {scope} around {state.events[0]}")
     if missing:
         listed = ", ".join(repr(m) for m in missing)
         if state.fingerprint != definition.fingerprint:

@@ -23,12 +23,15 @@ from typing import Any
 from stepflow.core.definition import (
     Destination,
     FlowDefinition,
+    RetryPolicy,
+    RetryRule,
     Transition,
     TransitionKind,
     completed_event,
     start_event,
+    to_seconds,
 )
-from stepflow.core.spec import Case, Do, Group, Item, LoopUntil, Retry, Steps, WaitFor
+from stepflow.core.spec import Case, Do, Group, Item, LoopUntil, Retry, Sleep, Steps, WaitFor
 from stepflow.errors import DefinitionError
 
 __all__ = ["HandlerKey", "compile_spec", "scope_name"]
@@ -37,7 +40,15 @@ __all__ = ["HandlerKey", "compile_spec", "scope_name"]
 HandlerKey = tuple[str, str]
 
 _SUFFIX: Mapping[type, str] = MappingProxyType(
-    {Do: "", Group: "", WaitFor: "WaitFor", Case: "Case", Retry: "Retry", LoopUntil: "LoopUntil"}
+    {
+        Do: "",
+        Group: "",
+        Sleep: "",
+        WaitFor: "WaitFor",
+        Case: "Case",
+        Retry: "Retry",
+        LoopUntil: "LoopUntil",
+    }
 )
 _STATIC: TransitionKind = "static"
 _RETRY = "retry"
@@ -70,7 +81,7 @@ def _check_root_name(name: object) -> str:
 
 
 def _check_item(item: object, parent: str, index: int) -> Item:
-    if not isinstance(item, (Do, WaitFor, Case, Retry, LoopUntil, Group)):
+    if not isinstance(item, (Do, WaitFor, Sleep, Case, Retry, LoopUntil, Group)):
         raise DefinitionError(
             f"step #{index} of {parent!r} is {item!r}, not a step; "
             "build steps with the methods of stepflow.steps()",
@@ -95,11 +106,24 @@ def _check_item(item: object, parent: str, index: int) -> Item:
         if not hasattr(item, attr):
             continue
         fn = getattr(item, attr)
+        if fn is None and isinstance(item, Retry):
+            continue
         if not callable(fn):
             raise DefinitionError(
                 f"the {attr} of step {path!r} is {fn!r}, which is not callable; "
                 "pass a function (plain or async def)",
                 path=path,
+            )
+    if isinstance(item, Retry):
+        if item.on_error is None and item.policy is None:
+            raise DefinitionError(
+                f"retry {path!r} has neither a RetryPolicy nor an on_error handler; "
+                "pass one of them (or both: a policy, then on_error=)",
+                path=path,
+            )
+        if item.policy is not None and not isinstance(item.policy, RetryPolicy):
+            raise DefinitionError(
+                f"the policy of retry {path!r} is {item.policy!r}, not a RetryPolicy", path=path
             )
     body = getattr(item, "body", None)
     if body is not None and not isinstance(body, Steps):
@@ -114,6 +138,7 @@ class _Compiler:
     def __init__(self) -> None:
         self.transitions: list[Transition] = []
         self.handlers: dict[HandlerKey, Callable[..., Any]] = {}
+        self.rules: list[RetryRule] = []
 
     def static(self, source: str, destination: str) -> None:
         self.transitions.append(
@@ -127,11 +152,16 @@ class _Compiler:
         step: str,
         destinations: tuple[Destination, ...],
         retries: tuple[str, ...],
-        fn: Callable[..., Any],
+        fn: Callable[..., Any] | None,
+        delay: float | None = None,
+        timeout: float | None = None,
     ) -> None:
         retry_dests = tuple(Destination(start_event(r), _RETRY) for r in retries)
-        self.transitions.append(Transition(source, kind, step, destinations + retry_dests, retries))
-        self.handlers[(kind, step)] = fn
+        self.transitions.append(
+            Transition(source, kind, step, destinations + retry_dests, retries, delay, timeout)
+        )
+        if fn is not None:
+            self.handlers[(kind, step)] = fn
 
     def steps(self, scope: str, spec: Steps, retries: tuple[str, ...]) -> None:
         seen: dict[str, int] = {}
@@ -160,6 +190,12 @@ class _Compiler:
                 "do", start, scope, (Destination(done, "handler returned"),), retries, item.fn
             )
         elif isinstance(item, WaitFor):
+            every = to_seconds(item.every, f"the every= of {scope!r}", scope)
+            timeout = (
+                None
+                if item.timeout is None
+                else to_seconds(item.timeout, f"the timeout= of {scope!r}", scope)
+            )
             self.handler(
                 "wait_for",
                 start,
@@ -170,6 +206,15 @@ class _Compiler:
                 ),
                 retries,
                 item.cond,
+                every,
+                timeout,
+            )
+        elif isinstance(item, Sleep):
+            duration = to_seconds(
+                item.duration, f"the duration of sleep {scope!r}", scope, allow_zero=True
+            )
+            self.handler(
+                "sleep", start, scope, (Destination(done, "timer fired"),), retries, None, duration
             )
         elif isinstance(item, Case):
             group = f"{scope}/steps"
@@ -202,8 +247,13 @@ class _Compiler:
             )
             self.steps(group, item.body, retries)
         elif isinstance(item, Retry):
-            self.handlers[("on_error", scope)] = item.on_error
+            if item.on_error is not None:
+                self.handlers[("on_error", scope)] = item.on_error
+            before = len(self.transitions)
             self.steps(scope, item.body, (scope, *retries))
+            inside = any(scope in t.retry_scopes for t in self.transitions[before:])
+            if inside and (item.policy is not None or item.on_error is None):
+                self.rules.append(RetryRule(scope, item.policy, item.on_error is not None))
         else:
             self.steps(scope, item.body, retries)
 
@@ -233,5 +283,5 @@ def compile_spec(
     name = _check_root_name(spec.name)
     compiler = _Compiler()
     compiler.steps(name, spec, ())
-    definition = FlowDefinition(name, tuple(compiler.transitions))
+    definition = FlowDefinition(name, tuple(compiler.transitions), tuple(compiler.rules))
     return definition, MappingProxyType(compiler.handlers)

@@ -15,6 +15,13 @@ Two kinds of transition exist:
   answers. ``destinations[0]`` is where a returned value (``do``) or ``True``
   leads, ``destinations[1]`` where ``False`` leads; then one ``"retry"``
   destination per enclosing retry, innermost first.
+* **timer** transitions (``"sleep"``): the position waits at their source until
+  the durable timer fires, then goes to ``destinations[0]``.
+
+Time is data here too: a ``wait_for`` transition carries its poll interval
+(``delay``) and ``timeout``, a ``sleep`` its duration (``delay``), and each retry
+scope a :class:`RetryRule` with its optional :class:`RetryPolicy`. They are part
+of the fingerprint.
 
 Construction checks the table: one transition per source event, every destination
 handled, and no cycle of static transitions (which could never issue a command).
@@ -24,7 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
@@ -35,13 +43,15 @@ from stepflow.errors import DefinitionError
 __all__ = [
     "Destination",
     "FlowDefinition",
+    "RetryPolicy",
+    "RetryRule",
     "Transition",
     "TransitionKind",
     "completed_event",
     "start_event",
 ]
 
-TransitionKind = Literal["static", "do", "wait_for", "case", "loop_until"]
+TransitionKind = Literal["static", "do", "wait_for", "case", "loop_until", "sleep"]
 
 #: Bumped when the canonical form that fingerprints are computed over changes.
 _FINGERPRINT_FORMAT = 1
@@ -80,6 +90,155 @@ class Destination:
     reason: str
 
 
+def to_seconds(value: object, what: str, path: str = "", *, allow_zero: bool = False) -> float:
+    """Return ``value`` (a number, or anything with ``total_seconds()``) as seconds.
+
+    Raises:
+        DefinitionError: ``value`` is not a finite, positive duration (or zero,
+            with ``allow_zero``); ``what`` names it in the message.
+
+    """
+    total = getattr(value, "total_seconds", None)
+    seconds = total() if callable(total) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise DefinitionError(
+            f"{what} must be a number of seconds or a timedelta, got {value!r}", path=path or what
+        )
+    seconds = float(seconds)
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise DefinitionError(
+            f"{what} must be finite and {bound}, got {value!r}", path=path or what
+        )
+    return seconds
+
+
+def _type_names(types: Iterable[object]) -> tuple[str, ...]:
+    names = []
+    for t in types:
+        if isinstance(t, str):
+            names.append(t)
+        elif isinstance(t, type) and issubclass(t, BaseException):
+            module = t.__module__
+            names.append(t.__qualname__ if module == "builtins" else f"{module}.{t.__qualname__}")
+        else:
+            raise DefinitionError(
+                f"non_retryable takes exception types or their qualified names, got {t!r}",
+                path="non_retryable",
+            )
+    return tuple(sorted(set(names)))
+
+
+@attrs.frozen
+class RetryPolicy:
+    """A declarative retry policy: how often, and how long to back off between attempts.
+
+    Pure data, part of the definition and its fingerprint. The delay before
+    attempt ``n + 1`` (``n >= 1``) is ``initial_interval * backoff_coefficient **
+    (n - 1)``, capped at ``max_interval``, then shortened by up to ``jitter`` (a
+    fraction) by an amount derived from the run id, the retry scope and the
+    attempt: deterministic, so replaying a run gives the same delays, yet spread
+    across runs.
+
+    >>> policy = RetryPolicy(max_attempts=5, initial_interval=1, jitter=0)
+    >>> [policy.backoff(n, "run-1", "f/pushRetry") for n in (1, 2, 3)]
+    [1.0, 2.0, 4.0]
+
+    Attributes:
+        max_attempts: Attempts in all, the first included (``None``: no limit).
+            ``max_attempts=1`` never retries.
+        initial_interval: Seconds before the second attempt.
+        backoff_coefficient: Factor applied to the interval after each attempt.
+        max_interval: Upper bound of the interval (``None``: 100 times the
+            initial interval).
+        jitter: Fraction (0 to 1) by which an interval may be shortened.
+        non_retryable: Qualified type names of errors that are never retried
+            (``"ValueError"``, ``"myapp.errors.Fatal"``); exception types are
+            accepted and converted. Matching is by exact recorded type name.
+
+    """
+
+    max_attempts: int | None = 3
+    initial_interval: float = attrs.field(default=1.0, converter=float)
+    backoff_coefficient: float = attrs.field(default=2.0, converter=float)
+    max_interval: float | None = None
+    jitter: float = attrs.field(default=0.2, converter=float)
+    non_retryable: tuple[str, ...] = attrs.field(default=(), converter=_type_names)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_attempts is not None and (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or self.max_attempts < 1
+        ):
+            raise DefinitionError(
+                f"max_attempts must be an int >= 1 or None, got {self.max_attempts!r}",
+                path="max_attempts",
+            )
+        to_seconds(self.initial_interval, "initial_interval", allow_zero=True)
+        if self.max_interval is not None:
+            object.__setattr__(
+                self, "max_interval", to_seconds(self.max_interval, "max_interval", allow_zero=True)
+            )
+        if not (math.isfinite(self.backoff_coefficient) and self.backoff_coefficient >= 1):
+            raise DefinitionError(
+                f"backoff_coefficient must be >= 1, got {self.backoff_coefficient!r}",
+                path="backoff_coefficient",
+            )
+        if not 0 <= self.jitter <= 1:
+            raise DefinitionError(
+                f"jitter must be a fraction between 0 and 1, got {self.jitter!r}", path="jitter"
+            )
+
+    def allows(self, attempt: int, error_type: str) -> bool:
+        """Whether attempt ``attempt`` (1-based), failed with ``error_type``, is retried."""
+        if error_type in self.non_retryable:
+            return False
+        return self.max_attempts is None or attempt < self.max_attempts
+
+    def backoff(self, attempt: int, run_id: str, scope: str) -> float:
+        """Seconds to wait after attempt ``attempt`` (1-based) failed, jitter included."""
+        cap = self.max_interval if self.max_interval is not None else 100 * self.initial_interval
+        exponent = min(attempt - 1, 1024)
+        try:
+            base = min(self.initial_interval * self.backoff_coefficient**exponent, cap)
+        except OverflowError:
+            base = cap
+        if not self.jitter or not base:
+            return base
+        digest = hashlib.blake2b(f"{run_id}|{scope}|{attempt}".encode(), digest_size=8).digest()
+        fraction = int.from_bytes(digest, "big") / 2.0**64
+        return base * (1.0 - self.jitter * fraction)
+
+    def _canonical(self) -> list[Any]:
+        return [
+            self.max_attempts,
+            self.initial_interval,
+            self.backoff_coefficient,
+            self.max_interval,
+            self.jitter,
+            list(self.non_retryable),
+        ]
+
+
+@attrs.frozen
+class RetryRule:
+    """How a retry scope handles failures: its policy, and whether it asks ``on_error``.
+
+    Attributes:
+        scope: The retry scope's path (``"deploy/v1/pushRetry"``).
+        policy: The declarative policy, or ``None`` (unbounded, immediate, as in
+            go-stepflow).
+        on_error: Whether an ``on_error`` handler is bound and is asked before
+            each restart.
+
+    """
+
+    scope: str
+    policy: RetryPolicy | None = None
+    on_error: bool = True
+
+
 @attrs.frozen
 class Transition:
     """One entry of the transition table.
@@ -92,7 +251,11 @@ class Transition:
         destinations: Every possible destination, in the order described in the
             module docstring.
         retry_scopes: Scope paths of the retries enclosing the step, innermost
-            first; a failure is handed to their ``on_error`` handlers in this order.
+            first; a failure is handed to them in this order.
+        delay: For ``wait_for``, seconds between polls; for ``sleep``, the
+            duration. ``None`` otherwise.
+        timeout: For ``wait_for``, seconds after which a condition still false
+            fails the step with a ``WaitTimeoutError``; ``None``: no timeout.
 
     """
 
@@ -101,6 +264,8 @@ class Transition:
     step: str | None
     destinations: tuple[Destination, ...]
     retry_scopes: tuple[str, ...] = ()
+    delay: float | None = None
+    timeout: float | None = None
 
     @property
     def is_static(self) -> bool:
@@ -122,23 +287,36 @@ class _Node(NamedTuple):
     on_true: str
     on_false: str
     retry_scopes: tuple[str, ...]
+    delay: float | None
+    timeout: float | None
 
 
-def _canonical(name: str, transitions: tuple[Transition, ...]) -> str:
-    body = [
-        _FINGERPRINT_FORMAT,
-        name,
-        [
+def _canonical(
+    name: str, transitions: tuple[Transition, ...], retries: tuple[RetryRule, ...]
+) -> str:
+    rows: list[list[Any]] = []
+    for t in transitions:
+        row: list[Any] = [
+            t.source,
+            t.kind,
+            t.step,
+            [[d.event, d.reason] for d in t.destinations],
+            list(t.retry_scopes),
+        ]
+        # Timing joins the row only when set, so untimed flows keep the
+        # fingerprints they had before timers existed.
+        if t.delay is not None or t.timeout is not None:
+            row.append([t.delay, t.timeout])
+        rows.append(row)
+    body: list[Any] = [_FINGERPRINT_FORMAT, name, rows]
+    plain = [r for r in retries if r.policy is not None or not r.on_error]
+    if plain:
+        body.append(
             [
-                t.source,
-                t.kind,
-                t.step,
-                [[d.event, d.reason] for d in t.destinations],
-                list(t.retry_scopes),
+                [r.scope, None if r.policy is None else r.policy._canonical(), r.on_error]
+                for r in plain
             ]
-            for t in transitions
-        ],
-    ]
+        )
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
@@ -152,6 +330,9 @@ class FlowDefinition:
     Attributes:
         name: The flow's name (its root scope).
         transitions: Every transition, in definition order.
+        retries: The :class:`RetryRule` of each retry scope that has a policy or
+            no ``on_error`` handler; any other retry scope asks its ``on_error``
+            handler, without limit or delay (go-stepflow's behaviour).
         table: Mapping of each source event to its one :class:`Transition`.
         fingerprint: ``"sha256:<hex>"`` of the definition's canonical form.
         start_event: The event a new run starts from.
@@ -165,6 +346,7 @@ class FlowDefinition:
 
     name: str
     transitions: tuple[Transition, ...]
+    retries: tuple[RetryRule, ...] = ()
     table: Mapping[str, Transition] = attrs.field(init=False, eq=False, hash=False)
     fingerprint: str = attrs.field(init=False, eq=False, hash=False)
     start_event: str = attrs.field(init=False, eq=False, hash=False)
@@ -175,6 +357,8 @@ class FlowDefinition:
     _nodes: dict[str, _Node] = attrs.field(init=False, eq=False, hash=False)
     # (name, fingerprint, nodes): what advance needs, in one attribute read.
     _hot: tuple[str, str, dict[str, _Node]] = attrs.field(init=False, eq=False, hash=False)
+    # Retry scope -> its rule, for every retry scope of the flow.
+    _rules: dict[str, RetryRule] = attrs.field(init=False, eq=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
         table: dict[str, Transition] = {}
@@ -203,13 +387,23 @@ class FlowDefinition:
             self,
             "fingerprint",
             "sha256:"
-            + hashlib.sha256(_canonical(self.name, self.transitions).encode()).hexdigest(),
+            + hashlib.sha256(
+                _canonical(self.name, self.transitions, self.retries).encode()
+            ).hexdigest(),
         )
         object.__setattr__(self, "start_event", start)
         object.__setattr__(self, "completed_event", done)
         nodes = self._compile_nodes(table, done)
         object.__setattr__(self, "_nodes", nodes)
         object.__setattr__(self, "_hot", (self.name, self.fingerprint, nodes))
+        rules = {scope: RetryRule(scope) for t in self.transitions for scope in t.retry_scopes}
+        for rule in self.retries:
+            if rule.scope not in rules:
+                raise DefinitionError(
+                    f"retry rule for {rule.scope!r}, which no step is inside", path=rule.scope
+                )
+            rules[rule.scope] = rule
+        object.__setattr__(self, "_rules", rules)
 
     def _compile_nodes(self, table: Mapping[str, Transition], done: str) -> dict[str, _Node]:
         rest: dict[str, str] = {done: done}
@@ -236,15 +430,26 @@ class FlowDefinition:
                 rest[e] = target
             return target
 
-        nodes: dict[str, _Node] = {done: _Node(done, (done,), None, self.name, done, done, ())}
+        nodes: dict[str, _Node] = {
+            done: _Node(done, (done,), None, self.name, done, done, (), None, None)
+        }
         for t in self.transitions:
             if t.is_static:
                 continue
             on_true = resolve(t.destinations[0].event)
-            on_false = resolve(t.destinations[1].event) if t.kind != "do" else on_true
+            two_way = t.kind not in ("do", "sleep")
+            on_false = resolve(t.destinations[1].event) if two_way else on_true
             assert t.step is not None
             nodes[t.source] = _Node(
-                t.source, (t.source,), t.kind, t.step, on_true, on_false, t.retry_scopes
+                t.source,
+                (t.source,),
+                t.kind,
+                t.step,
+                on_true,
+                on_false,
+                t.retry_scopes,
+                t.delay,
+                t.timeout,
             )
         for event in table:
             if event not in nodes:
@@ -253,7 +458,7 @@ class FlowDefinition:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The derived tables are rebuilt on load: only the data travels.
-        return (FlowDefinition, (self.name, self.transitions))
+        return (FlowDefinition, (self.name, self.transitions, self.retries))
 
     def __repr__(self) -> str:
         return (
@@ -272,8 +477,13 @@ class FlowDefinition:
 
     def retry_scopes(self) -> tuple[str, ...]:
         """Scope paths of every retry group, in definition order."""
-        seen: dict[str, None] = {}
-        for t in self.transitions:
-            for scope in t.retry_scopes:
-                seen.setdefault(scope, None)
-        return tuple(seen)
+        return tuple(self._rules)
+
+    def retry_rule(self, scope: str) -> RetryRule:
+        """Return the :class:`RetryRule` of the retry scope ``scope``.
+
+        Raises:
+            KeyError: ``scope`` is not a retry scope of this flow.
+
+        """
+        return self._rules[scope]

@@ -1,10 +1,12 @@
 """Commands and effects: what the core asks for, and what happened.
 
-Commands are imperative (:class:`CallHandler`): the core asks the shell to call a
-handler. Effects are past tense (:class:`HandlerReturned`, :class:`HandlerRaised`):
-the shell reports the outcome, addressed to the command's id. Both are frozen data;
-they are ``NamedTuple`` subclasses because they are made on every step, and each
-compares equal only to its own type.
+Commands are imperative (:class:`CallHandler`, :class:`Wake`): the core asks the
+shell to call a handler, or to wake the run at a time. Effects are past tense
+(:class:`HandlerReturned`, :class:`HandlerRaised`, :class:`TimerFired`): the shell
+reports the outcome, addressed to the command's id, stamped with the time it was
+observed (``at``, seconds since the epoch, read from the shell's clock: the core
+never reads one). Both are frozen data; they are ``NamedTuple`` subclasses
+because they are made on every step, and each compares equal only to its own type.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ __all__ = [
     "Effect",
     "HandlerRaised",
     "HandlerReturned",
+    "TimerFired",
+    "Wake",
 ]
 
-CommandKind = Literal["do", "wait_for", "case", "loop_until", "on_error"]
+CommandKind = Literal["do", "wait_for", "case", "loop_until", "on_error", "sleep"]
 
 
 class CallHandler(NamedTuple):
@@ -72,8 +76,45 @@ class CallHandler(NamedTuple):
         return f"{self.step}#{self.id}"
 
 
-#: Every command the core can issue. More kinds (timers) join this union later.
-Command = CallHandler
+class Wake(NamedTuple):
+    """Wake the run at time ``at``: a ``sleep`` step's durable timer.
+
+    Answer it with :class:`TimerFired` once the clock reads ``at`` or later; the
+    core refuses an earlier one. Its fields line up with :class:`CallHandler`'s,
+    so ``id``, ``kind``, ``step`` and ``event`` read the same on every command.
+
+    Attributes:
+        id: Run-unique, deterministic id, as for :class:`CallHandler`.
+        kind: Always ``"sleep"``.
+        step: Scope path of the sleep step.
+        event: The state event the command belongs to.
+        at: When the timer fires, seconds since the epoch.
+
+    """
+
+    id: int
+    kind: Literal["sleep"]
+    step: str
+    event: str
+    at: float
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Wake and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
+
+    @property
+    def key(self) -> str:
+        """Idempotency key, as for :attr:`CallHandler.key`."""
+        return f"{self.step}#{self.id}"
+
+
+#: Every command the core can issue.
+Command = CallHandler | Wake
 
 
 class HandlerReturned(NamedTuple):
@@ -83,11 +124,14 @@ class HandlerReturned(NamedTuple):
         command_id: The id of the answered command.
         value: The return value: JSON data for ``do``, a ``bool`` for conditions
             and ``on_error``.
+        at: When the outcome was observed (seconds since the epoch), or ``None``
+            when the caller keeps no clock.
 
     """
 
     command_id: int
     value: Any
+    at: float | None = None
 
     def __eq__(self, other: object) -> bool:
         return type(other) is HandlerReturned and tuple.__eq__(self, other)
@@ -108,26 +152,51 @@ class HandlerRaised(NamedTuple):
         exception: The live exception object, when the effect was made in this
             process; ``None`` after a round trip through storage. It does not take
             part in equality.
+        at: When the failure was observed, or ``None``.
 
     """
 
     command_id: int
     error: ErrorRecord
     exception: BaseException | None = None
+    at: float | None = None
 
     def __eq__(self, other: object) -> bool:
         return (
             type(other) is HandlerRaised
             and self.command_id == other.command_id
             and self.error == other.error
+            and self.at == other.at
         )
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
     def __hash__(self) -> int:
-        return hash((HandlerRaised, self.command_id, self.error))
+        return hash((HandlerRaised, self.command_id, self.error, self.at))
+
+
+class TimerFired(NamedTuple):
+    """The timer of :class:`Wake` command ``command_id`` fired at ``at``.
+
+    Attributes:
+        command_id: The id of the answered :class:`Wake`.
+        at: The time the shell observed, no earlier than the command's ``at``.
+
+    """
+
+    command_id: int
+    at: float
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is TimerFired and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
 
 
 #: Every effect the core accepts.
-Effect = HandlerReturned | HandlerRaised
+Effect = HandlerReturned | HandlerRaised | TimerFired

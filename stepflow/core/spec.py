@@ -20,18 +20,28 @@ from typing import Any
 
 import attrs
 
+from stepflow.core.definition import RetryPolicy
+from stepflow.errors import DefinitionError
+
 __all__ = [
+    "DEFAULT_POLL_INTERVAL",
     "Case",
     "Do",
     "Group",
     "Item",
     "LoopUntil",
     "Retry",
+    "Sleep",
     "Steps",
     "WaitFor",
     "named",
     "steps",
 ]
+
+#: Seconds between two polls of a ``wait_for`` condition, unless ``every=`` says.
+DEFAULT_POLL_INTERVAL = 1.0
+#: A number of seconds, or a ``datetime.timedelta``.
+Duration = Any
 
 #: ``fn(ctx)``: returns a JSON value or ``None``, raises to fail. May be ``async def``.
 ActionFn = Callable[[Any], Any]
@@ -51,10 +61,24 @@ class Do:
 
 @attrs.frozen
 class WaitFor:
-    """A step that polls ``cond(ctx)`` until it returns ``True``."""
+    """A step that polls ``cond(ctx)`` every ``every`` seconds until it returns ``True``.
+
+    With a ``timeout``, a condition still false that long after the step began
+    fails the step with :class:`~stepflow.errors.WaitTimeoutError`.
+    """
 
     name: str
     cond: ConditionFn
+    every: Duration = DEFAULT_POLL_INTERVAL
+    timeout: Duration | None = None
+
+
+@attrs.frozen
+class Sleep:
+    """A durable timer: the run waits ``duration`` seconds, across restarts."""
+
+    name: str
+    duration: Duration
 
 
 @attrs.frozen
@@ -68,11 +92,17 @@ class Case:
 
 @attrs.frozen
 class Retry:
-    """A group whose failures go to ``on_error(ctx, exc)``; ``True`` restarts it."""
+    """A group restarted on failure, as its ``policy`` and ``on_error(ctx, exc)`` allow.
+
+    Either may be ``None``, not both. The policy decides first (attempts left,
+    error retryable), then ``on_error`` (``True`` restarts), then the policy's
+    backoff delays the restart.
+    """
 
     name: str
-    on_error: ErrorHandlerFn
+    on_error: ErrorHandlerFn | None
     body: Steps
+    policy: RetryPolicy | None = None
 
 
 @attrs.frozen
@@ -92,7 +122,7 @@ class Group:
     body: Steps
 
 
-Item = Do | WaitFor | Case | Retry | LoopUntil | Group
+Item = Do | WaitFor | Sleep | Case | Retry | LoopUntil | Group
 
 
 @attrs.frozen
@@ -123,13 +153,31 @@ class Steps:
         """
         return self._add(Do(name, fn))
 
-    def wait_for(self, name: str, cond: ConditionFn) -> Steps:
+    def wait_for(
+        self,
+        name: str,
+        cond: ConditionFn,
+        *,
+        every: Duration = DEFAULT_POLL_INTERVAL,
+        timeout: Duration | None = None,
+    ) -> Steps:
         """Add a step that polls ``cond(ctx)`` until it returns ``True``.
 
-        Each ``False`` ends the current apply; the next apply polls again. Its scope
-        is ``<name>WaitFor``.
+        After a ``False`` the state asks to run again ``every`` seconds later (its
+        ``wake_at``); drivers honour it, so a wait never spins. With ``timeout``
+        (seconds or a ``timedelta``), a condition still false that long after the
+        step began fails it with :class:`~stepflow.errors.WaitTimeoutError`, which
+        an enclosing ``retry`` can catch. Its scope is ``<name>WaitFor``.
         """
-        return self._add(WaitFor(name, cond))
+        return self._add(WaitFor(name, cond, every, timeout))
+
+    def sleep(self, name: str, duration: Duration) -> Steps:
+        """Add a durable timer: the run resumes ``duration`` seconds after reaching it.
+
+        The deadline is computed once, when the step is reached, and kept in the
+        state, so a restart never extends it. Its scope is ``<name>``.
+        """
+        return self._add(Sleep(name, duration))
 
     def case(self, name: str, cond: ConditionFn, steps: Steps) -> Steps:
         """Add a group that runs only when ``cond(ctx)`` returns ``True``.
@@ -138,15 +186,36 @@ class Steps:
         """
         return self._add(Case(name, cond, steps))
 
-    def retry(self, name: str, on_error: ErrorHandlerFn, steps: Steps) -> Steps:
-        """Add a group whose failures are handed to ``on_error(ctx, exc)``.
+    def retry(
+        self,
+        name: str,
+        policy_or_on_error: RetryPolicy | ErrorHandlerFn,
+        steps: Steps,
+        *,
+        on_error: ErrorHandlerFn | None = None,
+    ) -> Steps:
+        """Add a group that is restarted when one of its steps fails.
 
-        ``True`` restarts the group from its first step; ``False`` lets the original
-        error go on to an enclosing retry, or fail the run. An exception raised by
-        ``on_error`` replaces the original error. The group's scope is
-        ``<name>Retry`` itself.
+        ``policy_or_on_error`` is a :class:`RetryPolicy` (attempts, backoff,
+        non-retryable errors) or a go-stepflow ``on_error(ctx, exc)`` handler;
+        pass a policy there and a handler as ``on_error=`` to combine them.
+
+        On a failure the policy decides first (attempts left, error retryable),
+        then ``on_error``: ``True`` restarts the group from its first step (after
+        the policy's backoff), ``False`` lets the original error go on to an
+        enclosing retry, or fail the run. An exception raised by ``on_error``
+        replaces the original error. Attempts are kept in the state, so a restart
+        of the worker never resets them. The group's scope is ``<name>Retry``.
         """
-        return self._add(Retry(name, on_error, steps))
+        if isinstance(policy_or_on_error, RetryPolicy):
+            return self._add(Retry(name, on_error, steps, policy_or_on_error))
+        if on_error is not None:
+            raise DefinitionError(
+                f"retry {name!r} got two on_error handlers; pass a RetryPolicy first to "
+                "combine a policy with on_error=",
+                path=name,
+            )
+        return self._add(Retry(name, policy_or_on_error, steps))
 
     def loop_until(self, name: str, cond: ConditionFn, steps: Steps) -> Steps:
         """Add a group that runs, then repeats until ``cond(ctx)`` returns ``True``.

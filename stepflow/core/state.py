@@ -27,6 +27,7 @@ COMPLETED: Status = "completed"
 FAILED: Status = "failed"
 
 EMPTY_OUTPUTS: PMap[str, Any] = pmap()
+EMPTY_ATTEMPTS: PMap[str, int] = EMPTY_OUTPUTS
 
 
 def type_name(exc: BaseException) -> str:
@@ -96,6 +97,15 @@ class State(NamedTuple):
         outputs: The latest non-``None`` JSON value each ``do`` step returned,
             keyed by the step's scope path (lists as ``pvector``, objects as
             ``pmap``).
+        wake_at: The earliest time the commands in flight should be carried out
+            (seconds since the epoch): the next poll of a ``wait_for``, a retry's
+            backoff, a ``sleep``'s deadline. ``None``: at once (or never, for a
+            finished run). Drivers sleep until then instead of spinning.
+        timeout_at: When the current ``wait_for`` step times out, or ``None``.
+        attempts: For each retry scope the position is inside, how many times
+            its group was restarted in the current pass (attempt = restarts + 1).
+        run_id: The run's identity, given when it was started; it seeds the
+            deterministic jitter of retry backoffs. ``""`` when not given.
 
     """
 
@@ -107,6 +117,10 @@ class State(NamedTuple):
     in_flight: tuple[Command, ...]
     seq: int
     outputs: PMap[str, Any]
+    wake_at: float | None = None
+    timeout_at: float | None = None
+    attempts: PMap[str, int] = EMPTY_ATTEMPTS
+    run_id: str = ""
 
     def __eq__(self, other: object) -> bool:
         return type(other) is State and tuple.__eq__(self, other)

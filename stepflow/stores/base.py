@@ -1,0 +1,279 @@
+"""The storage contract every run store implements.
+
+A store keeps, for each run: its serialized state (the text :func:`stepflow.dumps`
+wrote), a compare-and-swap ``version``, a few indexed columns copied out of the
+state (status, flow, ``wake_at``), the run's JSON input, a lease, and an
+append-only journal of the effect batches applied to it.
+
+Rules every implementation keeps:
+
+* **Compare-and-swap.** :meth:`Store.save` succeeds only when the stored version
+  equals ``expected_version`` *and* the caller still holds the lease it names (or
+  names none and the run is not leased by anyone else). Otherwise it raises
+  :class:`~stepflow.errors.StaleWriteError` and changes nothing.
+* **One transaction per save.** The new state, its columns and the journal entry
+  are written together or not at all. :meth:`Store.save_many` writes several
+  saves in one transaction (group commit); each save in it is still checked on
+  its own, and a stale one is reported without failing the others.
+* **Leases expire.** :meth:`Store.claim_due` hands out runs whose ``wake_at`` is
+  due and whose lease is free or expired; a worker that died loses its runs when
+  its leases expire, and another worker claims them.
+* **Nothing is deleted.** Journal entries are never changed or removed.
+
+Times are floats, seconds since the Unix epoch, passed in by the caller: a store
+never reads a clock, so tests can drive it with a fake one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+__all__ = [
+    "JournalEntry",
+    "Lease",
+    "RunRecord",
+    "RunStatus",
+    "Save",
+    "Store",
+]
+
+#: A run's status in the store: the state's status, or ``"cancelled"``.
+RunStatus = Literal["running", "completed", "failed", "cancelled"]
+
+
+@attrs.frozen
+class RunRecord:
+    """One run as stored.
+
+    Attributes:
+        run_id: The run's id, unique in the store.
+        flow: The flow's name (its versioned root scope, ``"deploy/v1"``).
+        status: ``"running"``, ``"completed"``, ``"failed"`` or ``"cancelled"``.
+        state: The serialized state (:func:`stepflow.dumps`).
+        version: Compare-and-swap version: 1 when created, +1 on every save.
+        wake_at: When the run next wants to run (``None``: never, it is finished
+            or cancelled). A running run that can run now has ``wake_at <= now``.
+        input: The JSON document given when the run was started.
+        created_at: When the run was created.
+        updated_at: When it was last saved.
+        lease_owner: The worker holding the lease, or ``None``.
+        lease_token: The token of the current lease, or ``None``.
+        lease_expires_at: When the current lease expires, or ``None``.
+
+    """
+
+    run_id: str
+    flow: str
+    status: RunStatus
+    state: str
+    version: int
+    wake_at: float | None
+    input: Any
+    created_at: float
+    updated_at: float
+    lease_owner: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+
+
+@attrs.frozen
+class Lease:
+    """A claim on a run, handed out by :meth:`Store.claim_due`.
+
+    Attributes:
+        run: The run as it was when claimed (its ``version`` is what the next save
+            must name as ``expected_version``).
+        token: The lease token, named by every save made under this lease.
+        expires_at: When the lease lapses unless renewed.
+
+    """
+
+    run: RunRecord
+    token: str
+    expires_at: float
+
+
+@attrs.frozen
+class JournalEntry:
+    """One effect batch applied to a run: an append-only history record.
+
+    Attributes:
+        run_id: The run.
+        seq: The run's version after this batch was applied. Unique per run: the
+            journal's primary key is ``(run_id, seq)``, so a batch can never be
+            recorded (or applied) twice.
+        at: When the batch was applied.
+        batch: The batch as JSON text (:func:`stepflow.codec.dumps_batch`).
+
+    """
+
+    run_id: str
+    seq: int
+    at: float
+    batch: str
+
+
+@attrs.frozen
+class Save:
+    """One compare-and-swap write of a run's new state.
+
+    Attributes:
+        run_id: The run to write.
+        expected_version: The version the writer read; the save fails if the
+            stored version differs.
+        lease_token: The writer's lease token, or ``None`` for a write outside a
+            lease (the CLI's resume and cancel), which fails while another
+            holder's lease is live.
+        state: The new serialized state.
+        status: The run's new status.
+        wake_at: When the run next wants to run, or ``None``.
+        batch: The journal entry's batch text, or ``None`` to write no entry (a
+            save that applied no effects, such as the first issue of a command).
+        release: Whether to give up the lease in the same transaction.
+
+    """
+
+    run_id: str
+    expected_version: int
+    lease_token: str | None
+    state: str
+    status: RunStatus
+    wake_at: float | None
+    batch: str | None = None
+    release: bool = False
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable storage for runs: the contract the worker and the CLI rely on.
+
+    Implementations: :class:`~stepflow.stores.memory.MemoryStore`,
+    :class:`~stepflow.stores.sqlite.SQLiteStore`,
+    :class:`~stepflow.stores.postgres.PostgresStore`. Open one from a URL with
+    :func:`stepflow.stores.open_store`. Methods are synchronous; the worker calls
+    them from one dedicated thread.
+    """
+
+    def create_run(
+        self,
+        run_id: str,
+        flow: str,
+        state: str,
+        *,
+        input: Any,
+        status: RunStatus,
+        wake_at: float | None,
+        now: float,
+    ) -> RunRecord:
+        """Create a run at version 1 and return it.
+
+        Raises:
+            RunExistsError: a run with this id exists.
+
+        """
+        ...
+
+    def load(self, run_id: str) -> RunRecord:
+        """Return the run as stored now.
+
+        Raises:
+            UnknownRunError: no run has this id.
+
+        """
+        ...
+
+    def claim_due(
+        self,
+        *,
+        now: float,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        flows: Collection[str] | None = None,
+    ) -> list[Lease]:
+        """Lease up to ``limit`` running runs with ``wake_at <= now``, earliest first.
+
+        Only runs whose lease is free or expired (``lease_expires_at <= now``) are
+        claimed; with ``flows``, only runs of those flow names (an empty collection
+        claims nothing). Ties in ``wake_at`` go by ``run_id``. Each gets a new,
+        unique lease token; the claim does not change the run's version. On
+        PostgreSQL this is ``FOR UPDATE SKIP LOCKED``, so concurrent workers never
+        claim the same run.
+        """
+        ...
+
+    def save(self, save: Save, *, now: float) -> RunRecord:
+        """Apply one compare-and-swap save in its own transaction; return the new run.
+
+        A lease is held until it is released or another claim replaces it, so its
+        holder may still save after its expiry if nobody claimed the run. A save
+        naming no lease clears any (expired) lease left on the run; ``release``
+        clears the lease in the same transaction.
+
+        Raises:
+            StaleWriteError: the version moved on, or the lease was lost; nothing
+                was written.
+            UnknownRunError: no run has this id.
+
+        """
+        ...
+
+    def save_many(self, saves: Sequence[Save], *, now: float) -> list[RunRecord | BaseException]:
+        """Apply several saves in one transaction (group commit).
+
+        Returns, in order, the new run or the error (``StaleWriteError``,
+        ``UnknownRunError``) of each save; a stale save changes nothing and does not
+        stop the others.
+        """
+        ...
+
+    def renew(
+        self, leases: Sequence[tuple[str, str]], *, now: float, lease_seconds: float
+    ) -> set[str]:
+        """Extend the leases ``(run_id, token)`` still held; return the run ids renewed.
+
+        Each renewed lease then expires at ``now + lease_seconds``.
+        """
+        ...
+
+    def release(self, run_id: str, token: str) -> None:
+        """Give up a lease (a no-op if it was already lost)."""
+        ...
+
+    def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
+        """Return the earliest time a running run becomes claimable, or ``None``.
+
+        That is ``wake_at`` for an unleased run and ``max(wake_at,
+        lease_expires_at)`` for a leased one; the worker sleeps until then.
+        """
+        ...
+
+    def runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        flow: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Return runs, filtered by status and flow, oldest first."""
+        ...
+
+    def count(self, *, status: RunStatus | None = None, flow: str | None = None) -> int:
+        """Count runs, filtered by status and flow."""
+        ...
+
+    def history(self, run_id: str) -> list[JournalEntry]:
+        """Return the run's journal, in ``seq`` order.
+
+        Raises:
+            UnknownRunError: no run has this id.
+
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
