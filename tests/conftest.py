@@ -10,8 +10,11 @@ Pick one explicitly with ``STEPFLOW_HYPOTHESIS_PROFILE=thorough pytest``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
+from postgres import PostgresUnavailable, fresh_schema, server
 
 _common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 settings.register_profile("dev", max_examples=100, **_common)
@@ -20,3 +23,30 @@ settings.register_profile("thorough", max_examples=2000, **_common)
 
 _default = "ci" if os.environ.get("CI") else "dev"
 settings.load_profile(os.environ.get("STEPFLOW_HYPOTHESIS_PROFILE", _default))
+
+
+# PostgreSQL: one server for the session, a fresh schema for each test (see postgres.py).
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """The DSN of a PostgreSQL server for the tests.
+
+    ``STEPFLOW_TEST_POSTGRES_DSN`` if set, else a throwaway cluster started by
+    ``.ci/postgres.sh``. With no PostgreSQL to be had, the tests that need it are
+    skipped, except in CI (``CI`` set), where they fail: they are never skipped there.
+    """
+    try:
+        with server() as dsn:
+            yield dsn
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL tests are never skipped in CI: {exc}")
+        pytest.skip(f"no PostgreSQL: {exc}")
+
+
+@pytest.fixture
+def postgres_schema(postgres_dsn: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema name for one test, dropped (with its tables) afterwards."""
+    with fresh_schema(postgres_dsn) as schema:
+        yield schema

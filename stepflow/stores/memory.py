@@ -1,0 +1,339 @@
+"""MemoryStore: the reference store, in dicts; and the save rule every store shares.
+
+The rule that decides whether a save may be applied lives here as plain Python
+(:func:`check_save`, :func:`apply_save`), and all three stores use it, so they
+agree on the semantics and explain a refused save in the same words:
+
+* the memory store checks it under its lock;
+* SQLite checks it after ``BEGIN IMMEDIATE`` (which already serializes writers);
+* PostgreSQL checks it in the ``UPDATE``'s ``WHERE`` clause and calls
+  :func:`check_save` only to explain an update that matched no row.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import attrs
+
+from stepflow.errors import RunExistsError, StaleWriteError, StoreError, UnknownRunError
+from stepflow.stores.base import JournalEntry, Lease, RunRecord, RunStatus, Save
+
+__all__ = [
+    "MemoryStore",
+    "apply_save",
+    "check_save",
+    "dump_input",
+    "lease_is_live",
+    "new_lease_token",
+    "run_exists",
+    "unknown_run",
+]
+
+
+def dump_input(value: Any) -> str:
+    """Return a run's input as JSON text (every store writes it through this).
+
+    Raises:
+        TypeError: the value is not JSON data.
+        ValueError: the value holds a NaN or an infinity, which JSON cannot carry.
+
+    """
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def new_lease_token() -> str:
+    """Return a fresh, unique lease token."""
+    return uuid.uuid4().hex
+
+
+def unknown_run(run_id: str) -> UnknownRunError:
+    """Return the error for a run id that is not in the store."""
+    return UnknownRunError(
+        f"no run has id {run_id!r} in this store: check the run id and the store URL",
+        run_id,
+    )
+
+
+def run_exists(run_id: str) -> RunExistsError:
+    """Return the error for creating a run whose id is taken."""
+    return RunExistsError(
+        f"a run with id {run_id!r} already exists: choose another id, or load the existing run",
+        run_id,
+    )
+
+
+def lease_is_live(run: RunRecord, now: float) -> bool:
+    """Whether someone holds a lease on ``run`` that has not expired at ``now``."""
+    return (
+        run.lease_token is not None
+        and run.lease_expires_at is not None
+        and run.lease_expires_at > now
+    )
+
+
+def check_save(run: RunRecord | None, save: Save, now: float) -> StoreError | None:
+    """Return why ``save`` may not be applied to ``run`` as stored, or ``None`` if it may.
+
+    A save may be applied when the stored version is ``save.expected_version`` and
+    either the save names the run's current lease token (a lease is held until it is
+    released or another claim replaces it, even past its expiry), or it names none
+    and nobody holds a live lease.
+
+    Returns:
+        ``None``, an :class:`~stepflow.errors.UnknownRunError` when ``run`` is
+        ``None``, or a :class:`~stepflow.errors.StaleWriteError`.
+
+    """
+    run_id = save.run_id
+    if run is None:
+        return unknown_run(run_id)
+    if run.version != save.expected_version:
+        return StaleWriteError(
+            f"cannot save run {run_id!r}: expected version {save.expected_version}, but the "
+            f"store holds version {run.version} (another writer saved it first); drop this "
+            "copy and reload the run",
+            run_id,
+        )
+    if save.lease_token is None:
+        if lease_is_live(run, now):
+            return StaleWriteError(
+                f"cannot save run {run_id!r} without a lease: worker {run.lease_owner!r} holds "
+                f"its lease until {run.lease_expires_at!r}; stop that worker or wait for the "
+                "lease to expire, then retry",
+                run_id,
+            )
+    elif run.lease_token != save.lease_token:
+        now_held = (
+            f"worker {run.lease_owner!r} holds it now"
+            if run.lease_token is not None
+            else "it was released"
+        )
+        return StaleWriteError(
+            f"cannot save run {run_id!r}: lease {save.lease_token!r} was lost ({now_held}); "
+            "drop this copy and let the lease holder continue the run",
+            run_id,
+        )
+    return None
+
+
+def apply_save(run: RunRecord, save: Save, now: float) -> RunRecord:
+    """Return ``run`` after ``save`` (which :func:`check_save` accepted).
+
+    The version goes up by one. The lease is given up when the save asks for it
+    (``release``), and cleared by a save made without a lease (any lease left on the
+    run had expired, or the save would have been refused).
+    """
+    keep_lease = save.lease_token is not None and not save.release
+    return attrs.evolve(
+        run,
+        state=save.state,
+        status=save.status,
+        wake_at=save.wake_at,
+        version=run.version + 1,
+        updated_at=now,
+        lease_owner=run.lease_owner if keep_lease else None,
+        lease_token=run.lease_token if keep_lease else None,
+        lease_expires_at=run.lease_expires_at if keep_lease else None,
+    )
+
+
+def _due_order(run: RunRecord) -> tuple[float, str]:
+    assert run.wake_at is not None  # only due runs are sorted
+    return (run.wake_at, run.run_id)
+
+
+class MemoryStore:
+    """A :class:`~stepflow.stores.base.Store` in process memory, for tests and trials.
+
+    It keeps the same rules as the durable stores (compare-and-swap, leases, an
+    append-only journal) under one :class:`threading.Lock`, and loses everything
+    when the process ends. Inputs are kept as JSON text, so a caller never shares
+    a mutable document with the store.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Records here hold their input as JSON text; _out decodes a fresh copy.
+        self._runs: dict[str, RunRecord] = {}
+        self._journal: dict[str, list[JournalEntry]] = {}
+
+    @staticmethod
+    def _out(run: RunRecord) -> RunRecord:
+        return attrs.evolve(run, input=json.loads(run.input))
+
+    def create_run(
+        self,
+        run_id: str,
+        flow: str,
+        state: str,
+        *,
+        input: Any,
+        status: RunStatus,
+        wake_at: float | None,
+        now: float,
+    ) -> RunRecord:
+        """Create a run at version 1 and return it (see :meth:`Store.create_run`)."""
+        run = RunRecord(
+            run_id=run_id,
+            flow=flow,
+            status=status,
+            state=state,
+            version=1,
+            wake_at=None if wake_at is None else float(wake_at),
+            input=dump_input(input),
+            created_at=float(now),
+            updated_at=float(now),
+        )
+        with self._lock:
+            if run_id in self._runs:
+                raise run_exists(run_id)
+            self._runs[run_id] = run
+            self._journal[run_id] = []
+        return self._out(run)
+
+    def load(self, run_id: str) -> RunRecord:
+        """Return the run as stored now (see :meth:`Store.load`)."""
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is None:
+            raise unknown_run(run_id)
+        return self._out(run)
+
+    def claim_due(
+        self,
+        *,
+        now: float,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        flows: Collection[str] | None = None,
+    ) -> list[Lease]:
+        """Lease up to ``limit`` due runs, earliest first (see :meth:`Store.claim_due`)."""
+        expires_at = float(now + lease_seconds)
+        leases = []
+        with self._lock:
+            due = sorted(
+                (
+                    run
+                    for run in self._runs.values()
+                    if run.status == "running"
+                    and run.wake_at is not None
+                    and run.wake_at <= now
+                    and not lease_is_live(run, now)
+                    and (flows is None or run.flow in flows)
+                ),
+                key=_due_order,
+            )
+            for run in due[: max(limit, 0)]:
+                token = new_lease_token()
+                claimed = attrs.evolve(
+                    run, lease_owner=owner, lease_token=token, lease_expires_at=expires_at
+                )
+                self._runs[run.run_id] = claimed
+                leases.append(Lease(run=self._out(claimed), token=token, expires_at=expires_at))
+        return leases
+
+    def _save(self, save: Save, now: float) -> RunRecord | StoreError:
+        """Apply ``save``, or return why it may not be applied (writing nothing)."""
+        run = self._runs.get(save.run_id)
+        error = check_save(run, save, now)
+        if error is not None:
+            return error
+        assert run is not None  # check_save refuses a missing run
+        new = apply_save(run, save, float(now))
+        self._runs[run.run_id] = new
+        if save.batch is not None:
+            self._journal[run.run_id].append(
+                JournalEntry(run_id=run.run_id, seq=new.version, at=float(now), batch=save.batch)
+            )
+        return self._out(new)
+
+    def save(self, save: Save, *, now: float) -> RunRecord:
+        """Apply one compare-and-swap save (see :meth:`Store.save`)."""
+        with self._lock:
+            result = self._save(save, now)
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    def save_many(self, saves: Sequence[Save], *, now: float) -> list[RunRecord | BaseException]:
+        """Apply several saves at once (see :meth:`Store.save_many`)."""
+        with self._lock:
+            return [self._save(save, now) for save in saves]
+
+    def renew(
+        self, leases: Sequence[tuple[str, str]], *, now: float, lease_seconds: float
+    ) -> set[str]:
+        """Extend the leases still held (see :meth:`Store.renew`)."""
+        renewed = set()
+        with self._lock:
+            for run_id, token in leases:
+                run = self._runs.get(run_id)
+                if run is not None and run.lease_token == token:
+                    self._runs[run_id] = attrs.evolve(
+                        run, lease_expires_at=float(now + lease_seconds)
+                    )
+                    renewed.add(run_id)
+        return renewed
+
+    def release(self, run_id: str, token: str) -> None:
+        """Give up a lease, if still held (see :meth:`Store.release`)."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is not None and run.lease_token == token:
+                self._runs[run_id] = attrs.evolve(
+                    run, lease_owner=None, lease_token=None, lease_expires_at=None
+                )
+
+    def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
+        """Return when a running run next becomes claimable (see :meth:`Store.next_due`)."""
+        with self._lock:
+            times = [
+                run.wake_at
+                if run.lease_expires_at is None
+                else max(run.wake_at, run.lease_expires_at)
+                for run in self._runs.values()
+                if run.status == "running"
+                and run.wake_at is not None
+                and (flows is None or run.flow in flows)
+            ]
+        return min(times, default=None)
+
+    def _select(self, status: RunStatus | None, flow: str | None) -> list[RunRecord]:
+        return [
+            run
+            for run in self._runs.values()
+            if (status is None or run.status == status) and (flow is None or run.flow == flow)
+        ]
+
+    def runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        flow: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Return runs, filtered, oldest first (see :meth:`Store.runs`)."""
+        with self._lock:
+            selected = sorted(self._select(status, flow), key=lambda r: (r.created_at, r.run_id))
+        return [self._out(run) for run in selected[: None if limit is None else max(limit, 0)]]
+
+    def count(self, *, status: RunStatus | None = None, flow: str | None = None) -> int:
+        """Count runs, filtered by status and flow (see :meth:`Store.count`)."""
+        with self._lock:
+            return len(self._select(status, flow))
+
+    def history(self, run_id: str) -> list[JournalEntry]:
+        """Return the run's journal in ``seq`` order (see :meth:`Store.history`)."""
+        with self._lock:
+            if run_id not in self._runs:
+                raise unknown_run(run_id)
+            return list(self._journal[run_id])
+
+    def close(self) -> None:
+        """Do nothing: a memory store holds no connections or files."""

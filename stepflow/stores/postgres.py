@@ -1,0 +1,412 @@
+"""PostgresStore: runs in PostgreSQL, shared by workers on several machines.
+
+The store keeps its tables in one schema (``stepflow`` unless told otherwise) and
+talks to the server through one psycopg 3 connection, guarded by a lock, with
+every call in one explicit transaction:
+
+* :meth:`PostgresStore.claim_due` selects due runs ``FOR UPDATE SKIP LOCKED``,
+  so concurrent workers skip each other's rows instead of claiming them twice.
+* :meth:`PostgresStore.save` is one conditional ``UPDATE`` whose ``WHERE``
+  clause is the compare-and-swap (version and lease); when it matches no row, the
+  row is read to explain why, with the same words as the other stores.
+* The schema is created and upgraded under ``pg_advisory_xact_lock``, so workers
+  starting together do not race to create it.
+
+psycopg is imported only when a store is made: ``pip install 'stepflow[postgres]'``.
+A call that finds the connection broken raises :class:`~stepflow.errors.StoreError`
+and the next call reconnects; a failed write is never retried behind the caller's
+back, since whether it committed is unknown.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
+from stepflow.stores.base import JournalEntry, Lease, RunRecord, RunStatus, Save
+from stepflow.stores.memory import check_save, dump_input, new_lease_token, run_exists, unknown_run
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["INSTALL_HINT", "SCHEMA_VERSION", "PostgresStore"]
+
+#: How to install what :class:`PostgresStore` needs.
+INSTALL_HINT = "pip install 'stepflow[postgres]'"
+
+# Migration steps: _MIGRATIONS[n] takes the schema from version n to n + 1. Append
+# new steps; never edit a released one. Tables are found through search_path,
+# which the connection sets to the store's schema.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE runs (
+            run_id text PRIMARY KEY,
+            flow text NOT NULL,
+            status text NOT NULL,
+            state text NOT NULL,
+            version bigint NOT NULL,
+            wake_at double precision,
+            input jsonb NOT NULL,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            lease_owner text,
+            lease_token text,
+            lease_expires_at double precision
+        )""",
+        "CREATE INDEX runs_due ON runs (status, wake_at)",
+        "CREATE INDEX runs_flow ON runs (flow)",
+        """CREATE TABLE journal (
+            run_id text NOT NULL,
+            seq bigint NOT NULL,
+            at double precision NOT NULL,
+            batch text NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+    ),
+)
+
+#: The schema version this code creates and understands.
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_COLUMNS = ", ".join(field.name for field in attrs.fields(RunRecord))
+_FLOWS = "(%(flows)s::text[] IS NULL OR flow = ANY(%(flows)s::text[]))"
+
+# The compare-and-swap: the same rule as stepflow.stores.memory.check_save and
+# apply_save, in SQL.
+_SAVE = f"""
+UPDATE runs SET
+    state = %(state)s, status = %(status)s, wake_at = %(wake_at)s,
+    version = version + 1, updated_at = %(now)s,
+    lease_owner = CASE WHEN %(keep_lease)s THEN lease_owner END,
+    lease_token = CASE WHEN %(keep_lease)s THEN lease_token END,
+    lease_expires_at = CASE WHEN %(keep_lease)s THEN lease_expires_at END
+WHERE run_id = %(run_id)s AND version = %(expected_version)s
+    AND (lease_token = %(lease_token)s::text
+         OR (%(lease_token)s::text IS NULL
+             AND (lease_token IS NULL OR lease_expires_at <= %(now)s)))
+RETURNING {_COLUMNS}"""
+
+
+def _flows(flows: Collection[str] | None) -> list[str] | None:
+    return None if flows is None else sorted(flows)
+
+
+class PostgresStore:
+    """A :class:`~stepflow.stores.base.Store` in a PostgreSQL schema.
+
+    Args:
+        dsn: A libpq connection string or URL (``postgresql://user@host/db``).
+        schema: The schema holding the store's tables; created if missing.
+
+    Raises:
+        ConfigurationError: psycopg is not installed.
+        StoreError: the server cannot be reached, or the schema was written by a
+            newer version of stepflow.
+
+    """
+
+    def __init__(self, dsn: str, *, schema: str = "stepflow") -> None:
+        try:
+            import psycopg  # noqa: F401 - only checks that it is there
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"PostgresStore needs psycopg 3, which is not installed: {INSTALL_HINT}"
+            ) from exc
+        self.dsn = dsn
+        self.schema = schema
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        try:
+            with self._transaction() as cur:
+                self._migrate(cur)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """Return the connection, (re)connecting if there is none or it broke."""
+        import psycopg
+        from psycopg import sql
+
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=False)
+            try:
+                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to PostgreSQL: {exc}; check the DSN and that the server is up"
+            ) from exc
+        self._conn = conn
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
+        """Run the block in one transaction; turn psycopg's errors into StoreError."""
+        import psycopg
+
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield cur
+            except psycopg.Error as exc:
+                if conn.broken or conn.closed:
+                    conn.close()
+                    self._conn = None
+                    raise StoreError(
+                        f"lost the connection to PostgreSQL: {exc}; the next call reconnects"
+                    ) from exc
+                raise StoreError(f"PostgreSQL refused a statement: {exc}") from exc
+
+    def _migrate(self, cur: psycopg.Cursor[tuple[Any, ...]]) -> None:
+        from psycopg import sql
+
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"stepflow:{self.schema}",))
+        cur.execute(
+            "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'meta'", (self.schema,)
+        )
+        found = 0
+        if cur.fetchone() is not None:
+            cur.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            row = cur.fetchone()
+            found = int(row[0]) if row else 0
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"PostgreSQL schema {self.schema!r} has schema version {found}, but this "
+                f"stepflow knows versions up to {SCHEMA_VERSION}: upgrade stepflow "
+                "(pip install -U stepflow)"
+            )
+        if found == SCHEMA_VERSION:
+            return
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+        cur.execute("CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)")
+        for step in _MIGRATIONS[found:]:
+            for statement in step:
+                cur.execute(statement)
+        cur.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (str(SCHEMA_VERSION),),
+        )
+
+    def create_run(
+        self,
+        run_id: str,
+        flow: str,
+        state: str,
+        *,
+        input: Any,
+        status: RunStatus,
+        wake_at: float | None,
+        now: float,
+    ) -> RunRecord:
+        """Create a run at version 1 and return it (see :meth:`Store.create_run`)."""
+        text = dump_input(input)
+        with self._transaction() as cur:
+            cur.execute(
+                f"INSERT INTO runs ({_COLUMNS})"
+                " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s, NULL, NULL, NULL)"
+                f" ON CONFLICT (run_id) DO NOTHING RETURNING {_COLUMNS}",
+                (run_id, flow, status, state, wake_at, text, now, now),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise run_exists(run_id)
+        return RunRecord(*row)
+
+    @staticmethod
+    def _find(cur: psycopg.Cursor[tuple[Any, ...]], run_id: str) -> RunRecord | None:
+        cur.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))
+        row = cur.fetchone()
+        return None if row is None else RunRecord(*row)
+
+    def load(self, run_id: str) -> RunRecord:
+        """Return the run as stored now (see :meth:`Store.load`)."""
+        with self._transaction() as cur:
+            run = self._find(cur, run_id)
+        if run is None:
+            raise unknown_run(run_id)
+        return run
+
+    def claim_due(
+        self,
+        *,
+        now: float,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        flows: Collection[str] | None = None,
+    ) -> list[Lease]:
+        """Lease up to ``limit`` due runs, earliest first (see :meth:`Store.claim_due`)."""
+        expires_at = float(now + lease_seconds)
+        with self._transaction() as cur:
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM runs WHERE status = 'running' AND wake_at <= %(now)s"
+                f" AND (lease_token IS NULL OR lease_expires_at <= %(now)s) AND {_FLOWS}"
+                " ORDER BY wake_at, run_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+                {"now": now, "flows": _flows(flows), "limit": max(limit, 0)},
+            )
+            leases = [
+                Lease(
+                    run=attrs.evolve(
+                        run, lease_owner=owner, lease_token=token, lease_expires_at=expires_at
+                    ),
+                    token=token,
+                    expires_at=expires_at,
+                )
+                for run, token in ((RunRecord(*row), new_lease_token()) for row in cur.fetchall())
+            ]
+            cur.executemany(
+                "UPDATE runs SET lease_owner = %s, lease_token = %s, lease_expires_at = %s"
+                " WHERE run_id = %s",
+                [(owner, lease.token, expires_at, lease.run.run_id) for lease in leases],
+            )
+        return leases
+
+    def _save(
+        self, cur: psycopg.Cursor[tuple[Any, ...]], save: Save, now: float
+    ) -> RunRecord | StoreError:
+        """Apply ``save``, or return why it may not be applied (writing nothing)."""
+        cur.execute(
+            _SAVE,
+            {
+                "run_id": save.run_id,
+                "expected_version": save.expected_version,
+                "lease_token": save.lease_token,
+                "state": save.state,
+                "status": save.status,
+                "wake_at": save.wake_at,
+                "now": now,
+                "keep_lease": save.lease_token is not None and not save.release,
+            },
+        )
+        row = cur.fetchone()
+        if row is None:
+            error = check_save(self._find(cur, save.run_id), save, now)
+            # A None here means the row changed again after the UPDATE looked at it.
+            return error or StaleWriteError(
+                f"cannot save run {save.run_id!r}: it changed while saving; reload it and retry",
+                save.run_id,
+            )
+        if save.batch is not None:
+            cur.execute(
+                "INSERT INTO journal (run_id, seq, at, batch) VALUES (%s, %s, %s, %s)",
+                (save.run_id, row[4], now, save.batch),
+            )
+        return RunRecord(*row)
+
+    def save(self, save: Save, *, now: float) -> RunRecord:
+        """Apply one compare-and-swap save in its own transaction (see :meth:`Store.save`)."""
+        with self._transaction() as cur:
+            result = self._save(cur, save, now)
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    def save_many(self, saves: Sequence[Save], *, now: float) -> list[RunRecord | BaseException]:
+        """Apply several saves in one transaction (see :meth:`Store.save_many`).
+
+        A refused save's ``UPDATE`` matched no row, so it wrote nothing and the
+        transaction goes on. Rows are updated in ``run_id`` order, so two batches
+        touching the same runs lock them in the same order and cannot deadlock.
+        """
+        order = sorted(range(len(saves)), key=lambda index: saves[index].run_id)
+        with self._transaction() as cur:
+            results = {index: self._save(cur, saves[index], now) for index in order}
+        return [results[index] for index in range(len(saves))]
+
+    def renew(
+        self, leases: Sequence[tuple[str, str]], *, now: float, lease_seconds: float
+    ) -> set[str]:
+        """Extend the leases still held (see :meth:`Store.renew`)."""
+        if not leases:
+            return set()
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE runs SET lease_expires_at = %s"
+                " FROM unnest(%s::text[], %s::text[]) AS held (run_id, token)"
+                " WHERE runs.run_id = held.run_id AND runs.lease_token = held.token"
+                " RETURNING runs.run_id",
+                (now + lease_seconds, [run_id for run_id, _ in leases], [t for _, t in leases]),
+            )
+            return {row[0] for row in cur.fetchall()}
+
+    def release(self, run_id: str, token: str) -> None:
+        """Give up a lease, if still held (see :meth:`Store.release`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE runs SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+                " WHERE run_id = %s AND lease_token = %s",
+                (run_id, token),
+            )
+
+    def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
+        """Return when a running run next becomes claimable (see :meth:`Store.next_due`)."""
+        with self._transaction() as cur:
+            # GREATEST ignores NULLs: an unleased run is due at its wake_at.
+            cur.execute(
+                "SELECT min(GREATEST(wake_at, lease_expires_at)) FROM runs"
+                f" WHERE status = 'running' AND wake_at IS NOT NULL AND {_FLOWS}",
+                {"flows": _flows(flows)},
+            )
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    _FILTER = (
+        " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+        " AND (%(flow)s::text IS NULL OR flow = %(flow)s)"
+    )
+
+    def runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        flow: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Return runs, filtered, oldest first (see :meth:`Store.runs`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM runs{self._FILTER}"
+                " ORDER BY created_at, run_id LIMIT %(limit)s",
+                {"status": status, "flow": flow, "limit": None if limit is None else max(limit, 0)},
+            )
+            return [RunRecord(*row) for row in cur.fetchall()]
+
+    def count(self, *, status: RunStatus | None = None, flow: str | None = None) -> int:
+        """Count runs, filtered by status and flow (see :meth:`Store.count`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                f"SELECT count(*) FROM runs{self._FILTER}", {"status": status, "flow": flow}
+            )
+            row = cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+    def history(self, run_id: str) -> list[JournalEntry]:
+        """Return the run's journal in ``seq`` order (see :meth:`Store.history`)."""
+        with self._transaction() as cur:
+            if self._find(cur, run_id) is None:
+                raise unknown_run(run_id)
+            cur.execute(
+                "SELECT run_id, seq, at, batch FROM journal WHERE run_id = %s ORDER BY seq",
+                (run_id,),
+            )
+            return [JournalEntry(*row) for row in cur.fetchall()]
+
+    def close(self) -> None:
+        """Close the connection; a later call would open a new one."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,402 @@
+"""SQLiteStore: runs in one SQLite file, for a single machine.
+
+One connection, shared by the worker's thread and the caller's, is guarded by a
+lock. The database runs in WAL mode, so readers in other processes never block
+the writer. Every write starts with ``BEGIN IMMEDIATE``, which takes SQLite's
+single write lock up front: writers (in this process or another) are serialized,
+so a save can read the row, check it with :func:`~stepflow.stores.memory.check_save`
+and write it without racing anyone, and two workers can never claim the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+
+from stepflow.errors import ConfigurationError, StoreError
+from stepflow.stores.base import JournalEntry, Lease, RunRecord, RunStatus, Save
+from stepflow.stores.memory import (
+    apply_save,
+    check_save,
+    dump_input,
+    new_lease_token,
+    run_exists,
+    unknown_run,
+)
+
+__all__ = ["SCHEMA_VERSION", "SYNCHRONOUS_LEVELS", "SQLiteStore"]
+
+#: The values accepted for ``synchronous`` (SQLite's ``PRAGMA synchronous``).
+SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
+
+# How long a statement waits for another connection's write lock before failing.
+_BUSY_TIMEOUT_S = 30.0
+
+# Migration steps: _MIGRATIONS[n] takes the schema from version n to n + 1. Append
+# new steps; never edit a released one.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            flow TEXT NOT NULL,
+            status TEXT NOT NULL,
+            state TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            wake_at REAL,
+            input TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            lease_owner TEXT,
+            lease_token TEXT,
+            lease_expires_at REAL
+        )""",
+        "CREATE INDEX runs_due ON runs (status, wake_at)",
+        "CREATE INDEX runs_flow ON runs (flow)",
+        """CREATE TABLE journal (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at REAL NOT NULL,
+            batch TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+    ),
+)
+
+#: The schema version this code creates and understands.
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_COLUMNS = ", ".join(field.name for field in attrs.fields(RunRecord))
+_SET_LEASE = (
+    "UPDATE runs SET lease_owner = ?, lease_token = ?, lease_expires_at = ? WHERE run_id = ?"
+)
+
+
+def _record(row: Sequence[Any]) -> RunRecord:
+    """Build a record from a row of ``_COLUMNS`` (input is JSON text in SQLite)."""
+    values = list(row)
+    values[6] = json.loads(values[6])
+    return RunRecord(*values)
+
+
+def _where(
+    *,
+    status: str | None = None,
+    flow: str | None = None,
+    flows: Collection[str] | None = None,
+    extra: str = "",
+) -> tuple[str, list[Any]]:
+    """Return a ``WHERE`` clause for the filters given, and its parameters."""
+    clauses = [extra] if extra else []
+    params: list[Any] = []
+    if status is not None:
+        clauses.append("status = ?")
+        params.append(status)
+    if flow is not None:
+        clauses.append("flow = ?")
+        params.append(flow)
+    if flows is not None:
+        names = sorted(flows)
+        clauses.append(f"flow IN ({', '.join('?' * len(names))})")
+        params.extend(names)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+class SQLiteStore:
+    """A :class:`~stepflow.stores.base.Store` in one SQLite file.
+
+    Args:
+        path: The database file, created with its schema if missing.
+        synchronous: SQLite's ``PRAGMA synchronous``: ``"full"`` (the default)
+            makes every commit durable across a power loss; ``"normal"`` is
+            faster and can lose the last commits, never consistency.
+
+    Attributes:
+        path: The database file, as given.
+        synchronous: The ``synchronous`` level, in lower case.
+
+    Raises:
+        ConfigurationError: ``synchronous`` is not one of :data:`SYNCHRONOUS_LEVELS`.
+        StoreError: the file cannot be opened, is not a database, or holds a
+            schema newer than this version of stepflow knows.
+
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "full") -> None:
+        if synchronous.lower() not in SYNCHRONOUS_LEVELS:
+            raise ConfigurationError(
+                f"unknown SQLite synchronous level {synchronous!r}: "
+                f"use one of {', '.join(SYNCHRONOUS_LEVELS)}"
+            )
+        self.path = os.fspath(path)
+        self.synchronous = synchronous.lower()
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                self.path,
+                timeout=_BUSY_TIMEOUT_S,  # SQLite's busy_timeout
+                isolation_level=None,  # no implicit transactions: this class opens them
+                check_same_thread=False,  # calls come from several threads, under _lock
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot open SQLite database {self.path!r}: {exc}; check the path and "
+                "its directory's permissions"
+            ) from exc
+        try:
+            with self._locked() as db:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """Hold the lock; turn SQLite's errors into :class:`StoreError`."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite database {self.path!r} failed: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """Run the block in one transaction, rolled back if it raises."""
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            found = int(row[0]) if row else 0
+            if found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"SQLite database {self.path!r} has schema version {found}, but this "
+                    f"stepflow knows versions up to {SCHEMA_VERSION}: upgrade stepflow "
+                    "(pip install -U stepflow)"
+                )
+            if found == SCHEMA_VERSION:
+                return
+            for step in _MIGRATIONS[found:]:
+                for statement in step:
+                    db.execute(statement)
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def integrity_check(self) -> str:
+        """Return the result of ``PRAGMA integrity_check``: ``"ok"`` for a sound database."""
+        with self._locked() as db:
+            return "\n".join(str(row[0]) for row in db.execute("PRAGMA integrity_check"))
+
+    def create_run(
+        self,
+        run_id: str,
+        flow: str,
+        state: str,
+        *,
+        input: Any,
+        status: RunStatus,
+        wake_at: float | None,
+        now: float,
+    ) -> RunRecord:
+        """Create a run at version 1 and return it (see :meth:`Store.create_run`)."""
+        text = dump_input(input)
+        with self._transaction() as db:
+            inserted = db.execute(
+                f"INSERT INTO runs ({_COLUMNS})"
+                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL)"
+                " ON CONFLICT (run_id) DO NOTHING",
+                (run_id, flow, status, state, wake_at, text, now, now),
+            ).rowcount
+            if not inserted:
+                raise run_exists(run_id)
+            return self._load(db, run_id)
+
+    @staticmethod
+    def _find(db: sqlite3.Connection, run_id: str) -> RunRecord | None:
+        row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def _load(self, db: sqlite3.Connection, run_id: str) -> RunRecord:
+        run = self._find(db, run_id)
+        if run is None:
+            raise unknown_run(run_id)
+        return run
+
+    def load(self, run_id: str) -> RunRecord:
+        """Return the run as stored now (see :meth:`Store.load`)."""
+        with self._locked() as db:
+            return self._load(db, run_id)
+
+    def claim_due(
+        self,
+        *,
+        now: float,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        flows: Collection[str] | None = None,
+    ) -> list[Lease]:
+        """Lease up to ``limit`` due runs, earliest first (see :meth:`Store.claim_due`)."""
+        expires_at = float(now + lease_seconds)
+        where, params = _where(
+            flows=flows,
+            extra="status = 'running' AND wake_at <= ? "
+            "AND (lease_token IS NULL OR lease_expires_at <= ?)",
+        )
+        with self._transaction() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM runs{where} ORDER BY wake_at, run_id LIMIT ?",
+                (now, now, *params, max(limit, 0)),
+            ).fetchall()
+            leases = [
+                Lease(
+                    run=attrs.evolve(
+                        run, lease_owner=owner, lease_token=token, lease_expires_at=expires_at
+                    ),
+                    token=token,
+                    expires_at=expires_at,
+                )
+                for run, token in ((_record(row), new_lease_token()) for row in rows)
+            ]
+            db.executemany(
+                _SET_LEASE, [(owner, lease.token, expires_at, lease.run.run_id) for lease in leases]
+            )
+        return leases
+
+    def _save(self, db: sqlite3.Connection, save: Save, now: float) -> RunRecord | StoreError:
+        """Apply ``save``, or return why it may not be applied (writing nothing)."""
+        # BEGIN IMMEDIATE holds the write lock: the row cannot change between the
+        # check and the update.
+        run = self._find(db, save.run_id)
+        error = check_save(run, save, now)
+        if error is not None:
+            return error
+        assert run is not None  # check_save refuses a missing run
+        new = apply_save(run, save, now)
+        db.execute(
+            "UPDATE runs SET state = ?, status = ?, wake_at = ?, version = ?, updated_at = ?,"
+            " lease_owner = ?, lease_token = ?, lease_expires_at = ? WHERE run_id = ?",
+            (
+                new.state,
+                new.status,
+                new.wake_at,
+                new.version,
+                new.updated_at,
+                new.lease_owner,
+                new.lease_token,
+                new.lease_expires_at,
+                new.run_id,
+            ),
+        )
+        if save.batch is not None:
+            db.execute(
+                "INSERT INTO journal (run_id, seq, at, batch) VALUES (?, ?, ?, ?)",
+                (new.run_id, new.version, now, save.batch),
+            )
+        return new
+
+    def save(self, save: Save, *, now: float) -> RunRecord:
+        """Apply one compare-and-swap save in its own transaction (see :meth:`Store.save`)."""
+        with self._transaction() as db:
+            result = self._save(db, save, now)
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    def save_many(self, saves: Sequence[Save], *, now: float) -> list[RunRecord | BaseException]:
+        """Apply several saves in one transaction (see :meth:`Store.save_many`)."""
+        with self._transaction() as db:
+            return [self._save(db, save, now) for save in saves]
+
+    def renew(
+        self, leases: Sequence[tuple[str, str]], *, now: float, lease_seconds: float
+    ) -> set[str]:
+        """Extend the leases still held (see :meth:`Store.renew`)."""
+        with self._transaction() as db:
+            return {
+                run_id
+                for run_id, token in leases
+                if db.execute(
+                    "UPDATE runs SET lease_expires_at = ? WHERE run_id = ? AND lease_token = ?",
+                    (now + lease_seconds, run_id, token),
+                ).rowcount
+            }
+
+    def release(self, run_id: str, token: str) -> None:
+        """Give up a lease, if still held (see :meth:`Store.release`)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+                " WHERE run_id = ? AND lease_token = ?",
+                (run_id, token),
+            )
+
+    def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
+        """Return when a running run next becomes claimable (see :meth:`Store.next_due`)."""
+        where, params = _where(flows=flows, extra="status = 'running' AND wake_at IS NOT NULL")
+        with self._locked() as db:
+            (due,) = db.execute(
+                "SELECT MIN(CASE WHEN lease_expires_at IS NULL THEN wake_at"
+                f" ELSE MAX(wake_at, lease_expires_at) END) FROM runs{where}",
+                params,
+            ).fetchone()
+        return None if due is None else float(due)
+
+    def runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        flow: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Return runs, filtered, oldest first (see :meth:`Store.runs`)."""
+        where, params = _where(status=status, flow=flow)
+        with self._locked() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM runs{where} ORDER BY created_at, run_id LIMIT ?",
+                (*params, -1 if limit is None else max(limit, 0)),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def count(self, *, status: RunStatus | None = None, flow: str | None = None) -> int:
+        """Count runs, filtered by status and flow (see :meth:`Store.count`)."""
+        where, params = _where(status=status, flow=flow)
+        with self._locked() as db:
+            (count,) = db.execute(f"SELECT COUNT(*) FROM runs{where}", params).fetchone()
+        return int(count)
+
+    def history(self, run_id: str) -> list[JournalEntry]:
+        """Return the run's journal in ``seq`` order (see :meth:`Store.history`)."""
+        with self._transaction(write=False) as db:
+            self._load(db, run_id)
+            rows = db.execute(
+                "SELECT run_id, seq, at, batch FROM journal WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            ).fetchall()
+        return [JournalEntry(*row) for row in rows]
+
+    def close(self) -> None:
+        """Close the connection; the store cannot be used afterwards."""
+        with self._lock:
+            self._db.close()
