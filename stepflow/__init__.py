@@ -15,7 +15,8 @@ Build a flow spec, compile it, and drive it::
 The core (:mod:`stepflow.core`) is pure: :func:`advance` maps
 ``(definition, state, effects)`` to ``(state, commands)`` and executes nothing.
 The shell (:class:`Interpreter`, :class:`Flow`'s drivers, the codec) carries the
-commands out.
+commands out, and the durable runtime (:class:`Worker`, :func:`start_run`,
+:func:`open_store`) keeps thousands of runs in SQLite or PostgreSQL.
 """
 
 from stepflow.clock import Clock as Clock
@@ -44,6 +45,7 @@ from stepflow.core.spec import steps as steps
 from stepflow.core.state import ErrorRecord as ErrorRecord
 from stepflow.core.state import State as State
 from stepflow.core.state import Status as Status
+from stepflow.errors import ConfigurationError as ConfigurationError
 from stepflow.errors import CorruptStateError as CorruptStateError
 from stepflow.errors import DefinitionError as DefinitionError
 from stepflow.errors import DuplicateEffectError as DuplicateEffectError
@@ -55,15 +57,27 @@ from stepflow.errors import IncompatibleDefinition as IncompatibleDefinition
 from stepflow.errors import InterpreterError as InterpreterError
 from stepflow.errors import LateEffectError as LateEffectError
 from stepflow.errors import RecordedError as RecordedError
+from stepflow.errors import RunExistsError as RunExistsError
+from stepflow.errors import StaleWriteError as StaleWriteError
 from stepflow.errors import StateError as StateError
 from stepflow.errors import StepflowError as StepflowError
+from stepflow.errors import StoreError as StoreError
 from stepflow.errors import UnknownEffectError as UnknownEffectError
 from stepflow.errors import UnknownEventError as UnknownEventError
+from stepflow.errors import UnknownRunError as UnknownRunError
 from stepflow.errors import WaitTimeoutError as WaitTimeoutError
 from stepflow.flow import Flow as Flow
 from stepflow.flow import new as new
 from stepflow.interpreter import Interpreter as Interpreter
 from stepflow.interpreter import rebuild_exception as rebuild_exception
+from stepflow.runtime import RunContext as RunContext
+from stepflow.runtime import Worker as Worker
+from stepflow.runtime import cancel_run as cancel_run
+from stepflow.runtime import read_run as read_run
+from stepflow.runtime import resume_run as resume_run
+from stepflow.runtime import start_run as start_run
+from stepflow.stores import Store as Store
+from stepflow.stores import open_store as open_store
 
 __version__ = "0.1.0.dev0"
 
@@ -72,6 +86,7 @@ __all__ = [
     "CallHandler",
     "Clock",
     "Command",
+    "ConfigurationError",
     "CorruptStateError",
     "DefinitionError",
     "Destination",
@@ -93,25 +108,37 @@ __all__ = [
     "LateEffectError",
     "RecordedError",
     "RetryPolicy",
+    "RunContext",
+    "RunExistsError",
+    "StaleWriteError",
     "State",
     "StateError",
     "Status",
     "StepflowError",
     "Steps",
+    "Store",
+    "StoreError",
     "SystemClock",
     "TimerFired",
     "Transition",
     "UnknownEffectError",
     "UnknownEventError",
+    "UnknownRunError",
     "WaitTimeoutError",
     "Wake",
+    "Worker",
     "advance",
+    "cancel_run",
     "dumps",
     "loads",
     "make_converter",
     "named",
     "new",
+    "open_store",
+    "read_run",
     "rebuild_exception",
     "resume",
+    "resume_run",
+    "start_run",
     "steps",
 ]

@@ -19,6 +19,7 @@ import asyncio
 import builtins
 import inspect
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -109,6 +110,7 @@ class Interpreter:
     def __init__(self, flow: Flow, clock: Clock | None = None) -> None:
         self._handlers: Mapping[HandlerKey, Callable[..., Any]] = flow.handlers
         self._live: OrderedDict[ErrorRecord, BaseException] = OrderedDict()
+        self._live_lock = threading.Lock()  # workers execute handlers from many threads
         self.clock: Clock = clock if clock is not None else SystemClock()
 
     def fire(self, command: Wake) -> TimerFired:
@@ -143,10 +145,11 @@ class Interpreter:
 
     def _raised(self, command: CallHandler, exc: Exception) -> HandlerRaised:
         record = ErrorRecord.from_exception(exc, command.step)
-        self._live[record] = exc
-        self._live.move_to_end(record)
-        if len(self._live) > _LIVE_EXCEPTIONS:
-            self._live.popitem(last=False)
+        with self._live_lock:
+            self._live[record] = exc
+            self._live.move_to_end(record)
+            if len(self._live) > _LIVE_EXCEPTIONS:
+                self._live.popitem(last=False)
         return HandlerRaised(command.id, record, exc, self.clock.now())
 
     def exception_for(self, record: ErrorRecord) -> BaseException:

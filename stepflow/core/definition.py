@@ -479,6 +479,15 @@ class FlowDefinition:
         """Scope paths of every retry group, in definition order."""
         return tuple(self._rules)
 
+    def enclosing_retries(self, event: str) -> tuple[str, ...]:
+        """Scope paths of the retries around the position ``event``, innermost first.
+
+        Raises:
+            KeyError: ``event`` is not an event of this flow.
+
+        """
+        return self._nodes[event].retry_scopes
+
     def retry_rule(self, scope: str) -> RetryRule:
         """Return the :class:`RetryRule` of the retry scope ``scope``.
 

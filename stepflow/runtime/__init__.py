@@ -1,0 +1,31 @@
+"""The durable runtime: run contexts, run operations and the worker.
+
+This is the shell around the pure core that keeps runs in a
+:class:`~stepflow.stores.base.Store`, executes their commands and saves every
+step: :class:`Worker`, :func:`start_run`, :func:`resume_run`, :func:`cancel_run`
+and :func:`read_run`.
+"""
+
+from stepflow.runtime.context import RunContext as RunContext
+from stepflow.runtime.runs import RunView as RunView
+from stepflow.runtime.runs import cancel_run as cancel_run
+from stepflow.runtime.runs import read_run as read_run
+from stepflow.runtime.runs import resume_run as resume_run
+from stepflow.runtime.runs import start_run as start_run
+from stepflow.runtime.runs import store_wake_at as store_wake_at
+from stepflow.runtime.worker import StepReport as StepReport
+from stepflow.runtime.worker import Worker as Worker
+from stepflow.runtime.worker import WorkerStats as WorkerStats
+
+__all__ = [
+    "RunContext",
+    "RunView",
+    "StepReport",
+    "Worker",
+    "WorkerStats",
+    "cancel_run",
+    "read_run",
+    "resume_run",
+    "start_run",
+    "store_wake_at",
+]

@@ -1,0 +1,468 @@
+"""The worker: one asyncio event loop driving many runs through a store.
+
+Theory of operation
+-------------------
+The worker repeats: claim due runs (``wake_at <= now``) from the store with a
+lease, and for each claimed run start a task that
+
+1. decodes the state and asks the pure core for the command in flight;
+2. executes it: an ``async def`` handler on the loop, a plain one in a bounded
+   thread pool, a due timer by firing it; at most ``concurrency`` at once;
+3. applies the effect with :func:`stepflow.advance` and saves the new state,
+   with the effect batch in the run's journal, in one compare-and-swap
+   transaction under the lease;
+4. goes on with the next command while the run is due, and releases the lease
+   (in the same save) once it is finished or waits for a later ``wake_at``.
+
+When nothing is due it sleeps until the store's next ``wake_at`` (bounded by
+``idle_interval``), so a waiting run never spins. Saves of many runs are grouped
+into one transaction (group commit) while a previous one is being written; a
+run waits for its own save before executing its next command, so no step is
+ever acted on before it is durable.
+
+Guarantees: handlers run at least once, with an idempotency key that is the same
+on every execution of a command; state transitions happen exactly once (a stale
+writer's save is refused); a worker killed at any moment loses nothing: its
+leases expire and another worker continues from the last save.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import attrs
+
+from stepflow.clock import Clock, SystemClock
+from stepflow.codec import Batch, dumps, dumps_batch, loads
+from stepflow.core.advance import advance
+from stepflow.core.messages import CallHandler, Command, Effect, Wake
+from stepflow.core.state import State
+from stepflow.errors import ConfigurationError, InterpreterError, StaleWriteError, StepflowError
+from stepflow.flow import Flow
+from stepflow.interpreter import Interpreter
+from stepflow.runtime.context import RunContext
+from stepflow.runtime.runs import store_wake_at
+from stepflow.stores.base import Lease, RunRecord, Save, Store
+
+__all__ = ["StepReport", "Worker", "WorkerStats"]
+
+log = logging.getLogger("stepflow.worker")
+_T = TypeVar("_T")
+
+
+@attrs.frozen
+class StepReport:
+    """What the worker reports after each saved step (see ``Worker(on_step=...)``).
+
+    Attributes:
+        run_id: The run.
+        flow: The flow's name.
+        command: The command that was executed.
+        effect: Its outcome.
+        state: The state saved after applying it.
+
+    """
+
+    run_id: str
+    flow: str
+    command: Command
+    effect: Effect
+    state: State
+
+
+@attrs.define
+class WorkerStats:
+    """Counters of one worker's life.
+
+    Attributes:
+        steps: Commands executed and saved.
+        claimed: Leases taken.
+        completed: Runs the worker saw complete.
+        failed: Runs the worker saw fail.
+        stale: Saves refused because the run moved on (lease lost).
+        commits: Store transactions used to save steps.
+
+    """
+
+    steps: int = 0
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    stale: int = 0
+    commits: int = 0
+
+
+class _Stop(Exception):
+    """Internal: the run's task ends here (lease released or lost)."""
+
+
+class Worker:
+    """Drive the runs of ``flows`` stored in ``store``, on one event loop.
+
+    Args:
+        store: Where runs live (see :func:`stepflow.stores.open_store`).
+        flows: The flows this worker serves. Runs are routed by their flow name
+            (``"deploy/v1"``), so several versions can be served side by side.
+        context: The application's own object, handed to every handler as
+            ``ctx.app``.
+        concurrency: How many commands may execute at once (and how many runs
+            the worker holds).
+        clock: Where time is read (a :class:`~stepflow.clock.FakeClock` in tests).
+        lease_seconds: How long a claim lasts without renewal; a dead worker's
+            runs are taken over this long after its last renewal.
+        group_commit: Save the steps of several runs in one transaction.
+        idle_interval: The longest the worker sleeps before looking for due runs
+            again (runs started by others become due at once).
+        threads: Size of the thread pool for plain (non-async) handlers
+            (default: ``min(concurrency, 32)``).
+        on_step: Called after every saved step with a :class:`StepReport`.
+        owner: This worker's name in leases (default: host and pid).
+
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        flows: Iterable[Flow],
+        *,
+        context: Any = None,
+        concurrency: int = 64,
+        clock: Clock | None = None,
+        lease_seconds: float = 30.0,
+        group_commit: bool = True,
+        idle_interval: float = 1.0,
+        threads: int | None = None,
+        on_step: Callable[[StepReport], None] | None = None,
+        owner: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency!r}")
+        if lease_seconds <= 0:
+            raise ConfigurationError(f"lease_seconds must be > 0, got {lease_seconds!r}")
+        self.store = store
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.flows: dict[str, Flow] = {}
+        for flow in flows:
+            if flow.name in self.flows:
+                raise ConfigurationError(
+                    f'two flows named {flow.name!r}; version the names ("deploy/v1", '
+                    '"deploy/v2") to serve both'
+                )
+            self.flows[flow.name] = flow
+        if not self.flows:
+            raise ConfigurationError("a worker needs at least one flow to serve")
+        self._interpreters = {name: Interpreter(f, self.clock) for name, f in self.flows.items()}
+        self.context = context
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.group_commit = group_commit
+        self.idle_interval = idle_interval
+        self.on_step = on_step
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stats = WorkerStats()
+        self._threads = threads or min(concurrency, 32)
+        self._stopping = False
+        self._wakeup: asyncio.Event | None = None
+        self._leases: dict[str, str] = {}  # run id -> lease token, for renewal
+        self._pending: list[tuple[Save, asyncio.Future[RunRecord]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._store_pool: ThreadPoolExecutor | None = None
+        self._handler_pool: ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    # -- control ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to stop: finish the steps in flight, save, release, return."""
+        self._stopping = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def run_sync(self, *, until_idle: bool = False, handle_signals: bool = True) -> WorkerStats:
+        """Run the worker on a new event loop (see :meth:`run`)."""
+        return asyncio.run(self.run(until_idle=until_idle, handle_signals=handle_signals))
+
+    async def run(self, *, until_idle: bool = False, handle_signals: bool = False) -> WorkerStats:
+        """Drive runs until :meth:`stop` is called (or SIGTERM/SIGINT, with ``handle_signals``).
+
+        Args:
+            until_idle: Return once no run of the served flows is running (all
+                completed, failed or cancelled).
+            handle_signals: Stop gracefully on SIGTERM and SIGINT.
+
+        Returns:
+            The worker's counters.
+
+        """
+        loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="stepflow-store")
+        self._handler_pool = ThreadPoolExecutor(
+            self._threads, thread_name_prefix="stepflow-handler"
+        )
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stop)
+        renewer = asyncio.create_task(self._renew_leases())
+        active: set[asyncio.Task[None]] = set()
+        try:
+            await self._loop(active, until_idle)
+        finally:
+            if active:
+                await asyncio.gather(*active, return_exceptions=True)
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            if self._flusher is not None:
+                await self._flusher
+            if handle_signals:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
+            self._store_pool.shutdown(wait=True)
+            self._handler_pool.shutdown(wait=True)
+        return self.stats
+
+    async def _loop(self, active: set[asyncio.Task[None]], until_idle: bool) -> None:
+        assert self._wakeup is not None
+        names = tuple(self.flows)
+        while not self._stopping:
+            self._wakeup.clear()
+            free = self.concurrency - len(active)
+            leases: list[Lease] = []
+            if free > 0:
+                leases = await self._store(
+                    self.store.claim_due,
+                    now=self.clock.now(),
+                    limit=free,
+                    owner=self.owner,
+                    lease_seconds=self.lease_seconds,
+                    flows=names,
+                )
+            for lease in leases:
+                self.stats.claimed += 1
+                self._leases[lease.run.run_id] = lease.token
+                task = asyncio.create_task(self._drive(lease))
+                active.add(task)
+                task.add_done_callback(self._finished(active))
+            if leases and len(leases) == free:
+                await asyncio.sleep(0)
+                continue
+            if free <= 0:
+                await self._wakeup.wait()
+                continue
+            next_due = await self._store(self.store.next_due, flows=names)
+            if until_idle and not active and next_due is None and not leases:
+                return
+            delay = self.idle_interval
+            if next_due is not None:
+                delay = min(delay, max(0.0, next_due - self.clock.now()))
+            if delay <= 0 and leases:
+                continue
+            await self._sleep(delay, busy=bool(active))
+
+    def _finished(self, active: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            active.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("a run's task crashed", exc_info=task.exception())
+            assert self._wakeup is not None
+            self._wakeup.set()
+
+        return done
+
+    async def _sleep(self, seconds: float, *, busy: bool) -> None:
+        """Sleep on the clock, or until woken (a task ended, or stop)."""
+        assert self._wakeup is not None
+        if isinstance(self.clock, SystemClock):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(seconds, 0.0))
+        elif busy:
+            # A virtual clock must not race ahead of handlers still running:
+            # wait for one of them instead.
+            await self._wakeup.wait()
+        else:
+            await self.clock.sleep(seconds)  # virtual time: skip to the next wake
+
+    async def _store(self, method: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """Run a store call on the store's own thread (stores are synchronous)."""
+        assert self._store_pool is not None
+        call = functools.partial(method, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._store_pool, call)
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            held = list(self._leases.items())
+            if not held:
+                continue
+            try:
+                kept = await self._store(
+                    self.store.renew, held, now=self.clock.now(), lease_seconds=self.lease_seconds
+                )
+            except StepflowError:
+                log.exception("renewing leases failed; will try again")
+                continue
+            for run_id, token in held:
+                if run_id not in kept and self._leases.get(run_id) == token:
+                    log.warning("lost the lease of run %s", run_id)
+
+    # -- one run ---------------------------------------------------------------
+
+    async def _drive(self, lease: Lease) -> None:
+        record = lease.run
+        run_id, token = record.run_id, lease.token
+        flow = self.flows[record.flow]
+        try:
+            state = loads(record.state, flow.definition)
+        except StepflowError as exc:
+            # Never erase what cannot be read: leave the run as it is, out of the
+            # way for a while, and say why.
+            log.error("run %s cannot be loaded by this worker: %s", run_id, exc)
+            await self._park(record, record.version, token, record.state)
+            return
+        version = record.version
+        try:
+            while True:
+                now = self.clock.now()
+                state, commands = advance(flow.definition, state, now=now)
+                if not commands or (state.wake_at is not None and state.wake_at > now):
+                    await self._save_last(record, version, token, state, now)
+                    return
+                command = commands[0]
+                try:
+                    effect = await self._execute(flow, record, state, command)
+                except InterpreterError as exc:
+                    log.error("run %s cannot be executed by this worker: %s", run_id, exc)
+                    await self._park(record, version, token, dumps(state))
+                    return
+                new_state, _ = advance(flow.definition, state, (effect,))
+                batch = dumps_batch(Batch("effects", effect.at, (effect,), (command,)))
+                now = self.clock.now()
+                wake_at = store_wake_at(new_state, now)
+                release = self._stopping or wake_at is None or wake_at > now
+                save = Save(
+                    run_id,
+                    version,
+                    token,
+                    dumps(new_state),
+                    new_state.status,
+                    wake_at,
+                    batch,
+                    release,
+                )
+                saved = await self._save(save, now)
+                version = saved.version
+                state = new_state
+                self._count(new_state)
+                if self.on_step is not None:
+                    self.on_step(StepReport(run_id, record.flow, command, effect, new_state))
+                if release:
+                    return
+        except StaleWriteError as exc:
+            self.stats.stale += 1
+            log.warning("run %s moved on without this worker (%s); dropping it", run_id, exc)
+        finally:
+            if self._leases.get(run_id) == token:
+                del self._leases[run_id]
+
+    def _count(self, state: State) -> None:
+        self.stats.steps += 1
+        if state.status == "completed":
+            self.stats.completed += 1
+        elif state.status == "failed":
+            self.stats.failed += 1
+
+    async def _save_last(
+        self, record: RunRecord, version: int, token: str, state: State, now: float
+    ) -> None:
+        """Save a state reached without an effect (rare) and release the lease."""
+        text = dumps(state)
+        save = Save(
+            record.run_id, version, token, text, state.status, store_wake_at(state, now), None, True
+        )
+        await self._save(save, now)
+
+    async def _park(self, record: RunRecord, version: int, token: str, text: str) -> None:
+        """Leave a run this worker cannot drive untouched, out of the way for a while."""
+        now = self.clock.now()
+        later = now + max(60.0, self.lease_seconds)
+        save = Save(record.run_id, version, token, text, record.status, later, None, True)
+        with contextlib.suppress(StaleWriteError):
+            await self._save(save, now)
+
+    async def _execute(
+        self, flow: Flow, record: RunRecord, state: State, command: Command
+    ) -> Effect:
+        interpreter = self._interpreters[flow.name]
+        if type(command) is Wake:
+            return interpreter.fire(command)
+        assert type(command) is CallHandler
+        assert self._slots is not None
+        retries = flow.definition.enclosing_retries(command.event)
+        attempt = state.attempts.get(retries[0], 0) + 1 if retries else 1
+        ctx = RunContext(
+            run_id=record.run_id,
+            flow=record.flow,
+            step=command.step,
+            kind=command.kind,
+            attempt=attempt,
+            idempotency_key=f"{record.run_id}/{command.key}",
+            input=record.input,
+            outputs=state.outputs,
+            now=self.clock.now(),
+            app=self.context,
+            command=command,
+        )
+        handler = flow.handlers.get((command.kind, command.step))
+        async with self._slots:
+            if handler is not None and inspect.iscoroutinefunction(handler):
+                return await interpreter.execute_async(command, ctx)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._handler_pool, interpreter.execute, command, ctx)
+
+    # -- saving ----------------------------------------------------------------
+
+    async def _save(self, save: Save, now: float) -> RunRecord:
+        if not self.group_commit:
+            self.stats.commits += 1
+            return await self._store(self.store.save, save, now=now)
+        future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+        self._pending.append((save, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        """Write pending saves, many per transaction, until none are left."""
+        while self._pending:
+            batch, self._pending = self._pending, []
+            saves = [save for save, _ in batch]
+            self.stats.commits += 1
+            try:
+                results = await self._store(self.store.save_many, saves, now=self.clock.now())
+            except BaseException as exc:  # the whole transaction failed: tell every waiter
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
