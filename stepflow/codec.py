@@ -139,7 +139,7 @@ def _unstructure_error(error: ErrorRecord | None) -> dict[str, str] | None:
 
 def _unstructure_command(c: Command) -> dict[str, Any]:
     if type(c) is Wake:
-        return {"id": c[0], "kind": c[1], "step": c[2], "event": c[3], "at": c[4]}
+        return {"id": c[0], "kind": c[1], "step": c[2], "event": c[3], "at": float(c[4])}
     return {
         "id": c[0],
         "kind": c[1],
@@ -162,8 +162,8 @@ def _unstructure_state(state: State) -> dict[str, Any]:
             "in_flight": [_unstructure_command(c) for c in in_flight],
             "seq": seq,
             "outputs": {k: thaw_json(v) for k, v in outputs.items()} if outputs else {},
-            "wake_at": state[8],
-            "timeout_at": state[9],
+            "wake_at": _time(state[8]),
+            "timeout_at": _time(state[9]),
             "attempts": dict(state[10]) if state[10] else {},
             "run_id": state[11],
         },
@@ -414,9 +414,15 @@ class Batch:
     answered: tuple[Command, ...] = ()
 
 
+def _time(at: float | None) -> float | None:
+    # Times are floats on the wire, whatever number type they were given as, so
+    # equal batches give equal text.
+    return None if at is None else float(at)
+
+
 def _unstructure_effect(effect: Effect, command: Command | None) -> dict[str, Any]:
     if type(effect) is TimerFired:
-        return {"type": "timer", "command": effect.command_id, "at": effect.at}
+        return {"type": "timer", "command": effect.command_id, "at": _time(effect.at)}
     if type(effect) is HandlerReturned:
         try:
             value = thaw_json(freeze_json(effect.value))
@@ -430,15 +436,20 @@ def _unstructure_effect(effect: Effect, command: Command | None) -> dict[str, An
                 "type": "raised",
                 "command": effect.command_id,
                 "error": _unstructure_error(error),
-                "at": effect.at,
+                "at": _time(effect.at),
             }
-        return {"type": "returned", "command": effect.command_id, "value": value, "at": effect.at}
+        return {
+            "type": "returned",
+            "command": effect.command_id,
+            "value": value,
+            "at": _time(effect.at),
+        }
     if type(effect) is HandlerRaised:
         return {
             "type": "raised",
             "command": effect.command_id,
             "error": _unstructure_error(effect.error),
-            "at": effect.at,
+            "at": _time(effect.at),
         }
     raise TypeError(f"{effect!r:.80} is not an effect")
 
@@ -454,7 +465,7 @@ def dumps_batch(batch: Batch) -> str:
     by_id = {c.id: c for c in batch.answered}
     body = {
         "op": batch.op,
-        "at": batch.at,
+        "at": _time(batch.at),
         "effects": [_unstructure_effect(e, by_id.get(e[0])) for e in batch.effects],
         "answered": [_unstructure_command(c) for c in batch.answered],
     }

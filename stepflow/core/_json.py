@@ -32,8 +32,10 @@ def freeze_json(value: Any, where: str = "$") -> Any:
             float, bool or None.
 
     """
-    if value is None or value is True or value is False or type(value) is str:
+    if value is None or value is True or value is False:
         return value
+    if type(value) is str:
+        return value if value.isascii() else _text(value, where)
     if isinstance(value, int) and not isinstance(value, bool):
         if not _INT_MIN <= value <= _INT_MAX:
             raise NotJSON(value, where, "an integer beyond 64 bits")
@@ -43,7 +45,7 @@ def freeze_json(value: Any, where: str = "$") -> Any:
             raise NotJSON(value, where, f"{value!r}, which JSON cannot represent")
         return float(value)
     if isinstance(value, str):
-        return str(value)
+        return _text(str(value), where)
     if isinstance(value, (list, tuple, PVector)):
         return pvector(freeze_json(v, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(value, (dict, PMap, Mapping)):
@@ -51,9 +53,20 @@ def freeze_json(value: Any, where: str = "$") -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise NotJSON(k, f"{where} key")
-            out[str(k)] = freeze_json(v, f"{where}.{k}")
+            out[_text(str(k), f"{where} key")] = freeze_json(v, f"{where}.{k}")
         return pmap(out)
     raise NotJSON(value, where)
+
+
+def _text(value: str, where: str) -> str:
+    # A lone surrogate is a Python str but not Unicode text: no JSON encoder writes it.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NotJSON(
+            value, where, "a string with a lone surrogate, which is not UTF-8 text"
+        ) from None
+    return value
 
 
 def thaw_json(value: Any) -> Any:

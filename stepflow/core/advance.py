@@ -322,9 +322,18 @@ def _poll_again(
 def _restart(
     definition: FlowDefinition, state: State, scope: str, at: float | None
 ) -> tuple[State, tuple[Command, ...]]:
-    """Restart the group of retry ``scope``, after its policy's backoff."""
+    """Restart the group of retry ``scope``, after its policy's backoff.
+
+    ``at`` is when the restart was decided: the failure, or the ``on_error``
+    answer that asked for it; the backoff counts from then.
+    """
     attempts = state.attempts
     attempt = attempts.get(scope, 0) + 1  # the attempt that just failed
+    # Retries nested in the restarted group start their count over, in a new pass.
+    nested = scope + "/"
+    for inner in attempts:
+        if inner.startswith(nested):
+            attempts = attempts.discard(inner)
     policy = definition._rules[scope].policy
     not_before = None
     if policy is not None and at is not None:

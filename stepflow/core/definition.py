@@ -303,8 +303,8 @@ def _canonical(
             [[d.event, d.reason] for d in t.destinations],
             list(t.retry_scopes),
         ]
-        # Timing joins the row only when set, so untimed flows keep the
-        # fingerprints they had before timers existed.
+        # Timing joins the row only when set: flows with no wait_for, sleep or
+        # policy keep the fingerprints they had before timers existed.
         if t.delay is not None or t.timeout is not None:
             row.append([t.delay, t.timeout])
         rows.append(row)
