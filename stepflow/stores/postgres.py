@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
+from stepflow.stores._rules import check_save, dump_input, new_lease_token, run_exists, unknown_run
 from stepflow.stores.base import JournalEntry, Lease, RunRecord, RunStatus, Save
-from stepflow.stores.memory import check_save, dump_input, new_lease_token, run_exists, unknown_run
 
 if TYPE_CHECKING:
     import psycopg

@@ -21,8 +21,7 @@ from typing import Any
 import attrs
 
 from stepflow.errors import ConfigurationError, StoreError
-from stepflow.stores.base import JournalEntry, Lease, RunRecord, RunStatus, Save
-from stepflow.stores.memory import (
+from stepflow.stores._rules import (
     apply_save,
     check_save,
     dump_input,
@@ -30,6 +29,7 @@ from stepflow.stores.memory import (
     run_exists,
     unknown_run,
 )
+from stepflow.stores.base import JournalEntry, Lease, RunRecord, RunStatus, Save
 
 __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS_LEVELS", "SQLiteStore"]
 

@@ -1,0 +1,139 @@
+"""The save rule every store shares, and the errors all stores raise alike.
+
+The rule that decides whether a save may be applied lives here as plain Python
+(:func:`check_save`, :func:`apply_save`), and all three stores use it, so they
+agree on the semantics and explain a refused save in the same words:
+
+* the memory store checks it under its lock;
+* SQLite checks it after ``BEGIN IMMEDIATE`` (which already serializes writers);
+* PostgreSQL checks it in the ``UPDATE``'s ``WHERE`` clause and calls
+  :func:`check_save` only to explain an update that matched no row.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import attrs
+
+from stepflow.errors import RunExistsError, StaleWriteError, StoreError, UnknownRunError
+from stepflow.stores.base import RunRecord, Save
+
+__all__ = [
+    "apply_save",
+    "check_save",
+    "dump_input",
+    "lease_is_live",
+    "new_lease_token",
+    "run_exists",
+    "unknown_run",
+]
+
+
+def dump_input(value: Any) -> str:
+    """Return a run's input as JSON text (every store writes it through this).
+
+    Raises:
+        TypeError: the value is not JSON data.
+        ValueError: the value holds a NaN or an infinity, which JSON cannot carry.
+
+    """
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def new_lease_token() -> str:
+    """Return a fresh, unique lease token."""
+    return uuid.uuid4().hex
+
+
+def unknown_run(run_id: str) -> UnknownRunError:
+    """Return the error for a run id that is not in the store."""
+    return UnknownRunError(
+        f"no run has id {run_id!r} in this store: check the run id and the store URL",
+        run_id,
+    )
+
+
+def run_exists(run_id: str) -> RunExistsError:
+    """Return the error for creating a run whose id is taken."""
+    return RunExistsError(
+        f"a run with id {run_id!r} already exists: choose another id, or load the existing run",
+        run_id,
+    )
+
+
+def lease_is_live(run: RunRecord, now: float) -> bool:
+    """Whether someone holds a lease on ``run`` that has not expired at ``now``."""
+    return (
+        run.lease_token is not None
+        and run.lease_expires_at is not None
+        and run.lease_expires_at > now
+    )
+
+
+def check_save(run: RunRecord | None, save: Save, now: float) -> StoreError | None:
+    """Return why ``save`` may not be applied to ``run`` as stored, or ``None`` if it may.
+
+    A save may be applied when the stored version is ``save.expected_version`` and
+    either the save names the run's current lease token (a lease is held until it is
+    released or another claim replaces it, even past its expiry), or it names none
+    and nobody holds a live lease.
+
+    Returns:
+        ``None``, an :class:`~stepflow.errors.UnknownRunError` when ``run`` is
+        ``None``, or a :class:`~stepflow.errors.StaleWriteError`.
+
+    """
+    run_id = save.run_id
+    if run is None:
+        return unknown_run(run_id)
+    if run.version != save.expected_version:
+        return StaleWriteError(
+            f"cannot save run {run_id!r}: expected version {save.expected_version}, but the "
+            f"store holds version {run.version} (another writer saved it first); drop this "
+            "copy and reload the run",
+            run_id,
+        )
+    if save.lease_token is None:
+        if lease_is_live(run, now):
+            return StaleWriteError(
+                f"cannot save run {run_id!r} without a lease: worker {run.lease_owner!r} holds "
+                f"its lease until {run.lease_expires_at!r}; stop that worker or wait for the "
+                "lease to expire, then retry",
+                run_id,
+            )
+    elif run.lease_token != save.lease_token:
+        now_held = (
+            f"worker {run.lease_owner!r} holds it now"
+            if run.lease_token is not None
+            else "it was released"
+        )
+        return StaleWriteError(
+            f"cannot save run {run_id!r}: lease {save.lease_token!r} was lost ({now_held}); "
+            "drop this copy and let the lease holder continue the run",
+            run_id,
+        )
+    return None
+
+
+def apply_save(run: RunRecord, save: Save, now: float) -> RunRecord:
+    """Return ``run`` after ``save`` (which :func:`check_save` accepted).
+
+    The version goes up by one. The lease is given up when the save asks for it
+    (``release``), and cleared by a save made without a lease (any lease left on the
+    run had expired, or the save would have been refused).
+    """
+    keep_lease = save.lease_token is not None and not save.release
+    return attrs.evolve(
+        run,
+        state=save.state,
+        status=save.status,
+        wake_at=save.wake_at,
+        version=run.version + 1,
+        updated_at=now,
+        lease_owner=run.lease_owner if keep_lease else None,
+        lease_token=run.lease_token if keep_lease else None,
+        lease_expires_at=run.lease_expires_at if keep_lease else None,
+    )
