@@ -1,0 +1,331 @@
+"""Outcome scripts and the scripted world that plays them (no hypothesis needed).
+
+An *outcome script* says what each handler does, in order, each time a new
+command for it is issued: return a value, raise, or return a value of the wrong
+kind. When a handler's list runs out it takes its *exit* outcome (a ``do``
+returns ``None``, conditions end their wait or loop, ``on_error`` declines), so
+every scripted run terminates.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from stepflow.clock import FakeClock
+from stepflow.core.advance import advance, initial_state
+from stepflow.core.definition import FlowDefinition
+from stepflow.core.messages import (
+    Command,
+    Effect,
+    HandlerRaised,
+    HandlerReturned,
+    TimerFired,
+    Wake,
+)
+from stepflow.core.state import ErrorRecord, State
+from stepflow.errors import ConfigurationError
+from stepflow.flow import Flow
+
+__all__ = [
+    "EXIT_OUTCOMES",
+    "START",
+    "HandlerKey",
+    "Outcome",
+    "Raises",
+    "Returns",
+    "ReturnsWrongKind",
+    "Script",
+    "ScriptedWorld",
+    "Trace",
+    "TraceStep",
+    "WrongKind",
+    "check_script",
+    "handler_keys",
+    "scripted_flow",
+    "simulate",
+]
+
+#: ``(command kind, step path)``: which handler an outcome list is for.
+HandlerKey = tuple[str, str]
+
+#: When scripted worlds start, unless told otherwise (seconds since the epoch).
+START = 1_000.0
+
+
+@attrs.frozen
+class Returns:
+    """The handler returns ``value``."""
+
+    value: Any
+
+
+@attrs.frozen
+class Raises:
+    """The handler raises ``RuntimeError(message)``."""
+
+    message: str
+
+
+@attrs.frozen
+class ReturnsWrongKind:
+    """The handler returns a value of the wrong kind (not JSON, not a bool)."""
+
+
+#: What one handler call does.
+Outcome = Returns | Raises | ReturnsWrongKind
+#: What every handler does, call after call.
+Script = Mapping[HandlerKey, Sequence[Outcome]]
+
+#: What a handler does once its scripted outcomes run out: end waits and loops,
+#: skip cases, decline retries. This is what bounds every scripted run.
+EXIT_OUTCOMES: Mapping[str, Outcome] = {
+    "do": Returns(None),
+    "wait_for": Returns(True),
+    "case": Returns(False),
+    "loop_until": Returns(True),
+    "on_error": Returns(False),
+}
+
+
+class WrongKind:
+    """A value that is neither JSON nor a bool."""
+
+    def __repr__(self) -> str:
+        return "WrongKind()"
+
+
+def handler_keys(definition: FlowDefinition) -> list[HandlerKey]:
+    """Every ``(kind, step)`` a handler of ``definition`` serves (timers have none)."""
+    keys: list[HandlerKey] = [
+        (t.kind, t.step or "") for t in definition.handler_transitions() if t.kind != "sleep"
+    ]
+    keys += [
+        ("on_error", scope)
+        for scope in definition.retry_scopes()
+        if definition.retry_rule(scope).on_error
+    ]
+    return keys
+
+
+class ScriptedWorld:
+    """The simulated outside world: answers commands from an outcome script.
+
+    An answer is decided once per command id and remembered, as an idempotent
+    external system would: a command re-run after a crash gets the same outcome,
+    at the same time. Time is a :class:`~stepflow.clock.FakeClock`: every handler
+    takes ``handler_seconds``, and the world waits for a state's ``wake_at``
+    before answering, skipping the time in between instantly.
+
+    Args:
+        script: What each handler does, call after call.
+        clock: The virtual clock (default: a new ``FakeClock(START)``).
+        handler_seconds: How long each handler call takes, in virtual time.
+
+    """
+
+    def __init__(
+        self,
+        script: Script,
+        clock: FakeClock | None = None,
+        *,
+        handler_seconds: float = 1.0,
+    ) -> None:
+        self.script = script
+        self._pending = {key: list(outs) for key, outs in script.items()}
+        self._answers: dict[int, Effect] = {}
+        self.clock = clock if clock is not None else FakeClock(START)
+        self.handler_seconds = handler_seconds
+        self.executed: list[Command] = []
+        self.calls: defaultdict[HandlerKey, int] = defaultdict(int)
+
+    def _decide(self, key: HandlerKey) -> Outcome:
+        self.calls[key] += 1
+        queue = self._pending.get(key, [])
+        return queue.pop(0) if queue else EXIT_OUTCOMES[key[0]]
+
+    def execute(self, command: Command, wake_at: float | None = None) -> Effect:
+        """Answer ``command`` (once per id) with an effect, as an interpreter would.
+
+        ``wake_at`` is the state's: the world's clock moves on to it first.
+        """
+        self.executed.append(command)
+        if command.id not in self._answers:
+            self._answers[command.id] = self._answer(command, wake_at)
+        return self._answers[command.id]
+
+    def _answer(self, command: Command, wake_at: float | None) -> Effect:
+        if wake_at is not None and wake_at > self.clock.now():
+            self.clock.set(wake_at)
+        if type(command) is Wake:
+            self.clock.set(max(command.at, self.clock.now()))
+            return TimerFired(command.id, self.clock.now())
+        outcome = self._decide((command.kind, command.step))
+        at = self.clock.advance(self.handler_seconds)
+        if isinstance(outcome, Returns):
+            return HandlerReturned(command.id, outcome.value, at)
+        if isinstance(outcome, Raises):
+            error = ErrorRecord("RuntimeError", outcome.message, command.step)
+            return HandlerRaised(command.id, error, None, at)
+        return HandlerReturned(command.id, WrongKind(), at)
+
+    def handler(self, kind: str, step: str) -> Callable[..., Any]:
+        """Return a real handler for ``(kind, step)`` that plays the script (no crash memo)."""
+
+        def play(ctx: Any, *_: Any) -> Any:
+            outcome = self._decide((kind, step))
+            self.clock.advance(self.handler_seconds)
+            if isinstance(outcome, Returns):
+                return outcome.value
+            if isinstance(outcome, Raises):
+                raise RuntimeError(outcome.message)
+            return WrongKind()
+
+        return play
+
+
+def check_script(definition: FlowDefinition, script: Script) -> None:
+    """Check that every key of ``script`` names a handler of ``definition``.
+
+    Raises:
+        ConfigurationError: a key names no handler (a typo would otherwise leave
+            that handler on its exit outcome, silently).
+
+    """
+    known = set(handler_keys(definition))
+    unknown = [key for key in script if tuple(key) not in known]
+    if unknown:
+        raise ConfigurationError(
+            f"the script names {unknown!r}, which are not handlers of {definition.name!r}; "
+            f"its handlers are {sorted(known)!r}"
+        )
+
+
+def scripted_flow(definition: FlowDefinition, world: ScriptedWorld) -> Flow:
+    """Return a :class:`~stepflow.Flow` whose handlers play ``world``'s script on its clock.
+
+    Use it with the real drivers (``flow.apply``, ``flow.run``) or a
+    :class:`~stepflow.Worker`, in place of the real handlers.
+    """
+    check_script(definition, world.script)
+    handlers = {key: world.handler(*key) for key in handler_keys(definition)}
+    return Flow(definition, handlers, world.clock)
+
+
+@attrs.frozen
+class TraceStep:
+    """One step of a simulated run: a command, its effect, and the state after.
+
+    Attributes:
+        command: The command executed.
+        effect: What happened.
+        state: The state after applying it.
+
+    """
+
+    command: Command
+    effect: Effect
+    state: State
+
+
+@attrs.frozen
+class Trace:
+    """A simulated run, from its first state to its last.
+
+    Attributes:
+        initial: The state after the first command was issued.
+        steps: Every step, in order.
+
+    """
+
+    initial: State
+    steps: tuple[TraceStep, ...]
+
+    @property
+    def final(self) -> State:
+        """The last state."""
+        return self.steps[-1].state if self.steps else self.initial
+
+    @property
+    def states(self) -> tuple[State, ...]:
+        """Every state, the initial one first."""
+        return (self.initial, *(s.state for s in self.steps))
+
+    @property
+    def commands(self) -> tuple[Command, ...]:
+        """Every command issued, in order (including the last state's, if any)."""
+        issued = [*self.initial.in_flight]
+        for step in self.steps:
+            issued.extend(step.state.in_flight)
+        return tuple(issued)
+
+    @property
+    def effects(self) -> tuple[Effect, ...]:
+        """Every effect applied, in order."""
+        return tuple(s.effect for s in self.steps)
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The positions the run rested at, in order (repeats collapsed)."""
+        seen: list[str] = []
+        for state in self.states:
+            for event in state.events:
+                if not seen or seen[-1] != event:
+                    seen.append(event)
+        return tuple(seen)
+
+    @property
+    def elapsed(self) -> float:
+        """Virtual seconds from the first effect's time to the last's."""
+        times = [e.at for e in self.effects if e.at is not None]
+        return times[-1] - times[0] if len(times) > 1 else 0.0
+
+
+def simulate(
+    flow: Flow | FlowDefinition,
+    script: Script,
+    clock: FakeClock | None = None,
+    *,
+    run_id: str = "",
+    handler_seconds: float = 1.0,
+    max_steps: int = 100_000,
+) -> Trace:
+    """Drive a run of ``flow`` by ``script``, calling no real handler, skipping time.
+
+    Polls, sleeps and retry backoffs take no real time: the virtual ``clock``
+    jumps to each ``wake_at``.
+
+    Args:
+        flow: The flow, or its definition.
+        script: What each handler does, call after call (see :class:`Returns`,
+            :class:`Raises`); a handler past its list takes its exit outcome.
+        clock: The virtual clock (default: ``FakeClock(START)``).
+        run_id: The run's id (seeds retry jitter).
+        handler_seconds: How long each handler call takes.
+        max_steps: A bound, in case a script keeps a loop going forever.
+
+    Returns:
+        The :class:`Trace`: every command, effect and state.
+
+    Raises:
+        ConfigurationError: the script names a handler the flow does not have.
+        AssertionError: the run did not end within ``max_steps``.
+
+    """
+    definition = flow.definition if isinstance(flow, Flow) else flow
+    check_script(definition, script)
+    world = ScriptedWorld(script, clock, handler_seconds=handler_seconds)
+    state, commands = advance(definition, initial_state(definition, run_id), now=world.clock.now())
+    initial = state
+    steps: list[TraceStep] = []
+    while commands:
+        if len(steps) >= max_steps:
+            raise AssertionError(f"the simulated run did not end within {max_steps} steps")
+        command = commands[0]
+        effect = world.execute(command, state.wake_at)
+        state, commands = advance(definition, state, (effect,))
+        steps.append(TraceStep(command, effect, state))
+    return Trace(initial, tuple(steps))

@@ -1,0 +1,164 @@
+"""Hypothesis strategies: random flow trees and random outcome scripts.
+
+Every construct stepflow supports appears in :func:`items`; the project's own
+property tests draw from these very strategies, so a new construct added here
+is checked for resumability, determinism, codec round trips and totality at
+once, in stepflow's suite and in users' suites alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+from stepflow.core.compile import scope_name
+from stepflow.core.definition import FlowDefinition, RetryPolicy
+from stepflow.core.spec import Case, Do, Group, Item, LoopUntil, Retry, Sleep, Steps, WaitFor
+from stepflow.flow import new
+from stepflow.testing._scripts import (
+    HandlerKey,
+    Outcome,
+    Raises,
+    Returns,
+    ReturnsWrongKind,
+    handler_keys,
+)
+
+__all__ = [
+    "bodies",
+    "definitions",
+    "durations",
+    "flows",
+    "flows_and_scripts",
+    "items",
+    "json_values",
+    "outcomes",
+    "outcomes_for",
+    "policies",
+    "specs",
+    "step_names",
+]
+
+
+def _unused(*_: Any) -> Any:
+    raise AssertionError("strategy flows are driven by scripts, not by their handlers")
+
+
+step_names = st.text(alphabet="abcdxyz-_.0", min_size=1, max_size=4)
+_root_names = st.sampled_from(["f", "steps", "deploy/v1", "a.b/c-d_e/v2"])
+
+#: Durations in seconds: small, so timeouts and backoffs interleave with the
+#: one second every scripted handler takes.
+durations = st.sampled_from([0.5, 1, 2.5, 5])
+
+#: Retry policies of every shape: bounded or not, with and without backoff and
+#: jitter, with non-retryable errors.
+policies = st.builds(
+    RetryPolicy,
+    max_attempts=st.none() | st.integers(1, 4),
+    initial_interval=st.sampled_from([0, 0.5, 2]),
+    backoff_coefficient=st.sampled_from([1, 2, 3.5]),
+    max_interval=st.none() | st.just(4.0),
+    jitter=st.sampled_from([0, 0.5, 1]),
+    non_retryable=st.sampled_from(
+        [(), ("RuntimeError",), ("stepflow.errors.HandlerResultError", "KeyError")]
+    ),
+)
+
+
+def items(depth: int) -> st.SearchStrategy[Item]:
+    """One step of any kind; groups nest at most ``depth`` more levels."""
+    leaves: list[st.SearchStrategy[Item]] = [
+        st.builds(Do, step_names, st.just(_unused)),
+        st.builds(
+            WaitFor,
+            step_names,
+            st.just(_unused),
+            durations,
+            st.none() | durations.map(lambda d: d * 2),
+        ),
+        st.builds(Sleep, step_names, st.just(0) | durations),
+    ]
+    if depth <= 0:
+        return st.one_of(leaves)
+    body = bodies(depth - 1)
+    on_error = st.just(_unused)
+    groups: list[st.SearchStrategy[Item]] = [
+        st.builds(Case, step_names, st.just(_unused), body),
+        st.builds(Retry, step_names, on_error, body),
+        st.builds(Retry, step_names, st.none() | on_error, body, policies),
+        st.builds(LoopUntil, step_names, st.just(_unused), body),
+        st.builds(Group, step_names, body),
+    ]
+    return st.one_of(*leaves, *groups)
+
+
+def bodies(depth: int, max_size: int = 3) -> st.SearchStrategy[Steps]:
+    """Draw a group's steps, names unique in the scope after go-stepflow's suffixing."""
+    return st.builds(
+        Steps,
+        st.just("steps"),
+        st.lists(items(depth), max_size=max_size, unique_by=scope_name).map(tuple),
+    )
+
+
+@st.composite
+def specs(draw: st.DrawFn, max_depth: int = 3) -> Steps:
+    """Draw a root spec: a random flow tree of every construct."""
+    name = draw(_root_names)
+    children = draw(st.lists(items(max_depth), max_size=4, unique_by=scope_name))
+    return Steps(name, tuple(children))
+
+
+def definitions(max_depth: int = 3) -> st.SearchStrategy[FlowDefinition]:
+    """Compiled random flows: every construct, nested up to ``max_depth``."""
+    return specs(max_depth).map(lambda s: new(s).definition)
+
+
+#: Random flows; the same strategy stepflow's own property tests use.
+flows = definitions
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text("ab", max_size=2),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text("kv", max_size=2), inner),
+    max_leaves=4,
+)
+
+
+def outcomes_for(kind: str) -> st.SearchStrategy[Outcome]:
+    """Outcomes a handler of ``kind`` can have: mostly successes, sometimes failures."""
+    if kind == "do":
+        value: st.SearchStrategy[Outcome] = st.builds(Returns, json_values)
+    else:
+        value = st.builds(Returns, st.booleans())
+    failing: list[st.SearchStrategy[Outcome]] = [st.builds(Raises, st.text("xyz", max_size=3))]
+    if kind != "on_error":
+        failing.append(st.just(ReturnsWrongKind()))
+    # Mostly successes, so that runs go deep before a failure (if any) ends them.
+    # (one_of picks its branches evenly, so the weight is given by a draw.)
+    return st.integers(0, 9).flatmap(lambda n: st.one_of(failing) if n == 0 else value)
+
+
+@st.composite
+def outcomes(
+    draw: st.DrawFn, definition: FlowDefinition, max_len: int = 4
+) -> dict[HandlerKey, tuple[Outcome, ...]]:
+    """Draw an outcome script for every handler of ``definition``.
+
+    Each handler gets up to ``max_len`` outcomes (return values, raised errors,
+    condition results), then its exit outcome, so every scripted run ends.
+    """
+    return {
+        key: tuple(draw(st.lists(outcomes_for(key[0]), max_size=max_len)))
+        for key in handler_keys(definition)
+    }
+
+
+@st.composite
+def flows_and_scripts(
+    draw: st.DrawFn, max_depth: int = 3
+) -> tuple[FlowDefinition, dict[HandlerKey, tuple[Outcome, ...]]]:
+    """Draw a random definition with a random outcome script for it."""
+    definition = draw(definitions(max_depth))
+    return definition, draw(outcomes(definition))
