@@ -1,0 +1,596 @@
+"""Draw a compiled flow: Mermaid, Graphviz DOT, or the same graph as plain data.
+
+Rule: these are pure functions of a :class:`~stepflow.core.definition.FlowDefinition`
+(and optionally a :class:`~stepflow.core.state.State`). They perform no I/O, run no
+handler and read no clock; the same definition always gives byte-identical text,
+in the definition's own order.
+
+Granularity
+-----------
+* **Nodes are resting events**: one node per handler transition (``do``,
+  ``wait_for``, ``case``, ``loop_until``) or timer (``sleep``), that is, every
+  position a running :class:`~stepflow.core.state.State` can hold, plus a start
+  and an end marker. A ``case`` node is its condition check, drawn inside the
+  case's scope; a ``loop_until`` node is its check after each pass, drawn inside
+  the loop's scope.
+* **Static hops are collapsed**: the ``start:``/``completed:`` bookkeeping events
+  issue no command and decide nothing, so each handler destination is drawn
+  straight to the resting event it reaches through static transitions (the same
+  resolution :func:`stepflow.advance` uses). Every edge is one destination of one
+  handler transition, labelled with its reason; the start edge is the only one
+  made of static transitions alone.
+* **Retry edges are drawn per step**, as in the table: each step inside a retry
+  scope gets one ``retry`` edge per enclosing retry (innermost first), to the
+  first resting event of that retry's group. Mermaid labels them with the prefix
+  ``⟲``; DOT draws them dashed. A failure with no retry left fails the run; that
+  path is not drawn.
+* **Scopes are nested groups** (Mermaid composite states, DOT clusters): the
+  flow's root, ``retry``, ``case``, ``loop_until`` and ``steps`` groups (the
+  ``steps`` child of a case or loop, and named ``.steps(...)`` groups). A retry
+  with no step inside cannot be told from a plain group and is listed as
+  ``steps``. Groups with no node in them are listed by :func:`to_json` but not
+  drawn.
+
+Node and scope ids are Mermaid-safe identifiers (``[A-Za-z0-9_]``) derived from
+the scope path relative to the flow (``step_shouldDeployCase_steps_push``,
+``scope_pushRetry``, ``flow`` for the root, ``start`` and ``end``); when two paths
+sanitize to the same id, the later one in sorted order gets ``_2``, ``_3``... The
+same ids are used by all three functions.
+
+Mermaid cannot style start or end markers: a completed run is marked in
+:func:`to_dot` and :func:`to_json` only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from stepflow.core.definition import FlowDefinition, Transition
+from stepflow.core.state import FAILED, State
+from stepflow.errors import FlowMismatchError, UnknownEventError
+
+__all__ = ["to_dot", "to_json", "to_mermaid"]
+
+_START = "start"
+_END = "end"
+_ROOT = "flow"
+# Scope-name suffixes go-stepflow adds; stripped to show the name the user gave.
+_SUFFIX = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
+_GROUP_KINDS = frozenset({"case", "loop_until"})
+
+_CURRENT_COLORS = ("#fde68a", "#b45309")  # fill, stroke
+_FAILED_COLORS = ("#fecaca", "#b91c1c")
+
+
+class _Scope(NamedTuple):
+    order: int  # index of the first transition the scope appears in
+    path: str
+    kind: str
+    parent: str | None
+    id: str
+    name: str
+    detail: str
+
+
+class _Node(NamedTuple):
+    order: int  # index of the node's transition
+    id: str
+    event: str
+    kind: str
+    step: str | None
+    scope: str
+    name: str
+    delay: float | None
+    timeout: float | None
+
+
+class _Edge(NamedTuple):
+    source: str
+    target: str
+    reason: str
+    kind: str
+    retry_scope: str | None
+
+
+class _Graph(NamedTuple):
+    flow: str
+    fingerprint: str
+    scopes: tuple[_Scope, ...]
+    nodes: tuple[_Node, ...]
+    edges: tuple[_Edge, ...]
+    current: frozenset[str]
+    state: State | None
+
+
+def _path(event: str) -> str:
+    return event.partition(":")[2]
+
+
+def _relative(flow: str, path: str) -> str:
+    return path[len(flow) + 1 :] if path != flow else ""
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]", "_", text)
+
+
+def _unique_ids(bases: dict[str, str]) -> dict[str, str]:
+    """Map each key to its base id, suffixed ``_2``, ``_3``... where bases collide."""
+    taken: set[str] = set()
+    ids: dict[str, str] = {}
+    for key, base in sorted(bases.items(), key=lambda kv: (kv[1], kv[0])):
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}_{n}"
+        taken.add(candidate)
+        ids[key] = candidate
+    return ids
+
+
+def _seconds(value: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0)):
+        if value >= size and value % size == 0:
+            return f"{value / size:g}{unit}"
+    return f"{value:g}s"
+
+
+def _retry_detail(definition: FlowDefinition, scope: str) -> str:
+    rule = definition.retry_rule(scope)
+    parts = ["retry"]
+    policy = rule.policy
+    if policy is not None:
+        attempts = policy.max_attempts
+        parts.append("unlimited attempts" if attempts is None else f"up to {attempts} attempts")
+        if policy.initial_interval:
+            backoff = f"backoff {_seconds(policy.initial_interval)}"
+            if policy.backoff_coefficient != 1:
+                backoff += f" x{policy.backoff_coefficient:g}"
+            parts.append(backoff)
+    if rule.on_error:
+        parts.append("asks on_error")
+    return ", ".join(parts)
+
+
+def _resolve(definition: FlowDefinition, event: str) -> str:
+    """Follow static transitions from ``event`` to the resting event they reach."""
+    table, done = definition.table, definition.completed_event
+    while event != done and table[event].is_static:
+        event = table[event].destinations[0].event
+    return event
+
+
+def _node_scope(t: Transition) -> str:
+    assert t.step is not None
+    if t.kind in _GROUP_KINDS:
+        return t.step
+    return t.step.rpartition("/")[0]
+
+
+def _build(definition: FlowDefinition, state: State | None) -> _Graph:
+    flow = definition.name
+    handlers = [t for t in definition.transitions if not t.is_static]
+    leaves = {t.step for t in handlers if t.kind not in _GROUP_KINDS}
+    retries = set(definition.retry_scopes())
+    group_steps = {t.step: t.kind for t in handlers if t.kind in _GROUP_KINDS}
+
+    # Scopes, in the order their events first appear: a pre-order of the tree.
+    paths: dict[str, int] = {}
+    for index, t in enumerate(definition.transitions):
+        for event in (t.source, *(d.event for d in t.destinations)):
+            path = _path(event)
+            if path not in leaves:
+                paths.setdefault(path, index)
+
+    bases: dict[str, str] = {}
+    for t in handlers:
+        assert t.step is not None
+        bases["node " + t.source] = "step_" + _sanitize(_relative(flow, t.step))
+    for path in paths:
+        if path != flow:
+            bases["scope " + path] = "scope_" + _sanitize(_relative(flow, path))
+    ids = _unique_ids(bases)
+    ids["node " + definition.start_event] = _START
+    ids["node " + definition.completed_event] = _END
+    ids["scope " + flow] = _ROOT
+
+    scopes: list[_Scope] = []
+    for path, order in paths.items():
+        if path == flow:
+            kind, parent, detail = "flow", None, ""
+        else:
+            parent = path.rpartition("/")[0]
+            kind = group_steps.get(path) or ("retry" if path in retries else "steps")
+            detail = _retry_detail(definition, path) if kind == "retry" else kind
+        name = path if path == flow else path.rpartition("/")[2]
+        scopes.append(_Scope(order, path, kind, parent, ids["scope " + path], name, detail))
+
+    nodes = [_Node(-1, _START, definition.start_event, "start", None, flow, "start", None, None)]
+    for order, t in enumerate(definition.transitions):
+        if t.is_static:
+            continue
+        assert t.step is not None
+        name = t.step.rpartition("/")[2]
+        suffix = _SUFFIX.get(t.kind, "")
+        if suffix and name.endswith(suffix):
+            name = name[: -len(suffix)]
+        node_id = ids["node " + t.source]
+        nodes.append(
+            _Node(
+                order, node_id, t.source, t.kind, t.step, _node_scope(t), name, t.delay, t.timeout
+            )
+        )
+    end = len(definition.transitions)
+    nodes.append(_Node(end, _END, definition.completed_event, "end", None, flow, "end", None, None))
+
+    def target(event: str) -> str:
+        return ids["node " + _resolve(definition, event)]
+
+    edges = [_Edge(_START, target(definition.start_event), "static", "start", None)]
+    for t in handlers:
+        source = ids["node " + t.source]
+        plain = len(t.destinations) - len(t.retry_scopes)
+        edges.extend(
+            _Edge(source, target(d.event), d.reason, t.kind, None) for d in t.destinations[:plain]
+        )
+        edges.extend(
+            _Edge(source, target(d.event), d.reason, "retry", scope)
+            for d, scope in zip(t.destinations[plain:], t.retry_scopes, strict=True)
+        )
+
+    current: frozenset[str] = frozenset()
+    if state is not None:
+        current = frozenset(
+            ids["node " + _resolve(definition, e)] for e in _check(definition, state)
+        )
+    return _Graph(
+        flow, definition.fingerprint, tuple(scopes), tuple(nodes), tuple(edges), current, state
+    )
+
+
+def _check(definition: FlowDefinition, state: State) -> tuple[str, ...]:
+    if state.flow != definition.name:
+        raise FlowMismatchError(
+            f"the state belongs to flow {state.flow!r}, not {definition.name!r}; "
+            "draw it with its own flow's definition",
+            expected=definition.name,
+            actual=state.flow,
+        )
+    known = set(definition.events)
+    unknown = tuple(e for e in state.events if e not in known)
+    if unknown:
+        raise UnknownEventError(
+            f"the state rests at {list(unknown)!r}, which {definition.name!r} "
+            f"({definition.fingerprint[:19]}...) does not have; draw it with the "
+            "definition it was made under",
+            events=unknown,
+        )
+    return state.events
+
+
+def _children(graph: _Graph) -> dict[str | None, list[_Scope | _Node]]:
+    """Return the nodes and child scopes drawn in each scope, in definition order.
+
+    Scopes with no node inside are left out; the roots are under ``None``.
+    """
+    inner = graph.nodes[1:-1]
+    inhabited: set[str] = set()
+    for node in inner:
+        path = node.scope
+        while path not in inhabited:
+            inhabited.add(path)
+            if path == graph.flow:
+                break
+            path = path.rpartition("/")[0]
+    items: list[tuple[int, int, str | None, _Scope | _Node]] = [
+        (node.order, 0, node.scope, node) for node in inner
+    ]
+    items += [(s.order, 1, s.parent, s) for s in graph.scopes if s.path in inhabited]
+    children: dict[str | None, list[_Scope | _Node]] = {}
+    for _, _, parent, item in sorted(items, key=lambda i: i[:2]):
+        children.setdefault(parent, []).append(item)
+    return children
+
+
+def _node_detail(node: _Node) -> str:
+    timing = []
+    if node.kind == "wait_for" and node.delay is not None:
+        timing.append(f"every {_seconds(node.delay)}")
+    if node.kind == "sleep" and node.delay is not None:
+        timing.append(_seconds(node.delay))
+    if node.timeout is not None:
+        timing.append(f"timeout {_seconds(node.timeout)}")
+    return node.kind + (f" ({', '.join(timing)})" if timing else "")
+
+
+def _failure(graph: _Graph, node: _Node) -> str | None:
+    state = graph.state
+    if state is None or state.status != FAILED or node.id not in graph.current:
+        return None
+    return state.error.type if state.error is not None else "failed"
+
+
+# -- Mermaid ------------------------------------------------------------------------
+
+
+def _mermaid_text(text: str) -> str:
+    """Escape user text for a quoted Mermaid state description (entity codes)."""
+    out = []
+    for c in text:
+        if c.isalnum() or c in "_-.,()/+*=!?'@$&^~|":
+            out.append(c)
+        else:
+            out.append(f"#{ord(c)};")
+    return "".join(out)
+
+
+def _mermaid_edge_text(text: str) -> str:
+    # An edge label ends at ':', ';' or a newline and cannot hold entity codes.
+    return re.sub(r"[^0-9A-Za-z_.\-]", "_", text)
+
+
+def to_mermaid(definition: FlowDefinition, state: State | None = None) -> str:
+    """Return ``definition`` as a Mermaid ``stateDiagram-v2``.
+
+    Each scope is a composite state labelled with its name, each resting event a
+    state labelled ``<kind> <step name>`` (with its poll interval, timeout or
+    duration); edges carry their reasons, retry edges the prefix ``⟲``. All edges
+    are declared at the top level, after the nested states, so that Mermaid keeps
+    each state in the composite it was declared in. See the module docstring for
+    what is drawn.
+
+    Args:
+        definition: The compiled flow.
+        state: A run of it; its position gets the class ``current`` (``failed``
+            for a failed run, the error type added to the label).
+
+    Returns:
+        The diagram text, ending with a newline.
+
+    Raises:
+        FlowMismatchError: ``state`` is a run of another flow.
+        UnknownEventError: ``state`` rests at an event ``definition`` lacks.
+
+    """
+    graph = _build(definition, state)
+    children = _children(graph)
+    lines = ["stateDiagram-v2", f"    %% {graph.flow} {graph.fingerprint}"]
+
+    def emit(scope: _Scope, depth: int) -> None:
+        pad = "    " * depth
+        label = _mermaid_text(scope.name)
+        if scope.detail and scope.detail != "steps":
+            label += f" ({scope.detail})"
+        # No space before '{': Mermaid keeps everything up to it as the id.
+        lines.append(f'{pad}state "{label}" as {scope.id}{{')
+        for child in children.get(scope.path, ()):
+            if isinstance(child, _Scope):
+                emit(child, depth + 1)
+                continue
+            text = f"{child.kind} {_mermaid_text(child.name)}"
+            detail = _node_detail(child)
+            if detail != child.kind:
+                text += detail[len(child.kind) :]
+            error = _failure(graph, child)
+            if error is not None:
+                text += f" (failed, {_mermaid_text(error)})"
+            lines.append(f'{pad}    state "{text}" as {child.id}')
+        lines.append(pad + "}")
+
+    for root in children.get(None, ()):
+        assert isinstance(root, _Scope)
+        emit(root, 1)
+    for edge in graph.edges:
+        source = "[*]" if edge.source == _START else edge.source
+        target = "[*]" if edge.target == _END else edge.target
+        if edge.kind == "start":
+            lines.append(f"    {source} --> {target}")
+            continue
+        label = edge.reason
+        if edge.retry_scope is not None:
+            name = edge.retry_scope.rpartition("/")[2]
+            label = f"⟲ {label} {_mermaid_edge_text(name)}"
+        lines.append(f"    {source} --> {target} : {label}")
+    marked = sorted(graph.current - {_START, _END})
+    if marked:
+        css = "failed" if state is not None and state.status == FAILED else "current"
+        fill, stroke = _FAILED_COLORS if css == "failed" else _CURRENT_COLORS
+        lines.append(f"    classDef {css} fill:{fill},stroke:{stroke},stroke-width:3px")
+        lines.append(f"    class {','.join(marked)} {css}")
+    return "\n".join(lines) + "\n"
+
+
+# -- Graphviz DOT -------------------------------------------------------------------
+
+
+def _dot(text: str) -> str:
+    """Quote ``text`` as a DOT string (backslashes kept literal)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _attrs(pairs: Iterable[tuple[str, str]]) -> str:
+    return "[" + ", ".join(f"{k}={v}" for k, v in pairs) + "]"
+
+
+_SHAPES = {
+    "do": "box",
+    "wait_for": "hexagon",
+    "sleep": "octagon",
+    "case": "diamond",
+    "loop_until": "diamond",
+}
+_CLUSTER_STYLES = {
+    "flow": ("solid", "#334155"),
+    "retry": ("dashed", "#b45309"),
+    "case": ("solid", "#1d4ed8"),
+    "loop_until": ("solid", "#7c3aed"),
+    "steps": ("dotted", "#64748b"),
+}
+
+
+def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
+    """Return ``definition`` as a Graphviz ``digraph``.
+
+    Each scope is a ``subgraph cluster_<id>`` labelled with its name (retry
+    clusters dashed, with their policy); each resting event a node whose shape
+    tells its kind (``box`` do, ``hexagon`` wait_for, ``octagon`` sleep,
+    ``diamond`` case and loop_until); edges carry their reasons, retry edges are
+    dashed and do not constrain the layout. See the module docstring for what is
+    drawn.
+
+    Args:
+        definition: The compiled flow.
+        state: A run of it; its position is filled (amber; red with the error
+            type for a failed run, the end marker for a completed one).
+
+    Returns:
+        The DOT text, ending with a newline.
+
+    Raises:
+        FlowMismatchError: ``state`` is a run of another flow.
+        UnknownEventError: ``state`` rests at an event ``definition`` lacks.
+
+    """
+    graph = _build(definition, state)
+    children = _children(graph)
+    failed = state is not None and state.status == FAILED
+    lines = [
+        f"digraph {_dot(graph.flow)} {{",
+        f"    // {graph.fingerprint}",
+        '    graph [compound=true, fontname="Helvetica", fontsize=12];',
+        '    node [fontname="Helvetica", fontsize=11];',
+        '    edge [fontname="Helvetica", fontsize=9];',
+    ]
+
+    def highlight(node_id: str) -> list[tuple[str, str]]:
+        if node_id not in graph.current:
+            return []
+        fill, stroke = _FAILED_COLORS if failed else _CURRENT_COLORS
+        return [("fillcolor", _dot(fill)), ("color", _dot(stroke)), ("penwidth", "2.5")]
+
+    def node_line(pad: str, node: _Node) -> str:
+        label = f"{node.name}\n{_node_detail(node)}"
+        error = _failure(graph, node)
+        if error is not None:
+            label += f"\nfailed: {error}"
+        shape = _SHAPES[node.kind]
+        style = "rounded" if shape == "box" else "solid"
+        if node.id in graph.current:
+            style += ",filled,bold"
+        pairs = [
+            ("label", _dot(label)),
+            ("shape", shape),
+            ("style", _dot(style)),
+            ("tooltip", _dot(node.event)),
+            *highlight(node.id),
+        ]
+        return f"{pad}{_dot(node.id)} {_attrs(pairs)};"
+
+    def emit(scope: _Scope, depth: int) -> None:
+        pad = "    " * depth
+        style, color = _CLUSTER_STYLES[scope.kind]
+        label = scope.name
+        if scope.kind not in ("flow", "steps"):
+            label += f"\n{scope.detail}"
+        lines.append(f"{pad}subgraph {_dot('cluster_' + scope.id)} {{")
+        lines.append(f"{pad}    label={_dot(label)};")
+        lines.append(f"{pad}    style={_dot(style)}; color={_dot(color)};")
+        for child in children.get(scope.path, ()):
+            if isinstance(child, _Scope):
+                emit(child, depth + 1)
+            else:
+                lines.append(node_line(pad + "    ", child))
+        lines.append(pad + "}")
+
+    start_pairs = [("label", '""'), ("shape", "circle"), ("style", "filled")]
+    start_pairs += [
+        ("fillcolor", "black"),
+        ("width", "0.25"),
+        ("tooltip", _dot(graph.nodes[0].event)),
+    ]
+    lines.append(f"    {_dot(_START)} {_attrs(start_pairs)};")
+    end_pairs = [("label", '""'), ("shape", "doublecircle"), ("style", "filled")]
+    end_pairs += [
+        ("fillcolor", "black"),
+        ("width", "0.2"),
+        ("tooltip", _dot(graph.nodes[-1].event)),
+    ]
+    if _END in graph.current:
+        end_pairs = [p for p in end_pairs if p[0] != "fillcolor"] + highlight(_END)
+    lines.append(f"    {_dot(_END)} {_attrs(end_pairs)};")
+    for root in children.get(None, ()):
+        assert isinstance(root, _Scope)
+        emit(root, 1)
+    for edge in graph.edges:
+        pairs: list[tuple[str, str]] = []
+        if edge.kind != "start":
+            label = edge.reason
+            if edge.retry_scope is not None:
+                label += " " + edge.retry_scope.rpartition("/")[2]
+            pairs.append(("label", _dot(label)))
+        if edge.kind == "retry":
+            pairs += [("style", "dashed"), ("color", _dot("#b45309")), ("constraint", "false")]
+        attrs = f" {_attrs(pairs)}" if pairs else ""
+        lines.append(f"    {_dot(edge.source)} -> {_dot(edge.target)}{attrs};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# -- JSON ---------------------------------------------------------------------------
+
+
+def to_json(definition: FlowDefinition, state: State | None = None) -> dict[str, Any]:
+    """Return the graph of ``definition`` as JSON-serializable data.
+
+    The same nodes, edges and ids as :func:`to_mermaid` and :func:`to_dot`, in
+    definition order::
+
+        {"flow": ..., "fingerprint": ..., "status": ..., "error": ...,
+         "scopes": [{"path", "kind", "parent"}],
+         "nodes": [{"id", "event", "kind", "step", "scope", "current"}],
+         "edges": [{"source", "target", "reason", "kind"}]}
+
+    Scope kinds are ``flow``, ``retry``, ``case``, ``loop_until`` and ``steps``;
+    every scope is listed, drawn or not. Node kinds are ``start``, ``end`` and the
+    transition kinds; a node's ``scope`` is the path of the group drawn around it.
+    Edge kinds are ``start`` (the static hops to the first resting event),
+    ``retry``, or the kind of the transition the edge leaves by. ``status`` and
+    ``error`` (``{"type", "message", "step"}``) come from ``state``, else ``None``.
+
+    Args:
+        definition: The compiled flow.
+        state: A run of it; the nodes of its position have ``current`` set.
+
+    Raises:
+        FlowMismatchError: ``state`` is a run of another flow.
+        UnknownEventError: ``state`` rests at an event ``definition`` lacks.
+
+    """
+    graph = _build(definition, state)
+    error = None if state is None or state.error is None else state.error
+    return {
+        "flow": graph.flow,
+        "fingerprint": graph.fingerprint,
+        "status": None if state is None else state.status,
+        "error": None
+        if error is None
+        else {"type": error.type, "message": error.message, "step": error.step},
+        "scopes": [{"path": s.path, "kind": s.kind, "parent": s.parent} for s in graph.scopes],
+        "nodes": [
+            {
+                "id": n.id,
+                "event": n.event,
+                "kind": n.kind,
+                "step": n.step,
+                "scope": n.scope,
+                "current": n.id in graph.current,
+            }
+            for n in graph.nodes
+        ],
+        "edges": [
+            {"source": e.source, "target": e.target, "reason": e.reason, "kind": e.kind}
+            for e in graph.edges
+        ],
+    }
