@@ -341,6 +341,11 @@ class Worker:
                     await self._save_last(record, version, token, state, now)
                     return
                 command = commands[0]
+                if self._stopping:
+                    # Claimed as the worker was told to stop: start nothing new, and
+                    # leave the run (saved as it is) to the next worker at once.
+                    await self._store(self.store.release, run_id, token)
+                    return
                 try:
                     effect = await self._execute(flow, record, state, command)
                 except InterpreterError as exc:

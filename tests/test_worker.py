@@ -1,0 +1,652 @@
+"""The Worker, in process, on real stores: what it drives, what handlers see, how it waits.
+
+Tests taking ``make_store`` run on a MemoryStore, on SQLite files in ``tmp_path`` and
+on fresh schemas of a real PostgreSQL server; each call of ``make_store()`` gives a
+new, empty store of that kind. The subprocess tests (crashes, many workers, a
+paused worker) are in ``test_recovery.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from postgres import fresh_schema
+
+import stepflow
+from stepflow import FakeClock, Flow, RetryPolicy, RunContext, Worker
+from stepflow.codec import loads_batch
+from stepflow.core.messages import HandlerRaised, HandlerReturned, TimerFired
+from stepflow.errors import ConfigurationError
+from stepflow.runtime import cancel_run, read_run, resume_run, start_run
+from stepflow.stores import Lease, MemoryStore, PostgresStore, SQLiteStore, Store
+
+START = 1_700_000_000.0
+
+
+class StoreMaker:
+    """Fresh, empty stores of one kind, and more store objects on their databases."""
+
+    def __init__(self, make: Callable[[], Store]) -> None:
+        self._make = make
+        self.opened: list[Store] = []
+
+    def __call__(self) -> Store:
+        """Return a new store on a new, empty database."""
+        self.opened.append(self._make())
+        return self.opened[-1]
+
+    def reopen(self, store: Store) -> Store:
+        """Return another store object on ``store``'s database (the same for memory)."""
+        if isinstance(store, SQLiteStore):
+            self.opened.append(SQLiteStore(store.path))
+        elif isinstance(store, PostgresStore):
+            self.opened.append(PostgresStore(store.dsn, schema=store.schema))
+        else:
+            return store
+        return self.opened[-1]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreMaker]:
+    """A factory of fresh, empty stores of one kind (all closed after the test)."""
+    with ExitStack() as schemas:
+        if request.param == "memory":
+            maker = StoreMaker(MemoryStore)
+        elif request.param == "sqlite":
+            maker = StoreMaker(lambda: SQLiteStore(tmp_path / f"runs{len(maker.opened)}.db"))
+        else:
+            dsn: str = request.getfixturevalue("postgres_dsn")
+            first: list[str] = [request.getfixturevalue("postgres_schema")]
+
+            def make() -> Store:
+                schema = first.pop() if first else schemas.enter_context(fresh_schema(dsn))
+                return PostgresStore(dsn, schema=schema)
+
+            maker = StoreMaker(make)
+        try:
+            yield maker
+        finally:  # before the schemas are dropped
+            for store in maker.opened:
+                store.close()
+
+
+def echo(ctx: RunContext) -> Any:
+    return {"step": ctx.step, "n": ctx.input["n"], "seen": len(ctx.outputs)}
+
+
+def chain(name: str = "work/v1", size: int = 4, fn: Callable[[RunContext], Any] = echo) -> Flow:
+    """A flow of ``size`` ``do`` steps, each calling ``fn``."""
+    spec = stepflow.named(name)
+    for index in range(size):
+        spec = spec.do(f"s{index}", fn)
+    return stepflow.new(spec)
+
+
+def drive(store: Store, flows: Collection[Flow], **options: Any) -> stepflow.runtime.WorkerStats:
+    """Run a worker on ``store`` until no run of ``flows`` is running."""
+    options.setdefault("clock", FakeClock(START))
+    return Worker(store, flows, **options).run_sync(until_idle=True, handle_signals=False)
+
+
+def start_many(store: Store, flow: Flow, count: int, clock: Any = None) -> list[str]:
+    clock = clock or FakeClock(START)
+    return [
+        start_run(store, flow, {"n": n}, run_id=f"run-{n:03}", clock=clock).run_id
+        for n in range(count)
+    ]
+
+
+def check_journal(store: Store, run_id: str) -> list[stepflow.codec.Batch]:
+    """Check the journal is seq 2..version, contiguous, of effect batches; return them."""
+    entries = store.history(run_id)
+    version = store.load(run_id).version
+    assert [entry.seq for entry in entries] == list(range(2, version + 1))
+    batches = [loads_batch(entry.batch) for entry in entries]
+    assert all(batch.op == "effects" and len(batch.effects) == 1 for batch in batches)
+    return batches
+
+
+# -- driving runs ------------------------------------------------------------------
+
+
+def test_a_worker_rejects_bad_settings() -> None:
+    store, flow = MemoryStore(), chain()
+    with pytest.raises(ConfigurationError, match="concurrency"):
+        Worker(store, [flow], concurrency=0)
+    with pytest.raises(ConfigurationError, match="lease_seconds"):
+        Worker(store, [flow], lease_seconds=0)
+    with pytest.raises(ConfigurationError, match="two flows named"):
+        Worker(store, [flow, chain()])
+    with pytest.raises(ConfigurationError, match="at least one flow"):
+        Worker(store, [])
+
+
+def test_a_worker_drives_every_run_to_completion_with_or_without_group_commit(
+    make_store: StoreMaker,
+) -> None:
+    flow = chain(size=5)
+    finals: dict[bool, dict[str, str]] = {}
+    for group_commit in (True, False):
+        store = make_store()
+        run_ids = start_many(store, flow, 12)
+        stats = drive(store, [flow], concurrency=4, group_commit=group_commit)
+        assert (stats.completed, stats.failed, stats.stale, stats.steps) == (12, 0, 0, 60)
+        assert stats.claimed >= 12
+        if not group_commit:
+            assert stats.commits == stats.steps
+        assert store.count(status="completed") == 12
+        finals[group_commit] = {}
+        for run_id in run_ids:
+            record = store.load(run_id)
+            assert (record.status, record.wake_at, record.lease_token) == ("completed", None, None)
+            batches = check_journal(store, run_id)
+            assert len(batches) == 5
+            assert all(type(batch.effects[0]) is HandlerReturned for batch in batches)
+            view = read_run(store, run_id, flow)
+            assert view.state is not None
+            last = {"step": "work/v1/s4", "n": int(run_id[-3:]), "seen": 4}
+            assert view.state.outputs["work/v1/s4"] == last
+            finals[group_commit][run_id] = record.state
+    # The same runs, on the same clock, reach the very same states either way.
+    assert finals[True] == finals[False]
+
+
+def test_group_commit_saves_several_runs_per_transaction() -> None:
+    gate = threading.Barrier(4)
+
+    def together(ctx: RunContext) -> None:
+        gate.wait(timeout=10)  # four handlers end together: their saves queue up
+
+    store = MemoryStore()
+    flow = chain(size=3, fn=together)
+    start_many(store, flow, 4)
+    stats = drive(store, [flow], concurrency=4, threads=4, group_commit=True)
+    assert (stats.completed, stats.steps) == (4, 12)
+    assert stats.commits < stats.steps
+
+
+# -- what handlers see ---------------------------------------------------------------
+
+
+def test_handlers_see_the_run_context() -> None:
+    clock = FakeClock(START)
+    app = object()
+    seen: list[tuple[RunContext, float]] = []
+    failures = iter([RuntimeError("flaky")])
+
+    def record(ctx: RunContext) -> Any:
+        seen.append((ctx, clock.now()))
+        with pytest.raises(TypeError):
+            ctx.outputs["mine"] = 1  # type: ignore[index]
+        return ctx.step.rsplit("/", 1)[-1]
+
+    def flaky(ctx: RunContext) -> Any:
+        record(ctx)
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return "ok"
+
+    flow = stepflow.new(
+        stepflow.named("ctx/v1")
+        .do("first", record)
+        .retry(
+            "again",
+            RetryPolicy(max_attempts=3, initial_interval=30, jitter=0),
+            stepflow.steps().do("inner", record).do("flaky", flaky),
+        )
+        .do("last", record)
+    )
+    store = MemoryStore()
+    run_id = start_run(store, flow, {"who": "me", "n": [1, 2]}, run_id="r1", clock=clock).run_id
+    stats = drive(store, [flow], clock=clock, context=app)
+    assert stats.completed == 1
+
+    steps = [(ctx.step, ctx.attempt) for ctx, _ in seen]
+    assert steps == [
+        ("ctx/v1/first", 1),
+        ("ctx/v1/againRetry/inner", 1),
+        ("ctx/v1/againRetry/flaky", 1),
+        ("ctx/v1/againRetry/inner", 2),
+        ("ctx/v1/againRetry/flaky", 2),
+        ("ctx/v1/last", 1),
+    ]
+    for ctx, now in seen:
+        assert ctx.run_id == run_id
+        assert ctx.flow == "ctx/v1"
+        assert ctx.kind == "do"
+        assert ctx.idempotency_key == f"{run_id}/{ctx.step}#{ctx.command.id}"
+        assert ctx.input == {"who": "me", "n": [1, 2]}
+        assert ctx.app is app
+        assert ctx.now == now
+    keys = [ctx.idempotency_key for ctx, _ in seen]
+    assert len(set(keys)) == len(keys)  # each attempt is a new command
+    # Outputs of earlier steps, by path; the failed attempt left none behind.
+    assert dict(seen[0][0].outputs) == {}
+    assert dict(seen[3][0].outputs) == {"ctx/v1/first": "first", "ctx/v1/againRetry/inner": "inner"}
+    assert seen[-1][0].outputs["ctx/v1/againRetry/flaky"] == "ok"
+    # The retry's backoff was honoured on the clock.
+    assert seen[3][1] - seen[2][1] == 30
+
+
+def test_sync_handlers_run_in_the_pool_and_async_ones_on_the_loop() -> None:
+    threads: dict[str, list[threading.Thread]] = {"sync": [], "async": []}
+    loop_threads: list[threading.Thread] = []
+
+    def plain(ctx: RunContext) -> None:
+        threads["sync"].append(threading.current_thread())
+
+    async def coroutine(ctx: RunContext) -> None:
+        asyncio.get_running_loop()  # raises unless on a loop
+        threads["async"].append(threading.current_thread())
+
+    async def main() -> None:
+        loop_threads.append(threading.current_thread())
+        await Worker(store, [flow], clock=FakeClock(START)).run(until_idle=True)
+
+    flow = stepflow.new(stepflow.named("mix/v1").do("plain", plain).do("coro", coroutine))
+    store = MemoryStore()
+    start_many(store, flow, 3)
+    asyncio.run(main())
+    (loop_thread,) = loop_threads
+    assert len(threads["sync"]) == len(threads["async"]) == 3
+    assert all(thread is not loop_thread for thread in threads["sync"])
+    assert all(thread.name.startswith("stepflow-handler") for thread in threads["sync"])
+    assert all(thread is loop_thread for thread in threads["async"])
+
+
+def test_no_more_than_concurrency_handlers_run_at_once() -> None:
+    lock = threading.Lock()
+    running = [0]
+    peak = [0]
+
+    def enter() -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+
+    def leave() -> None:
+        with lock:
+            running[0] -= 1
+
+    def plain(ctx: RunContext) -> None:
+        enter()
+        time.sleep(0.02)
+        leave()
+
+    async def coroutine(ctx: RunContext) -> None:
+        enter()
+        await asyncio.sleep(0.02)
+        leave()
+
+    flow = stepflow.new(stepflow.named("busy/v1").do("a", plain).do("b", coroutine).do("c", plain))
+    store = MemoryStore()
+    start_many(store, flow, 12)
+    # More threads than slots: only the worker's own bound can hold handlers to 3.
+    stats = drive(store, [flow], concurrency=3, threads=8, clock=stepflow.SystemClock())
+    assert stats.completed == 12
+    assert peak[0] == 3
+
+
+# -- routing ---------------------------------------------------------------------------
+
+
+def test_two_versions_are_served_side_by_side_and_routed_by_flow_name(
+    make_store: StoreMaker,
+) -> None:
+    served: list[tuple[str, str]] = []
+
+    def version(tag: str) -> Callable[[RunContext], Any]:
+        def handler(ctx: RunContext) -> str:
+            served.append((ctx.run_id, tag))
+            return tag
+
+        return handler
+
+    v1 = stepflow.new(stepflow.named("deploy/v1").do("push", version("v1")))
+    v2 = stepflow.new(
+        stepflow.named("deploy/v2").do("push", version("v2")).do("verify", version("v2"))
+    )
+    store = make_store()
+    clock = FakeClock(START)
+    old = [start_run(store, v1, run_id=f"old-{n}", clock=clock).run_id for n in range(3)]
+    new = [start_run(store, v2, run_id=f"new-{n}", clock=clock).run_id for n in range(3)]
+
+    # A worker that serves only v2 never claims a v1 run.
+    stats = drive(store, [v2], clock=clock)
+    assert (stats.claimed, stats.completed) == (3, 3)
+    assert {run_id for run_id, _ in served} == set(new)
+    for run_id in old:
+        record = store.load(run_id)
+        assert (record.status, record.version, record.lease_token) == ("running", 1, None)
+        assert store.history(run_id) == []
+
+    served.clear()
+    stats = drive(store, [v1, v2], clock=clock)
+    assert stats.completed == 3
+    assert sorted(served) == sorted((run_id, "v1") for run_id in old)
+    assert store.count(status="completed", flow="deploy/v1") == 3
+    assert store.count(status="completed", flow="deploy/v2") == 3
+
+
+# -- time --------------------------------------------------------------------------------
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts the worker's claims (how often it looked for work)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+
+    def claim_due(self, **kwargs: Any) -> list[Lease]:
+        self.claims += 1
+        return super().claim_due(**kwargs)
+
+
+def test_a_waiting_run_makes_the_worker_sleep_on_the_clock_not_spin() -> None:
+    clock = FakeClock(START)
+    polls: list[float] = []
+
+    def ready(ctx: RunContext) -> bool:
+        polls.append(clock.now())
+        return len(polls) == 5
+
+    flow = stepflow.new(stepflow.named("poll/v1").wait_for("ready", ready, every=60))
+    store = CountingStore()
+    run_id = start_run(store, flow, clock=clock).run_id
+    began = time.monotonic()
+    stats = drive(store, [flow], clock=clock, idle_interval=3600)
+    assert time.monotonic() - began < 5  # virtual minutes, not real ones
+    assert stats.completed == 1
+    assert polls == [START + 60 * n for n in range(5)]
+    # Between two polls the worker slept until the run was due: it looked for work
+    # when a poll's task ended and when the next poll was due, no more.
+    assert store.claims <= 2 * len(polls) + 2
+    assert len(check_journal(store, run_id)) == 5
+
+
+def test_a_sleep_step_resumes_at_its_deadline() -> None:
+    clock = FakeClock(START)
+    woke: list[float] = []
+    flow = stepflow.new(
+        stepflow.named("nap/v1")
+        .do("before", lambda ctx: None)
+        .sleep("nap", 3600)
+        .do("after", lambda ctx: woke.append(ctx.now))
+    )
+    store = CountingStore()
+    run_id = start_run(store, flow, clock=clock).run_id
+    stats = drive(store, [flow], clock=clock, idle_interval=600)
+    assert stats.completed == 1
+    assert woke == [START + 3600]
+    batches = check_journal(store, run_id)
+    assert [type(batch.effects[0]) for batch in batches] == [
+        HandlerReturned,
+        TimerFired,
+        HandlerReturned,
+    ]
+    assert batches[1].effects[0].at == START + 3600
+    assert store.claims <= 3600 / 600 + 4
+
+
+def test_a_short_wait_on_the_system_clock_is_honoured() -> None:
+    polls: list[float] = []
+
+    def ready(ctx: RunContext) -> bool:
+        polls.append(time.monotonic())
+        return len(polls) == 4
+
+    flow = stepflow.new(stepflow.named("poll/v1").wait_for("ready", ready, every=0.05))
+    store = CountingStore()
+    start_run(store, flow)
+    stats = drive(store, [flow], clock=stepflow.SystemClock())
+    assert stats.completed == 1
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
+    assert len(polls) == 4
+    assert all(gap >= 0.04 for gap in gaps), gaps
+    assert polls[-1] - polls[0] < 2
+    assert store.claims < 20  # it slept between polls
+
+
+# -- stopping, failing, cancelling ------------------------------------------------------
+
+
+def test_stop_lets_in_flight_steps_finish_saves_them_and_releases_the_leases(
+    make_store: StoreMaker,
+) -> None:
+    gate = threading.Event()
+    started: list[str] = []
+
+    def slow(ctx: RunContext) -> str:
+        started.append(ctx.run_id)
+        assert gate.wait(timeout=30)
+        return "done"
+
+    flow = chain(size=3, fn=slow)
+    store = make_store()
+    run_ids = start_many(store, flow, 3, clock=stepflow.SystemClock())
+    worker = Worker(store, [flow], concurrency=3, lease_seconds=60)
+
+    async def main() -> stepflow.runtime.WorkerStats:
+        task = asyncio.create_task(worker.run())
+        while len(started) < 3:
+            await asyncio.sleep(0.01)
+        for run_id in run_ids:
+            assert store.load(run_id).lease_owner == worker.owner
+        worker.stop()
+        await asyncio.sleep(0.2)
+        assert not task.done()  # it waits for the handlers in flight
+        gate.set()
+        return await asyncio.wait_for(task, timeout=30)
+
+    stats = asyncio.run(main())
+    assert sorted(started) == run_ids  # no step was started after stop()
+    assert (stats.steps, stats.completed) == (3, 0)
+    for run_id in run_ids:
+        record = store.load(run_id)
+        assert (record.status, record.version) == ("running", 2)
+        assert record.lease_owner is record.lease_token is record.lease_expires_at is None
+        assert len(check_journal(store, run_id)) == 1
+    # Another worker continues where the stopped one left off.
+    stats = drive(store, [flow], clock=stepflow.SystemClock())
+    assert (stats.steps, stats.completed) == (6, 3)
+
+
+class GatedStore(MemoryStore):
+    """A MemoryStore whose claims wait for the test's go-ahead once ``gated`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claiming = threading.Event()
+        self.go = threading.Event()
+
+    def claim_due(self, **kwargs: Any) -> list[Lease]:
+        self.claiming.set()
+        assert self.go.wait(timeout=30)
+        return super().claim_due(**kwargs)
+
+
+def test_runs_claimed_while_stopping_are_released_without_executing_a_step() -> None:
+    called: list[str] = []
+    flow = chain(size=2, fn=lambda ctx: called.append(ctx.run_id))
+    store = GatedStore()
+    run_ids = start_many(store, flow, 3, clock=stepflow.SystemClock())
+    worker = Worker(store, [flow], lease_seconds=60)
+
+    async def main() -> stepflow.runtime.WorkerStats:
+        task = asyncio.create_task(worker.run())
+        while not store.claiming.is_set():
+            await asyncio.sleep(0.005)
+        worker.stop()  # while the claim is being made
+        store.go.set()
+        return await asyncio.wait_for(task, timeout=30)
+
+    stats = asyncio.run(main())
+    assert called == []
+    assert (stats.claimed, stats.steps) == (3, 0)
+    for run_id in run_ids:
+        record = store.load(run_id)
+        assert (record.status, record.version, record.lease_token) == ("running", 1, None)
+
+
+def test_a_failed_run_records_its_error_and_completes_once_resumed(
+    make_store: StoreMaker,
+) -> None:
+    clock = FakeClock(START)
+    broken = [True]
+
+    def push(ctx: RunContext) -> str:
+        if broken[0]:
+            raise ValueError("registry unreachable")
+        return "pushed"
+
+    flow = stepflow.new(stepflow.named("deploy/v1").do("build", echo).do("push", push))
+    store = make_store()
+    run_id = start_run(store, flow, {"n": 1}, run_id="r1", clock=clock).run_id
+    stats = drive(store, [flow], clock=clock)
+    assert (stats.failed, stats.completed) == (1, 0)
+    record = store.load(run_id)
+    assert (record.status, record.wake_at, record.lease_token) == ("failed", None, None)
+    view = read_run(store, run_id, flow)
+    assert view.state is not None
+    assert view.state.status == "failed"
+    assert view.state.error is not None
+    assert (view.state.error.type, view.state.error.message, view.state.error.step) == (
+        "ValueError",
+        "registry unreachable",
+        "deploy/v1/push",
+    )
+    failed_at = record.version
+
+    # A failed run is not due: another pass does nothing.
+    assert drive(store, [flow], clock=clock).claimed == 0
+
+    broken[0] = False
+    resume_run(store, flow, run_id, clock=clock)
+    stats = drive(store, [flow], clock=clock)
+    assert (stats.completed, stats.failed) == (1, 0)
+    view = read_run(store, run_id, flow)
+    assert view.record.status == "completed"
+    assert view.state is not None
+    assert view.state.outputs["deploy/v1/push"] == "pushed"
+    ops = [(entry.seq, batch.op, [type(e) for e in batch.effects]) for entry, batch in view.journal]
+    assert ops == [
+        (2, "effects", [HandlerReturned]),
+        (3, "effects", [HandlerRaised]),
+        (4, "resume", []),
+        (5, "effects", [HandlerReturned]),
+    ]
+    assert failed_at == 3
+
+
+def test_a_cancelled_run_is_never_touched(make_store: StoreMaker) -> None:
+    clock = FakeClock(START)
+    called: list[str] = []
+    flow = chain(size=2, fn=lambda ctx: called.append(ctx.run_id))
+    store = make_store()
+    kept = start_run(store, flow, {"n": 0}, run_id="kept", clock=clock).run_id
+    gone = start_run(store, flow, {"n": 1}, run_id="gone", clock=clock).run_id
+    cancel_run(store, gone, clock=clock)
+    before = store.load(gone)
+    stats = drive(store, [flow], clock=clock)
+    assert (stats.claimed, stats.completed) == (1, 1)
+    assert called == [kept, kept]
+    assert store.load(gone) == before
+    assert (before.status, before.version, before.lease_token) == ("cancelled", 2, None)
+    assert [loads_batch(entry.batch).op for entry in store.history(gone)] == ["cancel"]
+
+
+# -- a lost lease -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_a_worker_that_lost_its_lease_drops_the_run_and_writes_nothing(
+    make_store: StoreMaker, group_commit: bool
+) -> None:
+    """A second claimer takes the run while a handler runs; the first save is refused.
+
+    The handler of ``b`` is then executed again by the next lease holder, with the
+    same idempotency key and attempt: at-least-once handlers, exactly-once
+    transitions.
+    """
+    clock = FakeClock(START)
+    lease_seconds = 30.0
+    store = make_store()
+    thief_store = make_store.reopen(store)
+    calls: list[RunContext] = []
+    stolen: list[tuple[Lease, Any, Any]] = []
+
+    def b(ctx: RunContext) -> str:
+        calls.append(ctx)
+        if ctx.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        if not stolen:
+            # This worker stalls past its lease (as another worker's clock sees it),
+            # and the other worker claims the run.
+            (lease,) = thief_store.claim_due(
+                now=clock.now() + lease_seconds + 1, limit=5, owner="thief", lease_seconds=1e6
+            )
+            stolen.append((lease, thief_store.load(ctx.run_id), thief_store.history(ctx.run_id)))
+        return "b done"
+
+    flow = stepflow.new(
+        stepflow.named("lease/v1")
+        .do("a", lambda ctx: "a done")
+        .retry(
+            "r",
+            RetryPolicy(max_attempts=3, initial_interval=1, jitter=0),
+            stepflow.steps().do("b", b),
+        )
+        .do("c", lambda ctx: "c done")
+    )
+    run_id = start_run(store, flow, run_id="r1", clock=clock).run_id
+    worker = Worker(
+        store, [flow], clock=clock, lease_seconds=lease_seconds, group_commit=group_commit
+    )
+
+    async def main() -> None:
+        task = asyncio.create_task(worker.run())
+        for _ in range(3000):
+            if worker.stats.stale or task.done():
+                break
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await asyncio.wait_for(task, timeout=30)
+
+    asyncio.run(main())
+    assert worker.stats.stale == 1
+    assert worker.stats.completed == 0
+    ((lease, at_steal, journal_at_steal),) = stolen
+    # The stale writer changed nothing: the run is as the thief's claim left it.
+    after = store.load(run_id)
+    assert after == at_steal
+    assert (after.lease_owner, after.lease_token) == ("thief", lease.token)
+    assert store.history(run_id) == journal_at_steal
+
+    # The thief gives the run up; the next worker executes b's command again.
+    thief_store.release(run_id, lease.token)
+    stats = drive(store, [flow], clock=clock)
+    assert (stats.completed, stats.stale) == (1, 0)
+    first, lost, again = calls
+    assert (first.attempt, lost.attempt, again.attempt) == (1, 2, 2)
+    assert again.idempotency_key == lost.idempotency_key != first.idempotency_key
+    assert again.command == lost.command
+    batches = check_journal(store, run_id)
+    # a, b (raised), b (returned), c: the lost execution left no trace.
+    assert [type(batch.effects[0]) for batch in batches] == [
+        HandlerReturned,
+        HandlerRaised,
+        HandlerReturned,
+        HandlerReturned,
+    ]
+    answered = [batch.answered[0].id for batch in batches]
+    assert len(answered) == len(set(answered))
