@@ -61,6 +61,8 @@ __all__ = [
     "loads",
     "loads_batch",
     "make_converter",
+    "structure_state",
+    "unstructure_state",
 ]
 
 #: Version of the envelope format written by :func:`dumps`. Format 1 (before
@@ -375,7 +377,27 @@ def loads(text: str | bytes, definition: FlowDefinition) -> State:
         state = _state_fast(obj)
     except Exception:  # any doubt goes to the converter's strict, explaining hooks
         state = _structure_explained(obj)
-    return check_state(definition, state)
+    return _shared_strings(definition, check_state(definition, state))
+
+
+def _shared_strings(definition: FlowDefinition, state: State) -> State:
+    """Return ``state`` holding the definition's own name, event and step strings.
+
+    Parsed text gives every loaded state its own copies; a worker with thousands
+    of runs in memory keeps one copy instead.
+    """
+    node = definition._nodes.get(state[2][0]) if len(state[2]) == 1 else None
+    if node is None or node.event != state[2][0]:
+        return state
+    in_flight = state[5]
+    if len(in_flight) == 1:
+        command = in_flight[0]
+        if command[3] == node.event and command[2] == node.step:
+            in_flight = (
+                _new(type(command), (command[0], command[1], node.step, node.event, command[4])),
+            )
+    fields = (definition.name, definition.fingerprint, node.events, *state[3:5], in_flight)
+    return _new(State, (*fields, *state[6:]))
 
 
 def _structure_explained(obj: Any) -> State:
@@ -391,8 +413,10 @@ def _structure_explained(obj: Any) -> State:
 
 # -- journal batches ----------------------------------------------------------
 
-#: What a journal entry records: an effect batch, or an operator's resume/cancel.
-BatchOp = Literal["effects", "resume", "cancel"]
+#: What a journal entry records: the run's start, an effect batch, an operator's
+#: resume or cancel, or a migration to another version of the flow.
+BatchOp = Literal["start", "effects", "resume", "cancel", "migrate"]
+_OPS = ("start", "effects", "resume", "cancel", "migrate")
 
 
 @attrs.frozen
@@ -400,11 +424,16 @@ class Batch:
     """One entry of a run's journal: what was applied to the run, and when.
 
     Attributes:
-        op: ``"effects"`` (an effect batch given to :func:`stepflow.advance`),
-            ``"resume"`` (:func:`stepflow.resume`) or ``"cancel"``.
+        op: ``"start"`` (the run was created), ``"effects"`` (an effect batch
+            given to :func:`stepflow.advance`), ``"resume"``
+            (:func:`stepflow.resume`), ``"cancel"``, or ``"migrate"`` (the run
+            was adopted by another version of its flow).
         at: When it was applied (seconds since the epoch), or ``None``.
         effects: The effects applied, in order.
         answered: The commands in flight that the effects answered.
+        state: For ``"start"``, the run's first state; for ``"migrate"``, the
+            state after the migration. ``None`` for the other ops, whose states
+            follow from the definition.
 
     """
 
@@ -412,6 +441,7 @@ class Batch:
     at: float | None
     effects: tuple[Effect, ...] = ()
     answered: tuple[Command, ...] = ()
+    state: State | None = None
 
 
 def _time(at: float | None) -> float | None:
@@ -469,6 +499,8 @@ def dumps_batch(batch: Batch) -> str:
         "effects": [_unstructure_effect(e, by_id.get(e[0])) for e in batch.effects],
         "answered": [_unstructure_command(c) for c in batch.answered],
     }
+    if batch.state is not None:
+        body["state"] = _UNSTRUCTURE_STATE(batch.state)
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode()
 
 
@@ -498,14 +530,44 @@ def loads_batch(text: str | bytes) -> Batch:
     try:
         raw = orjson.loads(text)
         op, at = raw["op"], _time_fast(raw["at"])
-        if op not in ("effects", "resume", "cancel"):
+        if op not in _OPS:
             raise TypeError(f"unknown op {op!r}")
         effects = tuple(_structure_effect(e) for e in raw["effects"])
         answered = tuple(_command_fast(c) for c in raw["answered"])
+        raw_state = raw.get("state")
+        if len(raw) != (4 if raw_state is None else 5):
+            raise TypeError(f"unexpected keys {sorted(raw)!r}")
     except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
         raise CorruptStateError(
             f"not a stepflow journal entry ({type(exc).__name__}: {exc}); "
             "pass the text dumps_batch() wrote, unchanged",
             problems=(f"$: {exc}",),
         ) from exc
-    return Batch(op, at, effects, answered)
+    state = None if raw_state is None else structure_state(raw_state)
+    return Batch(op, at, effects, answered, state)
+
+
+def structure_state(obj: Any) -> State:
+    """Build a :class:`State` from a decoded envelope, checking only its shape.
+
+    Unlike :func:`loads`, it does not check the state against a definition: use
+    :func:`~stepflow.core.advance.check_state` for that.
+
+    Raises:
+        CorruptStateError: ``obj`` is not a state envelope of a known format.
+
+    """
+    if type(obj) is not dict or obj.get("format") not in _READABLE:
+        raise CorruptStateError(
+            f"expected a state envelope of format {list(_READABLE)}, got {obj!r:.80}",
+            problems=("$: expected a state envelope",),
+        )
+    try:
+        return _state_fast(obj)
+    except Exception:  # any doubt goes to the converter's strict, explaining hooks
+        return _structure_explained(obj)
+
+
+def unstructure_state(state: State) -> dict[str, Any]:
+    """Return ``state`` as the envelope :func:`dumps` writes, as plain data."""
+    return _UNSTRUCTURE_STATE(state)  # type: ignore[no-any-return]

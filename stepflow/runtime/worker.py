@@ -48,14 +48,27 @@ from stepflow.codec import Batch, dumps, dumps_batch, loads
 from stepflow.core.advance import advance
 from stepflow.core.messages import CallHandler, Command, Effect, Wake
 from stepflow.core.state import State
-from stepflow.errors import ConfigurationError, InterpreterError, StaleWriteError, StepflowError
+from stepflow.errors import (
+    ConfigurationError,
+    InterpreterError,
+    StaleWriteError,
+    StepflowError,
+    StoreError,
+)
 from stepflow.flow import Flow
 from stepflow.interpreter import Interpreter
 from stepflow.runtime.context import RunContext
 from stepflow.runtime.runs import store_wake_at
-from stepflow.stores.base import Lease, RunRecord, Save, Store
+from stepflow.stores.base import Lease, RunRecord, RunStatus, Save, Store
 
 __all__ = ["StepReport", "Worker", "WorkerStats"]
+
+# The most runs claimed at once.
+_CLAIM_BATCH = 100
+
+# The journal entry of a save that applied no effect: an empty batch keeps the
+# journal's sequence contiguous (replay applies it as a no-op).
+_NOTHING = dumps_batch(Batch("effects", None))
 
 log = logging.getLogger("stepflow.worker")
 _T = TypeVar("_T")
@@ -163,6 +176,12 @@ class Worker:
         if not self.flows:
             raise ConfigurationError("a worker needs at least one flow to serve")
         self._interpreters = {name: Interpreter(f, self.clock) for name, f in self.flows.items()}
+        # Decided once per handler, not on every step: is it awaited on the loop?
+        self._on_loop = {
+            (name, kind, step): inspect.iscoroutinefunction(fn)
+            for name, f in self.flows.items()
+            for (kind, step), fn in f.handlers.items()
+        }
         self.context = context
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
@@ -178,6 +197,7 @@ class Worker:
         self._pending: list[tuple[Save, asyncio.Future[RunRecord]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._store_pool: ThreadPoolExecutor | None = None
+        self._active: set[asyncio.Task[None]] = set()
         self._handler_pool: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
 
@@ -206,6 +226,7 @@ class Worker:
 
         """
         loop = asyncio.get_running_loop()
+        self._stopping = False
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="stepflow-store")
@@ -216,9 +237,9 @@ class Worker:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
         renewer = asyncio.create_task(self._renew_leases())
-        active: set[asyncio.Task[None]] = set()
+        active = self._active
         try:
-            await self._loop(active, until_idle)
+            await self._loop(until_idle)
         finally:
             if active:
                 await asyncio.gather(*active, return_exceptions=True)
@@ -234,35 +255,47 @@ class Worker:
             self._handler_pool.shutdown(wait=True)
         return self.stats
 
-    async def _loop(self, active: set[asyncio.Task[None]], until_idle: bool) -> None:
+    async def _loop(self, until_idle: bool) -> None:
         assert self._wakeup is not None
         names = tuple(self.flows)
+        active = self._active
         while not self._stopping:
             self._wakeup.clear()
             free = self.concurrency - len(active)
             leases: list[Lease] = []
-            if free > 0:
-                leases = await self._store(
-                    self.store.claim_due,
-                    now=self.clock.now(),
-                    limit=free,
-                    owner=self.owner,
-                    lease_seconds=self.lease_seconds,
-                    flows=names,
-                )
+            try:
+                if free > 0:
+                    leases = await self._store(
+                        self.store.claim_due,
+                        now=self.clock.now(),
+                        # Claimed records are held until their tasks start: small
+                        # batches keep that transient memory small.
+                        limit=min(free, _CLAIM_BATCH),
+                        owner=self.owner,
+                        lease_seconds=self.lease_seconds,
+                        flows=names,
+                    )
+                next_due = None
+                if len(leases) < min(free, _CLAIM_BATCH):
+                    next_due = await self._store(self.store.next_due, flows=names)
+            except StoreError as exc:
+                # A database restart or a lock timeout: keep the runs in hand going,
+                # and look again after a pause instead of dying.
+                log.error("claiming runs failed (%s); trying again", exc)
+                await self._sleep(self.idle_interval, busy=bool(active))
+                continue
             for lease in leases:
                 self.stats.claimed += 1
                 self._leases[lease.run.run_id] = lease.token
                 task = asyncio.create_task(self._drive(lease))
                 active.add(task)
-                task.add_done_callback(self._finished(active))
-            if leases and len(leases) == free:
+                task.add_done_callback(self._finished)
+            if leases and len(leases) == min(free, _CLAIM_BATCH):
                 await asyncio.sleep(0)
                 continue
             if free <= 0:
                 await self._wakeup.wait()
                 continue
-            next_due = await self._store(self.store.next_due, flows=names)
             if until_idle and not active and next_due is None and not leases:
                 return
             delay = self.idle_interval
@@ -272,15 +305,12 @@ class Worker:
                 continue
             await self._sleep(delay, busy=bool(active))
 
-    def _finished(self, active: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
-        def done(task: asyncio.Task[None]) -> None:
-            active.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("a run's task crashed", exc_info=task.exception())
-            assert self._wakeup is not None
-            self._wakeup.set()
-
-        return done
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._active.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a run's task crashed", exc_info=task.exception())
+        assert self._wakeup is not None
+        self._wakeup.set()
 
     async def _sleep(self, seconds: float, *, busy: bool) -> None:
         """Sleep on the clock, or until woken (a task ended, or stop)."""
@@ -322,7 +352,7 @@ class Worker:
 
     async def _drive(self, lease: Lease) -> None:
         record = lease.run
-        run_id, token = record.run_id, lease.token
+        run_id, token, version, run_input = record.run_id, lease.token, record.version, record.input
         flow = self.flows[record.flow]
         try:
             state = loads(record.state, flow.definition)
@@ -330,15 +360,17 @@ class Worker:
             # Never erase what cannot be read: leave the run as it is, out of the
             # way for a while, and say why.
             log.error("run %s cannot be loaded by this worker: %s", run_id, exc)
-            await self._park(record, record.version, token, record.state)
+            await self._park(run_id, version, token, record.state, record.status)
             return
-        version = record.version
+        # The record (with its state text) is not needed any more: with a thousand
+        # runs in flight, keeping it would be most of the worker's memory.
+        del lease, record
         try:
             while True:
                 now = self.clock.now()
                 state, commands = advance(flow.definition, state, now=now)
                 if not commands or (state.wake_at is not None and state.wake_at > now):
-                    await self._save_last(record, version, token, state, now)
+                    await self._save_last(run_id, version, token, state, now)
                     return
                 command = commands[0]
                 if self._stopping:
@@ -347,10 +379,10 @@ class Worker:
                     await self._store(self.store.release, run_id, token)
                     return
                 try:
-                    effect = await self._execute(flow, record, state, command)
+                    effect = await self._execute(flow, run_id, run_input, state, command)
                 except InterpreterError as exc:
                     log.error("run %s cannot be executed by this worker: %s", run_id, exc)
-                    await self._park(record, version, token, dumps(state))
+                    await self._park(run_id, version, token, dumps(state), state.status)
                     return
                 new_state, _ = advance(flow.definition, state, (effect,))
                 batch = dumps_batch(Batch("effects", effect.at, (effect,), (command,)))
@@ -372,7 +404,7 @@ class Worker:
                 state = new_state
                 self._count(new_state)
                 if self.on_step is not None:
-                    self.on_step(StepReport(run_id, record.flow, command, effect, new_state))
+                    self.on_step(StepReport(run_id, flow.name, command, effect, new_state))
                 if release:
                     return
         except StaleWriteError as exc:
@@ -390,25 +422,28 @@ class Worker:
             self.stats.failed += 1
 
     async def _save_last(
-        self, record: RunRecord, version: int, token: str, state: State, now: float
+        self, run_id: str, version: int, token: str, state: State, now: float
     ) -> None:
-        """Save a state reached without an effect (rare) and release the lease."""
-        text = dumps(state)
-        save = Save(
-            record.run_id, version, token, text, state.status, store_wake_at(state, now), None, True
-        )
+        """Save a state reached without an effect (rare: a clock skew) and release the lease.
+
+        The journal gets an empty batch, so its sequence stays contiguous.
+        """
+        wake_at = store_wake_at(state, now)
+        save = Save(run_id, version, token, dumps(state), state.status, wake_at, _NOTHING, True)
         await self._save(save, now)
 
-    async def _park(self, record: RunRecord, version: int, token: str, text: str) -> None:
+    async def _park(
+        self, run_id: str, version: int, token: str, text: str, status: RunStatus
+    ) -> None:
         """Leave a run this worker cannot drive untouched, out of the way for a while."""
         now = self.clock.now()
         later = now + max(60.0, self.lease_seconds)
-        save = Save(record.run_id, version, token, text, record.status, later, None, True)
+        save = Save(run_id, version, token, text, status, later, _NOTHING, True)
         with contextlib.suppress(StaleWriteError):
             await self._save(save, now)
 
     async def _execute(
-        self, flow: Flow, record: RunRecord, state: State, command: Command
+        self, flow: Flow, run_id: str, run_input: Any, state: State, command: Command
     ) -> Effect:
         interpreter = self._interpreters[flow.name]
         if type(command) is Wake:
@@ -418,21 +453,20 @@ class Worker:
         retries = flow.definition.enclosing_retries(command.event)
         attempt = state.attempts.get(retries[0], 0) + 1 if retries else 1
         ctx = RunContext(
-            run_id=record.run_id,
-            flow=record.flow,
+            run_id=run_id,
+            flow=flow.name,
             step=command.step,
             kind=command.kind,
             attempt=attempt,
-            idempotency_key=f"{record.run_id}/{command.key}",
-            input=record.input,
+            idempotency_key=f"{run_id}/{command.key}",
+            input=run_input,
             outputs=state.outputs,
             now=self.clock.now(),
             app=self.context,
             command=command,
         )
-        handler = flow.handlers.get((command.kind, command.step))
         async with self._slots:
-            if handler is not None and inspect.iscoroutinefunction(handler):
+            if self._on_loop.get((flow.name, command.kind, command.step), False):
                 return await interpreter.execute_async(command, ctx)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._handler_pool, interpreter.execute, command, ctx)
