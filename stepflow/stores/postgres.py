@@ -2,13 +2,16 @@
 
 The store keeps its tables in one schema (``stepflow`` unless told otherwise) and
 talks to the server through one psycopg 3 connection, guarded by a lock, with
-every call in one explicit transaction:
+every call in one explicit transaction, or in one statement (atomic by itself):
 
 * :meth:`PostgresStore.claim_due` selects due runs ``FOR UPDATE SKIP LOCKED``,
   so concurrent workers skip each other's rows instead of claiming them twice.
-* :meth:`PostgresStore.save` is one conditional ``UPDATE`` whose ``WHERE``
-  clause is the compare-and-swap (version and lease); when it matches no row, the
+* :meth:`PostgresStore.save` is one statement, run in autocommit: a conditional
+  ``UPDATE`` whose ``WHERE`` clause is the compare-and-swap (version and lease),
+  and the journal ``INSERT`` of the row it returns. When it matches no row, the
   row is read to explain why, with the same words as the other stores.
+* :meth:`PostgresStore.save_many` applies a whole group in one such statement,
+  over arrays of the saves' fields, and reads back only the rows it refused.
 * The schema is created and upgraded under ``pg_advisory_xact_lock``, so workers
   starting together do not race to create it.
 
@@ -76,20 +79,92 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _COLUMNS = ", ".join(field.name for field in attrs.fields(RunRecord))
 _FLOWS = "(%(flows)s::text[] IS NULL OR flow = ANY(%(flows)s::text[]))"
 
-# The compare-and-swap: the same rule as stepflow.stores.memory.check_save and
-# apply_save, in SQL.
+# The compare-and-swap: the same rule as stepflow.stores._rules.check_save and
+# apply_save, in SQL, with the journal entry written from the row it returns (the
+# statement is atomic by itself, so it needs no explicit transaction).
 _SAVE = f"""
-UPDATE runs SET
-    state = %(state)s, status = %(status)s, wake_at = %(wake_at)s,
-    version = version + 1, updated_at = %(now)s,
-    lease_owner = CASE WHEN %(keep_lease)s THEN lease_owner END,
-    lease_token = CASE WHEN %(keep_lease)s THEN lease_token END,
-    lease_expires_at = CASE WHEN %(keep_lease)s THEN lease_expires_at END
-WHERE run_id = %(run_id)s AND version = %(expected_version)s
-    AND (lease_token = %(lease_token)s::text
-         OR (%(lease_token)s::text IS NULL
-             AND (lease_token IS NULL OR lease_expires_at <= %(now)s)))
-RETURNING {_COLUMNS}"""
+WITH saved AS (
+    UPDATE runs SET
+        state = %(state)s, status = %(status)s, wake_at = %(wake_at)s,
+        version = version + 1, updated_at = %(now)s,
+        lease_owner = CASE WHEN %(keep_lease)s THEN lease_owner END,
+        lease_token = CASE WHEN %(keep_lease)s THEN lease_token END,
+        lease_expires_at = CASE WHEN %(keep_lease)s THEN lease_expires_at END
+    WHERE run_id = %(run_id)s AND version = %(expected_version)s
+        AND (lease_token = %(lease_token)s::text
+             OR (%(lease_token)s::text IS NULL
+                 AND (lease_token IS NULL OR lease_expires_at IS NULL
+                      OR lease_expires_at <= %(now)s)))
+    RETURNING {_COLUMNS}
+), journaled AS (
+    INSERT INTO journal (run_id, seq, at, batch)
+    SELECT run_id, version, %(now)s, %(batch)s::text FROM saved
+    WHERE %(batch)s::text IS NOT NULL
+)
+SELECT {_COLUMNS} FROM saved"""
+
+# The same for a group of saves of distinct runs, given as arrays. The rows that
+# pass the version check are locked first, in run_id order, so two groups touching
+# the same runs lock them in the same order and cannot deadlock.
+_SAVE_MANY = f"""
+WITH given AS (
+    SELECT * FROM unnest(
+        %(run_id)b::text[], %(expected_version)b::bigint[], %(lease_token)b::text[],
+        %(state)b::text[], %(status)b::text[], %(wake_at)b::double precision[],
+        %(batch)b::text[], %(keep_lease)b::boolean[]
+    ) AS given (
+        run_id, expected_version, lease_token, state, status, wake_at, batch, keep_lease
+    )
+), locked AS MATERIALIZED (
+    SELECT given.* FROM runs JOIN given
+        ON runs.run_id = given.run_id AND runs.version = given.expected_version
+    ORDER BY runs.run_id
+    FOR UPDATE OF runs
+), saved AS (
+    UPDATE runs SET
+        state = s.state, status = s.status, wake_at = s.wake_at,
+        version = runs.version + 1, updated_at = %(now)s,
+        lease_owner = CASE WHEN s.keep_lease THEN runs.lease_owner END,
+        lease_token = CASE WHEN s.keep_lease THEN runs.lease_token END,
+        lease_expires_at = CASE WHEN s.keep_lease THEN runs.lease_expires_at END
+    FROM locked AS s
+    WHERE runs.run_id = s.run_id AND runs.version = s.expected_version
+        AND (runs.lease_token = s.lease_token
+             OR (s.lease_token IS NULL
+                 AND (runs.lease_token IS NULL OR runs.lease_expires_at IS NULL
+                      OR runs.lease_expires_at <= %(now)s)))
+    RETURNING {", ".join(f"runs.{name}" for name in _COLUMNS.split(", "))}, s.batch
+), journaled AS (
+    INSERT INTO journal (run_id, seq, at, batch)
+    SELECT run_id, version, %(now)s, batch FROM saved WHERE batch IS NOT NULL
+)
+SELECT {_COLUMNS} FROM saved"""
+
+
+def _params(save: Save, now: float) -> dict[str, Any]:
+    """Return the parameters of :data:`_SAVE` for ``save``."""
+    return {
+        "run_id": save.run_id,
+        "expected_version": save.expected_version,
+        "lease_token": save.lease_token,
+        "state": save.state,
+        "status": save.status,
+        "wake_at": save.wake_at,
+        "now": now,
+        "keep_lease": save.lease_token is not None and not save.release,
+        "batch": save.batch,
+    }
+
+
+def _changed_while_saving(save: Save) -> StaleWriteError:
+    """Return the error for a save the ``UPDATE`` refused but the row read after accepts.
+
+    The row changed again between the ``UPDATE`` and the read.
+    """
+    return StaleWriteError(
+        f"cannot save run {save.run_id!r}: it changed while saving; reload it and retry",
+        save.run_id,
+    )
 
 
 def _flows(flows: Collection[str] | None) -> list[str] | None:
@@ -151,15 +226,29 @@ class PostgresStore:
         return conn
 
     @contextmanager
-    def _transaction(self) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
-        """Run the block in one transaction; turn psycopg's errors into StoreError."""
+    def _transaction(
+        self, *, autocommit: bool = False
+    ) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
+        """Run the block in one transaction; turn psycopg's errors into StoreError.
+
+        With ``autocommit``, each statement of the block commits by itself instead.
+        """
         import psycopg
 
         with self._lock:
             conn = self._connection()
             try:
-                with conn.transaction(), conn.cursor() as cur:
-                    yield cur
+                if autocommit:
+                    conn.autocommit = True
+                    try:
+                        with conn.cursor() as cur:
+                            yield cur
+                    finally:
+                        if not conn.closed:
+                            conn.autocommit = False
+                else:
+                    with conn.transaction(), conn.cursor() as cur:
+                        yield cur
             except psycopg.Error as exc:
                 if conn.broken or conn.closed:
                     conn.close()
@@ -274,41 +363,34 @@ class PostgresStore:
             )
         return leases
 
+    def _explain(
+        self, cur: psycopg.Cursor[tuple[Any, ...]], saves: Sequence[Save], now: float
+    ) -> list[StoreError]:
+        """Return why each of ``saves`` (of distinct runs) matched no row, reading them once."""
+        cur.execute(
+            f"SELECT {_COLUMNS} FROM runs WHERE run_id = ANY(%s::text[])",
+            ([save.run_id for save in saves],),
+        )
+        found = {row[0]: RunRecord(*row) for row in cur.fetchall()}
+        return [
+            check_save(found.get(save.run_id), save, now) or _changed_while_saving(save)
+            for save in saves
+        ]
+
     def _save(
         self, cur: psycopg.Cursor[tuple[Any, ...]], save: Save, now: float
     ) -> RunRecord | StoreError:
         """Apply ``save``, or return why it may not be applied (writing nothing)."""
-        cur.execute(
-            _SAVE,
-            {
-                "run_id": save.run_id,
-                "expected_version": save.expected_version,
-                "lease_token": save.lease_token,
-                "state": save.state,
-                "status": save.status,
-                "wake_at": save.wake_at,
-                "now": now,
-                "keep_lease": save.lease_token is not None and not save.release,
-            },
-        )
+        cur.execute(_SAVE, _params(save, now))
         row = cur.fetchone()
         if row is None:
-            error = check_save(self._find(cur, save.run_id), save, now)
-            # A None here means the row changed again after the UPDATE looked at it.
-            return error or StaleWriteError(
-                f"cannot save run {save.run_id!r}: it changed while saving; reload it and retry",
-                save.run_id,
-            )
-        if save.batch is not None:
-            cur.execute(
-                "INSERT INTO journal (run_id, seq, at, batch) VALUES (%s, %s, %s, %s)",
-                (save.run_id, row[4], now, save.batch),
-            )
+            (error,) = self._explain(cur, [save], now)
+            return error
         return RunRecord(*row)
 
     def save(self, save: Save, *, now: float) -> RunRecord:
         """Apply one compare-and-swap save in its own transaction (see :meth:`Store.save`)."""
-        with self._transaction() as cur:
+        with self._transaction(autocommit=True) as cur:
             result = self._save(cur, save, now)
         if isinstance(result, StoreError):
             raise result
@@ -317,10 +399,46 @@ class PostgresStore:
     def save_many(self, saves: Sequence[Save], *, now: float) -> list[RunRecord | BaseException]:
         """Apply several saves in one transaction (see :meth:`Store.save_many`).
 
-        A refused save's ``UPDATE`` matched no row, so it wrote nothing and the
-        transaction goes on. Rows are updated in ``run_id`` order, so two batches
-        touching the same runs lock them in the same order and cannot deadlock.
+        Saves of distinct runs go in one statement (:data:`_SAVE_MANY`); a refused
+        save matched no row, so it wrote nothing, and the rows of the refused ones
+        are then read to explain them. When a run is saved more than once, each
+        save must see the one before it, so the group is applied one save at a
+        time instead, in ``run_id`` order. Either way rows are locked in ``run_id``
+        order, so two groups touching the same runs cannot deadlock.
         """
+        if not saves:
+            return []
+        if len({save.run_id for save in saves}) < len(saves):
+            return self._save_each(saves, now)
+        with self._transaction() as cur:
+            cur.execute(
+                _SAVE_MANY,
+                {
+                    "run_id": [save.run_id for save in saves],
+                    "expected_version": [save.expected_version for save in saves],
+                    "lease_token": [save.lease_token for save in saves],
+                    "state": [save.state for save in saves],
+                    "status": [save.status for save in saves],
+                    "wake_at": [
+                        None if save.wake_at is None else float(save.wake_at) for save in saves
+                    ],
+                    "batch": [save.batch for save in saves],
+                    "keep_lease": [
+                        save.lease_token is not None and not save.release for save in saves
+                    ],
+                    "now": now,
+                },
+            )
+            saved = {row[0]: RunRecord(*row) for row in cur.fetchall()}
+            refused = [save for save in saves if save.run_id not in saved]
+            errors = self._explain(cur, refused, now) if refused else []
+        explained = {save.run_id: error for save, error in zip(refused, errors, strict=True)}
+        return [
+            saved[save.run_id] if save.run_id in saved else explained[save.run_id] for save in saves
+        ]
+
+    def _save_each(self, saves: Sequence[Save], now: float) -> list[RunRecord | BaseException]:
+        """:meth:`save_many` one save at a time, in ``run_id`` order."""
         order = sorted(range(len(saves)), key=lambda index: saves[index].run_id)
         with self._transaction() as cur:
             results = {index: self._save(cur, saves[index], now) for index in order}

@@ -4,8 +4,15 @@ One connection, shared by the worker's thread and the caller's, is guarded by a
 lock. The database runs in WAL mode, so readers in other processes never block
 the writer. Every write starts with ``BEGIN IMMEDIATE``, which takes SQLite's
 single write lock up front: writers (in this process or another) are serialized,
-so a save can read the row, check it with :func:`~stepflow.stores.memory.check_save`
-and write it without racing anyone, and two workers can never claim the same run.
+and two workers can never claim the same run.
+
+A save is one conditional ``UPDATE ... RETURNING`` whose ``WHERE`` clause is the
+compare-and-swap (version and lease, the rule of
+:func:`~stepflow.stores._rules.check_save`); only when it matches no row is the
+row read, to explain why in the same words as the other stores. SQLite older than
+3.35 has no ``RETURNING``: there a save reads the row, checks it with
+:func:`~stepflow.stores._rules.check_save` and writes it, which the write lock
+makes just as safe.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from stepflow.errors import ConfigurationError, StoreError
+from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
 from stepflow.stores._rules import (
     apply_save,
     check_save,
@@ -76,6 +83,26 @@ _COLUMNS = ", ".join(field.name for field in attrs.fields(RunRecord))
 _SET_LEASE = (
     "UPDATE runs SET lease_owner = ?, lease_token = ?, lease_expires_at = ? WHERE run_id = ?"
 )
+
+# Whether this SQLite has UPDATE ... RETURNING (3.35 and later).
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+
+# The compare-and-swap: the rule of stepflow.stores._rules.check_save and apply_save,
+# in SQL. Parameters: state, status, wake_at, now, keep_lease, run_id,
+# expected_version, lease_token, now.
+_SAVE = f"""
+UPDATE runs SET
+    state = ?1, status = ?2, wake_at = ?3, version = version + 1, updated_at = ?4,
+    lease_owner = CASE WHEN ?5 THEN lease_owner END,
+    lease_token = CASE WHEN ?5 THEN lease_token END,
+    lease_expires_at = CASE WHEN ?5 THEN lease_expires_at END
+WHERE run_id = ?6 AND version = ?7
+    AND (lease_token = ?8
+         OR (?8 IS NULL
+             AND (lease_token IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?4)))
+RETURNING {_COLUMNS}"""
+
+_JOURNAL = "INSERT INTO journal (run_id, seq, at, batch) VALUES (?, ?, ?, ?)"
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
@@ -284,8 +311,41 @@ class SQLiteStore:
             )
         return leases
 
-    def _save(self, db: sqlite3.Connection, save: Save, now: float) -> RunRecord | StoreError:
-        """Apply ``save``, or return why it may not be applied (writing nothing)."""
+    def _explain(self, db: sqlite3.Connection, save: Save, now: float) -> StoreError:
+        """Return why ``save``'s ``UPDATE`` matched no row (the write lock is held)."""
+        error = check_save(self._find(db, save.run_id), save, now)
+        # Under the write lock the row cannot have changed since the UPDATE: a None
+        # here would mean the SQL and Python rules disagree.
+        return error or StaleWriteError(
+            f"cannot save run {save.run_id!r}: it changed while saving; reload it and retry",
+            save.run_id,
+        )
+
+    def _update(self, db: sqlite3.Connection, save: Save, now: float) -> RunRecord | StoreError:
+        """Apply ``save`` to the run's row but write no journal entry, or return why not."""
+        if not _HAS_RETURNING:
+            return self._update_checked(db, save, now)
+        row = db.execute(
+            _SAVE,
+            (
+                save.state,
+                save.status,
+                save.wake_at,
+                now,
+                save.lease_token is not None and not save.release,
+                save.run_id,
+                save.expected_version,
+                save.lease_token,
+            ),
+        ).fetchone()
+        if row is None:
+            return self._explain(db, save, now)
+        return _record(row)
+
+    def _update_checked(
+        self, db: sqlite3.Connection, save: Save, now: float
+    ) -> RunRecord | StoreError:
+        """:meth:`_update` for SQLite before 3.35: read, check in Python, write."""
         # BEGIN IMMEDIATE holds the write lock: the row cannot change between the
         # check and the update.
         run = self._find(db, save.run_id)
@@ -309,25 +369,39 @@ class SQLiteStore:
                 new.run_id,
             ),
         )
-        if save.batch is not None:
-            db.execute(
-                "INSERT INTO journal (run_id, seq, at, batch) VALUES (?, ?, ?, ?)",
-                (new.run_id, new.version, now, save.batch),
-            )
         return new
 
     def save(self, save: Save, *, now: float) -> RunRecord:
         """Apply one compare-and-swap save in its own transaction (see :meth:`Store.save`)."""
         with self._transaction() as db:
-            result = self._save(db, save, now)
+            result = self._update(db, save, now)
+            if save.batch is not None and not isinstance(result, StoreError):
+                db.execute(_JOURNAL, (save.run_id, result.version, now, save.batch))
         if isinstance(result, StoreError):
             raise result
         return result
 
     def save_many(self, saves: Sequence[Save], *, now: float) -> list[RunRecord | BaseException]:
-        """Apply several saves in one transaction (see :meth:`Store.save_many`)."""
+        """Apply several saves in one transaction (see :meth:`Store.save_many`).
+
+        Each save is applied in turn, so a later save of the same run sees the
+        earlier one; the journal entries are written together at the end.
+        """
+        if not saves:
+            return []
         with self._transaction() as db:
-            return [self._save(db, save, now) for save in saves]
+            results: list[RunRecord | BaseException] = [
+                self._update(db, save, now) for save in saves
+            ]
+            db.executemany(
+                _JOURNAL,
+                [
+                    (save.run_id, result.version, now, save.batch)
+                    for save, result in zip(saves, results, strict=True)
+                    if save.batch is not None and isinstance(result, RunRecord)
+                ],
+            )
+        return results
 
     def renew(
         self, leases: Sequence[tuple[str, str]], *, now: float, lease_seconds: float
