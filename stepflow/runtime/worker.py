@@ -34,11 +34,12 @@ import functools
 import inspect
 import logging
 import os
+import queue
 import signal
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import attrs
@@ -196,9 +197,9 @@ class Worker:
         self._leases: dict[str, str] = {}  # run id -> lease token, for renewal
         self._pending: list[tuple[Save, asyncio.Future[RunRecord]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._store_pool: ThreadPoolExecutor | None = None
+        self._store_pool: _Threads | None = None
         self._active: set[asyncio.Task[None]] = set()
-        self._handler_pool: ThreadPoolExecutor | None = None
+        self._handler_pool: _Threads | None = None
         self._slots: asyncio.Semaphore | None = None
 
     # -- control ---------------------------------------------------------------
@@ -229,10 +230,8 @@ class Worker:
         self._stopping = False
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="stepflow-store")
-        self._handler_pool = ThreadPoolExecutor(
-            self._threads, thread_name_prefix="stepflow-handler"
-        )
+        self._store_pool = _Threads(loop, 1, "stepflow-store")
+        self._handler_pool = _Threads(loop, self._threads, "stepflow-handler")
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
@@ -251,8 +250,8 @@ class Worker:
             if handle_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(signum)
-            self._store_pool.shutdown(wait=True)
-            self._handler_pool.shutdown(wait=True)
+            self._store_pool.close()
+            self._handler_pool.close()
         return self.stats
 
     async def _loop(self, until_idle: bool) -> None:
@@ -328,8 +327,7 @@ class Worker:
     async def _store(self, method: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Run a store call on the store's own thread (stores are synchronous)."""
         assert self._store_pool is not None
-        call = functools.partial(method, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._store_pool, call)
+        return await self._store_pool.submit(functools.partial(method, *args, **kwargs))
 
     async def _renew_leases(self) -> None:
         while True:
@@ -468,8 +466,10 @@ class Worker:
         async with self._slots:
             if self._on_loop.get((flow.name, command.kind, command.step), False):
                 return await interpreter.execute_async(command, ctx)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._handler_pool, interpreter.execute, command, ctx)
+            assert self._handler_pool is not None
+            return await self._handler_pool.submit(
+                functools.partial(interpreter.execute, command, ctx)
+            )
 
     # -- saving ----------------------------------------------------------------
 
@@ -505,3 +505,56 @@ class Worker:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+
+class _Threads:
+    """A few threads running calls for one event loop; each call resolves a future.
+
+    ``loop.run_in_executor`` chains a ``concurrent.futures.Future`` to an asyncio
+    one for every call, which costs more than a no-op step's whole work; a queue
+    and one ``call_soon_threadsafe`` per call cost a fraction of it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int, name: str) -> None:
+        self._loop = loop
+        self._calls: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
+            for n in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, call: Callable[[], _T]) -> asyncio.Future[_T]:
+        """Run ``call()`` on one of the threads; return a future of its result."""
+        future: asyncio.Future[_T] = self._loop.create_future()
+        self._calls.put((future, call))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, call = item
+            try:
+                result = call()
+            except BaseException as exc:  # handed to the awaiting task, as an executor would
+                self._loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                self._loop.call_soon_threadsafe(_settle, future, result, None)
+
+    def close(self) -> None:
+        """Let the calls already queued finish, then stop the threads."""
+        for _ in self._threads:
+            self._calls.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
