@@ -105,11 +105,13 @@ def start_many(store: Store, flow: Flow, count: int, clock: Any = None) -> list[
 
 
 def check_journal(store: Store, run_id: str) -> list[stepflow.codec.Batch]:
-    """Check the journal is seq 2..version, contiguous, of effect batches; return them."""
+    """Check the journal is the start, then seq 2..version of effect batches; return those."""
     entries = store.history(run_id)
     version = store.load(run_id).version
-    assert [entry.seq for entry in entries] == list(range(2, version + 1))
-    batches = [loads_batch(entry.batch) for entry in entries]
+    assert [entry.seq for entry in entries] == list(range(1, version + 1))
+    start, *batches = [loads_batch(entry.batch) for entry in entries]
+    assert start.op == "start"
+    assert start.state is not None
     assert all(batch.op == "effects" and len(batch.effects) == 1 for batch in batches)
     return batches
 
@@ -327,7 +329,7 @@ def test_two_versions_are_served_side_by_side_and_routed_by_flow_name(
     for run_id in old:
         record = store.load(run_id)
         assert (record.status, record.version, record.lease_token) == ("running", 1, None)
-        assert store.history(run_id) == []
+        assert [loads_batch(e.batch).op for e in store.history(run_id)] == ["start"]
 
     served.clear()
     stats = drive(store, [v1, v2], clock=clock)
@@ -540,6 +542,7 @@ def test_a_failed_run_records_its_error_and_completes_once_resumed(
     assert view.state.outputs["deploy/v1/push"] == "pushed"
     ops = [(entry.seq, batch.op, [type(e) for e in batch.effects]) for entry, batch in view.journal]
     assert ops == [
+        (1, "start", []),
         (2, "effects", [HandlerReturned]),
         (3, "effects", [HandlerRaised]),
         (4, "resume", []),
@@ -562,7 +565,7 @@ def test_a_cancelled_run_is_never_touched(make_store: StoreMaker) -> None:
     assert called == [kept, kept]
     assert store.load(gone) == before
     assert (before.status, before.version, before.lease_token) == ("cancelled", 2, None)
-    assert [loads_batch(entry.batch).op for entry in store.history(gone)] == ["cancel"]
+    assert [loads_batch(entry.batch).op for entry in store.history(gone)] == ["start", "cancel"]
 
 
 # -- a lost lease -------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def start_run(
         status=state.status,
         wake_at=store_wake_at(state, now),
         now=now,
+        batch=dumps_batch(Batch("start", now, state=state)),
     )
 
 

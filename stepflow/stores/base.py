@@ -167,8 +167,12 @@ class Store(Protocol):
         status: RunStatus,
         wake_at: float | None,
         now: float,
+        batch: str | None = None,
     ) -> RunRecord:
         """Create a run at version 1 and return it.
+
+        With ``batch``, the run's journal starts with that entry, at seq 1 (the
+        runtime records the run's first state there, so its history is whole).
 
         Raises:
             RunExistsError: a run with this id exists.

@@ -63,6 +63,7 @@ class MemoryStore:
         status: RunStatus,
         wake_at: float | None,
         now: float,
+        batch: str | None = None,
     ) -> RunRecord:
         """Create a run at version 1 and return it (see :meth:`Store.create_run`)."""
         run = RunRecord(
@@ -80,7 +81,9 @@ class MemoryStore:
             if run_id in self._runs:
                 raise run_exists(run_id)
             self._runs[run_id] = run
-            self._journal[run_id] = []
+            self._journal[run_id] = (
+                [] if batch is None else [JournalEntry(run_id, 1, float(now), batch)]
+            )
         return self._out(run)
 
     def load(self, run_id: str) -> RunRecord:

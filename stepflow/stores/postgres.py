@@ -299,6 +299,7 @@ class PostgresStore:
         status: RunStatus,
         wake_at: float | None,
         now: float,
+        batch: str | None = None,
     ) -> RunRecord:
         """Create a run at version 1 and return it (see :meth:`Store.create_run`)."""
         text = dump_input(input)
@@ -310,6 +311,11 @@ class PostgresStore:
                 (run_id, flow, status, state, wake_at, text, now, now),
             )
             row = cur.fetchone()
+            if row is not None and batch is not None:
+                cur.execute(
+                    "INSERT INTO journal (run_id, seq, at, batch) VALUES (%s, 1, %s, %s)",
+                    (run_id, now, batch),
+                )
         if row is None:
             raise run_exists(run_id)
         return RunRecord(*row)

@@ -245,6 +245,7 @@ class SQLiteStore:
         status: RunStatus,
         wake_at: float | None,
         now: float,
+        batch: str | None = None,
     ) -> RunRecord:
         """Create a run at version 1 and return it (see :meth:`Store.create_run`)."""
         text = dump_input(input)
@@ -257,6 +258,8 @@ class SQLiteStore:
             ).rowcount
             if not inserted:
                 raise run_exists(run_id)
+            if batch is not None:
+                db.execute(_JOURNAL, (run_id, 1, now, batch))
             return self._load(db, run_id)
 
     @staticmethod
