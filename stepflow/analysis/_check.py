@@ -1,0 +1,272 @@
+"""Design checks: faults a flow has whatever its handlers do, each with a fix.
+
+Some checks read the transition table (waits with no timeout, retries with no
+bound); the others read the explored graph (see
+:mod:`stepflow.analysis._explore`, searched with ``max_loops=1``): steps and
+transitions no run reaches, states from which no run ends, and commands issued
+after a run ended.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from stepflow.analysis._paths import TransitionTarget, coverage
+from stepflow.core.advance import advance
+from stepflow.core.definition import FlowDefinition, Transition, start_event
+
+__all__ = ["Finding", "Severity", "check"]
+
+#: ``"error"``: the flow is wrong; ``"warning"``: it may be, decide.
+Severity = Literal["error", "warning"]
+
+
+@attrs.frozen
+class Finding:
+    """A design fault found by :func:`check`.
+
+    Attributes:
+        code: What kind of fault (``"wait-without-timeout"``...).
+        severity: ``"error"`` or ``"warning"``.
+        path: The scope path of the step at fault.
+        message: What is wrong.
+        hint: How to fix it.
+
+    """
+
+    code: str
+    severity: Severity
+    path: str
+    message: str
+    hint: str
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.path}: {self.message} [{self.code}]\n  hint: {self.hint}"
+
+
+def _waits(definition: FlowDefinition) -> list[Finding]:
+    return [
+        Finding(
+            "wait-without-timeout",
+            "warning",
+            t.step or "",
+            f"wait_for {t.step!r} has no timeout: if its condition never turns true, the run "
+            "waits forever, polling",
+            "pass timeout= (seconds or a timedelta); an enclosing retry can catch the "
+            "WaitTimeoutError",
+        )
+        for t in definition.handler_transitions()
+        if t.kind == "wait_for" and t.timeout is None
+    ]
+
+
+def _retries(definition: FlowDefinition) -> list[Finding]:
+    findings = []
+    for scope in definition.retry_scopes():
+        rule = definition.retry_rule(scope)
+        policy = rule.policy
+        if policy is not None and policy.max_attempts == 1:
+            findings.append(
+                Finding(
+                    "retry-never-restarts",
+                    "warning",
+                    scope,
+                    f"the policy of retry {scope!r} allows max_attempts=1: it never restarts "
+                    "its group"
+                    + (", and its on_error handler is never asked" if rule.on_error else ""),
+                    "raise max_attempts, or remove the retry",
+                )
+            )
+        elif policy is None or policy.max_attempts is None:
+            eager = policy is None or policy.initial_interval == 0
+            delay = ", at once, with no backoff" if eager else ""
+            if rule.on_error:
+                message = (
+                    f"retry {scope!r} restarts its group{delay} for as long as its on_error "
+                    "handler returns True: nothing bounds the attempts"
+                )
+            else:
+                message = f"retry {scope!r} restarts its group{delay} after every failure, forever"
+            findings.append(
+                Finding(
+                    "unbounded-retry",
+                    "warning",
+                    scope,
+                    message,
+                    "give it a RetryPolicy(max_attempts=...) (a policy first, then on_error=)",
+                )
+            )
+    return findings
+
+
+def _busy_loops(definition: FlowDefinition) -> list[Finding]:
+    handled = [t.step or "" for t in definition.handler_transitions()]
+    findings = []
+    for t in definition.handler_transitions():
+        if t.kind != "loop_until":
+            continue
+        group = f"{t.step}/steps/"
+        if not any(step.startswith(group) for step in handled):
+            findings.append(
+                Finding(
+                    "busy-loop",
+                    "warning",
+                    t.step or "",
+                    f"loop_until {t.step!r} has no step in its group: its condition is asked "
+                    "again at once, with no delay, until it returns True",
+                    "use wait_for(..., every=...) to poll a condition, or put steps in the loop",
+                )
+            )
+    return findings
+
+
+def _swallows(definition: FlowDefinition, scope: str) -> bool:
+    """Whether retry ``scope`` restarts after every failure, never passing one on."""
+    rule = definition.retry_rule(scope)
+    policy = rule.policy
+    return not rule.on_error and policy is not None and policy.max_attempts is None
+
+
+def _unreachable_transitions(
+    definition: FlowDefinition, missing: list[TransitionTarget]
+) -> list[Finding]:
+    findings = []
+    by_scope: dict[str, list[str]] = {}
+    for target in missing:
+        transition: Transition = definition.table[target.source]
+        step = transition.step or ""
+        if target.reason == "retry":
+            if transition.kind == "sleep":
+                continue  # the table lists it, but a timer cannot fail
+            scope = target.destination.partition(":")[2]
+            policy = definition.retry_rule(scope).policy
+            if policy is not None and policy.max_attempts == 1:
+                continue  # reported as retry-never-restarts
+            inner = transition.retry_scopes[: transition.retry_scopes.index(scope)]
+            if any(_swallows(definition, s) for s in inner):
+                by_scope.setdefault(scope, []).append(step)
+                continue
+        findings.append(
+            Finding(
+                "unreachable-transition",
+                "warning",
+                step,
+                f"no run takes the transition {target}",
+                "check the conditions and retries around the step; remove what cannot happen",
+            )
+        )
+    for scope, steps in by_scope.items():
+        listed = ", ".join(repr(s) for s in steps)
+        findings.append(
+            Finding(
+                "unreachable-transition",
+                "warning",
+                scope,
+                f"failures of {listed} never reach retry {scope!r}: an inner retry with "
+                "no max_attempts and no on_error restarts after every one of them",
+                "bound the inner retry (max_attempts, or an on_error that can decline), or "
+                f"remove {scope!r}",
+            )
+        )
+    return findings
+
+
+def check(definition: FlowDefinition, *, max_states: int = 100_000) -> list[Finding]:
+    """Return the design faults of ``definition``, errors and warnings, with fixes.
+
+    Findings (``code``, ``severity``):
+
+    * ``wait-without-timeout`` (warning): a ``wait_for`` may wait forever.
+    * ``unbounded-retry`` (warning): a retry with no ``max_attempts``, whose
+      restarts only its ``on_error`` handler (or nothing) limits.
+    * ``retry-never-restarts`` (warning): a policy with ``max_attempts=1``.
+    * ``busy-loop`` (warning): a ``loop_until`` with no step in its group asks
+      its condition again at once, over and over.
+    * ``unreachable-step`` (error), ``unreachable-transition`` (warning): no
+      explored run starts the step or takes the transition.
+    * ``dead-end`` (error): a reachable state from which no run ends.
+    * ``runs-after-end`` (error): a transition leaves the completed event, or
+      a completed or failed state still issues a command.
+    * ``incomplete-analysis`` (warning): the search stopped at ``max_states``;
+      reachability findings are then left out.
+
+    >>> import stepflow
+    >>> flow = stepflow.named("f").wait_for("ready", bool)
+    >>> [(f.code, f.path) for f in check(stepflow.new(flow).definition)]
+    [('wait-without-timeout', 'f/readyWaitFor')]
+    """
+    findings = _findings(definition, max_states)
+    order: dict[str, int] = {}
+    for event in definition.table:  # definition order: where each scope starts
+        order.setdefault(event.partition(":")[2], len(order))
+    return sorted(findings, key=lambda f: order.get(f.path, len(order)))
+
+
+def _findings(definition: FlowDefinition, max_states: int) -> list[Finding]:
+    findings = [*_waits(definition), *_retries(definition), *_busy_loops(definition)]
+    done = definition.completed_event
+    if done in definition.table:
+        findings.append(
+            Finding(
+                "runs-after-end",
+                "error",
+                definition.name,
+                f"a transition leaves the completed event {done!r}: steps run after the flow "
+                "completed, and a run never completes",
+                f"remove the transition from {done!r}",
+            )
+        )
+    cases, search = coverage(definition, max_loops=1, max_states=max_states)
+    if not search.complete:
+        findings.append(
+            Finding(
+                "incomplete-analysis",
+                "warning",
+                definition.name,
+                f"the search stopped after {max_states} states: reachability was not checked",
+                "raise max_states, or check smaller parts of the flow",
+            )
+        )
+        return findings
+    findings.extend(
+        Finding(
+            "unreachable-step",
+            "error",
+            case.target,
+            f"no run reaches step {case.target!r} (nothing leads to {start_event(case.target)!r})",
+            "connect the step to the flow, or remove it",
+        )
+        for case in cases
+        if isinstance(case.target, str) and not case.reachable
+    )
+    missing = [
+        case.target
+        for case in cases
+        if isinstance(case.target, TransitionTarget) and not case.reachable
+    ]
+    findings.extend(_unreachable_transitions(definition, missing))
+    for node in search.dead_ends():
+        state = search.states[node]
+        findings.append(
+            Finding(
+                "dead-end",
+                "error",
+                state.events[0].partition(":")[2],
+                f"from {state.events[0]!r} no run can complete or fail",
+                "give every loop and wait an exit",
+            )
+        )
+    findings.extend(
+        Finding(
+            "runs-after-end",
+            "error",
+            state.events[0].partition(":")[2],
+            f"a {state.status} run at {state.events[0]!r} still issues a command",
+            "this is a bug of stepflow's core: report it",
+        )
+        for state in search.states
+        if state.status != "running" and advance(definition, state)[1]
+    )
+    return findings
