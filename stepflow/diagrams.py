@@ -231,13 +231,16 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
     edges = [_Edge(_START, target(definition.start_event), "static", "start", None)]
     for t in handlers:
         source = ids["node " + t.source]
-        plain = len(t.destinations) - len(t.retry_scopes)
+        # Retry destinations go back to their retry scope's start (timers have none).
         edges.extend(
-            _Edge(source, target(d.event), d.reason, t.kind, None) for d in t.destinations[:plain]
+            _Edge(source, target(d.event), d.reason, t.kind, None)
+            for d in t.destinations
+            if d.reason != "retry"
         )
         edges.extend(
-            _Edge(source, target(d.event), d.reason, "retry", scope)
-            for d, scope in zip(t.destinations[plain:], t.retry_scopes, strict=True)
+            _Edge(source, target(d.event), d.reason, "retry", d.event.partition(":")[2])
+            for d in t.destinations
+            if d.reason == "retry"
         )
 
     current: frozenset[str] = frozenset()

@@ -393,7 +393,6 @@ def test_paths_lists_unreachable_destinations() -> None:
     unreachable = [case.target for case in paths(definition) if not case.reachable]
     assert unreachable == [
         TransitionTarget("start:f/rRetry/a", "start:f/rRetry", "retry"),
-        TransitionTarget("start:f/rRetry/s", "start:f/rRetry", "retry"),
     ]
 
 
@@ -498,21 +497,22 @@ def test_check_finds_an_unreachable_step_in_a_hand_built_table() -> None:
     ]
 
 
-def test_check_finds_a_step_that_runs_after_completion() -> None:
-    # FlowDefinition accepts a transition leaving its completed event (see the
-    # report): the run then never completes, and its "completed" step runs forever.
+def test_a_table_with_a_step_after_completion_is_refused_when_built() -> None:
+    # A transition leaving the completed event would make a run that never
+    # completes, its "completed" step running forever: the definition refuses it.
     static = "static"
-    definition = FlowDefinition(
-        "f",
-        (
-            Transition("start:f", static, None, (Destination("start:f/a", static),)),
-            Transition("start:f/a", "do", "f/a", (Destination("completed:f/a", "returned"),)),
-            Transition("completed:f/a", static, None, (Destination("completed:f", static),)),
-            Transition("completed:f", "do", "f/again", (Destination("completed:f", "returned"),)),
-        ),
-    )
-    assert ("runs-after-end", "error", "f") in codes(definition)
-    assert explore(definition).completed == 0
+    with pytest.raises(stepflow.DefinitionError, match="completed:f"):
+        FlowDefinition(
+            "f",
+            (
+                Transition("start:f", static, None, (Destination("start:f/a", static),)),
+                Transition("start:f/a", "do", "f/a", (Destination("completed:f/a", "returned"),)),
+                Transition("completed:f/a", static, None, (Destination("completed:f", static),)),
+                Transition(
+                    "completed:f", "do", "f/again", (Destination("completed:f", "returned"),)
+                ),
+            ),
+        )
 
 
 def test_check_says_when_the_search_was_cut_short() -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import invariant
 
 import stepflow
+from stepflow import Destination
 from stepflow.testing import (
     START,
     FakeClock,
@@ -20,6 +21,7 @@ from stepflow.testing import (
     ScriptedWorld,
     assert_deterministic,
     assert_resumable,
+    assert_terminates,
     flows,
     outcomes,
     scripted_flow,
@@ -146,3 +148,47 @@ def test_the_pytest_plugin_gives_a_fake_clock_and_scripted_flows(
     flow = scripted_flow(RELEASE, {("wait_for", "release/v1/approvedWaitFor"): [Returns(False)]})
     assert flow.run().is_completed
     assert fake_clock.now() >= START + WEEK + 3600
+
+
+def test_assert_terminates_passes_a_flow_that_always_ends() -> None:
+    assert_terminates(RELEASE)
+
+
+def test_assert_terminates_shows_the_path_to_a_state_that_never_ends() -> None:
+    # Any handler can raise and fail the run, so only timers can trap one: a
+    # hand-built table whose sleep fires back into itself never ends.
+    static = "static"
+    trapped = stepflow.FlowDefinition(
+        "trap/v1",
+        (
+            stepflow.Transition(
+                "start:trap/v1", static, None, (Destination("start:trap/v1/a", static),)
+            ),
+            stepflow.Transition(
+                "start:trap/v1/a", "do", "trap/v1/a", (Destination("start:trap/v1/s", "returned"),)
+            ),
+            stepflow.Transition(
+                "start:trap/v1/s",
+                "sleep",
+                "trap/v1/s",
+                (Destination("start:trap/v1/s", "timer fired"),),
+                delay=60.0,
+            ),
+        ),
+    )
+    with pytest.raises(AssertionError, match="can never complete or fail") as raised:
+        assert_terminates(trapped)
+    assert str(raised.value).endswith("-> start:trap/v1/s (running)")
+
+
+def test_assert_terminates_says_when_the_state_space_is_too_big() -> None:
+    with pytest.raises(AssertionError, match="exceeds 3 states"):
+        assert_terminates(RELEASE, max_states=3)
+
+
+def test_a_search_cut_short_reports_no_dead_end_it_did_not_prove() -> None:
+    from stepflow.analysis import explore
+
+    result = explore(RELEASE.definition, max_states=3)
+    assert not result.complete
+    assert result.dead_ends == ()

@@ -187,8 +187,9 @@ def check(definition: FlowDefinition, *, max_states: int = 100_000) -> list[Find
     * ``unreachable-step`` (error), ``unreachable-transition`` (warning): no
       explored run starts the step or takes the transition.
     * ``dead-end`` (error): a reachable state from which no run ends.
-    * ``runs-after-end`` (error): a transition leaves the completed event, or
-      a completed or failed state still issues a command.
+    * ``runs-after-end`` (error): a completed or failed state still issues a
+      command (a definition whose table leaves the completed event is refused
+      when it is built).
     * ``incomplete-analysis`` (warning): the search stopped at ``max_states``;
       reachability findings are then left out.
 
@@ -206,18 +207,6 @@ def check(definition: FlowDefinition, *, max_states: int = 100_000) -> list[Find
 
 def _findings(definition: FlowDefinition, max_states: int) -> list[Finding]:
     findings = [*_waits(definition), *_retries(definition), *_busy_loops(definition)]
-    done = definition.completed_event
-    if done in definition.table:
-        findings.append(
-            Finding(
-                "runs-after-end",
-                "error",
-                definition.name,
-                f"a transition leaves the completed event {done!r}: steps run after the flow "
-                "completed, and a run never completes",
-                f"remove the transition from {done!r}",
-            )
-        )
     cases, search = coverage(definition, max_loops=1, max_states=max_states)
     if not search.complete:
         findings.append(

@@ -305,6 +305,9 @@ class Search:
                     _key(after, effect_time(effect), counters, monitors) not in self.index
                 ):
                     self.complete = False
+                    # Partly expanded: its other successors are unknown, so it
+                    # must not be taken for a dead end.
+                    self.expanded[node] = False
                     return self
                 target, new = self._add(after, effect_time(effect), counters, monitors, node, move)
                 self.transitions += 1

@@ -156,7 +156,10 @@ class _Compiler:
         delay: float | None = None,
         timeout: float | None = None,
     ) -> None:
-        retry_dests = tuple(Destination(start_event(r), _RETRY) for r in retries)
+        # A timer cannot fail, so only handlers list their retries as destinations.
+        retry_dests = tuple(
+            Destination(start_event(r), _RETRY) for r in (retries if fn is not None else ())
+        )
         self.transitions.append(
             Transition(source, kind, step, destinations + retry_dests, retries, delay, timeout)
         )

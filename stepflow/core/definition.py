@@ -371,6 +371,12 @@ class FlowDefinition:
                 )
             table[t.source] = t
         done = completed_event(self.name)
+        if done in table:
+            raise DefinitionError(
+                f"a transition leaves {done!r}, the end of the flow; a completed run must "
+                "stay completed",
+                path=self.name,
+            )
         for t in self.transitions:
             for d in t.destinations:
                 if d.event not in table and d.event != done:

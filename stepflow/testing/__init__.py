@@ -10,17 +10,35 @@
 * **Hypothesis strategies**: :func:`flows` (random definitions: the very
   strategy stepflow's own suite uses) and :func:`outcomes` (scripts for a
   definition). These need ``hypothesis`` (``pip install 'stepflow[testing]'``).
-* **Analysis** (re-exported from :mod:`stepflow.analysis`): exhaustive
-  :func:`explore` with invariants, :func:`paths`, static :func:`check`; and the
-  diagrams of :mod:`stepflow.diagrams`.
+* **Analysis** (re-exported from :mod:`stepflow.analysis`, which holds a few
+  more names): exhaustive :func:`explore` with invariants (:func:`always`,
+  :func:`never`, :func:`before`, :func:`leads_to`), :func:`paths`, static
+  :func:`check`; and the diagrams of :mod:`stepflow.diagrams`
+  (:func:`to_mermaid`, :func:`to_dot`, :func:`to_json`).
 * **A pytest plugin** with ``fake_clock`` and ``scripted_flow`` fixtures,
   installed with stepflow.
 """
 
+from stepflow.analysis import Exploration as Exploration
+from stepflow.analysis import Finding as Finding
+from stepflow.analysis import Invariant as Invariant
+from stepflow.analysis import PathCase as PathCase
+from stepflow.analysis import Violation as Violation
+from stepflow.analysis import always as always
+from stepflow.analysis import before as before
+from stepflow.analysis import check as check
+from stepflow.analysis import explore as explore
+from stepflow.analysis import leads_to as leads_to
+from stepflow.analysis import never as never
+from stepflow.analysis import paths as paths
 from stepflow.clock import FakeClock as FakeClock
+from stepflow.diagrams import to_dot as to_dot
+from stepflow.diagrams import to_json as to_json
+from stepflow.diagrams import to_mermaid as to_mermaid
 from stepflow.testing._properties import Crash as Crash
 from stepflow.testing._properties import assert_deterministic as assert_deterministic
 from stepflow.testing._properties import assert_resumable as assert_resumable
+from stepflow.testing._properties import assert_terminates as assert_terminates
 from stepflow.testing._properties import run_with_crashes as run_with_crashes
 from stepflow.testing._scripts import EXIT_OUTCOMES as EXIT_OUTCOMES
 from stepflow.testing._scripts import START as START
@@ -43,9 +61,13 @@ __all__ = [
     "EXIT_OUTCOMES",
     "START",
     "Crash",
+    "Exploration",
     "FakeClock",
+    "Finding",
     "HandlerKey",
+    "Invariant",
     "Outcome",
+    "PathCase",
     "Raises",
     "Returns",
     "ReturnsWrongKind",
@@ -53,14 +75,26 @@ __all__ = [
     "ScriptedWorld",
     "Trace",
     "TraceStep",
+    "Violation",
     "WrongKind",
+    "always",
     "assert_deterministic",
     "assert_resumable",
+    "assert_terminates",
+    "before",
+    "check",
     "check_script",
+    "explore",
     "handler_keys",
+    "leads_to",
+    "never",
+    "paths",
     "run_with_crashes",
     "scripted_flow",
     "simulate",
+    "to_dot",
+    "to_json",
+    "to_mermaid",
 ]
 
 try:  # the strategies and the state machine need hypothesis; the rest does not

@@ -11,7 +11,13 @@ from stepflow.core.definition import FlowDefinition
 from stepflow.flow import Flow
 from stepflow.testing._scripts import Script, ScriptedWorld, simulate
 
-__all__ = ["Crash", "assert_deterministic", "assert_resumable", "run_with_crashes"]
+__all__ = [
+    "Crash",
+    "assert_deterministic",
+    "assert_resumable",
+    "assert_terminates",
+    "run_with_crashes",
+]
 
 #: Where a simulated worker crashes in one iteration of its loop: not at all,
 #: after saving the issued command but before executing it, or after executing
@@ -162,3 +168,32 @@ def assert_deterministic(
         _check_deterministic(definition, drawn)
 
     deterministic()
+
+
+def assert_terminates(
+    flow: Flow | FlowDefinition, *, max_loops: int = 3, max_states: int = 100_000
+) -> None:
+    """Check that from every reachable state, completion or failure is reachable.
+
+    The whole state space is explored (:func:`stepflow.analysis.explore`), with
+    loops, polls and unbounded retries cut at ``max_loops`` passes.
+
+    Raises:
+        AssertionError: a reachable state can never end (the message shows the
+            shortest path to it), or the state space exceeds ``max_states``.
+
+    """
+    from stepflow.analysis import explore
+
+    definition = _definition(flow)
+    result = explore(definition, max_loops=max_loops, max_states=max_states)
+    if not result.complete:  # before dead ends: a cut search cannot tell them
+        raise AssertionError(
+            f"the state space of {definition.name!r} exceeds {max_states} states: raise "
+            "max_states, or lower max_loops"
+        )
+    if result.dead_ends:
+        raise AssertionError(
+            f"{len(result.dead_ends)} reachable state(s) of {definition.name!r} can never "
+            f"complete or fail; the shortest path to one:\n{result.dead_ends[0].describe()}"
+        )
