@@ -68,6 +68,14 @@ from stepflow.errors import UnknownRunError as UnknownRunError
 from stepflow.errors import WaitTimeoutError as WaitTimeoutError
 from stepflow.flow import Flow as Flow
 from stepflow.flow import new as new
+from stepflow.history import CorruptHistoryError as CorruptHistoryError
+from stepflow.history import History as History
+from stepflow.history import ReplayDivergence as ReplayDivergence
+from stepflow.history import ReplayResult as ReplayResult
+from stepflow.history import dumps_history as dumps_history
+from stepflow.history import history as history
+from stepflow.history import loads_history as loads_history
+from stepflow.history import replay as replay
 from stepflow.interpreter import Interpreter as Interpreter
 from stepflow.interpreter import rebuild_exception as rebuild_exception
 from stepflow.runtime import RunContext as RunContext
@@ -78,6 +86,9 @@ from stepflow.runtime import resume_run as resume_run
 from stepflow.runtime import start_run as start_run
 from stepflow.stores import Store as Store
 from stepflow.stores import open_store as open_store
+from stepflow.versioning import Migration as Migration
+from stepflow.versioning import diff as diff
+from stepflow.versioning import migrate as migrate
 
 __version__ = "0.1.0.dev0"
 
@@ -87,6 +98,7 @@ __all__ = [
     "Clock",
     "Command",
     "ConfigurationError",
+    "CorruptHistoryError",
     "CorruptStateError",
     "DefinitionError",
     "Destination",
@@ -102,11 +114,15 @@ __all__ = [
     "HandlerRaised",
     "HandlerResultError",
     "HandlerReturned",
+    "History",
     "IncompatibleDefinition",
     "Interpreter",
     "InterpreterError",
     "LateEffectError",
+    "Migration",
     "RecordedError",
+    "ReplayDivergence",
+    "ReplayResult",
     "RetryPolicy",
     "RunContext",
     "RunExistsError",
@@ -129,14 +145,20 @@ __all__ = [
     "Worker",
     "advance",
     "cancel_run",
+    "diff",
     "dumps",
+    "dumps_history",
+    "history",
     "loads",
+    "loads_history",
     "make_converter",
+    "migrate",
     "named",
     "new",
     "open_store",
     "read_run",
     "rebuild_exception",
+    "replay",
     "resume",
     "resume_run",
     "start_run",

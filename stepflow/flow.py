@@ -17,7 +17,7 @@ process, honouring every ``wake_at`` through the flow's clock; the durable
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -29,10 +29,15 @@ from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import Command, Effect, Wake
 from stepflow.core.spec import Steps
 from stepflow.core.state import COMPLETED, FAILED, RUNNING, State
-from stepflow.errors import FlowFailed
+from stepflow.errors import DefinitionError, FlowFailed
 from stepflow.interpreter import Interpreter
+from stepflow.versioning import Migration
 
 __all__ = ["Flow", "new"]
+
+
+def _tuple(migrations: Iterable[Migration]) -> tuple[Migration, ...]:
+    return tuple(migrations)
 
 
 @attrs.frozen
@@ -45,6 +50,9 @@ class Flow:
         definition: The compiled state machine: pure data.
         handlers: ``(command kind, step path) -> handler``.
         clock: Where the drivers read the time (default: :class:`SystemClock`).
+        migrations: How runs of earlier versions of the flow become runs of this
+            one (see :class:`stepflow.versioning.Migration`); a worker serving
+            this flow adopts them.
         interpreter: The :class:`~stepflow.interpreter.Interpreter` the drivers use.
 
     """
@@ -52,6 +60,7 @@ class Flow:
     definition: FlowDefinition
     handlers: Mapping[HandlerKey, Callable[..., Any]]
     clock: Clock = attrs.field(factory=SystemClock, eq=False, repr=False)
+    migrations: tuple[Migration, ...] = attrs.field(default=(), converter=_tuple, eq=False)
     interpreter: Interpreter = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -59,7 +68,7 @@ class Flow:
 
     def with_clock(self, clock: Clock) -> Flow:
         """Return this flow driven by ``clock`` (a :class:`FakeClock` in tests)."""
-        return Flow(self.definition, self.handlers, clock)
+        return Flow(self.definition, self.handlers, clock, self.migrations)
 
     @property
     def name(self) -> str:
@@ -149,8 +158,11 @@ class Flow:
         return state
 
 
-def new(spec: Steps, *, clock: Clock | None = None) -> Flow:
+def new(spec: Steps, *, clock: Clock | None = None, migrations: Iterable[Migration] = ()) -> Flow:
     """Compile ``spec`` into a :class:`Flow` whose drivers read ``clock``.
+
+    ``migrations`` say how runs of earlier versions become runs of this one
+    (see :class:`stepflow.versioning.Migration`).
 
     >>> import stepflow
     >>> flow = stepflow.new(stepflow.named("hello/v1").do("greet", lambda ctx: "hi"))
@@ -162,4 +174,12 @@ def new(spec: Steps, *, clock: Clock | None = None) -> Flow:
 
     """
     definition, handlers = compile_spec(spec)
-    return Flow(definition, handlers, clock if clock is not None else SystemClock())
+    for migration in migrations:
+        if not isinstance(migration, Migration) or migration.source == definition.name:
+            raise DefinitionError(
+                f"migrations must be Migration(...) from another flow name than "
+                f"{definition.name!r}, got {migration!r}",
+                path=definition.name,
+            )
+    clock = clock if clock is not None else SystemClock()
+    return Flow(definition, handlers, clock, _tuple(migrations))

@@ -796,3 +796,19 @@ def test_the_stores_package_exports_sorted_names_with_docstrings() -> None:
         value = getattr(stepflow.stores, name)
         if callable(value) and name != "RunStatus":
             assert value.__doc__, name
+
+
+def test_a_save_can_move_a_run_to_another_flow_name(store: Store) -> None:
+    """A migration renames the run's flow in the same compare-and-swap save."""
+    create(store, "r1", flow="deploy/v1")
+    saved = store.save(
+        Save("r1", 1, None, "{}", "running", 5.0, '{"op":"migrate"}', flow="deploy/v2"),
+        now=2.0,
+    )
+    assert (saved.flow, saved.version) == ("deploy/v2", 2)
+    assert store.load("r1").flow == "deploy/v2"
+    assert [r.run_id for r in store.runs(flow="deploy/v2")] == ["r1"]
+    assert store.runs(flow="deploy/v1") == []
+    [many] = store.save_many([Save("r1", 2, None, "{}", "running", 5.0, flow="deploy/v3")], now=3.0)
+    assert not isinstance(many, BaseException)
+    assert store.load("r1").flow == "deploy/v3"

@@ -43,9 +43,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import attrs
+import orjson
 
 from stepflow.clock import Clock, SystemClock
-from stepflow.codec import Batch, dumps, dumps_batch, loads
+from stepflow.codec import Batch, dumps, dumps_batch, loads, structure_state
 from stepflow.core.advance import advance
 from stepflow.core.messages import CallHandler, Command, Effect, Wake
 from stepflow.core.state import State
@@ -61,6 +62,7 @@ from stepflow.interpreter import Interpreter
 from stepflow.runtime.context import RunContext
 from stepflow.runtime.runs import store_wake_at
 from stepflow.stores.base import Lease, RunRecord, RunStatus, Save, Store
+from stepflow.versioning import Migration, migrate
 
 __all__ = ["StepReport", "Worker", "WorkerStats"]
 
@@ -176,6 +178,17 @@ class Worker:
             self.flows[flow.name] = flow
         if not self.flows:
             raise ConfigurationError("a worker needs at least one flow to serve")
+        # Runs of earlier versions this worker adopts (unless it serves them as such).
+        self._adopt: dict[str, tuple[Flow, Migration]] = {}
+        for flow in self.flows.values():
+            for migration in flow.migrations:
+                if migration.source in self.flows:
+                    continue
+                if migration.source in self._adopt:
+                    raise ConfigurationError(
+                        f"two flows migrate runs of {migration.source!r}; let one adopt them"
+                    )
+                self._adopt[migration.source] = (flow, migration)
         self._interpreters = {name: Interpreter(f, self.clock) for name, f in self.flows.items()}
         # Decided once per handler, not on every step: is it awaited on the loop?
         self._on_loop = {
@@ -256,7 +269,7 @@ class Worker:
 
     async def _loop(self, until_idle: bool) -> None:
         assert self._wakeup is not None
-        names = tuple(self.flows)
+        names = (*self.flows, *self._adopt)
         active = self._active
         while not self._stopping:
             self._wakeup.clear()
@@ -351,9 +364,13 @@ class Worker:
     async def _drive(self, lease: Lease) -> None:
         record = lease.run
         run_id, token, version, run_input = record.run_id, lease.token, record.version, record.input
-        flow = self.flows[record.flow]
         try:
-            state = loads(record.state, flow.definition)
+            if record.flow in self.flows:
+                flow = self.flows[record.flow]
+                state = loads(record.state, flow.definition)
+            else:
+                flow, migration = self._adopt[record.flow]
+                state, version = await self._migrate(record, token, flow, migration)
         except StepflowError as exc:
             # Never erase what cannot be read: leave the run as it is, out of the
             # way for a while, and say why.
@@ -411,6 +428,27 @@ class Worker:
         finally:
             if self._leases.get(run_id) == token:
                 del self._leases[run_id]
+
+    async def _migrate(
+        self, record: RunRecord, token: str, flow: Flow, migration: Migration
+    ) -> tuple[State, int]:
+        """Adopt a run of an earlier version: migrate its state and save it, renamed."""
+        state = migrate(flow.definition, structure_state(orjson.loads(record.state)), migration)
+        now = self.clock.now()
+        batch = dumps_batch(Batch("migrate", now, state=state))
+        save = Save(
+            record.run_id,
+            record.version,
+            token,
+            dumps(state),
+            state.status,
+            store_wake_at(state, now),
+            batch,
+            flow=flow.name,
+        )
+        saved = await self._save(save, now)
+        log.info("run %s migrated from %s to %s", record.run_id, record.flow, flow.name)
+        return state, saved.version
 
     def _count(self, state: State) -> None:
         self.stats.steps += 1

@@ -128,6 +128,7 @@ def apply_save(run: RunRecord, save: Save, now: float) -> RunRecord:
     keep_lease = save.lease_token is not None and not save.release
     return attrs.evolve(
         run,
+        flow=save.flow if save.flow is not None else run.flow,
         state=save.state,
         status=save.status,
         wake_at=save.wake_at,

@@ -133,6 +133,8 @@ class Save:
         batch: The journal entry's batch text, or ``None`` to write no entry (a
             save that applied no effects, such as the first issue of a command).
         release: Whether to give up the lease in the same transaction.
+        flow: The run's new flow name, when a newer version of its flow adopts
+            it (a migration); ``None`` keeps the name.
 
     """
 
@@ -144,6 +146,7 @@ class Save:
     wake_at: float | None
     batch: str | None = None
     release: bool = False
+    flow: str | None = None
 
 
 @runtime_checkable

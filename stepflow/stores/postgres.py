@@ -89,7 +89,8 @@ WITH saved AS (
         version = version + 1, updated_at = %(now)s,
         lease_owner = CASE WHEN %(keep_lease)s THEN lease_owner END,
         lease_token = CASE WHEN %(keep_lease)s THEN lease_token END,
-        lease_expires_at = CASE WHEN %(keep_lease)s THEN lease_expires_at END
+        lease_expires_at = CASE WHEN %(keep_lease)s THEN lease_expires_at END,
+        flow = COALESCE(%(flow)s::text, flow)
     WHERE run_id = %(run_id)s AND version = %(expected_version)s
         AND (lease_token = %(lease_token)s::text
              OR (%(lease_token)s::text IS NULL
@@ -111,9 +112,9 @@ WITH given AS (
     SELECT * FROM unnest(
         %(run_id)b::text[], %(expected_version)b::bigint[], %(lease_token)b::text[],
         %(state)b::text[], %(status)b::text[], %(wake_at)b::double precision[],
-        %(batch)b::text[], %(keep_lease)b::boolean[]
+        %(batch)b::text[], %(keep_lease)b::boolean[], %(flow)b::text[]
     ) AS given (
-        run_id, expected_version, lease_token, state, status, wake_at, batch, keep_lease
+        run_id, expected_version, lease_token, state, status, wake_at, batch, keep_lease, flow
     )
 ), locked AS MATERIALIZED (
     SELECT given.* FROM runs JOIN given
@@ -126,7 +127,8 @@ WITH given AS (
         version = runs.version + 1, updated_at = %(now)s,
         lease_owner = CASE WHEN s.keep_lease THEN runs.lease_owner END,
         lease_token = CASE WHEN s.keep_lease THEN runs.lease_token END,
-        lease_expires_at = CASE WHEN s.keep_lease THEN runs.lease_expires_at END
+        lease_expires_at = CASE WHEN s.keep_lease THEN runs.lease_expires_at END,
+        flow = COALESCE(s.flow, runs.flow)
     FROM locked AS s
     WHERE runs.run_id = s.run_id AND runs.version = s.expected_version
         AND (runs.lease_token = s.lease_token
@@ -153,6 +155,7 @@ def _params(save: Save, now: float) -> dict[str, Any]:
         "now": now,
         "keep_lease": save.lease_token is not None and not save.release,
         "batch": save.batch,
+        "flow": save.flow,
     }
 
 
@@ -432,6 +435,7 @@ class PostgresStore:
                     "keep_lease": [
                         save.lease_token is not None and not save.release for save in saves
                     ],
+                    "flow": [save.flow for save in saves],
                     "now": now,
                 },
             )

@@ -89,10 +89,11 @@ _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 # The compare-and-swap: the rule of stepflow.stores._rules.check_save and apply_save,
 # in SQL. Parameters: state, status, wake_at, now, keep_lease, run_id,
-# expected_version, lease_token, now.
+# expected_version, lease_token, flow.
 _SAVE = f"""
 UPDATE runs SET
     state = ?1, status = ?2, wake_at = ?3, version = version + 1, updated_at = ?4,
+    flow = COALESCE(?9, flow),
     lease_owner = CASE WHEN ?5 THEN lease_owner END,
     lease_token = CASE WHEN ?5 THEN lease_token END,
     lease_expires_at = CASE WHEN ?5 THEN lease_expires_at END
@@ -339,6 +340,7 @@ class SQLiteStore:
                 save.run_id,
                 save.expected_version,
                 save.lease_token,
+                save.flow,
             ),
         ).fetchone()
         if row is None:
@@ -359,7 +361,7 @@ class SQLiteStore:
         new = apply_save(run, save, now)
         db.execute(
             "UPDATE runs SET state = ?, status = ?, wake_at = ?, version = ?, updated_at = ?,"
-            " lease_owner = ?, lease_token = ?, lease_expires_at = ? WHERE run_id = ?",
+            " lease_owner = ?, lease_token = ?, lease_expires_at = ?, flow = ? WHERE run_id = ?",
             (
                 new.state,
                 new.status,
@@ -369,6 +371,7 @@ class SQLiteStore:
                 new.lease_owner,
                 new.lease_token,
                 new.lease_expires_at,
+                new.flow,
                 new.run_id,
             ),
         )
