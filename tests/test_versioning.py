@@ -104,7 +104,9 @@ def test_a_migration_from_another_flow_is_refused() -> None:
 
 def test_diff_lists_added_and_removed_events_and_judges_compatibility() -> None:
     same = diff(V1.definition, stepflow.new(deploy("v1")).definition)
-    assert same.same and same.compatible and same.added == same.removed == ()
+    assert same.same
+    assert same.compatible
+    assert same.added == same.removed == ()
 
     grown = diff(V1.definition, stepflow.new(deploy("v2", extra=True)).definition)
     assert grown.compatible
@@ -181,7 +183,8 @@ def test_an_old_run_that_cannot_be_migrated_is_left_as_it_was() -> None:
     assert stats.steps == 0
     after = store.load(run.run_id)
     assert (after.flow, after.status, after.state) == ("deploy/v1", "running", run.state)
-    assert after.wake_at is not None and after.wake_at >= START + 60  # out of the way a while
+    assert after.wake_at is not None
+    assert after.wake_at >= START + 60
 
 
 async def _run_briefly(worker: stepflow.Worker) -> Any:
