@@ -49,11 +49,13 @@ from stepflow.testing._scripts import Returns as Returns
 from stepflow.testing._scripts import ReturnsWrongKind as ReturnsWrongKind
 from stepflow.testing._scripts import Script as Script
 from stepflow.testing._scripts import ScriptedWorld as ScriptedWorld
+from stepflow.testing._scripts import TimesOut as TimesOut
 from stepflow.testing._scripts import Trace as Trace
 from stepflow.testing._scripts import TraceStep as TraceStep
 from stepflow.testing._scripts import WrongKind as WrongKind
 from stepflow.testing._scripts import check_script as check_script
 from stepflow.testing._scripts import handler_keys as handler_keys
+from stepflow.testing._scripts import outcome_of as outcome_of
 from stepflow.testing._scripts import scripted_flow as scripted_flow
 from stepflow.testing._scripts import simulate as simulate
 
@@ -73,6 +75,7 @@ __all__ = [
     "ReturnsWrongKind",
     "Script",
     "ScriptedWorld",
+    "TimesOut",
     "Trace",
     "TraceStep",
     "Violation",
@@ -88,6 +91,7 @@ __all__ = [
     "handler_keys",
     "leads_to",
     "never",
+    "outcome_of",
     "paths",
     "run_with_crashes",
     "scripted_flow",

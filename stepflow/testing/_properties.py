@@ -53,7 +53,7 @@ def run_with_crashes(
         crash = crashes[step] if step < len(crashes) else "none"
         if crash == "before":
             continue
-        effect = world.execute(commands[0], state.wake_at)
+        effect = world.execute(commands[0], state.wake_at, state.timeout_at)
         if crash == "after":
             continue
         state, _ = advance(definition, state, (effect,))

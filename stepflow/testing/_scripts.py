@@ -29,6 +29,7 @@ from stepflow.core.messages import (
 from stepflow.core.state import ErrorRecord, State
 from stepflow.errors import ConfigurationError
 from stepflow.flow import Flow
+from stepflow.interpreter import rebuild_exception
 
 __all__ = [
     "EXIT_OUTCOMES",
@@ -40,11 +41,13 @@ __all__ = [
     "ReturnsWrongKind",
     "Script",
     "ScriptedWorld",
+    "TimesOut",
     "Trace",
     "TraceStep",
     "WrongKind",
     "check_script",
     "handler_keys",
+    "outcome_of",
     "scripted_flow",
     "simulate",
 ]
@@ -65,9 +68,15 @@ class Returns:
 
 @attrs.frozen
 class Raises:
-    """The handler raises ``RuntimeError(message)``."""
+    """The handler raises ``message``, recorded as an error of type ``type``."""
 
     message: str
+    type: str = "RuntimeError"
+
+
+@attrs.frozen
+class TimesOut:
+    """A ``wait_for`` condition is still false at its deadline: the step times out."""
 
 
 @attrs.frozen
@@ -76,9 +85,37 @@ class ReturnsWrongKind:
 
 
 #: What one handler call does.
-Outcome = Returns | Raises | ReturnsWrongKind
-#: What every handler does, call after call.
-Script = Mapping[HandlerKey, Sequence[Outcome]]
+Outcome = Returns | Raises | ReturnsWrongKind | TimesOut
+#: What every handler does, call after call: outcomes, or the outcome names of
+#: :mod:`stepflow.analysis` (``"returned"``, ``"true"``, ``"raised:KeyError"``...),
+#: so that a :class:`~stepflow.analysis.PathCase`'s script plays as it is.
+Script = Mapping[HandlerKey, Sequence["Outcome | str"]]
+
+
+def outcome_of(name: Outcome | str) -> Outcome:
+    """Return the outcome an analysis outcome name stands for (outcomes pass through).
+
+    >>> outcome_of("raised:KeyError")
+    Raises(message='scripted failure', type='KeyError')
+    """
+    if not isinstance(name, str):
+        return name
+    kind, _, error_type = name.partition(":")
+    known: dict[str, Outcome] = {
+        "returned": Returns(None),
+        "true": Returns(True),
+        "false": Returns(False),
+        "timed_out": TimesOut(),
+    }
+    if kind == "raised":
+        return Raises("scripted failure", error_type or "RuntimeError")
+    if name not in known:
+        raise ConfigurationError(
+            f"unknown outcome {name!r}; use Returns/Raises/ReturnsWrongKind/TimesOut or one of "
+            f"{sorted(known)} and 'raised[:Type]'"
+        )
+    return known[name]
+
 
 #: What a handler does once its scripted outcomes run out: end waits and loops,
 #: skip cases, decline retries. This is what bounds every scripted run.
@@ -145,30 +182,37 @@ class ScriptedWorld:
     def _decide(self, key: HandlerKey) -> Outcome:
         self.calls[key] += 1
         queue = self._pending.get(key, [])
-        return queue.pop(0) if queue else EXIT_OUTCOMES[key[0]]
+        return outcome_of(queue.pop(0)) if queue else EXIT_OUTCOMES[key[0]]
 
-    def execute(self, command: Command, wake_at: float | None = None) -> Effect:
+    def execute(
+        self, command: Command, wake_at: float | None = None, timeout_at: float | None = None
+    ) -> Effect:
         """Answer ``command`` (once per id) with an effect, as an interpreter would.
 
-        ``wake_at`` is the state's: the world's clock moves on to it first.
+        ``wake_at`` and ``timeout_at`` are the state's: the world's clock moves on
+        to ``wake_at`` first, and to ``timeout_at`` for a :class:`TimesOut`.
         """
         self.executed.append(command)
         if command.id not in self._answers:
-            self._answers[command.id] = self._answer(command, wake_at)
+            self._answers[command.id] = self._answer(command, wake_at, timeout_at)
         return self._answers[command.id]
 
-    def _answer(self, command: Command, wake_at: float | None) -> Effect:
+    def _answer(self, command: Command, wake_at: float | None, timeout_at: float | None) -> Effect:
         if wake_at is not None and wake_at > self.clock.now():
             self.clock.set(wake_at)
         if type(command) is Wake:
             self.clock.set(max(command.at, self.clock.now()))
             return TimerFired(command.id, self.clock.now())
         outcome = self._decide((command.kind, command.step))
+        if isinstance(outcome, TimesOut) and timeout_at is not None:
+            self.clock.set(max(timeout_at, self.clock.now()))
         at = self.clock.advance(self.handler_seconds)
         if isinstance(outcome, Returns):
             return HandlerReturned(command.id, outcome.value, at)
+        if isinstance(outcome, TimesOut):
+            return HandlerReturned(command.id, False, at)
         if isinstance(outcome, Raises):
-            error = ErrorRecord("RuntimeError", outcome.message, command.step)
+            error = ErrorRecord(outcome.type, outcome.message, command.step)
             return HandlerRaised(command.id, error, None, at)
         return HandlerReturned(command.id, WrongKind(), at)
 
@@ -180,8 +224,10 @@ class ScriptedWorld:
             self.clock.advance(self.handler_seconds)
             if isinstance(outcome, Returns):
                 return outcome.value
+            if isinstance(outcome, TimesOut):
+                return False  # a real driver's clock decides when it times out
             if isinstance(outcome, Raises):
-                raise RuntimeError(outcome.message)
+                raise rebuild_exception(ErrorRecord(outcome.type, outcome.message, step))
             return WrongKind()
 
         return play
@@ -325,7 +371,7 @@ def simulate(
         if len(steps) >= max_steps:
             raise AssertionError(f"the simulated run did not end within {max_steps} steps")
         command = commands[0]
-        effect = world.execute(command, state.wake_at)
+        effect = world.execute(command, state.wake_at, state.timeout_at)
         state, commands = advance(definition, state, (effect,))
         steps.append(TraceStep(command, effect, state))
     return Trace(initial, tuple(steps))
