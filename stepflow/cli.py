@@ -9,16 +9,29 @@
     stepflow show RUN
     stepflow resume RUN --flow MODULE:FLOW
     stepflow cancel RUN
+    stepflow history RUN [--flow MODULE:FLOW]
+    stepflow export RUN > run.json
+    stepflow replay MODULE:FLOW [--status S] [--json] [FILE...]
+    stepflow diff MODULE:OLD MODULE:NEW
+    stepflow graph MODULE:FLOW [--format mermaid|dot|json] [--run RUN]
+    stepflow check MODULE:FLOW [--max-loops N] [--strict]
+    stepflow paths MODULE:FLOW [--max-loops N]
 
-Every command takes ``--db URL`` (``sqlite:///path.db``, ``postgresql://...``; see
-:func:`stepflow.open_store`), defaulting to ``$STEPFLOW_DB``, then to
-``./stepflow.db``. ``MODULE:FLOW`` names an attribute of an importable module
-(the current directory is on the import path) holding a :class:`stepflow.Flow`
-or a spec (:class:`stepflow.Steps`), which is compiled with :func:`stepflow.new`.
+Every command that reads or writes runs takes ``--db URL`` (``sqlite:///path.db``,
+``postgresql://...``; see :func:`stepflow.open_store`), defaulting to
+``$STEPFLOW_DB``, then to ``./stepflow.db``. ``MODULE:FLOW`` names an attribute of
+an importable module (the current directory is on the import path) holding a
+:class:`stepflow.Flow` or a spec (:class:`stepflow.Steps`), which is compiled with
+:func:`stepflow.new`.
 
 Errors in what was asked (an unknown module, run or URL, malformed JSON, a run in
 the wrong status) are reported on one line, ``Error: ...``, with exit status 2
 for usage errors and 1 for the others; only a bug in stepflow shows a traceback.
+
+The commands that judge a flow exit with status 1 when the verdict is negative,
+so that they can gate a deploy: ``replay`` when a run diverges, ``diff`` when the
+new version cannot continue the old one's runs, ``check`` on an error finding (or
+any finding, with ``--strict``).
 """
 
 from __future__ import annotations
@@ -28,13 +41,16 @@ import json
 import logging
 import operator
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Literal
 from urllib.parse import unquote
 
+import attrs
 import click
 import orjson
 from rich.console import Console
@@ -43,10 +59,32 @@ from rich.table import Table
 from rich.text import Text
 
 import stepflow
-from stepflow.codec import Batch
-from stepflow.core.messages import Command, HandlerRaised, HandlerReturned, TimerFired
-from stepflow.errors import ConfigurationError, StepflowError
+from stepflow.codec import Batch, loads
+from stepflow.core.definition import FlowDefinition
+from stepflow.core.messages import (
+    Command,
+    Effect,
+    HandlerRaised,
+    HandlerReturned,
+    TimerFired,
+)
+from stepflow.core.state import State
+from stepflow.errors import (
+    ConfigurationError,
+    CorruptStateError,
+    FlowMismatchError,
+    StepflowError,
+)
 from stepflow.flow import Flow
+from stepflow.history import (
+    CorruptHistoryError,
+    History,
+    ReplayDivergence,
+    dumps_history,
+    history,
+    loads_history,
+)
+from stepflow.history import replay as replay_history
 from stepflow.runtime.worker import StepReport
 from stepflow.stores import DEFAULT_SQLITE_PATH, open_store
 from stepflow.stores.base import RunRecord, Store
@@ -459,6 +497,586 @@ def cancel(run_id: str, db: str | None) -> None:
     with _store(db, create=False) as store:
         record = stepflow.cancel_run(store, run_id)
     click.echo(f"Cancelled run {run_id} at {_position(record)}.")
+
+
+# -- histories: show, export, replay -------------------------------------------------
+
+#: The problem :func:`stepflow.history.history` names for a journal with no start
+#: entry (a run created before stepflow recorded histories).
+_NO_START = "$.batches[0]: expected a start entry"
+
+
+def _utc(at: float | None, now: float) -> str:
+    """``"2026-01-02T03:04:05.678Z (5m ago)"``, or ``"-"`` for no time."""
+    if at is None:
+        return "-"
+    stamp = datetime.fromtimestamp(at, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return f"{stamp.replace('+00:00', 'Z')} ({_relative(at, now)})"
+
+
+def _short(step: str, *flows: str) -> str:
+    for flow in flows:
+        if step == flow or step.startswith(f"{flow}/"):
+            return _step(step, flow)
+    return step
+
+
+def _outcome(effect: Effect) -> Text:
+    """Say what a handler or timer did, on one line."""
+    if type(effect) is HandlerReturned:
+        return Text(f"returned {_json(effect.value)}", style="green")
+    if type(effect) is HandlerRaised:
+        return Text(f"raised {effect.error.type}: {effect.error.message}", style="red")
+    if type(effect) is TimerFired:
+        return Text("timer fired", style="magenta")
+    return Text(repr(effect))  # pragma: no cover - Effect has no other member
+
+
+def _replayable(definition: FlowDefinition, run: History) -> tuple[History, int]:
+    """Return the part of ``run`` made under ``definition``'s name, and where it starts.
+
+    A run adopted by a newer version of its flow (a ``migrate`` entry) started
+    under the old name; :func:`stepflow.history.replay` refuses such a history,
+    so it is replayed from the state its migration recorded. The index returned
+    is the index in ``run.batches`` of the tail's first batch (``tail.batches[k]``
+    is ``run.batches[k + offset]``). A history of another flow is returned whole:
+    replaying it raises :class:`~stepflow.errors.FlowMismatchError`.
+    """
+    if run.flow != definition.name:
+        for index in range(len(run.batches) - 1, -1, -1):
+            batch = run.batches[index]
+            if batch.op == "migrate" and batch.state is not None:
+                if batch.state.flow != definition.name:
+                    break
+                state = batch.state
+                tail = History(
+                    run.run_id, state.flow, state.fingerprint, state, run.batches[index + 1 :]
+                )
+                return tail, index + 1
+    return run, 0
+
+
+def _attempt(definition: FlowDefinition, before: State, command: Command) -> str:
+    """Return the attempt of the innermost retry around ``command``'s step, as ``before`` counts."""
+    if command.kind == "on_error":
+        scope = command.step  # the retry whose handler is asked
+    else:
+        try:
+            scopes = definition.enclosing_retries(command.event)
+        except KeyError:
+            return "?"
+        if not scopes:
+            return "-"
+        scope = scopes[0]
+    return str(before.attempts.get(scope, 0) + 1)
+
+
+@main.command("history")
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "--flow", "flow_ref", metavar="MODULE:FLOW",
+    help="The run's flow: replay the history against it to show retry attempts.",
+)  # fmt: skip
+@_db_option
+def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
+    """Show a run's journal, one row per effect applied to it.
+
+    Columns: seq (the journal entry), time (UTC, and how long ago), after (time
+    since the previous entry), op, step (the command answered), outcome (the value
+    returned, the error raised, the timer fired; or the start, a resume, a
+    cancellation, a migration) and n: how many times a command of that step had
+    been answered in the run, this one included. n counts every answer (each poll
+    of a wait_for, each pass of a loop, each retry); it needs nothing but the
+    journal.
+
+    With --flow MODULE:FLOW the history is replayed against that flow, and an
+    attempt column shows the attempt of the innermost retry around the step as
+    the run's state counted it (restarts + 1): "-" for a step in no retry, "?"
+    where the replay could not follow the run (after a divergence).
+    """
+    flow = load_flow(flow_ref) if flow_ref is not None else None
+    now = time.time()
+    with _store(db, create=False) as store:
+        view = stepflow.read_run(store, run_id)
+        run = history(store, run_id) if flow is not None else None
+    record = view.record
+    befores: dict[int, State] = {}  # seq -> the replayed state the entry was applied to
+    note: Text | None = None
+    if flow is not None and run is not None:
+        if flow.name not in (record.flow, run.flow):
+            raise click.ClickException(
+                f"run {run_id!r} is a run of {record.flow!r}, but {flow_ref!r} is {flow.name!r}"
+            )
+        tail, offset = _replayable(flow.definition, run)
+        result = replay_history(flow.definition, tail)
+        for k, before in enumerate((tail.initial, *result.states)):
+            befores[k + offset + 2] = before  # tail.batches[k] is the entry of seq k+offset+2
+        if result.divergences:
+            divergence = result.divergences[0]
+            seq = divergence.index + offset + 2
+            for later in [s for s in befores if s >= seq]:
+                del befores[later]
+            note = Text(
+                f"Replaying against {flow.name} diverged at seq {seq}: {divergence}; "
+                "the attempts from there on are unknown (?).",
+                style="yellow",
+            )
+    flows = (record.flow, *(() if run is None else (run.flow,)))
+    columns = ["seq", "time", "after", "op", "step", "outcome", "n"]
+    if flow is not None:
+        columns.append("attempt")
+    table = Table(*columns, title=f"history of run {escape(run_id)}", title_justify="left")
+    table.columns[5].overflow = "fold"
+    answers: dict[tuple[str, str], int] = {}
+    previous: float | None = None
+    for entry, batch in view.journal:
+        after = "-" if previous is None else f"+{entry.at - previous:.2f}s"
+        previous = entry.at
+        first = [str(entry.seq), _utc(entry.at, now), after, batch.op]
+        blank = ["", "", "", ""]
+        rows: list[tuple[str, Text, str, str]] = []
+        if batch.op == "effects":
+            commands = {c.id: c for c in batch.answered}
+            for effect in batch.effects:
+                command = commands.get(effect[0])
+                if command is None:
+                    rows.append((f"#{effect[0]}", _outcome(effect), "", ""))
+                    continue
+                key = (command.kind, command.step)
+                answers[key] = answers.get(key, 0) + 1
+                prior = befores.get(entry.seq)
+                attempt = (
+                    "?"
+                    if prior is None or flow is None
+                    else _attempt(flow.definition, prior, command)
+                )
+                step = f"{command.kind} {_short(command.step, *flows)}"
+                rows.append((step, _outcome(effect), str(answers[key]), attempt))
+            if not batch.effects:
+                rows.append(("-", Text("no effect (the state was saved again)"), "", ""))
+        elif batch.op == "start" and batch.state is not None:
+            position = ", ".join(_short(e.partition(":")[2], *flows) for e in batch.state.events)
+            rows.append(("-", Text(f"started at {position}"), "", ""))
+        elif batch.op == "migrate" and batch.state is not None:
+            rows.append(("-", Text(f"migrated to {batch.state.flow}", style="cyan"), "", ""))
+        else:
+            text = {"resume": "resumed", "cancel": "cancelled"}.get(batch.op, batch.op)
+            rows.append(("-", Text(text, style="yellow"), "", ""))
+        for i, (step, outcome, n, attempt) in enumerate(rows):
+            cells: list[str | Text] = [*(first if i == 0 else blank), escape(step), outcome, n]
+            if flow is not None:
+                cells.append(attempt)
+            table.add_row(*cells)
+    console = _stdout()
+    console.print(table if view.journal else Text("No history yet.", style="dim"))
+    if note is not None:
+        console.print(note)
+
+
+@main.command("export")
+@click.argument("run_id", metavar="RUN")
+@_db_option
+def export_history(run_id: str, db: str | None) -> None:
+    """Print a run's history as JSON, to replay or keep as a fixture.
+
+    The text is exactly what stepflow.dumps_history writes: redirect it to a
+    file (stepflow export RUN > run.json). A run created before stepflow
+    recorded histories cannot be exported.
+    """
+    with _store(db, create=False) as store:
+        run = history(store, run_id)
+    click.echo(dumps_history(run), nl=False)
+
+
+_Verdict = Literal["compatible", "divergent", "skipped", "error"]
+_VERDICTS: tuple[_Verdict, ...] = ("compatible", "divergent", "skipped", "error")
+
+
+@attrs.frozen
+class _Replayed:
+    """What replaying one recorded run against a definition gave."""
+
+    source: str  # the run id, or the file it was read from
+    run_id: str
+    verdict: _Verdict
+    reason: str = ""
+    divergence: ReplayDivergence | None = None
+    index: int = 0  # the divergence's batch index in the whole history
+    divergences: int = 0
+
+    def label(self) -> str:
+        same = self.source == self.run_id or not self.run_id
+        return self.source if same else f"{self.source} (run {self.run_id})"
+
+
+def _replay_one(definition: FlowDefinition, run: History, source: str) -> _Replayed:
+    tail, offset = _replayable(definition, run)
+    try:
+        result = replay_history(definition, tail, collect_all=True)
+    except FlowMismatchError as exc:
+        return _Replayed(source, run.run_id, "error", str(exc))
+    if result.ok:
+        return _Replayed(source, run.run_id, "compatible")
+    first = result.divergences[0]
+    return _Replayed(
+        source,
+        run.run_id,
+        "divergent",
+        re.sub(r"^batch -?\d+: ", "", str(first)),
+        first,
+        first.index + offset,
+        len(result.divergences),
+    )
+
+
+def _read_history(path: str) -> History:
+    """Read a history file `stepflow export` wrote; refuse anything else on one line."""
+    try:
+        with open(path, "rb") as file:
+            return loads_history(file.read())
+    except CorruptHistoryError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _command_json(command: Command | None) -> dict[str, Any] | None:
+    if command is None:
+        return None
+    return {"id": command.id, "kind": command.kind, "step": command.step, "event": command.event}
+
+
+def _replayed_json(item: _Replayed) -> dict[str, Any]:
+    body: dict[str, Any] = {"source": item.source, "run": item.run_id, "verdict": item.verdict}
+    if item.reason:
+        body["reason"] = item.reason
+    if item.divergence is not None:
+        body.update(
+            index=item.index,
+            seq=item.index + 2,
+            step=item.divergence.step,
+            expected=_command_json(item.divergence.expected),
+            actual=_command_json(item.divergence.actual),
+            divergences=item.divergences,
+        )
+    return body
+
+
+@main.command("replay")
+@click.argument("flow_ref", metavar="MODULE:FLOW")
+@click.argument(
+    "files", metavar="[FILE]...", nargs=-1, type=click.Path(exists=True, dir_okay=False)
+)
+@_db_option
+@click.option(
+    "--status", type=click.Choice(_STATUSES),
+    help="Only the stored runs with this status (not with FILE).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+def replay_runs(
+    ctx: click.Context,
+    flow_ref: str,
+    files: Sequence[str],
+    db: str | None,
+    status: Any,
+    as_json: bool,
+) -> None:
+    """Replay recorded runs against MODULE:FLOW; exit 1 if any diverges.
+
+    Without FILE, every stored run of the flow's name (with --status, only those)
+    is replayed from its journal; runs created before stepflow recorded
+    histories are skipped. With FILE..., the histories `stepflow export` wrote are
+    replayed instead. A run adopted by this version through a migration is
+    replayed from its migration on.
+
+    Prints how many runs are compatible and, for each divergent one, the first
+    batch where the definition issues another command than the one the run
+    answered. Exits with status 1 if any run diverges or cannot be replayed
+    (a history of another flow, an unreadable journal), so it can gate a deploy;
+    a FILE that is not a history is an error (status 1) before anything is
+    replayed.
+    """
+    if files and status is not None:
+        raise UsageProblem("--status selects stored runs: give it without FILE")
+    if files and ctx.get_parameter_source("db") is click.core.ParameterSource.COMMANDLINE:
+        raise UsageProblem("give either --db (replay the stored runs) or FILE..., not both")
+    flow = load_flow(flow_ref)
+    definition = flow.definition
+    results: list[_Replayed] = []
+    if files:
+        histories = [(path, _read_history(path)) for path in files]  # all read, then replayed
+        results = [_replay_one(definition, run, path) for path, run in histories]
+    else:
+        with _store(db, create=False) as store:
+            for record in store.runs(flow=definition.name, status=status):
+                try:
+                    run = history(store, record.run_id)
+                except CorruptHistoryError as exc:
+                    if exc.problems[:1] == (_NO_START,):
+                        reason = "no history (the run was created before stepflow recorded them)"
+                        results.append(_Replayed(record.run_id, record.run_id, "skipped", reason))
+                    else:
+                        results.append(_Replayed(record.run_id, record.run_id, "error", str(exc)))
+                    continue
+                except CorruptStateError as exc:
+                    results.append(_Replayed(record.run_id, record.run_id, "error", str(exc)))
+                    continue
+                results.append(_replay_one(definition, run, record.run_id))
+    counts: dict[str, int] = {v: sum(1 for r in results if r.verdict == v) for v in _VERDICTS}
+    failed = counts["divergent"] + counts["error"] > 0
+    if as_json:
+        document: dict[str, Any] = {
+            "flow": definition.name,
+            "fingerprint": definition.fingerprint,
+            **counts,
+            "runs": [_replayed_json(r) for r in results],
+        }
+        click.echo(json.dumps(document, indent=2))
+    else:
+        for item in results:
+            if item.verdict == "divergent" and item.divergence is not None:
+                where = "the first state" if item.index < 0 else f"batch {item.index}"
+                click.echo(
+                    f"{item.label()}: divergent at {where} (seq {item.index + 2}), "
+                    f"step {item.divergence.step}: {item.reason}"
+                )
+                if item.divergences > 1:
+                    click.echo(f"  ({item.divergences - 1} more divergences after it)")
+            elif item.verdict != "compatible":
+                click.echo(f"{item.label()}: {item.verdict}: {item.reason}")
+        if not results:
+            click.echo(f"No runs of {definition.name} to replay.")
+        else:
+            parts = [f"{counts['compatible']} compatible", f"{counts['divergent']} divergent"]
+            parts += [f"{counts[v]} {v}" for v in ("skipped", "error") if counts[v]]
+            noun = "run" if len(results) == 1 else "runs"
+            click.echo(
+                f"{', '.join(parts)} ({len(results)} {noun} replayed against "
+                f"{definition.name} {definition.fingerprint[:19]}...)"
+            )
+    if failed:
+        sys.exit(1)
+
+
+# -- definitions: diff, graph, check, paths --------------------------------------------
+
+
+@main.command("diff")
+@click.argument("old_ref", metavar="MODULE:OLD")
+@click.argument("new_ref", metavar="MODULE:NEW")
+def diff_flows(old_ref: str, new_ref: str) -> None:
+    """Say whether runs of OLD can continue under NEW, and what changed.
+
+    Lists the events NEW adds, the events of OLD it removes (marking the resting
+    ones, where a run can be), and the resting events whose handler kind or
+    retries changed. When NEW declares a Migration from OLD's name, its event
+    mapping is used. Exits with status 0 when every state of OLD fits NEW, 1
+    when not.
+    """
+    old, new = load_flow(old_ref), load_flow(new_ref)
+    migration = next((m for m in new.migrations if m.source == old.name), None)
+    result = stepflow.diff(old.definition, new.definition, migration)
+    console = _stdout()
+    console.print(
+        f"[bold]{escape(old.name)}[/] ({result.old[1][:19]}...) -> "
+        f"[bold]{escape(new.name)}[/] ({result.new[1][:19]}...)"
+    )
+    if migration is not None:
+        console.print(f"through the migration {escape(new.name)} declares from {escape(old.name)}")
+    if result.same:
+        console.print("The definitions are the same.")
+    resting = {t.source for t in old.definition.handler_transitions()}
+    for title, events, style in (
+        ("added", result.added, "green"),
+        ("removed", result.removed, "red"),
+        ("changed", result.changed, "yellow"),
+    ):
+        if not events:
+            continue
+        console.print(f"{title} ({len(events)}):", style="bold")
+        for event in events:
+            mark = " (a run can rest here)" if title == "removed" and event in resting else ""
+            console.print(f"  [{style}]{escape(event)}[/]{mark}")
+    if result.compatible:
+        console.print(
+            f"[green]compatible[/]: every state of {escape(old.name)} can continue under "
+            f"{escape(new.name)}"
+        )
+        if old.name != new.name and migration is None:
+            console.print(
+                f"note: {escape(new.name)} declares no Migration from {escape(old.name)}, so its "
+                f"workers will not adopt {escape(old.name)}'s runs: serve both versions, or "
+                f"declare migrations=[Migration({old.name!r})]",
+                style="dim",
+            )
+    else:
+        console.print(
+            f"[red]incompatible[/]: some states of {escape(old.name)} cannot continue under "
+            f"{escape(new.name)} (see removed and changed above)"
+        )
+        sys.exit(1)
+
+
+@main.command("graph")
+@click.argument("flow_ref", metavar="MODULE:FLOW")
+@click.option(
+    "--format", "fmt", type=click.Choice(("mermaid", "dot", "json")), default="mermaid",
+    show_default=True, help="Mermaid stateDiagram-v2, Graphviz DOT, or the graph as JSON.",
+)  # fmt: skip
+@click.option("--run", "run_id", metavar="RUN", help="Highlight where this run is.")
+@_db_option
+def draw_graph(flow_ref: str, fmt: str, run_id: str | None, db: str | None) -> None:
+    """Print a diagram of MODULE:FLOW, with --run a run's position.
+
+    The run's stored state is decoded with the flow's definition, so it must be
+    a run of this flow and of a version whose events this one still has.
+    Render the output with Mermaid or Graphviz (stepflow graph ... --format dot |
+    dot -Tsvg > flow.svg).
+    """
+    from stepflow.diagrams import to_dot, to_json, to_mermaid
+
+    flow = load_flow(flow_ref)
+    state: State | None = None
+    if run_id is not None:
+        with _store(db, create=False) as store:
+            record = store.load(run_id)
+        if record.flow != flow.name:
+            raise click.ClickException(
+                f"run {run_id!r} is a run of {record.flow!r}, but {flow_ref!r} is {flow.name!r}"
+            )
+        state = loads(record.state, flow.definition)
+    if fmt == "json":
+        click.echo(json.dumps(to_json(flow.definition, state), indent=2))
+    else:
+        draw = to_dot if fmt == "dot" else to_mermaid
+        click.echo(draw(flow.definition, state), nl=False)
+
+
+_SEVERITY_STYLES = {"error": "red", "warning": "yellow"}
+
+
+@main.command("check")
+@click.argument("flow_ref", metavar="MODULE:FLOW")
+@click.option(
+    "--max-loops", type=click.IntRange(min=1), default=3, show_default=True,
+    help="How many times each loop, poll and unbounded retry is followed.",
+)  # fmt: skip
+@click.option(
+    "--max-states", type=click.IntRange(min=1), default=100_000, show_default=True,
+    help="Stop searching after this many states.",
+)  # fmt: skip
+@click.option("--strict", is_flag=True, help="Exit with status 1 on warnings too.")
+def check_flow(flow_ref: str, max_loops: int, max_states: int, strict: bool) -> None:
+    """Check MODULE:FLOW for design faults and explore every run of it.
+
+    Runs no handler: each command is answered with each of its outcomes and the
+    core computes where that leads. Prints the findings (severity, code, step,
+    what is wrong, how to fix it), then the exploration: distinct states,
+    transitions, whether the search ended before --max-states, completed and
+    failed end states, dead ends (states from which no run ends) and the time
+    taken.
+
+    Exits with status 1 on an error finding or a dead end; warnings (and a
+    search cut short) alone exit with 0, or 1 with --strict.
+    """
+    from stepflow.analysis import check, explore
+
+    definition = load_flow(flow_ref).definition
+    started = time.perf_counter()
+    findings = check(definition, max_states=max_states)
+    checked = time.perf_counter()
+    exploration = explore(definition, max_loops=max_loops, max_states=max_states)
+    explored = time.perf_counter()
+    console = _stdout()
+    if findings:
+        table = Table("severity", "code", "step", "message", "hint")
+        table.columns[3].overflow = "fold"
+        table.columns[4].overflow = "fold"
+        for finding in findings:
+            table.add_row(
+                f"[{_SEVERITY_STYLES[finding.severity]}]{finding.severity}[/]",
+                finding.code,
+                escape(_short(finding.path, definition.name)),
+                escape(finding.message),
+                escape(finding.hint),
+            )
+        console.print(table)
+    else:
+        console.print("No findings.", style="green")
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("flow", f"{escape(definition.name)} ({definition.fingerprint[:19]}...)")
+    facts.add_row("states", str(exploration.states))
+    facts.add_row("transitions", str(exploration.transitions))
+    complete = "yes" if exploration.complete else f"[yellow]no: stopped at {max_states} states[/]"
+    facts.add_row("complete", complete)
+    facts.add_row("completed", f"{exploration.completed} (distinct completed states)")
+    facts.add_row("failed", f"{exploration.failed} (distinct failed states)")
+    facts.add_row("cut", f"{exploration.cut} (outcomes past --max-loops {max_loops})")
+    dead = len(exploration.dead_ends)
+    facts.add_row("dead ends", f"[red]{dead}[/]" if dead else "0")
+    facts.add_row("time", f"{checked - started:.2f}s checks, {explored - checked:.2f}s exploration")
+    console.print(facts)
+    for trace in exploration.dead_ends:
+        console.print("dead end, reached by:", style="red")
+        console.print(escape(trace.describe()))
+    errors = sum(1 for f in findings if f.severity == "error") + dead
+    warnings = sum(1 for f in findings if f.severity == "warning")
+    warnings += 0 if exploration.complete else 1
+    verdict = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    console.print(verdict, style="red" if errors else "yellow" if warnings else "green")
+    if errors or (strict and warnings):
+        sys.exit(1)
+
+
+@main.command("paths")
+@click.argument("flow_ref", metavar="MODULE:FLOW")
+@click.option(
+    "--max-loops", type=click.IntRange(min=1), default=1, show_default=True,
+    help="How many times each loop, poll and unbounded retry is followed.",
+)  # fmt: skip
+def list_paths(flow_ref: str, max_loops: int) -> None:
+    """List a shortest outcome sequence to each step and transition.
+
+    One row per target: every step (reached when it starts), then every
+    destination of every handler transition (reached when taken), each with the
+    outcomes, in order, of a shortest run that reaches it: test cases for the
+    flow's handlers. Targets no explored run reaches are marked unreachable and
+    counted at the end. Always exits with status 0.
+    """
+    from stepflow.analysis import paths
+
+    definition = load_flow(flow_ref).definition
+    name = definition.name
+    cases = paths(definition, max_loops=max_loops)
+    table = Table("target", "kind", "moves", "shortest outcomes")
+    table.columns[0].overflow = "fold"
+    table.columns[3].overflow = "fold"
+    unreachable = []
+    for case in cases:
+        if isinstance(case.target, str):
+            target, kind = _short(case.target, name), "step"
+        else:
+            source = _short(case.target.source.partition(":")[2], name)
+            destination = case.target.destination.partition(":")
+            where = f"{destination[0]}:{_short(destination[2], name)}"
+            target, kind = f"{source} -> {where} ({case.target.reason})", "transition"
+        if not case.reachable:
+            unreachable.append(target)
+            table.add_row(escape(target), kind, "-", "[red]unreachable[/]")
+            continue
+        moves = [f"{k} {_short(step, name)}: {outcome}" for k, step, outcome in case.outcomes]
+        table.add_row(
+            escape(target), kind, str(len(moves)), escape(" -> ".join(moves) or "(start)")
+        )
+    console = _stdout()
+    console.print(table)
+    reached = len(cases) - len(unreachable)
+    console.print(f"{reached} of {len(cases)} targets reachable (--max-loops {max_loops}).")
+    if unreachable:
+        console.print(f"unreachable: {escape(', '.join(unreachable))}", style="red")
 
 
 if __name__ == "__main__":
