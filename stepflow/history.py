@@ -29,7 +29,7 @@ from stepflow.codec import (
     structure_state,
     unstructure_state,
 )
-from stepflow.core.advance import advance, check_state, resume
+from stepflow.core.advance import advance, check_state, initial_state, resume
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import Command
 from stepflow.core.state import State
@@ -158,6 +158,15 @@ def _describe(command: Command | None) -> str:
     return f"{command.kind} {command.step!r} (id {command.id}, at {command.event!r})"
 
 
+def _position(state: State, commands: Sequence[Command]) -> tuple[Any, ...]:
+    """Where ``state`` rests and what it asks for, times aside."""
+    return (
+        state.events,
+        state.status,
+        tuple((c.id, c.kind, c.step, c.event) for c in commands),
+    )
+
+
 def replay(
     definition: FlowDefinition,
     history: History,
@@ -167,9 +176,12 @@ def replay(
 ) -> ReplayResult:
     """Replay ``history`` against ``definition``: every state, and any divergence.
 
+    The run's first state must be where the definition starts a run (its
+    position and first command; times aside, which a history does not record).
     For each effect batch, the definition must issue exactly the commands the
     batch answered (same id, kind, step and position); the batch's effects are
-    then applied. Resumes are re-applied; cancellations change no state;
+    then applied. Resumes are re-applied (a resume of a run that, under the
+    definition, had not failed is a divergence); cancellations change no state;
     migrations put the recorded migrated state in place.
 
     Args:
@@ -218,6 +230,26 @@ def replay(
             )
         )
         return ReplayResult(history.initial, (), (), tuple(divergences))
+    # The first state is taken as recorded, so check that the definition starts a
+    # run there too: a step inserted before the recorded start diverges like one
+    # inserted anywhere else the run went. A history does not record when its run
+    # started, so positions and commands are compared, not times.
+    fresh, first = advance(definition, initial_state(definition, state.run_id), now=0.0)
+    if _position(fresh, first) != _position(state, state.in_flight):
+        recorded = state.in_flight[0] if state.in_flight else None
+        actual = first[0] if first else None
+        go_on = diverge(
+            ReplayDivergence(
+                f"the definition starts a run at {_describe(actual)}, but the recorded run "
+                f"started at {_describe(recorded)}",
+                index=-1,
+                expected=recorded,
+                actual=actual,
+                step=state.events[0].partition(":")[2] if state.events else "",
+            )
+        )
+        if not go_on:
+            return ReplayResult(history.initial, (), (), tuple(divergences))
     for index, batch in enumerate(history.batches):
         if batch.op == "effects":
             state, issued = advance(definition, state)
@@ -257,7 +289,24 @@ def replay(
                     history.initial, tuple(states), tuple(issued_log), tuple(divergences)
                 )
         elif batch.op == "resume":
-            state, issued = resume(definition, state, now=batch.at)
+            try:
+                state, issued = resume(definition, state, now=batch.at)
+            except StateError as exc:
+                # Under this definition the run had not failed here (a retry policy
+                # that allows more attempts, say): the recorded resume cannot happen.
+                diverge(
+                    ReplayDivergence(
+                        f"batch {index}: the recorded run was resumed, but under the "
+                        f"definition it is {state.status} ({exc})",
+                        index=index,
+                        expected=None,
+                        actual=state.in_flight[0] if state.in_flight else None,
+                        step=state.events[0].partition(":")[2] if state.events else "",
+                    )
+                )
+                return ReplayResult(
+                    history.initial, tuple(states), tuple(issued_log), tuple(divergences)
+                )
         elif batch.op == "migrate" and batch.state is not None:
             state = check_state(definition, batch.state)
             issued = state.in_flight
@@ -290,6 +339,13 @@ def _assemble(run_id: str, batches: Sequence[tuple[int, Batch]]) -> History:
             "it was created before stepflow recorded histories, or was truncated",
             problems=("$.batches[0]: expected a start entry",),
         )
+    for seq, batch in batches[1:]:
+        if batch.op == "start":
+            raise CorruptHistoryError(
+                f"the history of run {run_id!r} starts again at batch {seq}; a run starts "
+                "once (are two histories joined?)",
+                problems=(f"$.batches: a second start at {seq}",),
+            )
     for (before, _), (after, _) in itertools.pairwise(batches):
         if after != before + 1:
             raise CorruptHistoryError(
