@@ -308,7 +308,25 @@ def replay(
                     history.initial, tuple(states), tuple(issued_log), tuple(divergences)
                 )
         elif batch.op == "migrate" and batch.state is not None:
-            state = check_state(definition, batch.state)
+            try:
+                state = check_state(definition, batch.state)
+            except StateError as exc:
+                # The run moved on to another version (or one this definition
+                # cannot hold): what follows is that version's to replay.
+                diverge(
+                    ReplayDivergence(
+                        f"batch {index}: the run was migrated to {batch.state.flow!r} "
+                        f"({batch.state.fingerprint[:19]}...), which this definition cannot "
+                        f"continue ({exc})",
+                        index=index,
+                        expected=batch.state.in_flight[0] if batch.state.in_flight else None,
+                        actual=None,
+                        step=batch.state.events[0].partition(":")[2] if batch.state.events else "",
+                    )
+                )
+                return ReplayResult(
+                    history.initial, tuple(states), tuple(issued_log), tuple(divergences)
+                )
             issued = state.in_flight
         else:  # start (only first), cancel: the state is unchanged
             issued = state.in_flight

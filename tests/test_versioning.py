@@ -193,3 +193,16 @@ async def _run_briefly(worker: stepflow.Worker) -> Any:
         await asyncio.sleep(0.01)
     worker.stop()
     return await task
+
+
+def test_a_migrated_runs_history_names_its_migration_when_replayed_against_the_old_flow() -> None:
+    store, clock = MemoryStore(), FakeClock(START)
+    run_id = stepflow.start_run(store, V1, None, clock=clock).run_id
+    v2 = stepflow.new(deploy("v2", extra=True), migrations=[Migration("deploy/v1")])
+    stepflow.Worker(store, [v2], clock=clock).run_sync(until_idle=True, handle_signals=False)
+
+    recorded = stepflow.history(store, run_id)
+    result = stepflow.replay(V1.definition, recorded)
+    (divergence,) = result.divergences
+    assert divergence.index == 0
+    assert "migrated to 'deploy/v2'" in str(divergence)
