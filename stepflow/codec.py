@@ -21,6 +21,8 @@ strictly typed hooks, whose errors name every ``$.path`` that was wrong.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Literal, cast
 
 import attrs
@@ -152,7 +154,10 @@ def _unstructure_command(c: Command) -> dict[str, Any]:
 
 
 def _unstructure_state(state: State) -> dict[str, Any]:
-    flow, fingerprint, events, status, error, in_flight, seq, outputs = state[:8]
+    flow, fingerprint, events, status, error, in_flight, seq, outputs, wake, until, tries, run = (
+        state
+    )
+    # (Identity tests, not truth: a pmap's truth is a Python-level __len__ call.)
     return {
         "format": FORMAT_VERSION,
         "flow": flow,
@@ -163,11 +168,13 @@ def _unstructure_state(state: State) -> dict[str, Any]:
             "error": None if error is None else _unstructure_error(error),
             "in_flight": [_unstructure_command(c) for c in in_flight],
             "seq": seq,
-            "outputs": {k: thaw_json(v) for k, v in outputs.items()} if outputs else {},
-            "wake_at": _time(state[8]),
-            "timeout_at": _time(state[9]),
-            "attempts": dict(state[10]) if state[10] else {},
-            "run_id": state[11],
+            "outputs": {}
+            if outputs is EMPTY_OUTPUTS
+            else {k: thaw_json(v) for k, v in outputs.items()},
+            "wake_at": None if wake is None else float(wake),
+            "timeout_at": None if until is None else float(until),
+            "attempts": {} if tries is EMPTY_ATTEMPTS else dict(tries),
+            "run_id": run,
         },
     }
 
@@ -187,14 +194,16 @@ def _time_fast(value: Any) -> float | None:
     raise TypeError
 
 
+EMPTY_STRINGS: Mapping[str, str] = MappingProxyType({})
 _KINDS = frozenset(("do", "wait_for", "case", "loop_until", "on_error"))
 _STATUSES = frozenset(("running", "completed", "failed"))
 
 
-def _command_fast(c: dict[str, Any]) -> Command:
+def _command_fast(c: dict[str, Any], strings: Mapping[str, str] = EMPTY_STRINGS) -> Command:
     cid, kind, step, event = c["id"], c["kind"], c["step"], c["event"]
     if type(cid) is not int or type(step) is not str or type(event) is not str:
         raise TypeError
+    step, event = strings.get(step, step), strings.get(event, event)
     if kind == "sleep":
         at = _time_fast(c["at"])
         if len(c) != 5 or at is None:
@@ -208,24 +217,32 @@ def _command_fast(c: dict[str, Any]) -> Command:
     )
 
 
-def _state_fast(obj: dict[str, Any]) -> State:
+def _state_fast(obj: dict[str, Any], definition: FlowDefinition | None = None) -> State:
     """Structure well-formed input quickly; raise anything on the first doubt.
 
     Anything it rejects is structured again by cattrs' generated hooks, which
-    either accept it or explain, path by path, what is wrong.
+    either accept it or explain, path by path, what is wrong. Given the
+    definition, the state holds the definition's own strings rather than copies
+    parsed from the text: a worker keeps thousands of states in memory.
     """
     flow, fingerprint, raw = obj["flow"], obj["fingerprint"], obj["state"]
     events, status, seq = raw["events"], raw["status"], raw["seq"]
     error, in_flight, outputs = raw["error"], raw["in_flight"], raw["outputs"]
     if len(raw) == 10:
-        wake_at, timeout_at = _time_fast(raw["wake_at"]), _time_fast(raw["timeout_at"])
+        wake_at, timeout_at = raw["wake_at"], raw["timeout_at"]
+        if wake_at is not None and type(wake_at) is not float:
+            wake_at = _time_fast(wake_at)
+        if timeout_at is not None:
+            timeout_at = _time_fast(timeout_at)
         raw_attempts, run_id = raw["attempts"], raw["run_id"]
         if type(raw_attempts) is not dict or type(run_id) is not str:
             raise TypeError
-        for count in raw_attempts.values():
-            if type(count) is not int:
-                raise TypeError
-        attempts = pmap(raw_attempts) if raw_attempts else EMPTY_ATTEMPTS
+        attempts = EMPTY_ATTEMPTS
+        if raw_attempts:
+            for count in raw_attempts.values():
+                if type(count) is not int:
+                    raise TypeError
+            attempts = pmap(raw_attempts)
     elif len(raw) == 6 and obj["format"] == 1:
         wake_at = timeout_at = None
         attempts, run_id = EMPTY_ATTEMPTS, ""
@@ -245,10 +262,21 @@ def _state_fast(obj: dict[str, Any]) -> State:
     for event in events:
         if type(event) is not str:
             raise TypeError
-    commands = tuple([_command_fast(c) for c in in_flight])
+    position = tuple(events)
+    strings = EMPTY_STRINGS
+    if definition is not None:
+        strings = definition._strings
+        flow, fingerprint = strings.get(flow, flow), strings.get(fingerprint, fingerprint)
+        node = definition._nodes.get(events[0]) if len(events) == 1 else None
+        if node is not None and node.event == events[0]:
+            position = node.events
+    if len(in_flight) == 1:  # the usual case: one command in flight
+        commands: tuple[Command, ...] = (_command_fast(in_flight[0], strings),)
+    else:
+        commands = tuple([_command_fast(c, strings) for c in in_flight])
     frozen = freeze_json(outputs) if outputs else EMPTY_OUTPUTS
     error = None if error is None else _error_fast(error)
-    fields = (flow, fingerprint, tuple(events), status, error, commands, seq, frozen)
+    fields = (flow, fingerprint, position, status, error, commands, seq, frozen)
     return _new(State, (*fields, wake_at, timeout_at, attempts, run_id))
 
 
@@ -374,30 +402,10 @@ def loads(text: str | bytes, definition: FlowDefinition) -> State:
             problems=(f"$.format: expected one of {list(_READABLE)}",),
         )
     try:
-        state = _state_fast(obj)
+        state = _state_fast(obj, definition)
     except Exception:  # any doubt goes to the converter's strict, explaining hooks
         state = _structure_explained(obj)
-    return _shared_strings(definition, check_state(definition, state))
-
-
-def _shared_strings(definition: FlowDefinition, state: State) -> State:
-    """Return ``state`` holding the definition's own name, event and step strings.
-
-    Parsed text gives every loaded state its own copies; a worker with thousands
-    of runs in memory keeps one copy instead.
-    """
-    node = definition._nodes.get(state[2][0]) if len(state[2]) == 1 else None
-    if node is None or node.event != state[2][0]:
-        return state
-    in_flight = state[5]
-    if len(in_flight) == 1:
-        command = in_flight[0]
-        if command[3] == node.event and command[2] == node.step:
-            in_flight = (
-                _new(type(command), (command[0], command[1], node.step, node.event, command[4])),
-            )
-    fields = (definition.name, definition.fingerprint, node.events, *state[3:5], in_flight)
-    return _new(State, (*fields, *state[6:]))
+    return check_state(definition, state)
 
 
 def _structure_explained(obj: Any) -> State:

@@ -159,14 +159,13 @@ def advance(
         state = initial_state(definition)
     elif state[1] is not fingerprint and (state[1] != fingerprint or state[0] != name):
         state = check_state(definition, state)
-    in_flight, status = state[5], state[3]
+    _, _, events, status, _, in_flight, seq, outputs, _, _, attempts, run_id = state
     if not effects:
         if in_flight or status != RUNNING:
             return state, in_flight
-        events = state[2]
         if len(events) != 1 or events[0] not in nodes:
             check_state(definition, state)  # raises the error that explains it
-        return _enter(definition, state, nodes[events[0]], state[7], state[10], now, None)
+        return _enter(definition, state, nodes[events[0]], outputs, attempts, now, None)
     effect = effects[0]
     effect_type = type(effect)
     if (
@@ -182,27 +181,9 @@ def advance(
         check_state(definition, state)  # raises the error that explains it
         raise StateError(f"command {command!r} waits at an event with no handler")
     kind = command[1]
-    at = effect.at
-    if at is None:
-        at = now
-    if (effect_type is TimerFired) != (kind == "sleep"):
-        raise EffectError(
-            f"{effect!r:.120} cannot answer {kind} command {command[0]} of step {command[2]!r}; "
-            "answer a Wake with TimerFired and a CallHandler with HandlerReturned/HandlerRaised",
-            command_id=command[0],
-        )
-    outputs = state[7]
-    if effect_type is TimerFired:
-        if at is None or at < cast(float, command[4]):
-            raise EffectError(
-                f"the timer of step {command[2]!r} fires at {command[4]!r}, not at {at!r}; "
-                "answer a Wake with TimerFired only once its time has come",
-                command_id=command[0],
-            )
-        target = nodes[node[4]]
-    elif effect_type is HandlerRaised:
-        return _fail_step(definition, state, command, node, cast(ErrorRecord, effect[1]), at)
-    else:
+    # The hot path is a handler that returned: the time is read only where it is
+    # used (waits, retries, timers), so the common step pays nothing for it.
+    if effect_type is HandlerReturned:
         value = effect[1]
         if kind == "do":
             if value is None:
@@ -213,28 +194,63 @@ def advance(
                     outputs = outputs.set(command[2], freeze_json(value))
                 except NotJSON:
                     error = _bad_result(command, value)
-                    return _fail_step(definition, state, command, node, error, at)
+                    return _fail_step(definition, state, command, node, error, _at(effect, now))
             target = nodes[node[4]]
+        elif kind == "sleep":
+            raise _wrong_answer(effect, command)
         elif value is True or value is False:
             if kind == "on_error":
                 if value:
-                    return _restart(definition, state, command[2], at)
+                    return _restart(definition, state, command[2], _at(effect, now))
                 error = cast(ErrorRecord, command[4])
-                return _fail_step(definition, state, command, node, error, at)
+                return _fail_step(definition, state, command, node, error, _at(effect, now))
             if kind == "wait_for" and not value:
-                return _poll_again(definition, state, command, node, at)
+                return _poll_again(definition, state, command, node, _at(effect, now))
             target = nodes[node[4] if value else node[5]]
         else:
             error = _bad_result(command, value)
-            return _fail_step(definition, state, command, node, error, at)
-    attempts = state[10]
-    if attempts or target[2] is None or target[8] is not None or target[2] == "sleep":
-        return _enter(definition, state, target, outputs, attempts, at, None)
+            return _fail_step(definition, state, command, node, error, _at(effect, now))
+    elif (effect_type is TimerFired) != (kind == "sleep"):
+        raise _wrong_answer(effect, command)
+    elif effect_type is HandlerRaised:
+        error = cast(ErrorRecord, effect[1])
+        return _fail_step(definition, state, command, node, error, _at(effect, now))
+    else:  # a timer, due or early
+        at = _at(effect, now)
+        if at is None or at < cast(float, command[4]):
+            raise EffectError(
+                f"the timer of step {command[2]!r} fires at {command[4]!r}, not at {at!r}; "
+                "answer a Wake with TimerFired only once its time has come",
+                command_id=command[0],
+            )
+        return _enter(definition, state, nodes[node[4]], outputs, attempts, at, None)
+    # (Identity first: a pmap's truth is a Python-level __len__ call.)
+    if not target[9] or (attempts is not EMPTY_ATTEMPTS and attempts):
+        return _enter(definition, state, target, outputs, attempts, _at(effect, now), None)
     # The common case, _enter inlined: rest at a plain handler step, issue its command.
-    seq = state[6] + 1
+    seq += 1
     commands = (_new(CallHandler, (seq, target[2], target[3], target[0], None)),)
-    fields = (name, fingerprint, target[1], RUNNING, None, commands, seq, outputs)
-    return _new(State, (*fields, None, None, attempts, state[11])), commands
+    # One tuple literal: building the 12 fields in one go is the cheapest way.
+    fields = (
+        name, fingerprint, target[1], RUNNING, None, commands, seq, outputs,
+        None, None, attempts, run_id,
+    )  # fmt: skip
+    return _new(State, fields), commands
+
+
+def _at(effect: Effect, now: float | None) -> float | None:
+    """Return the time of a batch: its effect's, else the caller's ``now``."""
+    at = effect.at
+    return now if at is None else at
+
+
+def _wrong_answer(effect: Effect, command: Command) -> EffectError:
+    return EffectError(
+        f"{effect!r:.120} cannot answer {command[1]} command {command[0]} of step "
+        f"{command[2]!r}; answer a Wake with TimerFired and a CallHandler with "
+        "HandlerReturned/HandlerRaised",
+        command_id=command[0],
+    )
 
 
 def _enter(
@@ -515,7 +531,7 @@ def check_state(definition: FlowDefinition, state: State) -> State:
             node is not None
             and (error is None) == (status != FAILED)
             and status in _STATUSES
-            and all(scope in node.retry_scopes for scope in state[10])
+            and (state[10] is EMPTY_ATTEMPTS or all(s in node.retry_scopes for s in state[10]))
         ):
             if not in_flight:
                 return state

@@ -289,6 +289,9 @@ class _Node(NamedTuple):
     retry_scopes: tuple[str, ...]
     delay: float | None
     timeout: float | None
+    # A handler step whose command needs no time to issue (not a timer, no
+    # timeout): advance's fast path issues it inline.
+    plain: bool
 
 
 def _canonical(
@@ -359,6 +362,9 @@ class FlowDefinition:
     _hot: tuple[str, str, dict[str, _Node]] = attrs.field(init=False, eq=False, hash=False)
     # Retry scope -> its rule, for every retry scope of the flow.
     _rules: dict[str, RetryRule] = attrs.field(init=False, eq=False, hash=False)
+    # Every name, event and step path -> itself: the codec makes loaded states
+    # share these strings instead of holding copies of them.
+    _strings: dict[str, str] = attrs.field(init=False, eq=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
         table: dict[str, Transition] = {}
@@ -410,6 +416,12 @@ class FlowDefinition:
                 )
             rules[rule.scope] = rule
         object.__setattr__(self, "_rules", rules)
+        strings = {self.name: self.name, self.fingerprint: self.fingerprint}
+        for node in nodes.values():
+            strings[node.event] = node.event
+            strings[node.step] = node.step
+            strings.update((scope, scope) for scope in node.retry_scopes)
+        object.__setattr__(self, "_strings", strings)
 
     def _compile_nodes(self, table: Mapping[str, Transition], done: str) -> dict[str, _Node]:
         rest: dict[str, str] = {done: done}
@@ -437,7 +449,7 @@ class FlowDefinition:
             return target
 
         nodes: dict[str, _Node] = {
-            done: _Node(done, (done,), None, self.name, done, done, (), None, None)
+            done: _Node(done, (done,), None, self.name, done, done, (), None, None, False)
         }
         for t in self.transitions:
             if t.is_static:
@@ -456,6 +468,7 @@ class FlowDefinition:
                 t.retry_scopes,
                 t.delay,
                 t.timeout,
+                t.kind != "sleep" and t.timeout is None,
             )
         for event in table:
             if event not in nodes:
