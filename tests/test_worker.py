@@ -653,3 +653,33 @@ def test_a_worker_that_lost_its_lease_drops_the_run_and_writes_nothing(
     ]
     answered = [batch.answered[0].id for batch in batches]
     assert len(answered) == len(set(answered))
+
+
+def test_a_run_whose_lease_lapsed_mid_step_is_reclaimed_by_its_own_task_not_a_second() -> None:
+    """A step outlives the lease (the clock jumps while it runs): when the worker
+    next claims, it takes its own run again, and the task already driving it goes
+    on under the new token; no second task, no step run twice, no stale save.
+    """
+    clock = FakeClock(START)
+    calls: list[str] = []
+
+    async def step(ctx: RunContext) -> None:
+        calls.append(ctx.idempotency_key)
+        if ctx.idempotency_key == "slow/work/v1/s0#1":
+            clock.advance(120)  # far past the 30 s lease, while this step runs
+            await asyncio.sleep(0.2)  # "quick" finishes meanwhile: the worker claims
+        return None
+
+    flow = chain(size=2, fn=step)
+    store = MemoryStore()
+    start_run(store, flow, None, run_id="slow", clock=clock)
+    start_run(store, flow, None, run_id="quick", clock=clock)
+    worker = Worker(store, [flow], clock=clock, lease_seconds=30)
+    stats = worker.run_sync(until_idle=True, handle_signals=False)
+
+    assert (stats.completed, stats.stale) == (2, 0)
+    assert stats.claimed == 3  # "slow" was claimed again while its first step ran
+    assert sorted(calls) == sorted(
+        ["slow/work/v1/s0#1", "slow/work/v1/s1#2", "quick/work/v1/s0#1", "quick/work/v1/s1#2"]
+    )  # each step ran once
+    assert {store.load(r).status for r in ("slow", "quick")} == {"completed"}

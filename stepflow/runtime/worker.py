@@ -298,7 +298,14 @@ class Worker:
                 continue
             for lease in leases:
                 self.stats.claimed += 1
-                self._leases[lease.run.run_id] = lease.token
+                run_id = lease.run.run_id
+                if run_id in self._leases:
+                    # Our own run, claimed again because its lease lapsed while a
+                    # step ran (a blocked loop, a slow store): the task driving it
+                    # goes on under the new token instead of a second task.
+                    self._leases[run_id] = lease.token
+                    continue
+                self._leases[run_id] = lease.token
                 task = asyncio.create_task(self._drive(lease))
                 active.add(task)
                 task.add_done_callback(self._finished)
@@ -385,18 +392,19 @@ class Worker:
                 now = self.clock.now()
                 state, commands = advance(flow.definition, state, now=now)
                 if not commands or (state.wake_at is not None and state.wake_at > now):
-                    await self._save_last(run_id, version, token, state, now)
+                    await self._save_last(run_id, version, self._token(run_id, token), state, now)
                     return
                 command = commands[0]
                 if self._stopping:
                     # Claimed as the worker was told to stop: start nothing new, and
                     # leave the run (saved as it is) to the next worker at once.
-                    await self._store(self.store.release, run_id, token)
+                    await self._store(self.store.release, run_id, self._token(run_id, token))
                     return
                 try:
                     effect = await self._execute(flow, run_id, run_input, state, command)
                 except InterpreterError as exc:
                     log.error("run %s cannot be executed by this worker: %s", run_id, exc)
+                    token = self._token(run_id, token)
                     await self._park(run_id, version, token, dumps(state), state.status)
                     return
                 new_state, _ = advance(flow.definition, state, (effect,))
@@ -407,7 +415,7 @@ class Worker:
                 save = Save(
                     run_id,
                     version,
-                    token,
+                    self._token(run_id, token),
                     dumps(new_state),
                     new_state.status,
                     wake_at,
@@ -426,8 +434,7 @@ class Worker:
             self.stats.stale += 1
             log.warning("run %s moved on without this worker (%s); dropping it", run_id, exc)
         finally:
-            if self._leases.get(run_id) == token:
-                del self._leases[run_id]
+            self._leases.pop(run_id, None)  # one task per run: this one ends
 
     async def _migrate(
         self, record: RunRecord, token: str, flow: Flow, migration: Migration
@@ -456,6 +463,10 @@ class Worker:
             self.stats.completed += 1
         elif state.status == "failed":
             self.stats.failed += 1
+
+    def _token(self, run_id: str, claimed: str) -> str:
+        """Return the lease token this worker holds on the run now (it may be re-claimed)."""
+        return self._leases.get(run_id, claimed)
 
     async def _save_last(
         self, run_id: str, version: int, token: str, state: State, now: float
