@@ -14,7 +14,7 @@
     stepflow replay MODULE:FLOW [--status S] [--json] [FILE...]
     stepflow diff MODULE:OLD MODULE:NEW
     stepflow graph MODULE:FLOW [--format mermaid|dot|json] [--run RUN]
-    stepflow check MODULE:FLOW [--max-loops N] [--strict]
+    stepflow check MODULE:FLOW [--max-loops N] [--allow-warnings]
     stepflow paths MODULE:FLOW [--max-loops N]
 
 Every command that reads or writes runs takes ``--db URL`` (``sqlite:///path.db``,
@@ -30,8 +30,8 @@ for usage errors and 1 for the others; only a bug in stepflow shows a traceback.
 
 The commands that judge a flow exit with status 1 when the verdict is negative,
 so that they can gate a deploy: ``replay`` when a run diverges, ``diff`` when the
-new version cannot continue the old one's runs, ``check`` on an error finding (or
-any finding, with ``--strict``).
+new version cannot continue the old one's runs, ``check`` on any finding (on an
+error finding only, with ``--allow-warnings``).
 """
 
 from __future__ import annotations
@@ -966,8 +966,10 @@ _SEVERITY_STYLES = {"error": "red", "warning": "yellow"}
     "--max-states", type=click.IntRange(min=1), default=100_000, show_default=True,
     help="Stop searching after this many states.",
 )  # fmt: skip
-@click.option("--strict", is_flag=True, help="Exit with status 1 on warnings too.")
-def check_flow(flow_ref: str, max_loops: int, max_states: int, strict: bool) -> None:
+@click.option(
+    "--allow-warnings", is_flag=True, help="Exit with status 0 when there are only warnings."
+)
+def check_flow(flow_ref: str, max_loops: int, max_states: int, allow_warnings: bool) -> None:
     """Check MODULE:FLOW for design faults and explore every run of it.
 
     Runs no handler: each command is answered with each of its outcomes and the
@@ -977,8 +979,8 @@ def check_flow(flow_ref: str, max_loops: int, max_states: int, strict: bool) -> 
     failed end states, dead ends (states from which no run ends) and the time
     taken.
 
-    Exits with status 1 on an error finding or a dead end; warnings (and a
-    search cut short) alone exit with 0, or 1 with --strict.
+    Exits with status 1 on any finding: an error, a dead end, a warning or a
+    search cut short; with --allow-warnings, only errors and dead ends fail.
     """
     from stepflow.analysis import check, explore
 
@@ -1027,7 +1029,7 @@ def check_flow(flow_ref: str, max_loops: int, max_states: int, strict: bool) -> 
     warnings += 0 if exploration.complete else 1
     verdict = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
     console.print(verdict, style="red" if errors else "yellow" if warnings else "green")
-    if errors or (strict and warnings):
+    if errors or (warnings and not allow_warnings):
         sys.exit(1)
 
 

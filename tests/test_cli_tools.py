@@ -351,12 +351,12 @@ def test_check_of_a_clean_flow_passes(recorded: Path) -> None:
     assert out.splitlines()[-1] == "0 errors, 0 warnings"
 
 
-def test_check_passes_with_warnings_unless_strict(recorded: Path) -> None:
-    out = ok(stepflow_cli("check", "flows:hello", cwd=recorded))
+def test_check_fails_on_warnings_unless_they_are_allowed(recorded: Path) -> None:
+    out = ok(stepflow_cli("check", "flows:hello", "--allow-warnings", cwd=recorded))
     findings = [row[:3] for row in table_rows(out) if row[0]]  # messages fold onto more rows
     assert findings == [["warning", "wait-without-timeout", "readyWaitFor"]]
     assert out.splitlines()[-1] == "0 errors, 1 warning"
-    fails(stepflow_cli("check", "flows:hello", "--strict", cwd=recorded))
+    fails(stepflow_cli("check", "flows:hello", cwd=recorded))
 
 
 def test_check_fails_on_an_error_finding(recorded: Path) -> None:
