@@ -21,6 +21,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -42,6 +43,9 @@ __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS_LEVELS", "SQLiteStore"]
 
 #: The values accepted for ``synchronous`` (SQLite's ``PRAGMA synchronous``).
 SYNCHRONOUS_LEVELS = ("off", "normal", "full", "extra")
+
+# How often opening a new file retries switching it to WAL (about 30 s in all).
+_WAL_ATTEMPTS = 310
 
 # How long a statement waits for another connection's write lock before failing.
 _BUSY_TIMEOUT_S = 30.0
@@ -136,6 +140,23 @@ def _where(
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def _wal(db: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, waiting out other connections doing the same.
+
+    Several processes opening a new file at once race to switch its journal mode,
+    and SQLite answers the losers "database is locked" at once, without waiting
+    for its busy timeout: so wait here, a little at a time.
+    """
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:  # noqa: PERF203 - only while another opens it
+            if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01 * min(attempt + 1, 10))
+
+
 class SQLiteStore:
     """A :class:`~stepflow.stores.base.Store` in one SQLite file.
 
@@ -179,7 +200,7 @@ class SQLiteStore:
             ) from exc
         try:
             with self._locked() as db:
-                db.execute("PRAGMA journal_mode = WAL")
+                _wal(db)
                 db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             self._migrate()
         except BaseException:
