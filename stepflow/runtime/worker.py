@@ -29,6 +29,7 @@ leases expire and another worker continues from the last save.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import inspect
@@ -569,6 +570,10 @@ class _Threads:
         self._calls: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[[], Any]] | None] = (
             queue.SimpleQueue()
         )
+        self._done: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = (
+            collections.deque()
+        )
+        self._wake_pending = False
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
             for n in range(count)
@@ -586,11 +591,22 @@ class _Threads:
         while (item := self._calls.get()) is not None:
             future, call = item
             try:
-                result = call()
+                outcome: tuple[Any, BaseException | None] = (call(), None)
             except BaseException as exc:  # handed to the awaiting task, as an executor would
-                self._loop.call_soon_threadsafe(_settle, future, None, exc)
-            else:
-                self._loop.call_soon_threadsafe(_settle, future, result, None)
+                outcome = (None, exc)
+            self._done.append((future, *outcome))
+            # One wake-up of the loop for a whole burst of results: each
+            # call_soon_threadsafe writes to the loop's self-pipe.
+            if not self._wake_pending:
+                self._wake_pending = True
+                self._loop.call_soon_threadsafe(self._settle_done)
+
+    def _settle_done(self) -> None:
+        """On the loop: resolve the futures of every finished call."""
+        self._wake_pending = False  # before draining: a later result schedules again
+        done = self._done
+        while done:
+            _settle(*done.popleft())
 
     def close(self) -> None:
         """Let the calls already queued finish, then stop the threads."""
