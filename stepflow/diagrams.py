@@ -154,14 +154,6 @@ def _retry_detail(definition: FlowDefinition, scope: str) -> str:
     return ", ".join(parts)
 
 
-def _resolve(definition: FlowDefinition, event: str) -> str:
-    """Follow static transitions from ``event`` to the resting event they reach."""
-    table, done = definition.table, definition.completed_event
-    while event != done and table[event].is_static:
-        event = table[event].destinations[0].event
-    return event
-
-
 def _node_scope(t: Transition) -> str:
     assert t.step is not None
     if t.kind in _GROUP_KINDS:
@@ -226,7 +218,7 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
     nodes.append(_Node(end, _END, definition.completed_event, "end", None, flow, "end", None, None))
 
     def target(event: str) -> str:
-        return ids["node " + _resolve(definition, event)]
+        return ids["node " + definition.resting_event(event)]
 
     edges = [_Edge(_START, target(definition.start_event), "static", "start", None)]
     for t in handlers:
@@ -246,7 +238,7 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
     current: frozenset[str] = frozenset()
     if state is not None:
         current = frozenset(
-            ids["node " + _resolve(definition, e)] for e in _check(definition, state)
+            ids["node " + definition.resting_event(e)] for e in _check(definition, state)
         )
     return _Graph(
         flow, definition.fingerprint, tuple(scopes), tuple(nodes), tuple(edges), current, state

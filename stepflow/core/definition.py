@@ -498,6 +498,21 @@ class FlowDefinition:
         """Scope paths of every retry group, in definition order."""
         return tuple(self._rules)
 
+    def resting_event(self, event: str) -> str:
+        """Return the event a run entering ``event`` rests at, after static hops.
+
+        Resolved when the definition was built; the completed event rests at itself.
+
+        >>> from stepflow import named, new
+        >>> new(named("f").do("a", print)).definition.resting_event("start:f")
+        'start:f/a'
+
+        Raises:
+            KeyError: ``event`` is not an event of this flow.
+
+        """
+        return self._nodes[event].event
+
     def enclosing_retries(self, event: str) -> tuple[str, ...]:
         """Scope paths of the retries around the position ``event``, innermost first.
 
