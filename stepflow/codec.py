@@ -395,17 +395,7 @@ def loads(text: str | bytes, definition: FlowDefinition) -> State:
             f"expected a stepflow state object or a go-stepflow event list, got {obj!r:.80}",
             problems=("$: expected an object or a list",),
         )
-    if obj.get("format") not in _READABLE:
-        raise CorruptStateError(
-            f"unsupported state format {obj.get('format')!r}; this stepflow reads formats "
-            f"{list(_READABLE)}. Upgrade stepflow to read newer states.",
-            problems=(f"$.format: expected one of {list(_READABLE)}",),
-        )
-    try:
-        state = _state_fast(obj, definition)
-    except Exception:  # any doubt goes to the converter's strict, explaining hooks
-        state = _structure_explained(obj)
-    return check_state(definition, state)
+    return check_state(definition, structure_state(obj, definition))
 
 
 def _structure_explained(obj: Any) -> State:
@@ -555,23 +545,30 @@ def loads_batch(text: str | bytes) -> Batch:
     return Batch(op, at, effects, answered, state)
 
 
-def structure_state(obj: Any) -> State:
+def structure_state(obj: Any, definition: FlowDefinition | None = None) -> State:
     """Build a :class:`State` from a decoded envelope, checking only its shape.
 
     Unlike :func:`loads`, it does not check the state against a definition: use
-    :func:`~stepflow.core.advance.check_state` for that.
+    :func:`~stepflow.core.advance.check_state` for that. Given ``definition``,
+    the state shares its strings (see :func:`loads`).
 
     Raises:
         CorruptStateError: ``obj`` is not a state envelope of a known format.
 
     """
-    if type(obj) is not dict or obj.get("format") not in _READABLE:
+    if type(obj) is not dict:
         raise CorruptStateError(
-            f"expected a state envelope of format {list(_READABLE)}, got {obj!r:.80}",
-            problems=("$: expected a state envelope",),
+            f"expected a state envelope (a JSON object), got {obj!r:.80}",
+            problems=("$: expected an object",),
+        )
+    if obj.get("format") not in _READABLE:
+        raise CorruptStateError(
+            f"unsupported state format {obj.get('format')!r}; this stepflow reads formats "
+            f"{list(_READABLE)}. Upgrade stepflow to read newer states.",
+            problems=(f"$.format: expected one of {list(_READABLE)}",),
         )
     try:
-        return _state_fast(obj)
+        return _state_fast(obj, definition)
     except Exception:  # any doubt goes to the converter's strict, explaining hooks
         return _structure_explained(obj)
 
