@@ -47,9 +47,12 @@ from stepflow.core.messages import (
 from stepflow.core.state import (
     COMPLETED,
     EMPTY_ATTEMPTS,
+    EMPTY_GROUPS,
     EMPTY_OUTPUTS,
+    EMPTY_TIMES,
     RUNNING,
     ErrorRecord,
+    GroupProgress,
     State,
     Status,
 )
@@ -67,10 +70,15 @@ __all__ = [
     "unstructure_state",
 ]
 
-#: Version of the envelope format written by :func:`dumps`. Format 1 (before
-#: timers: no ``wake_at``, ``timeout_at``, ``attempts`` or ``run_id``) is still read.
-FORMAT_VERSION = 2
-_READABLE = (1, 2)
+#: Version of the envelope format written by :func:`dumps`. Format 3 adds, for runs
+#: of several positions only, ``times`` and ``groups`` (absent when empty). Formats
+#: 1 (before timers: no ``wake_at``, ``timeout_at``, ``attempts`` or ``run_id``) and
+#: 2 (no ``times`` or ``groups``) are still read.
+FORMAT_VERSION = 3
+_READABLE = (1, 2, 3)
+# A state without times or groups is written exactly as format 2 wrote it, so runs of
+# flows without groups keep their saved text (and journals) byte for byte.
+_ONE_POSITION_FORMAT = 2
 
 _new = tuple.__new__
 
@@ -95,6 +103,17 @@ class _WireCommand:
 
 
 @attrs.frozen
+class _WireGroup:
+    kind: Literal["parallel", "map"]
+    items: list[Any]
+    started: int
+    active: int
+    results: dict[str, Any]
+    failures: int = 0
+    error: _WireError | None = None
+
+
+@attrs.frozen
 class _WireState:
     events: list[str]
     status: Status
@@ -106,6 +125,8 @@ class _WireState:
     timeout_at: float | None = None
     attempts: dict[str, int] = attrs.Factory(dict)
     run_id: str = ""
+    times: dict[str, tuple[float | None, float | None]] = attrs.Factory(dict)
+    groups: dict[str, _WireGroup] = attrs.Factory(dict)
 
 
 @attrs.frozen
@@ -153,13 +174,36 @@ def _unstructure_command(c: Command) -> dict[str, Any]:
     }
 
 
+def _unstructure_group(group: GroupProgress) -> dict[str, Any]:
+    kind, items, started, active, results, failures, error = group
+    return {
+        "kind": kind,
+        "items": [thaw_json(item) for item in items],
+        "started": started,
+        "active": active,
+        "results": {key: thaw_json(value) for key, value in results.items()},
+        "failures": failures,
+        "error": _unstructure_error(error),
+    }
+
+
 def _unstructure_state(state: State) -> dict[str, Any]:
     flow, fingerprint, events, status, error, in_flight, seq, outputs, wake, until, tries, run = (
-        state
+        state[:12]
     )
     # (Identity tests, not truth: a pmap's truth is a Python-level __len__ call.)
+    times, groups = state[12], state[13]
+    if times is not EMPTY_TIMES or groups is not EMPTY_GROUPS:
+        envelope = _unstructure_state(state._replace(times=EMPTY_TIMES, groups=EMPTY_GROUPS))
+        envelope["format"] = FORMAT_VERSION
+        body = envelope["state"]
+        if times:
+            body["times"] = {event: [w, t] for event, (w, t) in times.items()}
+        if groups:
+            body["groups"] = {scope: _unstructure_group(g) for scope, g in groups.items()}
+        return envelope
     return {
-        "format": FORMAT_VERSION,
+        "format": _ONE_POSITION_FORMAT,
         "flow": flow,
         "fingerprint": fingerprint,
         "state": {
@@ -195,7 +239,7 @@ def _time_fast(value: Any) -> float | None:
 
 
 EMPTY_STRINGS: Mapping[str, str] = MappingProxyType({})
-_KINDS = frozenset(("do", "wait_for", "case", "loop_until", "on_error"))
+_KINDS = frozenset(("do", "wait_for", "case", "loop_until", "on_error", "map"))
 _STATUSES = frozenset(("running", "completed", "failed"))
 
 
@@ -228,6 +272,9 @@ def _state_fast(obj: dict[str, Any], definition: FlowDefinition | None = None) -
     flow, fingerprint, raw = obj["flow"], obj["fingerprint"], obj["state"]
     events, status, seq = raw["events"], raw["status"], raw["seq"]
     error, in_flight, outputs = raw["error"], raw["in_flight"], raw["outputs"]
+    times, groups = EMPTY_TIMES, EMPTY_GROUPS
+    if len(raw) > 10:  # a run of several positions (format 3): the careful path reads it
+        raise TypeError
     if len(raw) == 10:
         wake_at, timeout_at = raw["wake_at"], raw["timeout_at"]
         if wake_at is not None and type(wake_at) is not float:
@@ -277,7 +324,7 @@ def _state_fast(obj: dict[str, Any], definition: FlowDefinition | None = None) -
     frozen = freeze_json(outputs) if outputs else EMPTY_OUTPUTS
     error = None if error is None else _error_fast(error)
     fields = (flow, fingerprint, position, status, error, commands, seq, frozen)
-    return _new(State, (*fields, wake_at, timeout_at, attempts, run_id))
+    return _new(State, (*fields, wake_at, timeout_at, attempts, run_id, times, groups))
 
 
 def _from_wire(env: _Envelope) -> State:
@@ -294,12 +341,25 @@ def _from_wire(env: _Envelope) -> State:
             return Wake(c.id, "sleep", c.step, c.event, c.at)
         return CallHandler(c.id, c.kind, c.step, c.event, err(c.error))
 
+    def group(g: _WireGroup) -> GroupProgress:
+        items = tuple(freeze_json(item) for item in g.items)
+        results = pmap({key: freeze_json(value) for key, value in g.results.items()})
+        return GroupProgress(g.kind, items, g.started, g.active, results, g.failures, err(g.error))
+
     s = env.state
+    if env.format < 3 and (s.times or s.groups):
+        raise CorruptStateError(
+            f"a format {env.format} state cannot hold 'times' or 'groups' (format 3 added them)",
+            problems=("$.format: 'times' and 'groups' need format 3",),
+        )
     commands = tuple(command(c) for c in s.in_flight)
     outputs = freeze_json(s.outputs) if s.outputs else EMPTY_OUTPUTS
     attempts = pmap(s.attempts) if s.attempts else EMPTY_ATTEMPTS
+    times = pmap({e: (w, t) for e, (w, t) in s.times.items()}) if s.times else EMPTY_TIMES
+    groups = pmap({k: group(g) for k, g in s.groups.items()}) if s.groups else EMPTY_GROUPS
     fields = (env.flow, env.fingerprint, tuple(s.events), s.status, err(s.error), commands)
-    return State(*fields, s.seq, outputs, s.wake_at, s.timeout_at, attempts, s.run_id)
+    rest = (s.seq, outputs, s.wake_at, s.timeout_at, attempts, s.run_id, times, groups)
+    return State(*fields, *rest)
 
 
 def make_converter() -> cattrs.Converter:

@@ -21,7 +21,9 @@ def test_dumps_writes_a_versioned_envelope_with_sorted_keys_and_no_spaces() -> N
     state, _ = stepflow.advance(DEFINITION)
     text = stepflow.dumps(state)
     envelope = json.loads(text)
-    assert envelope["format"] == stepflow.FORMAT_VERSION == 2
+    # One position: written exactly as format 2 wrote it; format 3 adds times and groups.
+    assert envelope["format"] == 2
+    assert stepflow.FORMAT_VERSION == 3
     assert envelope["flow"] == "deploy/v1"
     assert envelope["fingerprint"] == DEFINITION.fingerprint
     assert envelope["state"]["in_flight"] == [

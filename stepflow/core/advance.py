@@ -48,7 +48,7 @@ from typing import Any, cast
 from pyrsistent.typing import PMap
 
 from stepflow.core._json import NotJSON, freeze_json
-from stepflow.core.definition import FlowDefinition, _Node, start_event
+from stepflow.core.definition import FlowDefinition, _Node, start_event, template_of
 from stepflow.core.messages import (
     CallHandler,
     Command,
@@ -61,7 +61,9 @@ from stepflow.core.messages import (
 from stepflow.core.state import (
     COMPLETED,
     EMPTY_ATTEMPTS,
+    EMPTY_GROUPS,
     EMPTY_OUTPUTS,
+    EMPTY_TIMES,
     FAILED,
     RUNNING,
     ErrorRecord,
@@ -112,6 +114,8 @@ def initial_state(definition: FlowDefinition, run_id: str = "") -> State:
             None,
             EMPTY_ATTEMPTS,
             run_id,
+            EMPTY_TIMES,
+            EMPTY_GROUPS,
         ),
     )
 
@@ -154,12 +158,16 @@ def advance(
     """
     # The hot path reads tuples by position and builds them with tuple.__new__:
     # advance runs once per step of every run a worker drives.
-    name, fingerprint, nodes = definition._hot
+    name, fingerprint, nodes, concurrent = definition._hot
+    if concurrent:
+        from stepflow.core.groups import advance_groups  # noqa: PLC0415 (a cycle by design)
+
+        return advance_groups(definition, state, effects, now)
     if state is None:
         state = initial_state(definition)
     elif state[1] is not fingerprint and (state[1] != fingerprint or state[0] != name):
         state = check_state(definition, state)
-    _, _, events, status, _, in_flight, seq, outputs, _, _, attempts, run_id = state
+    _, _, events, status, _, in_flight, seq, outputs, _, _, attempts, run_id = state[:12]
     if not effects:
         if in_flight or status != RUNNING:
             return state, in_flight
@@ -180,14 +188,58 @@ def advance(
     if node is None or node[2] is None:
         check_state(definition, state)  # raises the error that explains it
         raise StateError(f"command {command!r} waits at an event with no handler")
+    # The hot path is a do that returned: the time is read only where it is used
+    # (waits, retries, timers), so the common step pays nothing for it. The
+    # output rule repeats answer()'s, inlined here on purpose.
+    if effect_type is not HandlerReturned or command[1] != "do":
+        return answer(definition, state, command, node, effect, now)
+    value = effect[1]
+    if value is None:
+        if outputs is not EMPTY_OUTPUTS and command[2] in outputs:
+            outputs = outputs.discard(command[2])
+    else:
+        try:
+            outputs = outputs.set(command[2], freeze_json(value))
+        except NotJSON:
+            error = _bad_result(command, value)
+            return _fail_step(definition, state, command, node, error, _at(effect, now))
+    target = nodes[node[4]]
+    # (Identity first: a pmap's truth is a Python-level __len__ call.)
+    if not target[9] or (attempts is not EMPTY_ATTEMPTS and attempts):
+        return _enter(definition, state, target, outputs, attempts, _at(effect, now), None)
+    # The common case, _enter inlined: rest at a plain handler step, issue its command.
+    seq += 1
+    commands = (_new(CallHandler, (seq, target[2], target[3], target[0], None)),)
+    # One tuple literal: building the 14 fields in one go is the cheapest way.
+    fields = (
+        name, fingerprint, target[1], RUNNING, None, commands, seq, outputs,
+        None, None, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS,
+    )  # fmt: skip
+    return _new(State, fields), commands
+
+
+def answer(
+    definition: FlowDefinition,
+    state: State,
+    command: Command,
+    node: _Node,
+    effect: Effect,
+    now: float | None,
+) -> tuple[State, tuple[Command, ...]]:
+    """Apply ``effect``, the outcome of ``command``, to the one-position ``state`` at ``node``.
+
+    The rules of the module docstring, for any kind of command but a map's
+    ``items`` (see :mod:`stepflow.core.groups`, which calls this for each
+    position of a run with several).
+    """
     kind = command[1]
-    # The hot path is a handler that returned: the time is read only where it is
-    # used (waits, retries, timers), so the common step pays nothing for it.
+    effect_type = type(effect)
+    outputs, attempts = state[7], state[10]
     if effect_type is HandlerReturned:
         value = effect[1]
         if kind == "do":
             if value is None:
-                if outputs is not EMPTY_OUTPUTS and command[2] in outputs:
+                if command[2] in outputs:
                     outputs = outputs.discard(command[2])
             else:
                 try:
@@ -195,7 +247,7 @@ def advance(
                 except NotJSON:
                     error = _bad_result(command, value)
                     return _fail_step(definition, state, command, node, error, _at(effect, now))
-            target = nodes[node[4]]
+            target = definition._node(node[4])
         elif kind == "sleep":
             raise _wrong_answer(effect, command)
         elif value is True or value is False:
@@ -206,7 +258,7 @@ def advance(
                 return _fail_step(definition, state, command, node, error, _at(effect, now))
             if kind == "wait_for" and not value:
                 return _poll_again(definition, state, command, node, _at(effect, now))
-            target = nodes[node[4] if value else node[5]]
+            target = definition._node(node[4] if value else node[5])
         else:
             error = _bad_result(command, value)
             return _fail_step(definition, state, command, node, error, _at(effect, now))
@@ -223,19 +275,9 @@ def advance(
                 "answer a Wake with TimerFired only once its time has come",
                 command_id=command[0],
             )
-        return _enter(definition, state, nodes[node[4]], outputs, attempts, at, None)
-    # (Identity first: a pmap's truth is a Python-level __len__ call.)
-    if not target[9] or (attempts is not EMPTY_ATTEMPTS and attempts):
-        return _enter(definition, state, target, outputs, attempts, _at(effect, now), None)
-    # The common case, _enter inlined: rest at a plain handler step, issue its command.
-    seq += 1
-    commands = (_new(CallHandler, (seq, target[2], target[3], target[0], None)),)
-    # One tuple literal: building the 12 fields in one go is the cheapest way.
-    fields = (
-        name, fingerprint, target[1], RUNNING, None, commands, seq, outputs,
-        None, None, attempts, run_id,
-    )  # fmt: skip
-    return _new(State, fields), commands
+        target = definition._node(node[4])
+        return _enter(definition, state, target, outputs, attempts, at, None)
+    return _enter(definition, state, target, outputs, attempts, _at(effect, now), None)
 
 
 def _at(effect: Effect, now: float | None) -> float | None:
@@ -276,7 +318,11 @@ def _enter(
     seq = state[6]
     if node.kind is None:
         done = (name, fingerprint, node.events, COMPLETED, None, (), seq, outputs)
-        return _new(State, (*done, None, None, attempts, run_id)), ()
+        return _new(State, (*done, None, None, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS)), ()
+    if node.kind == "parallel" or node.kind == "join":
+        # A fork or a join: no command; stepflow.core.groups takes it from here.
+        fork = (name, fingerprint, node.events, RUNNING, None, (), seq, outputs)
+        return _new(State, (*fork, None, None, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS)), ()
     seq += 1
     start = at if not_before is None else not_before
     timeout_at = None
@@ -298,7 +344,8 @@ def _enter(
         command = _new(CallHandler, (seq, node.kind, node.step, node.event, None))
     issued: tuple[Command, ...] = (command,)
     fields = (name, fingerprint, node.events, RUNNING, None, issued, seq, outputs)
-    return _new(State, (*fields, wake_at, timeout_at, attempts, run_id)), issued
+    rest = (wake_at, timeout_at, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS)
+    return _new(State, (*fields, *rest)), issued
 
 
 def _poll_again(
@@ -332,7 +379,7 @@ def _poll_again(
     commands = (_new(CallHandler, (seq, "wait_for", node.step, node.event, None)),)
     fields = (definition.name, definition.fingerprint, state.events, RUNNING, None, commands, seq)
     rest = (state.outputs, wake_at, timeout_at, state.attempts, state.run_id)
-    return _new(State, (*fields, *rest)), commands
+    return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS)), commands
 
 
 def _restart(
@@ -350,13 +397,13 @@ def _restart(
     for inner in attempts:
         if inner.startswith(nested):
             attempts = attempts.discard(inner)
-    policy = definition._rules[scope].policy
+    policy = definition._rules[template_of(scope)].policy
     not_before = None
     if policy is not None and at is not None:
         delay = policy.backoff(attempt, state.run_id, scope)
         if delay > 0:
             not_before = at + delay
-    node = definition._nodes[start_event(scope)]
+    node = definition._node(start_event(scope))
     return _enter(
         definition, state, node, state.outputs, attempts.set(scope, attempt), at, not_before
     )
@@ -459,7 +506,7 @@ def _fail_step(
     attempts = state.attempts
     while index < len(scopes):
         scope = scopes[index]
-        rule = definition._rules[scope]
+        rule = definition._rules[template_of(scope)]
         if rule.policy is None or rule.policy.allows(attempts.get(scope, 0) + 1, error.type):
             if not rule.on_error:
                 return _restart(definition, state, scope, at)
@@ -467,7 +514,7 @@ def _fail_step(
             ask = _new(CallHandler, (seq, "on_error", scope, command.event, error))
             fields = (definition.name, definition.fingerprint, state.events, RUNNING, None, (ask,))
             rest = (seq, state.outputs, None, None, attempts, state.run_id)
-            return _new(State, (*fields, *rest)), (ask,)
+            return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS)), (ask,)
         index += 1
     return state._replace(
         flow=definition.name,
@@ -498,7 +545,11 @@ def resume(
     state = check_state(definition, state)
     if state.status != FAILED:
         raise StateError(f"only a failed run can be resumed; this one is {state.status!r}")
-    node = definition._nodes[state.events[0]]
+    if definition._concurrent:
+        from stepflow.core.groups import resume_groups  # noqa: PLC0415 (a cycle by design)
+
+        return resume_groups(definition, state, now)
+    node = definition._node(state.events[0])
     running = state._replace(status=RUNNING, error=None)
     return _enter(definition, running, node, state.outputs, EMPTY_ATTEMPTS, now, None)
 
@@ -523,7 +574,7 @@ def check_state(definition: FlowDefinition, state: State) -> State:
         raise StateError(f"expected a stepflow State, got {state!r:.120}")
     # Fast path: the common case of a well-formed state of this very definition
     # (loads checks every state it reads), decided with a handful of lookups.
-    name, fingerprint, nodes = definition._hot
+    name, fingerprint, nodes, _ = definition._hot
     flow, state_fingerprint, events, status, error, in_flight = state[:6]
     if flow == name and state_fingerprint == fingerprint and len(events) == 1:
         node = nodes.get(events[0])
@@ -551,10 +602,11 @@ def check_state(definition: FlowDefinition, state: State) -> State:
             expected=definition.name,
             actual=state.flow,
         )
-    if len(state.events) != 1:
+    if not state.events or (len(state.events) != 1 and not definition._concurrent):
         raise StateError(
             f"the state holds {len(state.events)} positions {list(state.events)!r}; "
-            "this version of stepflow runs exactly one position per run"
+            f"flow {definition.name!r} has no parallel or map group, so a run of it holds "
+            "exactly one position"
         )
     if state.status not in _STATUSES:
         raise StateError(f"unknown status {state.status!r}; expected one of {_STATUSES}")
@@ -563,7 +615,14 @@ def check_state(definition: FlowDefinition, state: State) -> State:
             f"a {state.status!r} state must {'' if state.status == FAILED else 'not '}"
             f"carry an error record, got {state.error!r}"
         )
-    missing = [e for e in state.events if e not in nodes]
+    if len(state.events) > 1 and [c.event for c in state.in_flight] != list(state.events):
+        raise StateError(
+            f"the state holds positions {list(state.events)!r} and commands in flight for "
+            f"{[c.event for c in state.in_flight]!r}; each position of a run with several "
+            "has exactly one command, in the same order"
+        )
+    positions = {e: _position_node(definition, e) for e in state.events}
+    missing = [e for e, node in positions.items() if node is None]
     for command in state.in_flight:
         if command.event not in state.events:
             raise StateError(
@@ -572,7 +631,7 @@ def check_state(definition: FlowDefinition, state: State) -> State:
             )
         # A handler's resting node is keyed by its own event: a match there means
         # the command still names the same handler with the same meaning.
-        node = nodes.get(command.event)
+        node = positions[command.event]
         if node is None or node.event != command.event:
             if command.event not in missing:
                 missing.append(command.event)
@@ -581,10 +640,14 @@ def check_state(definition: FlowDefinition, state: State) -> State:
                 missing.append(f"on_error of {command.step} around {command.event}")
         elif node.kind != command.kind or node.step != command.step:
             missing.append(f"{command.kind} of {command.step} at {command.event}")
+    around = {scope for node in positions.values() if node for scope in node.retry_scopes}
     for scope in state.attempts:
-        node = nodes.get(state.events[0])
-        if node is not None and scope not in node.retry_scopes:
-            missing.append(f"retry attempts of {scope} around {state.events[0]}")
+        if scope not in around:
+            missing.append(f"retry attempts of {scope} around {list(state.events)!r}")
+    for scope in state.groups:
+        node = _position_node(definition, start_event(scope))
+        if node is None or node.kind not in ("parallel", "map"):
+            missing.append(f"group {scope}")
     if missing:
         listed = ", ".join(repr(m) for m in missing)
         if state.fingerprint != definition.fingerprint:
@@ -604,3 +667,11 @@ def check_state(definition: FlowDefinition, state: State) -> State:
     if state.fingerprint != definition.fingerprint:
         state = state._replace(fingerprint=definition.fingerprint)
     return state
+
+
+def _position_node(definition: FlowDefinition, event: str) -> _Node | None:
+    """Return the node of position ``event``, or ``None`` if the flow has no such position."""
+    try:
+        return definition._node(event)
+    except KeyError:
+        return None

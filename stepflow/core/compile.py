@@ -6,6 +6,10 @@ Scopes and events follow go-stepflow character for character:
   ``Retry`` or ``LoopUntil`` for those items (``do`` and ``.steps`` add none);
 * ``case`` and ``loop_until`` run their group in a child scope ``steps``; a
   retry's group *is* its ``<name>Retry`` scope;
+* ``parallel`` (suffix ``Parallel``) runs branch ``b`` in the child scope ``b``;
+  ``map`` (suffix ``Map``) runs its item group in the child scope ``steps``, which
+  a position of item ``i`` carries as ``steps[i]`` (see :mod:`stepflow.core.groups`).
+  Step and branch names may therefore not contain ``[`` or ``]``;
 * every scope has a ``start:<path>`` and a ``completed:<path>`` event.
 
 So ``named("deploy/v1").case("shouldDeploy", c, steps().do("x", f))`` has the event
@@ -31,7 +35,19 @@ from stepflow.core.definition import (
     start_event,
     to_seconds,
 )
-from stepflow.core.spec import Case, Do, Group, Item, LoopUntil, Retry, Sleep, Steps, WaitFor
+from stepflow.core.spec import (
+    Case,
+    Do,
+    Group,
+    Item,
+    LoopUntil,
+    Map,
+    Parallel,
+    Retry,
+    Sleep,
+    Steps,
+    WaitFor,
+)
 from stepflow.errors import DefinitionError
 
 __all__ = ["HandlerKey", "compile_spec", "scope_name"]
@@ -48,8 +64,14 @@ _SUFFIX: Mapping[type, str] = MappingProxyType(
         Case: "Case",
         Retry: "Retry",
         LoopUntil: "LoopUntil",
+        Parallel: "Parallel",
+        Map: "Map",
     }
 )
+_ITEMS = (Do, WaitFor, Sleep, Case, Retry, LoopUntil, Group, Parallel, Map)
+# Characters a step or branch name may not hold: ':' and '/' build event strings,
+# '[' and ']' mark a map item's index in a position.
+_RESERVED = (":", "/", "[", "]")
 _STATIC: TransitionKind = "static"
 _RETRY = "retry"
 
@@ -80,29 +102,64 @@ def _check_root_name(name: object) -> str:
     return name
 
 
+def _check_name(name: object, what: str, parent: str) -> str:
+    path = f"{parent}/{name}"
+    if not isinstance(name, str) or not name:
+        raise DefinitionError(
+            f"{what} of {parent!r} has name {name!r}; every step needs a non-empty str name",
+            path=path,
+        )
+    for bad in _RESERVED:
+        if bad in name:
+            raise DefinitionError(
+                f"{what} name {name!r} in {parent!r} contains {bad!r}, which stepflow uses in "
+                "event strings; rename it (for example with '-' or '_')",
+                path=path,
+            )
+    return name
+
+
+def _check_count(value: object, what: str, path: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DefinitionError(
+            f"{what} of {path!r} must be an int >= {minimum}, got {value!r}", path=path
+        )
+
+
+def _check_group(item: Parallel | Map, path: str) -> None:
+    _check_count(item.max_failures, "max_failures", path, 0)
+    if isinstance(item, Map):
+        if item.max_concurrency is not None:
+            _check_count(item.max_concurrency, "max_concurrency", path, 1)
+        return
+    if not item.branches:
+        raise DefinitionError(
+            f"parallel {path!r} has no branches; pass a mapping of branch name to "
+            "stepflow.steps() with at least one entry",
+            path=path,
+        )
+    for branch, body in item.branches:
+        _check_name(branch, "a branch", path)
+        if not isinstance(body, Steps):
+            raise DefinitionError(
+                f"branch {branch!r} of {path!r} is {body!r:.80}, not a spec; "
+                "pass stepflow.steps()...",
+                path=f"{path}/{branch}",
+            )
+
+
 def _check_item(item: object, parent: str, index: int) -> Item:
-    if not isinstance(item, (Do, WaitFor, Sleep, Case, Retry, LoopUntil, Group)):
+    if not isinstance(item, _ITEMS):
         raise DefinitionError(
             f"step #{index} of {parent!r} is {item!r}, not a step; "
             "build steps with the methods of stepflow.steps()",
             path=parent,
         )
-    name = item.name
-    path = f"{parent}/{name}"
-    if not isinstance(name, str) or not name:
-        raise DefinitionError(
-            f"step #{index} of {parent!r} has name {name!r}; every step needs a non-empty str name",
-            path=path,
-        )
-    for bad in (":", "/"):
-        if bad in name:
-            raise DefinitionError(
-                f"step name {name!r} in {parent!r} contains {bad!r}, which stepflow uses in "
-                "event strings; rename the step (for example with '-' or '_')",
-                path=path,
-            )
+    _check_name(item.name, f"step #{index}", parent)
     path = f"{parent}/{scope_name(item)}"
-    for attr in ("fn", "cond", "on_error"):
+    if isinstance(item, (Parallel, Map)):
+        _check_group(item, path)
+    for attr in ("fn", "cond", "on_error", "items"):
         if not hasattr(item, attr):
             continue
         fn = getattr(item, attr)
@@ -257,8 +314,44 @@ class _Compiler:
             inside = any(scope in t.retry_scopes for t in self.transitions[before:])
             if inside and (item.policy is not None or item.on_error is None):
                 self.rules.append(RetryRule(scope, item.policy, item.on_error is not None))
+        elif isinstance(item, (Parallel, Map)):
+            self.group(scope, item, retries)
         else:
             self.steps(scope, item.body, retries)
+
+
+    def group(self, scope: str, item: Parallel | Map, retries: tuple[str, ...]) -> None:
+        """Compile a fork: its start, each branch (or the item group), and their joins.
+
+        Inside a group, failures go to the group (retries=()), which fails as a
+        whole once nothing is in flight in it; only then do enclosing retries see it.
+        """
+        start, done = start_event(scope), completed_event(scope)
+        retry_dests = tuple(Destination(start_event(r), _RETRY) for r in retries)
+        if isinstance(item, Parallel):
+            kind: TransitionKind = "parallel"
+            bodies = [(f"{scope}/{branch}", body) for branch, body in item.branches]
+            dests = tuple(Destination(start_event(b), "parallel branch") for b, _ in bodies)
+            limit = None
+            reason = "all branches completed"
+        else:
+            kind = "map"
+            bodies = [(f"{scope}/steps", item.body)]
+            dests = (Destination(start_event(bodies[0][0]), "map item"), Destination(done, "no items"))
+            limit = item.max_concurrency
+            reason = "all items completed"
+            self.handlers[(kind, scope)] = item.items
+        self.transitions.append(
+            Transition(
+                start, kind, scope, dests + retry_dests, retries,
+                max_concurrency=limit, max_failures=item.max_failures,
+            )
+        )  # fmt: skip
+        for body_scope, body in bodies:
+            self.steps(body_scope, body, ())
+            self.transitions.append(
+                Transition(completed_event(body_scope), "join", scope, (Destination(done, reason),))
+            )
 
 
 def compile_spec(

@@ -17,6 +17,12 @@ Two kinds of transition exist:
   destination per enclosing retry, innermost first.
 * **timer** transitions (``"sleep"``): the position waits at their source until
   the durable timer fires, then goes to ``destinations[0]``.
+* **group** transitions: a ``"parallel"`` fork lists the start of each branch; a
+  ``"map"`` calls its ``items`` handler, then starts ``destinations[0]`` (the item
+  group) once per item, or goes to ``destinations[1]`` when there are none; a
+  ``"join"`` leaves the end of a branch or item group for the end of its group,
+  taken once every branch or item has ended. Their rules are in
+  :mod:`stepflow.core.groups`.
 
 Time is data here too: a ``wait_for`` transition carries its poll interval
 (``delay``) and ``timeout``, a ``sleep`` its duration (``delay``), and each retry
@@ -32,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -51,7 +58,13 @@ __all__ = [
     "start_event",
 ]
 
-TransitionKind = Literal["static", "do", "wait_for", "case", "loop_until", "sleep"]
+TransitionKind = Literal[
+    "static", "do", "wait_for", "case", "loop_until", "sleep", "parallel", "map", "join"
+]
+#: The kinds of transition that fork or join positions.
+GROUP_KINDS = ("parallel", "map")
+# A map item's index in a position: the only brackets an event can hold.
+_INDEX = re.compile(r"\[(\d+)\]")
 
 #: Bumped when the canonical form that fingerprints are computed over changes.
 _FINGERPRINT_FORMAT = 1
@@ -88,6 +101,42 @@ class Destination:
 
     event: str
     reason: str
+
+
+def template_of(path: str) -> str:
+    """Return the definition's event or path for a position's, without map item indices.
+
+    >>> template_of("start:deploy/v1/regionsMap/steps[3]/push")
+    'start:deploy/v1/regionsMap/steps/push'
+    """
+    return _INDEX.sub("", path) if "[" in path else path
+
+
+def item_indices(path: str) -> tuple[int, ...]:
+    """Return the map item indices a position's event or path carries, outermost first.
+
+    >>> item_indices("start:f/aMap/steps[2]/bMap/steps[0]/x")
+    (2, 0)
+    """
+    return tuple(int(i) for i in _INDEX.findall(path)) if "[" in path else ()
+
+
+def concretize(text: str, maps: tuple[str, ...], indices: tuple[int, ...]) -> str:
+    """Insert item ``indices`` after each map item scope of ``maps`` that ``text`` lies in.
+
+    ``maps`` are template item scopes (``"f/aMap/steps"``), outermost first;
+    ``text`` an event or a path of the definition.
+
+    >>> concretize("start:f/aMap/steps/x", ("f/aMap/steps",), (4,))
+    'start:f/aMap/steps[4]/x'
+    """
+    head, sep, path = text.partition(":")
+    if not sep:
+        head, path = "", head
+    for scope, index in reversed(tuple(zip(maps, indices))):
+        if path.startswith(scope) and (len(path) == len(scope) or path[len(scope)] == "/"):
+            path = f"{path[: len(scope)]}[{index}]{path[len(scope) :]}"
+    return head + sep + path
 
 
 def to_seconds(value: object, what: str, path: str = "", *, allow_zero: bool = False) -> float:
@@ -256,6 +305,10 @@ class Transition:
             duration. ``None`` otherwise.
         timeout: For ``wait_for``, seconds after which a condition still false
             fails the step with a ``WaitTimeoutError``; ``None``: no timeout.
+        max_concurrency: For ``map``, how many items may run at once
+            (``None``: no limit).
+        max_failures: For ``parallel`` and ``map``, how many failed branches or
+            items the group tolerates and still completes.
 
     """
 
@@ -266,6 +319,8 @@ class Transition:
     retry_scopes: tuple[str, ...] = ()
     delay: float | None = None
     timeout: float | None = None
+    max_concurrency: int | None = None
+    max_failures: int = 0
 
     @property
     def is_static(self) -> bool:
@@ -292,6 +347,14 @@ class _Node(NamedTuple):
     # A handler step whose command needs no time to issue (not a timer, no
     # timeout): advance's fast path issues it inline.
     plain: bool
+    # Groups (parallel/map scopes) enclosing the node, outermost first, and the
+    # map item scopes among them: a position inside carries one index per item scope.
+    groups: tuple[str, ...] = ()
+    maps: tuple[str, ...] = ()
+    # A parallel fork's branch names; a fork's max_concurrency and max_failures.
+    forks: tuple[str, ...] = ()
+    limit: int | None = None
+    tolerated: int = 0
 
 
 def _canonical(
@@ -310,6 +373,8 @@ def _canonical(
         # policy keep the fingerprints they had before timers existed.
         if t.delay is not None or t.timeout is not None:
             row.append([t.delay, t.timeout])
+        if t.kind in GROUP_KINDS:
+            row.append({"max_concurrency": t.max_concurrency, "max_failures": t.max_failures})
         rows.append(row)
     body: list[Any] = [_FINGERPRINT_FORMAT, name, rows]
     plain = [r for r in retries if r.policy is not None or not r.on_error]
@@ -321,6 +386,21 @@ def _canonical(
             ]
         )
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _branches(t: Transition) -> tuple[str, ...]:
+    if t.kind != "parallel":
+        return ()
+    return tuple(d.event.partition(":")[2] for d in t.destinations if d.reason != "retry")
+
+
+def _inside(event: str, item_scopes: tuple[str, ...]) -> tuple[str, ...]:
+    path = event.partition(":")[2]
+    return tuple(m for m in item_scopes if path == m or path.startswith(m + "/"))
+
+
+# Positions of map items whose nodes are kept ready; past this, the cache starts over.
+_CONCRETE_CACHE = 65536
 
 
 @attrs.frozen(repr=False)
@@ -358,8 +438,14 @@ class FlowDefinition:
     # A plain dict (built here, never changed afterwards): advance reads it on
     # every step, and a read-only proxy would double the cost of each lookup.
     _nodes: dict[str, _Node] = attrs.field(init=False, eq=False, hash=False)
-    # (name, fingerprint, nodes): what advance needs, in one attribute read.
-    _hot: tuple[str, str, dict[str, _Node]] = attrs.field(init=False, eq=False, hash=False)
+    # (name, fingerprint, nodes, concurrent): what advance needs, in one attribute read.
+    _hot: tuple[str, str, dict[str, _Node], bool] = attrs.field(init=False, eq=False, hash=False)
+    # Whether the flow has parallel or map groups (several positions per run).
+    _concurrent: bool = attrs.field(init=False, eq=False, hash=False)
+    # Position (with item indices) -> its node, made on first use (see _node).
+    _concrete: dict[str, _Node] = attrs.field(init=False, eq=False, hash=False)
+    # Every event of a flow with maps -> the map item scopes it lies in.
+    _event_maps: dict[str, tuple[str, ...]] = attrs.field(init=False, eq=False, hash=False)
     # Retry scope -> its rule, for every retry scope of the flow.
     _rules: dict[str, RetryRule] = attrs.field(init=False, eq=False, hash=False)
     # Every name, event and step path -> itself: the codec makes loaded states
@@ -405,9 +491,16 @@ class FlowDefinition:
         )
         object.__setattr__(self, "start_event", start)
         object.__setattr__(self, "completed_event", done)
-        nodes = self._compile_nodes(table, done)
+        groups = {t.source.partition(":")[2]: t for t in self.transitions if t.kind in GROUP_KINDS}
+        item_scopes = tuple(g + "/steps" for g, t in groups.items() if t.kind == "map")
+        event_maps = {e: _inside(e, item_scopes) for e in (*table, done)} if item_scopes else {}
+        nodes = self._compile_nodes(table, done, groups, event_maps)
+        concurrent = bool(groups)
         object.__setattr__(self, "_nodes", nodes)
-        object.__setattr__(self, "_hot", (self.name, self.fingerprint, nodes))
+        object.__setattr__(self, "_hot", (self.name, self.fingerprint, nodes, concurrent))
+        object.__setattr__(self, "_concurrent", concurrent)
+        object.__setattr__(self, "_concrete", {})
+        object.__setattr__(self, "_event_maps", event_maps)
         rules = {scope: RetryRule(scope) for t in self.transitions for scope in t.retry_scopes}
         for rule in self.retries:
             if rule.scope not in rules:
@@ -423,7 +516,13 @@ class FlowDefinition:
             strings.update((scope, scope) for scope in node.retry_scopes)
         object.__setattr__(self, "_strings", strings)
 
-    def _compile_nodes(self, table: Mapping[str, Transition], done: str) -> dict[str, _Node]:
+    def _compile_nodes(
+        self,
+        table: Mapping[str, Transition],
+        done: str,
+        groups: Mapping[str, Transition],
+        event_maps: Mapping[str, tuple[str, ...]],
+    ) -> dict[str, _Node]:
         rest: dict[str, str] = {done: done}
 
         def resolve(event: str) -> str:
@@ -454,10 +553,18 @@ class FlowDefinition:
         for t in self.transitions:
             if t.is_static:
                 continue
-            on_true = resolve(t.destinations[0].event)
-            two_way = t.kind not in ("do", "sleep")
-            on_false = resolve(t.destinations[1].event) if two_way else on_true
             assert t.step is not None
+            if t.kind == "parallel":
+                on_true = on_false = t.source
+            elif t.kind == "map":
+                # An item's start is concretized per item (see stepflow.core.groups).
+                on_true, on_false = t.destinations[0].event, resolve(t.destinations[1].event)
+            else:
+                on_true = resolve(t.destinations[0].event)
+                two_way = t.kind not in ("do", "sleep", "join")
+                on_false = resolve(t.destinations[1].event) if two_way else on_true
+            path = t.source.partition(":")[2]
+            group = groups.get(path)
             nodes[t.source] = _Node(
                 t.source,
                 (t.source,),
@@ -468,12 +575,56 @@ class FlowDefinition:
                 t.retry_scopes,
                 t.delay,
                 t.timeout,
-                t.kind != "sleep" and t.timeout is None,
+                t.kind in ("do", "wait_for", "case", "loop_until") and t.timeout is None,
+                tuple(g for g in groups if path.startswith(g + "/")),
+                event_maps.get(t.source, ()),
+                tuple(b.partition(path + "/")[2] for b in _branches(t)) if group else (),
+                t.max_concurrency,
+                t.max_failures,
             )
         for event in table:
             if event not in nodes:
                 nodes[event] = nodes[resolve(event)]
         return nodes
+
+    def _node(self, event: str) -> _Node:
+        """Return the node of a position: the table's, or for a map item, a copy with its indices.
+
+        Raises:
+            KeyError: ``event`` is not a position of this flow.
+
+        """
+        node = self._nodes.get(event)
+        if node is not None:
+            return node
+        node = self._concrete.get(event)
+        if node is not None:
+            return node
+        template = template_of(event)
+        base = self._nodes[template]
+        indices = item_indices(event)
+        if len(indices) != len(self._event_maps.get(template, ())) or (
+            concretize(template, self._event_maps[template], indices) != event
+        ):
+            raise KeyError(event)
+        maps, own = base.maps, indices[: len(base.maps)]
+
+        def c(text: str) -> str:
+            return concretize(text, maps, own)
+
+        node = base._replace(
+            event=c(base.event),
+            events=(c(base.event),),
+            step=c(base.step),
+            on_true=c(base.on_true),
+            on_false=c(base.on_false),
+            retry_scopes=tuple(map(c, base.retry_scopes)),
+            groups=tuple(map(c, base.groups)),
+        )
+        if len(self._concrete) >= _CONCRETE_CACHE:
+            self._concrete.clear()
+        self._concrete[event] = node
+        return node
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The derived tables are rebuilt on load: only the data travels.

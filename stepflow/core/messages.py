@@ -26,7 +26,7 @@ __all__ = [
     "Wake",
 ]
 
-CommandKind = Literal["do", "wait_for", "case", "loop_until", "on_error", "sleep"]
+CommandKind = Literal["do", "wait_for", "case", "loop_until", "on_error", "sleep", "map"]
 
 
 class CallHandler(NamedTuple):
@@ -35,9 +35,10 @@ class CallHandler(NamedTuple):
     Attributes:
         id: Run-unique, deterministic id (the state's sequence number when it was
             issued). Re-issued commands keep their id.
-        kind: ``"do"``, ``"wait_for"``, ``"case"``, ``"loop_until"`` or
-            ``"on_error"``. It says which handler of the step to call and what its
-            result means: a JSON value for ``do``, a ``bool`` for the others.
+        kind: ``"do"``, ``"wait_for"``, ``"case"``, ``"loop_until"``,
+            ``"on_error"`` or ``"map"``. It says which handler of the step to call
+            and what its result means: a JSON value for ``do``, a JSON list for a
+            map's ``items``, a ``bool`` for the others.
         step: Scope path of the step (``"deploy/v1/shouldDeployCase"``). For
             ``on_error`` it is the retry scope (``"deploy/v1/pushRetry"``).
         event: The state event the command belongs to (the position that waits

@@ -15,7 +15,7 @@ time, where the full scope path of the offending step is known.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -30,6 +30,8 @@ __all__ = [
     "Group",
     "Item",
     "LoopUntil",
+    "Map",
+    "Parallel",
     "Retry",
     "Sleep",
     "Steps",
@@ -49,6 +51,8 @@ ActionFn = Callable[[Any], Any]
 ConditionFn = Callable[[Any], Any]
 #: ``on_error(ctx, exc) -> bool``: ``True`` restarts the retry group. May be ``async def``.
 ErrorHandlerFn = Callable[[Any, BaseException], Any]
+#: ``items(ctx) -> list``: the JSON items a ``map`` runs its steps for. May be ``async def``.
+ItemsFn = Callable[[Any], Any]
 
 
 @attrs.frozen
@@ -122,7 +126,33 @@ class Group:
     body: Steps
 
 
-Item = Do | WaitFor | Sleep | Case | Retry | LoopUntil | Group
+@attrs.frozen
+class Parallel:
+    """A group whose branches run side by side; it completes when all have completed.
+
+    ``branches`` holds ``(branch name, steps)`` pairs in the order given.
+    """
+
+    name: str
+    branches: tuple[tuple[str, Steps], ...]
+    max_failures: int = 0
+
+
+@attrs.frozen
+class Map:
+    """A group that runs ``body`` once per item of the list ``items(ctx)`` returns.
+
+    At most ``max_concurrency`` items run at once (``None``: no limit).
+    """
+
+    name: str
+    items: ItemsFn
+    body: Steps
+    max_concurrency: int | None = None
+    max_failures: int = 0
+
+
+Item = Do | WaitFor | Sleep | Case | Retry | LoopUntil | Group | Parallel | Map
 
 
 @attrs.frozen
@@ -228,6 +258,48 @@ class Steps:
     def steps(self, name: str, steps: Steps) -> Steps:
         """Add ``steps`` as a nested group with scope ``name`` (whatever ``steps`` was named)."""
         return self._add(Group(name, steps))
+
+    def parallel(
+        self, name: str, branches: Mapping[str, Steps], *, max_failures: int = 0
+    ) -> Steps:
+        """Add a group whose ``branches`` (branch name -> steps) all run at once.
+
+        The group completes when every branch has completed; its output (in
+        ``outputs`` under the group's path) maps each branch to its last ``do``
+        output. The first branch that fails (after its own retries) fails the
+        group, unless ``max_failures`` failed branches are tolerated: commands
+        already in flight finish and are recorded, no new one starts in the
+        group, then the error goes to the enclosing retry or fails the run. The
+        group's scope is ``<name>Parallel``; branch ``b`` runs in scope
+        ``<name>Parallel/b``. See :mod:`stepflow.core.groups` for every rule.
+        """
+        if not isinstance(branches, Mapping):
+            raise DefinitionError(
+                f"the branches of parallel {name!r} must be a mapping of branch name to "
+                f"stepflow.steps(), got {branches!r:.80}",
+                path=name,
+            )
+        return self._add(Parallel(name, tuple(branches.items()), max_failures))
+
+    def map(
+        self,
+        name: str,
+        items: ItemsFn,
+        steps: Steps,
+        *,
+        max_concurrency: int | None = None,
+        max_failures: int = 0,
+    ) -> Steps:
+        """Add a group that runs ``steps`` once for each item of ``items(ctx)``.
+
+        ``items`` is called once, as its own command, and must return a JSON
+        list, kept in the state. Each item's steps see it as ``ctx.item`` and its
+        position as ``ctx.index``; at most ``max_concurrency`` items run at once.
+        The group's output is the list of each item's last ``do`` output, in item
+        order. Failure works as for :meth:`parallel`. The group's scope is
+        ``<name>Map``; item ``i`` runs in scope ``<name>Map/steps[i]``.
+        """
+        return self._add(Map(name, items, steps, max_concurrency, max_failures))
 
 
 def named(name: str) -> Steps:

@@ -19,7 +19,16 @@ from pyrsistent.typing import PMap
 if TYPE_CHECKING:
     from stepflow.core.messages import Command
 
-__all__ = ["COMPLETED", "FAILED", "RUNNING", "ErrorRecord", "State", "Status", "type_name"]
+__all__ = [
+    "COMPLETED",
+    "FAILED",
+    "RUNNING",
+    "ErrorRecord",
+    "GroupProgress",
+    "State",
+    "Status",
+    "type_name",
+]
 
 Status = Literal["running", "completed", "failed"]
 RUNNING: Status = "running"
@@ -28,6 +37,8 @@ FAILED: Status = "failed"
 
 EMPTY_OUTPUTS: PMap[str, Any] = pmap()
 EMPTY_ATTEMPTS: PMap[str, int] = EMPTY_OUTPUTS
+EMPTY_TIMES: PMap[str, tuple[float | None, float | None]] = EMPTY_OUTPUTS
+EMPTY_GROUPS: PMap[str, GroupProgress] = EMPTY_OUTPUTS
 
 
 def type_name(exc: BaseException) -> str:
@@ -77,6 +88,42 @@ class ErrorRecord:
         return cls(type_name(exc), str(exc), step)
 
 
+class GroupProgress(NamedTuple):
+    """Where a running ``parallel`` or ``map`` group stands (see :mod:`stepflow.core.groups`).
+
+    Attributes:
+        kind: ``"parallel"`` or ``"map"``.
+        items: For a map, the JSON items its ``items`` handler returned; for a
+            parallel group, its branch names.
+        started: How many items (branches) were started, in order.
+        active: How many started items (branches) have not ended yet.
+        results: Each ended or running item's last ``do`` output (a failed one's
+            error as ``{"error": {...}}``), keyed by branch name or by the item's
+            index as a string.
+        failures: How many items (branches) failed.
+        error: The error that fails the group, once more items failed than it
+            tolerates; no new command starts in it from then on.
+
+    """
+
+    kind: str
+    items: tuple[Any, ...]
+    started: int
+    active: int
+    results: PMap[str, Any]
+    failures: int = 0
+    error: ErrorRecord | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is GroupProgress and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
+
+
 class State(NamedTuple):
     """The immutable state of one run of a flow.
 
@@ -86,9 +133,11 @@ class State(NamedTuple):
     Attributes:
         flow: Name of the flow (the root scope, ``"deploy/v1"``).
         fingerprint: Fingerprint of the definition the state was made under.
-        events: The current position, as go-stepflow event strings
-            (``("start:deploy/v1/push",)``). One entry today; a tuple so that
-            parallel branches can hold several.
+        events: The current positions, as go-stepflow event strings
+            (``("start:deploy/v1/push",)``): one, or one per running branch or
+            map item (a map item's carries its index, ``.../regionsMap/steps[3]/push``).
+            In a running state each position has its command, in the same order
+            as ``in_flight``.
         status: ``"running"``, ``"completed"`` or ``"failed"``.
         error: The :class:`ErrorRecord` of the failure when ``status`` is
             ``"failed"``, else ``None``.
@@ -106,6 +155,11 @@ class State(NamedTuple):
             its group was restarted in the current pass (attempt = restarts + 1).
         run_id: The run's identity, given when it was started; it seeds the
             deterministic jitter of retry backoffs. ``""`` when not given.
+        times: In a flow with ``parallel`` or ``map`` groups, each position's
+            ``(wake_at, timeout_at)`` where either is set; ``wake_at`` and
+            ``timeout_at`` above then hold the earliest of them. Empty otherwise.
+        groups: The :class:`GroupProgress` of each running group, keyed by the
+            group's scope path (with its item indices). Empty otherwise.
 
     """
 
@@ -121,6 +175,8 @@ class State(NamedTuple):
     timeout_at: float | None = None
     attempts: PMap[str, int] = EMPTY_ATTEMPTS
     run_id: str = ""
+    times: PMap[str, tuple[float | None, float | None]] = EMPTY_TIMES
+    groups: PMap[str, GroupProgress] = EMPTY_GROUPS
 
     def __eq__(self, other: object) -> bool:
         return type(other) is State and tuple.__eq__(self, other)
