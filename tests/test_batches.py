@@ -308,8 +308,8 @@ def test_a_format_1_state_from_before_timers_still_loads_with_empty_timing() -> 
     again, commands = stepflow.advance(DEFINITION, loaded, now=T0)
     assert commands == (POLL,)
     # A one-position state is written as format 2 wrote it (format 3 adds only groups).
-        assert json.loads(stepflow.dumps(again))["format"] == 2
-        assert stepflow.FORMAT_VERSION == 3
+    assert json.loads(stepflow.dumps(again))["format"] == 2
+    assert stepflow.FORMAT_VERSION == 3
 
 
 def test_a_hand_written_format_1_envelope_loads() -> None:
