@@ -26,6 +26,7 @@ from stepflow.clock import Clock, SystemClock
 from stepflow.core.advance import advance
 from stepflow.core.compile import HandlerKey, compile_spec
 from stepflow.core.definition import FlowDefinition
+from stepflow.core.groups import command_times, item_of
 from stepflow.core.messages import Command, Effect, Wake
 from stepflow.core.spec import Steps
 from stepflow.core.state import COMPLETED, FAILED, RUNNING, State
@@ -33,7 +34,7 @@ from stepflow.errors import DefinitionError, FlowFailed
 from stepflow.interpreter import Interpreter
 from stepflow.versioning import Migration
 
-__all__ = ["Flow", "new"]
+__all__ = ["Flow", "ItemContext", "new"]
 
 
 def _tuple(migrations: Iterable[Migration]) -> tuple[Migration, ...]:
@@ -85,30 +86,47 @@ class Flow:
         failed.__cause__ = self.interpreter.exception_for(state.error)
         return failed
 
-    def _after(self, state: State, commands: tuple[Command, ...]) -> Command | None:
-        """Return the command to execute next in this apply, or ``None`` to stop."""
+    def _after(self, before: State, state: State, commands: tuple[Command, ...]) -> list[Command]:
+        """Return the commands to execute next in this apply: new ``on_error`` questions."""
         if state.status == FAILED:
             raise self._failed(state)
-        if commands and commands[0].kind == "on_error":
-            return commands[0]
-        return None
+        return [c for c in commands if c.kind == "on_error" and c.id > before.seq]
 
-    def _first(self, state: State | None) -> tuple[State, Command | None]:
-        """Start or load the apply: the state, and the command to execute now."""
-        state, commands = advance(self.definition, state, now=self.clock.now())
+    def _first(self, state: State | None) -> tuple[State, list[Command]]:
+        """Start or load the apply: the state, and the commands to execute now."""
+        now = self.clock.now()
+        state, commands = advance(self.definition, state, now=now)
         if state.status == FAILED:
             raise self._failed(state)
-        command: Command | None = commands[0] if commands else None
-        if type(command) is Wake and command.at > self.clock.now():
-            return state, None  # the timer is not due: nothing to do yet
-        return state, command
+        if len(commands) == 1 and not state.groups:
+            # One position: its command runs now (the caller honours wake_at),
+            # unless it is a timer not yet due.
+            command = commands[0]
+            if type(command) is Wake and command.at > now:
+                return state, []
+            return state, [command]
+        return state, [c for c in commands if _due(state, c, now)]
+
+    def _context(self, state: State, command: Command, ctx: Any) -> Any:
+        """The context a handler gets: the caller's, with the item inside a map."""
+        if state.groups:
+            found = item_of(state, command.step)
+            if found is not None:
+                return ItemContext(ctx, *found)
+        return ctx
 
     def apply(self, state: State | None = None, ctx: Any = None) -> State:
         """Run one step of the flow from ``state`` (``None`` starts a run).
 
+        In a run with several positions (``parallel`` branches, ``map`` items),
+        one step of each position whose command is due runs, in the order of
+        ``state.in_flight``, and their outcomes are applied as one batch.
+
         Args:
             state: The saved state, or ``None`` for a new run.
-            ctx: The caller's context object, passed unchanged to every handler.
+            ctx: The caller's context object, passed unchanged to every handler
+                (inside a map item, wrapped in an :class:`ItemContext` that adds
+                ``item`` and ``index``).
 
         Returns:
             The new state, to save. A completed state is returned as it is.
@@ -118,20 +136,31 @@ class Flow:
                 the failed state (save it), ``__cause__`` the handler's exception.
 
         """
-        state, command = self._first(state)
-        while command is not None:
-            effect: Effect = self.interpreter.execute(command, ctx)
-            state, commands = advance(self.definition, state, (effect,))
-            command = self._after(state, commands)
+        state, due = self._first(state)
+        execute = self.interpreter.execute
+        while due:
+            effects = [execute(c, self._context(state, c, ctx)) for c in due]
+            before = state
+            state, commands = advance(self.definition, state, effects)
+            due = self._after(before, state, commands)
         return state
 
     async def apply_async(self, state: State | None = None, ctx: Any = None) -> State:
-        """Like :meth:`apply`, awaiting ``async def`` handlers on the running loop."""
-        state, command = self._first(state)
-        while command is not None:
-            effect: Effect = await self.interpreter.execute_async(command, ctx)
-            state, commands = advance(self.definition, state, (effect,))
-            command = self._after(state, commands)
+        """Like :meth:`apply`, awaiting ``async def`` handlers on the running loop.
+
+        The due commands of a run with several positions run concurrently.
+        """
+        state, due = self._first(state)
+        execute = self.interpreter.execute_async
+        while due:
+            if len(due) == 1:
+                effects = [await execute(due[0], self._context(state, due[0], ctx))]
+            else:
+                calls = (execute(c, self._context(state, c, ctx)) for c in due)
+                effects = list(await asyncio.gather(*calls))
+            before = state
+            state, commands = advance(self.definition, state, effects)
+            due = self._after(before, state, commands)
         return state
 
     def run(self, state: State | None = None, ctx: Any = None) -> State:
@@ -156,6 +185,41 @@ class Flow:
                 await self.clock.sleep(state.wake_at - self.clock.now())
             state = await self.apply_async(state, ctx)
         return state
+
+
+def _due(state: State, command: Command, now: float) -> bool:
+    """Whether ``command`` may be carried out at ``now`` (its position's ``wake_at`` came)."""
+    wake_at = command_times(state, command)[0]
+    return wake_at is None or wake_at <= now
+
+
+class ItemContext:
+    """The caller's context seen from inside a ``map`` item: ``ctx.item`` and ``ctx.index``.
+
+    :meth:`stepflow.Flow.apply` passes the caller's own context object to every
+    handler; for a step inside a map item it passes this wrapper instead, which
+    adds the item and its index and forwards every other attribute to the
+    caller's object (``wrapped`` is that object itself).
+
+    >>> class Clients:
+    ...     region = "eu"
+    >>> ctx = ItemContext(Clients(), 2, {"cluster": "c3"})
+    >>> (ctx.index, ctx.item["cluster"], ctx.region)
+    (2, 'c3', 'eu')
+    """
+
+    __slots__ = ("index", "item", "wrapped")
+
+    def __init__(self, wrapped: Any, index: int, item: Any) -> None:
+        self.wrapped = wrapped
+        self.index = index
+        self.item = item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+    def __repr__(self) -> str:
+        return f"ItemContext(index={self.index!r}, item={self.item!r:.60}, wrapped={self.wrapped!r:.60})"
 
 
 def new(spec: Steps, *, clock: Clock | None = None, migrations: Iterable[Migration] = ()) -> Flow:

@@ -178,9 +178,10 @@ def replay(
 
     The run's first state must be where the definition starts a run (its
     position and first command; times aside, which a history does not record).
-    For each effect batch, the definition must issue exactly the commands the
-    batch answered (same id, kind, step and position); the batch's effects are
-    then applied. Resumes are re-applied (a resume of a run that, under the
+    For each effect batch, the definition must have in flight each command the
+    batch answered (same id, kind, step and position; a run of several positions
+    answers some of its commands per batch, in any order); the batch's effects
+    are then applied. Resumes are re-applied (a resume of a run that, under the
     definition, had not failed is a divergence); cancellations change no state;
     migrations put the recorded migrated state in place.
 
@@ -253,8 +254,11 @@ def replay(
     for index, batch in enumerate(history.batches):
         if batch.op == "effects":
             state, issued = advance(definition, state)
+            # A run of several positions answers some of its commands in a batch:
+            # each must be in flight under the definition, whatever their order.
+            by_id = {c.id: c for c in issued}
             for k, expected in enumerate(batch.answered):
-                actual = issued[k] if k < len(issued) else None
+                actual = by_id.get(expected.id, issued[k] if k < len(issued) else None)
                 # The same id, kind, step and position (and, for an on_error, the
                 # same error; for a timer, the same time).
                 if actual != expected:

@@ -35,6 +35,7 @@ from stepflow.core.messages import (
     TimerFired,
     Wake,
 )
+from stepflow.core.definition import template_of
 from stepflow.core.state import ErrorRecord
 from stepflow.errors import InterpreterError, RecordedError
 
@@ -132,6 +133,12 @@ class Interpreter:
         try:
             return self._handlers[(command[1], command[2])]
         except KeyError:
+            # A step inside a map item carries the item's index: its handler is
+            # bound to the definition's path, without indices.
+            step = template_of(command[2])
+            handler = self._handlers.get((command[1], step)) if step != command[2] else None
+            if handler is not None:
+                return handler
             raise InterpreterError(
                 f"no {command.kind} handler is bound to step {command.step!r}; execute "
                 "commands with the interpreter of the flow that issued them"

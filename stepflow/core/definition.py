@@ -662,7 +662,7 @@ class FlowDefinition:
             KeyError: ``event`` is not an event of this flow.
 
         """
-        return self._nodes[event].event
+        return self._node(event).event
 
     def enclosing_retries(self, event: str) -> tuple[str, ...]:
         """Scope paths of the retries around the position ``event``, innermost first.
@@ -671,7 +671,7 @@ class FlowDefinition:
             KeyError: ``event`` is not an event of this flow.
 
         """
-        return self._nodes[event].retry_scopes
+        return self._node(event).retry_scopes
 
     def retry_rule(self, scope: str) -> RetryRule:
         """Return the :class:`RetryRule` of the retry scope ``scope``.

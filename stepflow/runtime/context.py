@@ -36,6 +36,10 @@ class RunContext:
         app: The application's own object (clients, configuration), given to
             the worker once.
         command: The command being executed.
+        index: Inside a ``map``, the index of the item this step runs for
+            (``None`` outside any map).
+        item: Inside a ``map``, the item itself (the JSON value its ``items``
+            handler returned at ``index``); ``None`` outside any map.
 
     """
 
@@ -50,3 +54,6 @@ class RunContext:
     now: float
     app: Any
     command: CallHandler = attrs.field(repr=False)
+    index: int | None = None
+    item: Any = None
+

@@ -49,6 +49,7 @@ import orjson
 from stepflow.clock import Clock, SystemClock
 from stepflow.codec import Batch, dumps, dumps_batch, loads, structure_state
 from stepflow.core.advance import advance
+from stepflow.core.groups import command_times, item_of
 from stepflow.core.messages import CallHandler, Command, Effect, Wake
 from stepflow.core.state import State
 from stepflow.errors import (
@@ -388,31 +389,44 @@ class Worker:
         # The record (with its state text) is not needed any more: with a thousand
         # runs in flight, keeping it would be most of the worker's memory.
         del lease, record
+        # The commands of this run being executed, by id: one per position at most.
+        running: dict[int, asyncio.Task[Effect]] = {}
         try:
             while True:
                 now = self.clock.now()
                 state, commands = advance(flow.definition, state, now=now)
-                if not commands or (state.wake_at is not None and state.wake_at > now):
+                due = [c for c in commands if c[0] not in running and _due(state, c, now)]
+                if not due and not running:
                     await self._save_last(run_id, version, self._token(run_id, token), state, now)
                     return
-                command = commands[0]
                 if self._stopping:
-                    # Claimed as the worker was told to stop: start nothing new, and
-                    # leave the run (saved as it is) to the next worker at once.
-                    await self._store(self.store.release, run_id, self._token(run_id, token))
-                    return
+                    # Told to stop: start nothing new; once what runs has ended (and
+                    # been saved), leave the run to the next worker at once.
+                    if not running:
+                        await self._store(self.store.release, run_id, self._token(run_id, token))
+                        return
+                    due = []
                 try:
-                    effect = await self._execute(flow, run_id, run_input, state, command)
+                    if len(due) == 1 and not running:  # one position: no task needed
+                        answered = due
+                        effects = [await self._execute(flow, run_id, run_input, state, due[0])]
+                    else:
+                        answered, effects = await self._gather(
+                            flow, run_id, run_input, state, commands, due, running
+                        )
                 except InterpreterError as exc:
                     log.error("run %s cannot be executed by this worker: %s", run_id, exc)
                     token = self._token(run_id, token)
                     await self._park(run_id, version, token, dumps(state), state.status)
                     return
-                new_state, _ = advance(flow.definition, state, (effect,))
-                batch = dumps_batch(Batch("effects", effect.at, (effect,), (command,)))
+                if not effects:
+                    continue  # a waiting command came due
+                new_state, _ = advance(flow.definition, state, effects)
+                at = effects[-1].at if len(effects) == 1 else max(_times(effects), default=None)
+                batch = dumps_batch(Batch("effects", at, tuple(effects), tuple(answered)))
                 now = self.clock.now()
                 wake_at = store_wake_at(new_state, now)
-                release = self._stopping or wake_at is None or wake_at > now
+                release = not running and (self._stopping or wake_at is None or wake_at > now)
                 save = Save(
                     run_id,
                     version,
@@ -426,16 +440,57 @@ class Worker:
                 saved = await self._save(save, now)
                 version = saved.version
                 state = new_state
-                self._count(new_state)
-                if self.on_step is not None:
-                    self.on_step(StepReport(run_id, flow.name, command, effect, new_state))
+                for command, effect in zip(answered, effects, strict=True):
+                    self._count(new_state)
+                    if self.on_step is not None:
+                        self.on_step(StepReport(run_id, flow.name, command, effect, new_state))
                 if release:
                     return
         except StaleWriteError as exc:
             self.stats.stale += 1
             log.warning("run %s moved on without this worker (%s); dropping it", run_id, exc)
         finally:
+            for task in running.values():
+                task.cancel()
             self._leases.pop(run_id, None)  # one task per run: this one ends
+
+    async def _gather(
+        self,
+        flow: Flow,
+        run_id: str,
+        run_input: Any,
+        state: State,
+        commands: tuple[Command, ...],
+        due: list[Command],
+        running: dict[int, asyncio.Task[Effect]],
+    ) -> tuple[list[Command], list[Effect]]:
+        """Start ``due`` beside the commands ``running``; return those that ended, with effects.
+
+        Waits until at least one has ended, or until the next waiting command of
+        the run comes due (then returns none).
+        """
+        for command in due:
+            running[command[0]] = asyncio.create_task(
+                self._execute(flow, run_id, run_input, state, command)
+            )
+        now = self.clock.now()
+        later = [
+            wake
+            for c in commands
+            if c[0] not in running and (wake := command_times(state, c)[0]) is not None
+        ]
+        # (A virtual clock's waits are not real time: wait for a command instead.)
+        real = isinstance(self.clock, SystemClock)
+        timeout = max(0.0, min(later) - now) if later and real else None
+        done, _ = await asyncio.wait(
+            running.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        by_id = {c[0]: c for c in commands}
+        answered = sorted((by_id[i] for i, t in running.items() if t in done), key=lambda c: c[0])
+        effects = []
+        for command in answered:
+            effects.append(running.pop(command[0]).result())
+        return answered, effects
 
     async def _migrate(
         self, record: RunRecord, token: str, flow: Flow, migration: Migration
@@ -500,6 +555,11 @@ class Worker:
         assert self._slots is not None
         retries = flow.definition.enclosing_retries(command.event)
         attempt = state.attempts.get(retries[0], 0) + 1 if retries else 1
+        index, item = (None, None)
+        if state.groups:
+            found = item_of(state, command.step)
+            if found is not None:
+                index, item = found
         ctx = RunContext(
             run_id=run_id,
             flow=flow.name,
@@ -512,6 +572,8 @@ class Worker:
             now=self.clock.now(),
             app=self.context,
             command=command,
+            index=index,
+            item=item,
         )
         async with self._slots:
             if self._on_loop.get((flow.name, command.kind, command.step), False):
@@ -555,6 +617,16 @@ class Worker:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+
+def _due(state: State, command: Command, now: float) -> bool:
+    """Whether ``command`` may be carried out at ``now``: its position's ``wake_at`` came."""
+    wake_at = command_times(state, command)[0]
+    return wake_at is None or wake_at <= now
+
+
+def _times(effects: list[Effect]) -> list[float]:
+    return [effect.at for effect in effects if effect.at is not None]
 
 
 class _Threads:
