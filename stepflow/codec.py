@@ -193,7 +193,7 @@ def _unstructure_state(state: State) -> dict[str, Any]:
     )
     # (Identity tests, not truth: a pmap's truth is a Python-level __len__ call.)
     times, groups = state[12], state[13]
-    if times is not EMPTY_TIMES or groups is not EMPTY_GROUPS:
+    if (times is not EMPTY_TIMES and times) or (groups is not EMPTY_GROUPS and groups):
         envelope = _unstructure_state(state._replace(times=EMPTY_TIMES, groups=EMPTY_GROUPS))
         envelope["format"] = FORMAT_VERSION
         body = envelope["state"]

@@ -640,7 +640,16 @@ def check_state(definition: FlowDefinition, state: State) -> State:
                 missing.append(f"on_error of {command.step} around {command.event}")
         elif node.kind != command.kind or node.step != command.step:
             missing.append(f"{command.kind} of {command.step} at {command.event}")
-    around = {scope for node in positions.values() if node for scope in node.retry_scopes}
+    # Retries around a position, through the groups it is in (a group's branches
+    # count the attempts of the retries around the group).
+    around = {
+        scope
+        for node in positions.values()
+        if node
+        for at in (node, *(_position_node(definition, start_event(g)) for g in node.groups))
+        if at
+        for scope in at.retry_scopes
+    }
     for scope in state.attempts:
         if scope not in around:
             missing.append(f"retry attempts of {scope} around {list(state.events)!r}")

@@ -642,8 +642,12 @@ class FlowDefinition:
         return (*self.table, self.completed_event)
 
     def handler_transitions(self) -> Iterator[Transition]:
-        """Iterate over the transitions that wait for a handler."""
-        return (t for t in self.transitions if not t.is_static)
+        """Iterate over the transitions that wait for a handler or a timer.
+
+        Forks and joins (``"parallel"``, ``"join"``) wait for neither; a
+        ``"map"`` waits for its ``items`` handler.
+        """
+        return (t for t in self.transitions if t.kind not in ("static", "parallel", "join"))
 
     def retry_scopes(self) -> tuple[str, ...]:
         """Scope paths of every retry group, in definition order."""

@@ -184,9 +184,13 @@ class _Run:
             in_flight = tuple(cast(Command, c) for c in self.positions.values())
             times = self.times
             wake_at, timeout_at = _earliest(events, times)
+        # Empty maps are the shared empties: the codec writes them as format 2 did.
+        times = times if times else EMPTY_TIMES
+        groups = self.groups if self.groups else EMPTY_GROUPS
+        attempts = self.attempts if self.attempts else EMPTY_ATTEMPTS
         fields = (definition.name, definition.fingerprint, events, self.status, self.error)
-        rest = (in_flight, self.seq, self.outputs, wake_at, timeout_at, self.attempts)
-        return _new(State, (*fields, *rest, state.run_id, times, self.groups))
+        rest = (in_flight, self.seq, self.outputs, wake_at, timeout_at, attempts)
+        return _new(State, (*fields, *rest, state.run_id, times, groups))
 
     # ------------------------------------------------------------------ one position
 
@@ -244,12 +248,18 @@ class _Run:
         else:  # a join: a branch or an item ended
             self.item_ended(node.step, _item_key(node.step, event), at, None)
 
-    def enter(self, event: str, at: float | None) -> None:
-        """Move a new position to ``event`` (through static hops) and issue its command."""
+    def enter(self, event: str, at: float | None, origin: _Node | None = None) -> None:
+        """Move a position to ``event`` (through static hops) and issue its command.
+
+        ``origin`` is the node the position comes from, when it leaves one (a
+        completed group's fork): the attempts of the retries around it that the
+        new position is not in are forgotten, as for a run of one position.
+        """
         node = self.definition._node(event)
-        view = self.view(node.event, None, node)
+        origin = node if origin is None else origin
+        view = self.view(node.event, None, origin)
         moved, _ = _enter(self.definition, view, node, view.outputs, view.attempts, at, None)
-        self.absorb(moved, node, at)
+        self.absorb(moved, origin, at)
 
     def remove(self, event: str) -> None:
         del self.positions[event]
@@ -397,7 +407,7 @@ class _Run:
         self.outputs = self.outputs.set(scope, frozen)
         fork = self.definition._node(start_event(scope))
         self.record_result(fork, scope, frozen)
-        self.enter(completed_event(scope), at)
+        self.enter(completed_event(scope), at, fork)
 
     def fail_group(self, scope: str, error: ErrorRecord, at: float | None) -> None:
         """Hand the error of failed group ``scope`` to what encloses the group."""
@@ -433,14 +443,11 @@ class _Run:
             self.answer_items(view, command, node, effect, at)
             return
         moved, _ = answer(self.definition, view, command, node, effect, now)
-        if (
-            command.kind == "do"
-            and node.groups
-            and type(effect) is HandlerReturned
-            and effect.value is not None
-            and moved.status != FAILED
-        ):
-            self.record_result(node, command.step, moved.outputs[command.step])
+        if command.kind == "do" and node.groups and type(effect) is HandlerReturned:
+            # Kept only if the value was: a value that is not JSON fails the step.
+            value = moved.outputs.get(command.step)
+            if value is not None and value is not view.outputs.get(command.step):
+                self.record_result(node, command.step, value)
         self.absorb(moved, node, at)
 
     def answer_items(
@@ -460,7 +467,7 @@ class _Run:
                     elif not items:
                         self.outputs = self.outputs.set(node.step, freeze_json([]))
                         self.record_result(node, node.step, self.outputs[node.step])
-                        self.enter(completed_event(node.step), at)
+                        self.enter(completed_event(node.step), at, node)
                     else:
                         self.start_map(node, items, at)
                     return
@@ -538,10 +545,10 @@ def advance_groups(
         state = check_state(definition, state)
     try:
         return _advance(definition, state, effects, now)
-    except KeyError:
+    except KeyError as exc:
         # A position or group the definition does not know: say what is wrong.
         check_state(definition, state)
-        raise StateError(f"the state does not fit {name!r}: {state!r:.200}") from None
+        raise StateError(f"the state does not fit {name!r}: {state!r:.200}") from exc
 
 
 def _advance(

@@ -9,7 +9,8 @@ from stepflow.codec import dumps, loads
 from stepflow.core.advance import advance, initial_state
 from stepflow.core.definition import FlowDefinition
 from stepflow.flow import Flow
-from stepflow.testing._scripts import Script, ScriptedWorld, simulate
+from stepflow.core.groups import command_times
+from stepflow.testing._scripts import Script, ScriptedWorld, next_command, simulate
 
 __all__ = [
     "Crash",
@@ -53,7 +54,8 @@ def run_with_crashes(
         crash = crashes[step] if step < len(crashes) else "none"
         if crash == "before":
             continue
-        effect = world.execute(commands[0], state.wake_at, state.timeout_at)
+        command = next_command(state, commands)
+        effect = world.execute(command, *command_times(state, command))
         if crash == "after":
             continue
         state, _ = advance(definition, state, (effect,))

@@ -17,7 +17,8 @@ import attrs
 
 from stepflow.clock import FakeClock
 from stepflow.core.advance import advance, initial_state
-from stepflow.core.definition import FlowDefinition
+from stepflow.core.definition import FlowDefinition, template_of
+from stepflow.core.groups import command_times
 from stepflow.core.messages import (
     Command,
     Effect,
@@ -47,6 +48,7 @@ __all__ = [
     "WrongKind",
     "check_script",
     "handler_keys",
+    "next_command",
     "outcome_of",
     "scripted_flow",
     "simulate",
@@ -125,6 +127,7 @@ EXIT_OUTCOMES: Mapping[str, Outcome] = {
     "case": Returns(False),
     "loop_until": Returns(True),
     "on_error": Returns(False),
+    "map": Returns([]),
 }
 
 
@@ -203,7 +206,8 @@ class ScriptedWorld:
         if type(command) is Wake:
             self.clock.set(max(command.at, self.clock.now()))
             return TimerFired(command.id, self.clock.now())
-        outcome = self._decide((command.kind, command.step))
+        # Inside a map item the step carries the item's index; the script is by handler.
+        outcome = self._decide((command.kind, template_of(command.step)))
         if isinstance(outcome, TimesOut) and timeout_at is not None:
             self.clock.set(max(timeout_at, self.clock.now()))
         at = self.clock.advance(self.handler_seconds)
@@ -302,11 +306,12 @@ class Trace:
 
     @property
     def commands(self) -> tuple[Command, ...]:
-        """Every command issued, in order (including the last state's, if any)."""
-        issued = [*self.initial.in_flight]
+        """Every command issued, once each, in order (including the last state's, if any)."""
+        issued = {c.id: c for c in self.initial.in_flight}
         for step in self.steps:
-            issued.extend(step.state.in_flight)
-        return tuple(issued)
+            for command in step.state.in_flight:
+                issued.setdefault(command.id, command)
+        return tuple(issued.values())
 
     @property
     def effects(self) -> tuple[Effect, ...]:
@@ -328,6 +333,24 @@ class Trace:
         """Virtual seconds from the first effect's time to the last's."""
         times = [e.at for e in self.effects if e.at is not None]
         return times[-1] - times[0] if len(times) > 1 else 0.0
+
+
+def next_command(state: State, commands: Sequence[Command]) -> Command:
+    """The command a simulated world answers next: the first due, then the lowest id.
+
+    With one command in flight it is that one. With several (``parallel``
+    branches, ``map`` items), the one whose ``wake_at`` comes first (one due at
+    once counts as due at ``-inf``), ties broken by command id: a deterministic
+    interleaving, the same after a crash and a reload.
+    """
+    if len(commands) == 1:
+        return commands[0]
+
+    def due(command: Command) -> tuple[float, int]:
+        wake_at = command_times(state, command)[0]
+        return (float("-inf") if wake_at is None else wake_at, command.id)
+
+    return min(commands, key=due)
 
 
 def simulate(
@@ -370,8 +393,8 @@ def simulate(
     while commands:
         if len(steps) >= max_steps:
             raise AssertionError(f"the simulated run did not end within {max_steps} steps")
-        command = commands[0]
-        effect = world.execute(command, state.wake_at, state.timeout_at)
+        command = next_command(state, commands)
+        effect = world.execute(command, *command_times(state, command))
         state, commands = advance(definition, state, (effect,))
         steps.append(TraceStep(command, effect, state))
     return Trace(initial, tuple(steps))

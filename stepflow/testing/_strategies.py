@@ -14,7 +14,19 @@ from hypothesis import strategies as st
 
 from stepflow.core.compile import scope_name
 from stepflow.core.definition import FlowDefinition, RetryPolicy
-from stepflow.core.spec import Case, Do, Group, Item, LoopUntil, Retry, Sleep, Steps, WaitFor
+from stepflow.core.spec import (
+    Case,
+    Do,
+    Group,
+    Item,
+    LoopUntil,
+    Map,
+    Parallel,
+    Retry,
+    Sleep,
+    Steps,
+    WaitFor,
+)
 from stepflow.flow import new
 from stepflow.testing._scripts import (
     HandlerKey,
@@ -90,8 +102,23 @@ def items(depth: int) -> st.SearchStrategy[Item]:
         st.builds(Retry, step_names, st.none() | on_error, body, policies),
         st.builds(LoopUntil, step_names, st.just(_unused), body),
         st.builds(Group, step_names, body),
+        st.builds(
+            Parallel,
+            step_names,
+            st.lists(st.tuples(step_names, body), min_size=1, max_size=3, unique_by=_first).map(
+                tuple
+            ),
+            st.integers(0, 1),
+        ),
+        st.builds(
+            Map, step_names, st.just(_unused), body, st.none() | st.integers(1, 3), st.integers(0, 1)
+        ),
     ]
     return st.one_of(*leaves, *groups)
+
+
+def _first(pair: tuple[str, Any]) -> str:
+    return pair[0]
 
 
 def bodies(depth: int, max_size: int = 3) -> st.SearchStrategy[Steps]:
@@ -130,6 +157,8 @@ def outcomes_for(kind: str) -> st.SearchStrategy[Outcome]:
     """Outcomes a handler of ``kind`` can have: mostly successes, sometimes failures."""
     if kind == "do":
         value: st.SearchStrategy[Outcome] = st.builds(Returns, json_values)
+    elif kind == "map":
+        value = st.builds(Returns, st.lists(json_values, max_size=3))
     else:
         value = st.builds(Returns, st.booleans())
     failing: list[st.SearchStrategy[Outcome]] = [st.builds(Raises, st.text("xyz", max_size=3))]
