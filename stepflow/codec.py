@@ -357,9 +357,22 @@ def _from_wire(env: _Envelope) -> State:
     attempts = pmap(s.attempts) if s.attempts else EMPTY_ATTEMPTS
     times = pmap({e: (w, t) for e, (w, t) in s.times.items()}) if s.times else EMPTY_TIMES
     groups = pmap({k: group(g) for k, g in s.groups.items()}) if s.groups else EMPTY_GROUPS
-    fields = (env.flow, env.fingerprint, tuple(s.events), s.status, err(s.error), commands)
-    rest = (s.seq, outputs, s.wake_at, s.timeout_at, attempts, s.run_id, times, groups)
-    return State(*fields, *rest)
+    return State(
+        env.flow,
+        env.fingerprint,
+        tuple(s.events),
+        s.status,
+        err(s.error),
+        commands,
+        s.seq,
+        outputs,
+        s.wake_at,
+        s.timeout_at,
+        attempts,
+        s.run_id,
+        times,
+        groups,
+    )
 
 
 def make_converter() -> cattrs.Converter:

@@ -27,7 +27,7 @@ from stepflow.core.advance import advance
 from stepflow.core.compile import HandlerKey, compile_spec
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.groups import command_times, item_of
-from stepflow.core.messages import Command, Effect, Wake
+from stepflow.core.messages import Command, Wake
 from stepflow.core.spec import Steps
 from stepflow.core.state import COMPLETED, FAILED, RUNNING, State
 from stepflow.errors import DefinitionError, FlowFailed
@@ -108,7 +108,7 @@ class Flow:
         return state, [c for c in commands if _due(state, c, now)]
 
     def _context(self, state: State, command: Command, ctx: Any) -> Any:
-        """The context a handler gets: the caller's, with the item inside a map."""
+        """Return the context a handler gets: the caller's, with the item inside a map."""
         if state.groups:
             found = item_of(state, command.step)
             if found is not None:
@@ -219,7 +219,10 @@ class ItemContext:
         return getattr(self.wrapped, name)
 
     def __repr__(self) -> str:
-        return f"ItemContext(index={self.index!r}, item={self.item!r:.60}, wrapped={self.wrapped!r:.60})"
+        return (
+            f"ItemContext(index={self.index!r}, item={self.item!r:.60}, "
+            f"wrapped={self.wrapped!r:.60})"
+        )
 
 
 def new(spec: Steps, *, clock: Clock | None = None, migrations: Iterable[Migration] = ()) -> Flow:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepflow.clock import Clock, SystemClock
 from stepflow.core.compile import HandlerKey
+from stepflow.core.definition import template_of
 from stepflow.core.messages import (
     CallHandler,
     Command,
@@ -35,7 +36,6 @@ from stepflow.core.messages import (
     TimerFired,
     Wake,
 )
-from stepflow.core.definition import template_of
 from stepflow.core.state import ErrorRecord
 from stepflow.errors import InterpreterError, RecordedError
 

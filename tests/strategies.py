@@ -7,6 +7,7 @@ only re-exports them under the names the tests use, plus :func:`run`.
 from __future__ import annotations
 
 import stepflow
+from stepflow.core.groups import command_times
 from stepflow.testing import (
     EXIT_OUTCOMES,
     START,
@@ -21,6 +22,7 @@ from stepflow.testing import (
     flows_and_scripts,
     items,
     json_values,
+    next_command,
     outcomes,
     outcomes_for,
     specs,
@@ -63,8 +65,9 @@ def run(
     states = [state]
     issued = list(commands)
     while commands:
-        effect = world.execute(commands[0], state.wake_at)
+        command = next_command(state, commands)
+        effect = world.execute(command, *command_times(state, command))
         state, commands = stepflow.advance(definition, state, (effect,))
         states.append(state)
-        issued.extend(commands)
+        issued.extend(c for c in commands if c.id > states[-2].seq)
     return state, states, issued

@@ -160,7 +160,7 @@ def advance(
     # advance runs once per step of every run a worker drives.
     name, fingerprint, nodes, concurrent = definition._hot
     if concurrent:
-        from stepflow.core.groups import advance_groups  # noqa: PLC0415 (a cycle by design)
+        from stepflow.core.groups import advance_groups
 
         return advance_groups(definition, state, effects, now)
     if state is None:
@@ -546,7 +546,7 @@ def resume(
     if state.status != FAILED:
         raise StateError(f"only a failed run can be resumed; this one is {state.status!r}")
     if definition._concurrent:
-        from stepflow.core.groups import resume_groups  # noqa: PLC0415 (a cycle by design)
+        from stepflow.core.groups import resume_groups
 
         return resume_groups(definition, state, now)
     node = definition._node(state.events[0])
@@ -583,6 +583,7 @@ def check_state(definition: FlowDefinition, state: State) -> State:
             and (error is None) == (status != FAILED)
             and status in _STATUSES
             and (state[10] is EMPTY_ATTEMPTS or all(s in node.retry_scopes for s in state[10]))
+            and not node.groups
         ):
             if not in_flight:
                 return state
@@ -650,13 +651,23 @@ def check_state(definition: FlowDefinition, state: State) -> State:
         if at
         for scope in at.retry_scopes
     }
-    for scope in state.attempts:
-        if scope not in around:
-            missing.append(f"retry attempts of {scope} around {list(state.events)!r}")
+    missing.extend(
+        f"retry attempts of {scope} around {list(state.events)!r}"
+        for scope in state.attempts
+        if scope not in around
+    )
     for scope in state.groups:
         node = _position_node(definition, start_event(scope))
         if node is None or node.kind not in ("parallel", "map"):
             missing.append(f"group {scope}")
+    for event, node in positions.items():
+        lost = [g for g in (node.groups if node else ()) if g not in state.groups]
+        if lost:
+            raise StateError(
+                f"the state is at {event!r}, inside group {lost[0]!r}, but holds no progress "
+                "of that group; a position inside a parallel or map group exists only in the "
+                "state its group started in"
+            )
     if missing:
         listed = ", ".join(repr(m) for m in missing)
         if state.fingerprint != definition.fingerprint:

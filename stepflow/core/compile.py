@@ -319,7 +319,6 @@ class _Compiler:
         else:
             self.steps(scope, item.body, retries)
 
-
     def group(self, scope: str, item: Parallel | Map, retries: tuple[str, ...]) -> None:
         """Compile a fork: its start, each branch (or the item group), and their joins.
 
@@ -337,7 +336,10 @@ class _Compiler:
         else:
             kind = "map"
             bodies = [(f"{scope}/steps", item.body)]
-            dests = (Destination(start_event(bodies[0][0]), "map item"), Destination(done, "no items"))
+            dests = (
+                Destination(start_event(bodies[0][0]), "map item"),
+                Destination(done, "no items"),
+            )
             limit = item.max_concurrency
             reason = "all items completed"
             self.handlers[(kind, scope)] = item.items

@@ -133,7 +133,7 @@ def concretize(text: str, maps: tuple[str, ...], indices: tuple[int, ...]) -> st
     head, sep, path = text.partition(":")
     if not sep:
         head, path = "", head
-    for scope, index in reversed(tuple(zip(maps, indices))):
+    for scope, index in reversed(tuple(zip(maps, indices, strict=False))):
         if path.startswith(scope) and (len(path) == len(scope) or path[len(scope)] == "/"):
             path = f"{path[: len(scope)]}[{index}]{path[len(scope) :]}"
     return head + sep + path

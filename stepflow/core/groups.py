@@ -122,7 +122,8 @@ def item_of(state: State, step: str) -> tuple[int, Any] | None:
 
     >>> from pyrsistent import pmap
     >>> progress = GroupProgress("map", ("eu", "us"), 2, 2, pmap())
-    >>> state = State("f", "", (), "running", None, (), 0, pmap(), groups=pmap({"f/rMap": progress}))
+    >>> groups = pmap({"f/rMap": progress})
+    >>> state = State("f", "", (), "running", None, (), 0, pmap(), groups=groups)
     >>> item_of(state, "f/rMap/steps[1]/push")
     (1, 'us')
     """
@@ -141,13 +142,13 @@ class _Run:
     """A run's state while one batch is applied: local to one call, never shared."""
 
     __slots__ = (
+        "answering",
         "attempts",
         "definition",
         "error",
         "filling",
         "groups",
         "outputs",
-        "answering",
         "positions",
         "seq",
         "state",
@@ -158,7 +159,9 @@ class _Run:
     def __init__(self, definition: FlowDefinition, state: State) -> None:
         self.definition = definition
         self.state = state
-        self.positions: dict[str, Command | None] = dict(zip(state.events, state.in_flight))
+        self.positions: dict[str, Command | None] = dict(
+            zip(state.events, state.in_flight, strict=False)
+        )
         self.seq = state.seq
         self.outputs = state.outputs
         self.attempts = state.attempts
@@ -195,7 +198,7 @@ class _Run:
     # ------------------------------------------------------------------ one position
 
     def view(self, event: str, command: Command | None, node: _Node) -> State:
-        """The one-position state of ``event``, for the rules of stepflow.core.advance."""
+        """Return the one-position state of ``event``, for the rules of stepflow.core.advance."""
         wake_at, timeout_at = self.times.get(event, _NO_TIMES)
         attempts = self.attempts
         if attempts:
@@ -325,9 +328,7 @@ class _Run:
         elif progress.kind == "parallel" or progress.started == len(progress.items):
             self.complete_group(scope, progress, at)
 
-    def item_ended(
-        self, scope: str, key: str, at: float | None, error: ErrorRecord | None
-    ) -> None:
+    def item_ended(self, scope: str, key: str, at: float | None, error: ErrorRecord | None) -> None:
         """Branch or item ``key`` of group ``scope`` ended, with ``error`` if it failed."""
         progress = self.groups[scope]
         self.forget_attempts(_item_scope(scope, progress.kind, key))
@@ -370,7 +371,7 @@ class _Run:
         self.filling.discard(scope)
 
     def stop(self, node: _Node, at: float | None) -> None:
-        """A position inside a failed group ended: account for it in each group around it."""
+        """Account, in each group around it, for a position that ended inside a failed group."""
         event = node.event
         for scope in reversed(node.groups):
             progress = self.groups.get(scope)
@@ -481,7 +482,7 @@ class _Run:
 
 
 def _items_error(command: Command, value: Any) -> ErrorRecord:
-    """The error a map's ``items`` handler returning ``value`` (not a JSON list) is recorded as."""
+    """Return the error recorded for a map's ``items`` returning ``value``, not a JSON list."""
     if type(value) is list:
         try:
             freeze_json(value)
@@ -497,7 +498,7 @@ def _items_error(command: Command, value: Any) -> ErrorRecord:
 
 
 def _item_key(scope: str, path: str) -> str:
-    """The branch name or item index (as a string) of ``path`` inside group ``scope``."""
+    """Return the branch name or item index (as a string) of ``path`` inside group ``scope``."""
     path = path.partition(":")[2] if ":" in path else path
     rest = path[len(scope) + 1 :]
     segment = rest.split("/", 1)[0]
@@ -513,7 +514,7 @@ def _item_scope(scope: str, kind: str, key: str) -> str:
 def _earliest(
     events: tuple[str, ...], times: PMap[str, tuple[float | None, float | None]]
 ) -> tuple[float | None, float | None]:
-    """The run's ``wake_at`` (``None`` if a command is due at once) and ``timeout_at``."""
+    """Return the run's ``wake_at`` (``None``: a command is due at once) and ``timeout_at``."""
     wake_at: float | None = None
     timeout_at: float | None = None
     due_now = False
@@ -572,7 +573,7 @@ def _advance(
         seen.add(effect[0])
     run = _Run(definition, state)
     run.answering = seen
-    for effect in sorted(effects, key=lambda e: cast(int, e[0])):
+    for effect in sorted(effects, key=lambda e: e[0]):
         command = by_id[effect[0]]
         if command.event not in run.positions:  # dropped by a failure earlier in the batch
             raise _rejection(run.build(), (effect,))

@@ -259,9 +259,7 @@ class Steps:
         """Add ``steps`` as a nested group with scope ``name`` (whatever ``steps`` was named)."""
         return self._add(Group(name, steps))
 
-    def parallel(
-        self, name: str, branches: Mapping[str, Steps], *, max_failures: int = 0
-    ) -> Steps:
+    def parallel(self, name: str, branches: Mapping[str, Steps], *, max_failures: int = 0) -> Steps:
         """Add a group whose ``branches`` (branch name -> steps) all run at once.
 
         The group completes when every branch has completed; its output (in

@@ -56,4 +56,3 @@ class RunContext:
     command: CallHandler = attrs.field(repr=False)
     index: int | None = None
     item: Any = None
-

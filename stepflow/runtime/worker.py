@@ -487,10 +487,7 @@ class Worker:
         )
         by_id = {c[0]: c for c in commands}
         answered = sorted((by_id[i] for i, t in running.items() if t in done), key=lambda c: c[0])
-        effects = []
-        for command in answered:
-            effects.append(running.pop(command[0]).result())
-        return answered, effects
+        return answered, [running.pop(command[0]).result() for command in answered]
 
     async def _migrate(
         self, record: RunRecord, token: str, flow: Flow, migration: Migration

@@ -55,6 +55,7 @@ from stepflow.testing._scripts import TraceStep as TraceStep
 from stepflow.testing._scripts import WrongKind as WrongKind
 from stepflow.testing._scripts import check_script as check_script
 from stepflow.testing._scripts import handler_keys as handler_keys
+from stepflow.testing._scripts import next_command as next_command
 from stepflow.testing._scripts import outcome_of as outcome_of
 from stepflow.testing._scripts import scripted_flow as scripted_flow
 from stepflow.testing._scripts import simulate as simulate
@@ -91,6 +92,7 @@ __all__ = [
     "handler_keys",
     "leads_to",
     "never",
+    "next_command",
     "outcome_of",
     "paths",
     "run_with_crashes",

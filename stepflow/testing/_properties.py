@@ -8,8 +8,8 @@ from typing import Literal
 from stepflow.codec import dumps, loads
 from stepflow.core.advance import advance, initial_state
 from stepflow.core.definition import FlowDefinition
-from stepflow.flow import Flow
 from stepflow.core.groups import command_times
+from stepflow.flow import Flow
 from stepflow.testing._scripts import Script, ScriptedWorld, next_command, simulate
 
 __all__ = [

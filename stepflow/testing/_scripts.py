@@ -336,7 +336,7 @@ class Trace:
 
 
 def next_command(state: State, commands: Sequence[Command]) -> Command:
-    """The command a simulated world answers next: the first due, then the lowest id.
+    """Return the command a simulated world answers next: the first due, then the lowest id.
 
     With one command in flight it is that one. With several (``parallel``
     branches, ``map`` items), the one whose ``wake_at`` comes first (one due at

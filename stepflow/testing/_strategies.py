@@ -81,6 +81,17 @@ policies = st.builds(
 
 def items(depth: int) -> st.SearchStrategy[Item]:
     """One step of any kind; groups nest at most ``depth`` more levels."""
+    # (A composite keeps the strategy's repr short: the nested one_of's repr runs
+    # to tens of kB, which hypothesis warns about whenever it reports an example.)
+    return _items(depth)
+
+
+@st.composite
+def _items(draw: st.DrawFn, depth: int) -> Item:
+    return draw(_item_kinds(depth))
+
+
+def _item_kinds(depth: int) -> st.SearchStrategy[Item]:
     leaves: list[st.SearchStrategy[Item]] = [
         st.builds(Do, step_names, st.just(_unused)),
         st.builds(
@@ -111,7 +122,12 @@ def items(depth: int) -> st.SearchStrategy[Item]:
             st.integers(0, 1),
         ),
         st.builds(
-            Map, step_names, st.just(_unused), body, st.none() | st.integers(1, 3), st.integers(0, 1)
+            Map,
+            step_names,
+            st.just(_unused),
+            body,
+            st.none() | st.integers(1, 3),
+            st.integers(0, 1),
         ),
     ]
     return st.one_of(*leaves, *groups)
