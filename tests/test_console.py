@@ -200,9 +200,13 @@ def test_without_graphviz_the_diagram_is_drawn_as_html(
         page = web.get("/runs/fail-1")
     assert "<svg" not in page.text.split('id="diagram"')[1].split("</div>")[0]
     current = re.findall(
-        r'class="node do current" data-current="true">\s*do <b>([^<]+)</b>', page.text
+        r'class="node do current failed" data-current="true">\s*do <b>([^<]+)</b>', page.text
     )
     assert current == ["againRetry/flaky"]
+    order = re.findall(
+        r'class="node (?:\w+)[^"]*" data-current="\w+">\s*\w+ <b>([^<]+)</b>', page.text
+    )
+    assert order == ["fetch", "againRetry/flaky", "ready", "finish"]  # the definition's order
     assert "drawn without Graphviz" in page.text
 
 

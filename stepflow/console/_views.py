@@ -261,18 +261,27 @@ class Box:
     current: bool = False
     exits: tuple[str, ...] = ()
     children: tuple[Box, ...] = ()
+    failed: bool = False
+
+
+_SUFFIXES = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
 
 
 def html_diagram(definition: FlowDefinition, state: State | None) -> Box:
-    """Return the flow's graph as nested boxes: scopes holding their nodes, in order."""
+    """Return the flow's graph as nested boxes: scopes holding their nodes, in order.
+
+    A scope sits among its siblings where its first node sits in the definition.
+    """
     graph = to_json(definition, state)
     names = {n["id"]: n for n in graph["nodes"]}
+    failed = state is not None and state.status == "failed"
 
     def label(node_id: str) -> str:
         node = names[node_id]
         if node["step"] is None:
             return str(node["kind"])
-        return _short(node["step"], definition.name)
+        name = _short(node["step"], definition.name)
+        return name.removesuffix(_SUFFIXES.get(node["kind"], "\0"))
 
     exits: dict[str, list[str]] = {}
     for edge in graph["edges"]:
@@ -284,30 +293,33 @@ def html_diagram(definition: FlowDefinition, state: State | None) -> Box:
         inside.setdefault(scope["parent"], []).append(("scope", scope))
     for node in graph["nodes"][1:-1]:
         inside.setdefault(node["scope"], []).append(("node", node))
+    order = {node["id"]: index for index, node in enumerate(graph["nodes"])}
 
-    def build(scope: Mapping[str, Any]) -> Box:
-        children = []
+    def build(scope: Mapping[str, Any]) -> tuple[int, Box]:
+        children: list[tuple[int, Box]] = []
         for what, item in inside.get(scope["path"], ()):
             if what == "scope":
-                box = build(item)
+                first, box = build(item)
                 if box.children:
-                    children.append(box)
+                    children.append((first, box))
             else:
-                children.append(
-                    Box(
-                        item["kind"],
-                        label(item["id"]),
-                        bool(item["current"]),
-                        tuple(exits.get(item["id"], ())),
-                    )
+                current = bool(item["current"])
+                box = Box(
+                    item["kind"],
+                    label(item["id"]),
+                    current,
+                    tuple(exits.get(item["id"], ())),
+                    failed=current and failed,
                 )
+                children.append((order[item["id"]], box))
+        children.sort(key=lambda child: child[0])
         name = _short(scope["path"], definition.name) if scope["parent"] else scope["path"]
-        return Box(scope["kind"], name, children=tuple(children))
+        first = children[0][0] if children else len(order)
+        return first, Box(scope["kind"], name, children=tuple(box for _, box in children))
 
     root = next(s for s in graph["scopes"] if s["parent"] is None)
-    box = build(root)
-    end = names["end"]
-    if end["current"]:
+    _, box = build(root)
+    if names["end"]["current"]:
         box = attrs.evolve(box, children=(*box.children, Box("end", "completed", True)))
     return box
 
