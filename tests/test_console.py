@@ -6,6 +6,7 @@ The same pages in a real Chromium are tested in ``test_console_browser.py``.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -419,3 +420,44 @@ def test_the_flows_page_shows_each_flow_with_runs_by_status_and_fingerprints(
     assert counts == {"running": "1", "failed": "1", "completed": "2", "cancelled": "0"}
     assert f'<td class="id">{shop.definition.fingerprint}</td><td>4</td><td>served' in section
     assert "<svg" in section
+
+
+# -- the timeline -----------------------------------------------------------------------
+
+
+def test_the_timeline_shows_waits_before_polls_and_timers() -> None:
+    polls = {"n": 0}
+
+    def ready(ctx: Any) -> bool:
+        polls["n"] += 1
+        return polls["n"] >= 3
+
+    flow = stepflow.new(
+        stepflow.named("nap/v1")
+        .do("first", lambda ctx: 1)
+        .sleep("nap", 0.05)
+        .wait_for("ready", ready, every=0.04)
+    )
+    store = MemoryStore()
+    stepflow.start_run(store, flow, None, run_id="n1")
+    stepflow.Worker(store, [flow]).run_sync(until_idle=True, handle_signals=False)
+    page = _views.run_page(store, {flow.name: flow}, "n1")
+    spans = page.timeline.spans
+    assert [(s.kind, s.step, s.outcome) for s in spans] == [
+        ("do", "first", "returned"),
+        ("sleep", "nap", "timer"),
+        ("wait_for", "ready", "returned"),
+        ("wait_for", "ready", "returned"),
+        ("wait_for", "ready", "returned"),
+    ]
+    nap = spans[1]
+    assert nap.due_at - nap.issued_at == pytest.approx(0.05, abs=0.005)
+    assert nap.ended_at is not None
+    assert nap.ended_at >= nap.due_at
+    # Each poll after the first waited its interval after the previous answer.
+    for before, poll in itertools.pairwise(spans[2:]):
+        assert poll.due_at - poll.issued_at == pytest.approx(0.04, abs=0.005)
+        assert poll.issued_at >= (before.ended_at or 0)
+    assert [bar.row for bar in page.timeline.bars] == [0, 1, 2, 3, 4]
+    assert all(0 <= bar.run_x <= 100 and bar.run_w > 0 for bar in page.timeline.bars)
+    assert page.timeline.replayed

@@ -68,6 +68,8 @@ _INLINE = 120
 _CHART_SPANS = 200
 # How long Graphviz may take to lay out one diagram.
 _DOT_TIMEOUT_S = 10.0
+# Scope-name suffixes go-stepflow adds to a step, dropped to show the name the user gave.
+_SUFFIXES = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
 
 
 def _cursor(run: RunRecord) -> str:
@@ -103,6 +105,11 @@ def _inner(envelope: Mapping[str, Any]) -> dict[str, Any]:
 
 def _short(text: str, flow: str) -> str:
     return text.replace(f"{flow}/", "")
+
+
+def _step(kind: str, step: str, flow: str) -> str:
+    """Name a command's step as the user wrote it: relative, without go-stepflow suffixes."""
+    return _short(step, flow).removesuffix(_SUFFIXES.get(kind, "\0"))
 
 
 def _where(event: str, flow: str) -> str:
@@ -264,9 +271,6 @@ class Box:
     failed: bool = False
 
 
-_SUFFIXES = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
-
-
 def html_diagram(definition: FlowDefinition, state: State | None) -> Box:
     """Return the flow's graph as nested boxes: scopes holding their nodes, in order.
 
@@ -280,8 +284,7 @@ def html_diagram(definition: FlowDefinition, state: State | None) -> Box:
         node = names[node_id]
         if node["step"] is None:
             return str(node["kind"])
-        name = _short(node["step"], definition.name)
-        return name.removesuffix(_SUFFIXES.get(node["kind"], "\0"))
+        return _step(node["kind"], node["step"], definition.name)
 
     exits: dict[str, list[str]] = {}
     for edge in graph["edges"]:
@@ -462,7 +465,11 @@ def _journal_row(entry: JournalEntry, batch: Batch, flow: str) -> JournalRow:
         commands = {c.id: c for c in batch.answered}
         for effect in batch.effects:
             command = commands.get(effect[0])
-            where = f"{command.kind} {_short(command.step, flow)}" if command else f"#{effect[0]}"
+            where = (
+                f"{command.kind} {_step(command.kind, command.step, flow)}"
+                if command
+                else f"#{effect[0]}"
+            )
             outcome, detail = _outcome(effect)
             lines.append((outcome, f"{outcome} {where}: {detail}"))
         if not batch.effects:
@@ -570,7 +577,7 @@ def timeline(
                     Span(
                         command.id,
                         command.kind,
-                        _short(command.step, flow),
+                        _step(command.kind, command.step, flow),
                         start,
                         min(due, ended),
                         ended,
@@ -591,7 +598,7 @@ def timeline(
             Span(
                 command.id,
                 command.kind,
-                _short(command.step, flow),
+                _step(command.kind, command.step, flow),
                 start,
                 due,
                 None,
