@@ -7,8 +7,16 @@ The same pages in a real Chromium are tested in ``test_console_browser.py``.
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -461,3 +469,56 @@ def test_the_timeline_shows_waits_before_polls_and_timers() -> None:
     assert [bar.row for bar in page.timeline.bars] == [0, 1, 2, 3, 4]
     assert all(0 <= bar.run_x <= 100 and bar.run_w > 0 for bar in page.timeline.bars)
     assert page.timeline.replayed
+
+
+# -- the command, end to end ---------------------------------------------------------------
+
+
+def test_the_cli_does_not_import_the_web_stack() -> None:
+    web = ("starlette", "jinja2", "uvicorn", "asgi_csrf")
+    code = f"import sys, stepflow.cli; print([m for m in {web!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_stepflow_ui_serves_the_console_on_loopback(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    with closing(SQLiteStore(db)) as opened:
+        seed(opened)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "stepflow.cli", "ui", "console_flows:shop"),
+            *("--db", f"sqlite:///{db}", "--port", str(port)),
+        ],
+        cwd=Path(__file__).parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "STEPFLOW_UI_TOKEN": ""},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/runs", timeout=5) as page:
+                    html = page.read().decode()
+                break
+            except OSError:
+                assert server.poll() is None, server.communicate()[0]
+                assert time.monotonic() < deadline, "the console did not start"
+                time.sleep(0.1)
+        assert _run_ids(html) == ["other-1", "wait-1", "fail-1", "done-2", "done-1"]
+        rebound = urllib.request.Request(
+            f"http://127.0.0.1:{port}/runs", headers={"Host": "attacker.example"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=5)
+        refused.value.close()
+        assert refused.value.code == 400
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert f"stepflow console at http://127.0.0.1:{port}/" in output
