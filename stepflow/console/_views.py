@@ -47,16 +47,24 @@ from stepflow.stores.base import JournalEntry, RunKey, RunRecord, Store
 
 __all__ = [
     "STATUSES",
+    "Bar",
+    "Box",
     "FlowPage",
+    "JournalRow",
     "RunPage",
+    "RunRow",
     "RunsPage",
     "Span",
     "Timeline",
     "dot_svg",
     "flow_page",
+    "html_diagram",
+    "inline",
     "parse_cursor",
+    "pretty",
     "run_page",
     "runs_page",
+    "timeline",
 ]
 
 #: The statuses the runs page has a tab for, in its order.
