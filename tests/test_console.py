@@ -522,3 +522,37 @@ def test_stepflow_ui_serves_the_console_on_loopback(tmp_path: Path) -> None:
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert f"stepflow console at http://127.0.0.1:{port}/" in output
+
+
+def test_a_journal_entry_that_cannot_be_read_is_reported_not_raised(
+    store: Store, runs: dict[str, str], tmp_path: Path
+) -> None:
+    import sqlite3
+
+    with closing(sqlite3.connect(tmp_path / "runs.db")) as db, db:
+        db.execute("UPDATE journal SET batch = 'not json' WHERE run_id = 'done-1' AND seq = 2")
+    with client(store) as web:
+        page = web.get("/runs/done-1")
+        listing = web.get("/runs")
+    assert page.status_code == 500
+    assert "Cannot read this run" in page.text
+    assert "&#39;done-1&#39;" in page.text
+    assert listing.status_code == 200  # the other runs are still listed
+    assert "done-1" in _run_ids(listing.text)
+
+
+def test_a_run_row_that_cannot_be_read_is_reported_not_raised(
+    store: Store, runs: dict[str, str], tmp_path: Path
+) -> None:
+    import sqlite3
+
+    with closing(sqlite3.connect(tmp_path / "runs.db")) as db, db:
+        db.execute("UPDATE runs SET input = '{broken' WHERE run_id = 'done-1'")
+    with client(store) as web:
+        listing = web.get("/runs")
+        page = web.get("/runs/done-1")
+        other = web.get("/runs/done-2")
+    assert listing.status_code == 500
+    assert "Cannot list the runs" in listing.text
+    assert page.status_code == 500
+    assert other.status_code == 200

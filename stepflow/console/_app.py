@@ -41,7 +41,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from stepflow.console import _views
-from stepflow.errors import StaleWriteError, StateError, UnknownRunError
+from stepflow.errors import StaleWriteError, StateError, StepflowError, UnknownRunError
 from stepflow.flow import Flow
 from stepflow.runtime.runs import cancel_run, resume_run
 from stepflow.stores.base import Store
@@ -209,17 +209,20 @@ def build_app(
             status = None
         flow = query.get("flow") or None
         prefix = query.get("prefix") or None
-        listing = await run_in_threadpool(
-            _views.runs_page,
-            store,
-            sorted(served),
-            status=status,
-            flow=flow,
-            prefix=prefix,
-            older=query.get("older"),
-            newer=query.get("newer"),
-            limit=PAGE_SIZE,
-        )
+        try:
+            listing = await run_in_threadpool(
+                _views.runs_page,
+                store,
+                sorted(served),
+                status=status,
+                flow=flow,
+                prefix=prefix,
+                older=query.get("older"),
+                newer=query.get("newer"),
+                limit=PAGE_SIZE,
+            )
+        except (StepflowError, ValueError) as exc:  # a row the store cannot read
+            return message(request, 500, "Cannot list the runs", f"The store failed: {exc}")
         filters = {"status": status or "", "flow": flow or "", "prefix": prefix or ""}
         template = "runs_body.html" if query.get("partial") else "runs.html"
         return page(request, template, listing=listing, filters=filters, url_for=_link)
@@ -230,6 +233,8 @@ def build_app(
             view = await run_in_threadpool(_views.run_page, store, served, run_id)
         except UnknownRunError:
             return message(request, 404, "No such run", f"There is no run with id {run_id!r}.")
+        except (StepflowError, ValueError) as exc:  # its row or journal cannot be read
+            return message(request, 500, "Cannot read this run", f"Run {run_id!r}: {exc}")
         template = "run_body.html" if request.query_params.get("partial") else "run.html"
         return page(
             request,
@@ -240,7 +245,10 @@ def build_app(
         )
 
     async def flows_page(request: Request) -> Response:
-        pages = [await run_in_threadpool(_views.flow_page, store, f) for f in served.values()]
+        try:
+            pages = [await run_in_threadpool(_views.flow_page, store, f) for f in served.values()]
+        except (StepflowError, ValueError) as exc:  # a row the store cannot read
+            return message(request, 500, "Cannot read the flows' runs", f"The store failed: {exc}")
         return page(request, "flows.html", pages=pages)
 
     async def action(request: Request) -> Response:
