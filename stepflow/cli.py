@@ -1081,5 +1081,11 @@ def list_paths(flow_ref: str, max_loops: int) -> None:
         console.print(f"unreachable: {escape(', '.join(unreachable))}", style="red")
 
 
+# The web console lives in its own package, with its own extra (stepflow[ui]).
+from stepflow.console._command import ui as _ui  # noqa: E402 - registered last
+
+main.add_command(_ui)
+
+
 if __name__ == "__main__":
     main()

@@ -575,7 +575,7 @@ def _schema_version(durable: Backend) -> int:
 def test_the_schema_version_is_recorded(durable: Backend) -> None:
     durable.open()
     module = sqlite_module if durable.kind == "sqlite" else postgres_module
-    assert _schema_version(durable) == module.SCHEMA_VERSION == 1
+    assert _schema_version(durable) == module.SCHEMA_VERSION == 2
 
 
 def test_reopening_a_database_keeps_its_runs(durable: Backend) -> None:
@@ -585,7 +585,7 @@ def test_reopening_a_database_keeps_its_runs(durable: Backend) -> None:
     again = durable.open()
     assert again.load("r1") == run
     assert again.history("r1") == [JournalEntry("r1", 2, 2.0, "b2")]
-    assert _schema_version(durable) == 1
+    assert _schema_version(durable) == 2
 
 
 def test_a_database_with_a_newer_schema_is_refused(durable: Backend) -> None:
@@ -637,7 +637,7 @@ def test_sqlite_upgrades_a_database_from_version_0(tmp_path: Path) -> None:
         create(store)
         assert store.count() == 1
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT value FROM meta").fetchall() == [("1",)]
+        assert db.execute("SELECT value FROM meta").fetchall() == [("2",)]
 
 
 # -- concurrency ----------------------------------------------------------------------------
@@ -679,7 +679,7 @@ def test_concurrent_first_opens_create_the_schema_once(durable: Backend) -> None
         stores = list(pool.map(open_one, range(6)))
     create(stores[0])
     assert all(store.count() == 1 for store in stores)
-    assert _schema_version(durable) == 1
+    assert _schema_version(durable) == 2
 
 
 # -- PostgreSQL specifics -------------------------------------------------------------------

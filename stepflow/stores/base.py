@@ -34,14 +34,42 @@ import attrs
 __all__ = [
     "JournalEntry",
     "Lease",
+    "RunKey",
     "RunRecord",
     "RunStatus",
     "Save",
     "Store",
+    "prefix_upper_bound",
 ]
 
 #: A run's status in the store: the state's status, or ``"cancelled"``.
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
+
+#: Where a run sits in the newest-first order of :meth:`Store.page_runs`: its
+#: ``(created_at, run_id)``. A page's last run's key asks for the page after it.
+RunKey = tuple[float, str]
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """Return the least string above every string that starts with ``prefix``.
+
+    The SQL stores select ids by prefix as a range of their primary key,
+    ``prefix <= run_id < bound``, which an index answers; ``None`` means no upper
+    bound (a prefix of only the highest code point). Code point order is the
+    order of SQLite's binary collation (UTF-8 bytes compare in code point order).
+
+    >>> prefix_upper_bound("ab")
+    'ac'
+    >>> prefix_upper_bound("a\U0010ffff")
+    'b'
+    """
+    chars = list(prefix)
+    while chars and chars[-1] == "\U0010ffff":
+        chars.pop()
+    if not chars:
+        return None
+    chars[-1] = chr(ord(chars[-1]) + 1)
+    return "".join(chars)
 
 
 @attrs.frozen
@@ -283,4 +311,37 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections and files."""
+        ...
+
+    def page_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        flow: str | None = None,
+        id_prefix: str | None = None,
+        older_than: RunKey | None = None,
+        newer_than: RunKey | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord]:
+        """Return one page of runs, newest first: keyset pagination for the console.
+
+        Runs are ordered by ``(created_at, run_id)`` descending. With
+        ``older_than``, the page holds the ``limit`` runs just after that key in
+        this order (the next page); with ``newer_than``, the ``limit`` runs just
+        before it (the previous page), still newest first. Filters combine: a
+        status, a flow name, and a prefix of the run id (``""`` matches every id).
+        The SQL stores answer through indexes on ``(created_at, run_id)``, by
+        status and by flow, and the id's primary key for a prefix, so a page
+        costs the same at the first run and at the millionth, where ``OFFSET``
+        would scan every run before it.
+        """
+        ...
+
+    def count_by_status(
+        self, *, flow: str | None = None, id_prefix: str | None = None
+    ) -> dict[str, int]:
+        """Count runs by status, filtered by flow name and id prefix.
+
+        Returns ``{status: count}`` with only the statuses that have runs.
+        """
         ...

@@ -24,7 +24,7 @@ from stepflow.stores._rules import (
     run_exists,
     unknown_run,
 )
-from stepflow.stores.base import JournalEntry, Lease, RunRecord, RunStatus, Save
+from stepflow.stores.base import JournalEntry, Lease, RunKey, RunRecord, RunStatus, Save
 
 __all__ = ["MemoryStore"]
 
@@ -227,3 +227,40 @@ class MemoryStore:
 
     def close(self) -> None:
         """Do nothing: a memory store holds no connections or files."""
+
+    def page_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        flow: str | None = None,
+        id_prefix: str | None = None,
+        older_than: RunKey | None = None,
+        newer_than: RunKey | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord]:
+        """Return one page of runs, newest first (see :meth:`Store.page_runs`)."""
+        with self._lock:
+            selected = [
+                run
+                for run in self._select(status, flow)
+                if (id_prefix is None or run.run_id.startswith(id_prefix))
+                and (older_than is None or (run.created_at, run.run_id) < older_than)
+                and (newer_than is None or (run.created_at, run.run_id) > newer_than)
+            ]
+        # Newer-than pages are the runs just above the key: take them from the bottom.
+        selected.sort(key=lambda r: (r.created_at, r.run_id), reverse=newer_than is None)
+        page = selected[: max(limit, 0)]
+        if newer_than is not None:
+            page.reverse()
+        return [self._out(run) for run in page]
+
+    def count_by_status(
+        self, *, flow: str | None = None, id_prefix: str | None = None
+    ) -> dict[str, int]:
+        """Count runs by status (see :meth:`Store.count_by_status`)."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for run in self._select(None, flow):
+                if id_prefix is None or run.run_id.startswith(id_prefix):
+                    counts[run.status] = counts.get(run.status, 0) + 1
+        return counts

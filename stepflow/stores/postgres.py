@@ -32,7 +32,7 @@ import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
 from stepflow.stores._rules import check_save, dump_input, new_lease_token, run_exists, unknown_run
-from stepflow.stores.base import JournalEntry, Lease, RunRecord, RunStatus, Save
+from stepflow.stores.base import JournalEntry, Lease, RunKey, RunRecord, RunStatus, Save
 
 if TYPE_CHECKING:
     import psycopg
@@ -70,6 +70,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             batch text NOT NULL,
             PRIMARY KEY (run_id, seq)
         )""",
+    ),
+    # The console's runs page: newest-first keyset pages, alone or by status or
+    # flow, and counts by status, each answered from an index (runs_flow is a
+    # prefix of runs_flow_page, so it goes); ids by prefix through text_pattern_ops.
+    (
+        "CREATE INDEX runs_page ON runs (created_at, run_id)",
+        "CREATE INDEX runs_status_page ON runs (status, created_at, run_id)",
+        "CREATE INDEX runs_flow_page ON runs (flow, created_at, run_id)",
+        "CREATE INDEX runs_flow_status_page ON runs (flow, status, created_at, run_id)",
+        "CREATE INDEX runs_id_prefix ON runs (run_id text_pattern_ops)",
+        "DROP INDEX runs_flow",
     ),
 )
 
@@ -538,3 +549,54 @@ class PostgresStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    # A prefix as LIKE sees it: its wildcards and the escape character escaped.
+    _PREFIX = (
+        " AND (%(prefix)s::text IS NULL"
+        " OR run_id LIKE replace(replace(replace(%(prefix)s::text, '\\', '\\\\'),"
+        " '%%', '\\%%'), '_', '\\_') || '%%')"
+    )
+
+    def page_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        flow: str | None = None,
+        id_prefix: str | None = None,
+        older_than: RunKey | None = None,
+        newer_than: RunKey | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord]:
+        """Return one page of runs, newest first (see :meth:`Store.page_runs`)."""
+        query = f"SELECT {_COLUMNS} FROM runs{self._FILTER}{self._PREFIX}"
+        params: dict[str, Any] = {
+            "status": status,
+            "flow": flow,
+            "prefix": id_prefix or None,
+            "limit": max(limit, 0),
+        }
+        if older_than is not None:
+            query += " AND (created_at, run_id) < (%(old_at)s, %(old_id)s::text)"
+            params["old_at"], params["old_id"] = older_than
+        if newer_than is not None:
+            query += " AND (created_at, run_id) > (%(new_at)s, %(new_id)s::text)"
+            params["new_at"], params["new_id"] = newer_than
+        order = "DESC" if newer_than is None else "ASC"
+        query += f" ORDER BY created_at {order}, run_id {order} LIMIT %(limit)s"
+        with self._transaction() as cur:
+            cur.execute(query, params)
+            rows = cur.fetchall()
+        if newer_than is not None:
+            rows.reverse()
+        return [RunRecord(*row) for row in rows]
+
+    def count_by_status(
+        self, *, flow: str | None = None, id_prefix: str | None = None
+    ) -> dict[str, int]:
+        """Count runs by status (see :meth:`Store.count_by_status`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                f"SELECT status, count(*) FROM runs{self._FILTER}{self._PREFIX} GROUP BY status",
+                {"status": None, "flow": flow, "prefix": id_prefix or None},
+            )
+            return {str(status): int(count) for status, count in cur.fetchall()}

@@ -37,7 +37,15 @@ from stepflow.stores._rules import (
     run_exists,
     unknown_run,
 )
-from stepflow.stores.base import JournalEntry, Lease, RunRecord, RunStatus, Save
+from stepflow.stores.base import (
+    JournalEntry,
+    Lease,
+    RunKey,
+    RunRecord,
+    RunStatus,
+    Save,
+    prefix_upper_bound,
+)
 
 __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS_LEVELS", "SQLiteStore"]
 
@@ -77,6 +85,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             batch TEXT NOT NULL,
             PRIMARY KEY (run_id, seq)
         )""",
+    ),
+    # The console's runs page: newest-first keyset pages, alone or by status or
+    # flow, and counts by status, each answered from an index (runs_flow is a
+    # prefix of runs_flow_page, so it goes).
+    (
+        "CREATE INDEX runs_page ON runs (created_at, run_id)",
+        "CREATE INDEX runs_status_page ON runs (status, created_at, run_id)",
+        "CREATE INDEX runs_flow_page ON runs (flow, created_at, run_id)",
+        "CREATE INDEX runs_flow_status_page ON runs (flow, status, created_at, run_id)",
+        "DROP INDEX runs_flow",
     ),
 )
 
@@ -501,3 +519,69 @@ class SQLiteStore:
         """Close the connection; the store cannot be used afterwards."""
         with self._lock:
             self._db.close()
+
+    def page_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        flow: str | None = None,
+        id_prefix: str | None = None,
+        older_than: RunKey | None = None,
+        newer_than: RunKey | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord]:
+        """Return one page of runs, newest first (see :meth:`Store.page_runs`)."""
+        where, params = _where(status=status, flow=flow, extra=_prefix_clause(id_prefix))
+        params = [*_prefix_params(id_prefix), *params]
+        keyed = []
+        if older_than is not None:
+            keyed.append("(created_at, run_id) < (?, ?)")
+            params.extend(older_than)
+        if newer_than is not None:
+            keyed.append("(created_at, run_id) > (?, ?)")
+            params.extend(newer_than)
+        if keyed:
+            where += (" AND " if where else " WHERE ") + " AND ".join(keyed)
+        order = "DESC" if newer_than is None else "ASC"
+        with self._locked() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM runs{where}"
+                f" ORDER BY created_at {order}, run_id {order} LIMIT ?",
+                (*params, max(limit, 0)),
+            ).fetchall()
+        if newer_than is not None:
+            rows.reverse()
+        return [_record(row) for row in rows]
+
+    def count_by_status(
+        self, *, flow: str | None = None, id_prefix: str | None = None
+    ) -> dict[str, int]:
+        """Count runs by status (see :meth:`Store.count_by_status`)."""
+        where, params = _where(flow=flow, extra=_prefix_clause(id_prefix))
+        with self._locked() as db:
+            rows = db.execute(
+                f"SELECT status, COUNT(*) FROM runs{where} GROUP BY status",
+                (*_prefix_params(id_prefix), *params),
+            ).fetchall()
+        return {str(status): int(count) for status, count in rows}
+
+
+def _prefix_clause(id_prefix: str | None) -> str:
+    """Return the ``WHERE`` clause selecting ids that start with ``id_prefix``.
+
+    A range of the primary key, which its index answers (``LIKE`` and ``GLOB``
+    would need their wildcards escaped, and ``LIKE`` ignores case).
+    """
+    if not id_prefix:
+        return ""
+    if prefix_upper_bound(id_prefix) is None:
+        return "run_id >= ?"
+    return "run_id >= ? AND run_id < ?"
+
+
+def _prefix_params(id_prefix: str | None) -> list[Any]:
+    """Return the parameters of :func:`_prefix_clause`."""
+    if not id_prefix:
+        return []
+    bound = prefix_upper_bound(id_prefix)
+    return [id_prefix] if bound is None else [id_prefix, bound]
