@@ -227,3 +227,9 @@ class MemoryStore:
 
     def close(self) -> None:
         """Do nothing: a memory store holds no connections or files."""
+
+    def match_run_ids(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """Return the ids starting with ``prefix``, sorted (see :meth:`Store.match_run_ids`)."""
+        with self._lock:
+            ids = sorted(run_id for run_id in self._runs if run_id.startswith(prefix))
+        return ids[: None if limit is None else max(limit, 0)]

@@ -501,3 +501,31 @@ class SQLiteStore:
         """Close the connection; the store cannot be used afterwards."""
         with self._lock:
             self._db.close()
+
+    def match_run_ids(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """Return the ids starting with ``prefix``, sorted (see :meth:`Store.match_run_ids`).
+
+        A range on the primary key (``prefix <= run_id < successor``), not a scan:
+        SQLite compares text as UTF-8 bytes, which orders it by code point.
+        """
+        upper = _successor(prefix)
+        below = "" if upper is None else " AND run_id < ?"
+        params = (prefix,) if upper is None else (prefix, upper)
+        with self._locked() as db:
+            rows = db.execute(
+                f"SELECT run_id FROM runs WHERE run_id >= ?{below} ORDER BY run_id LIMIT ?",
+                (*params, -1 if limit is None else max(limit, 0)),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+
+def _successor(prefix: str) -> str | None:
+    """Return the least string above every string starting with ``prefix`` (``None``: none)."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last == 0xD7FF:  # surrogates cannot be stored in UTF-8 text: skip them
+            return "".join(chars) + chr(0xE000)
+        if last < 0x10FFFF:
+            return "".join(chars) + chr(last + 1)
+    return None
