@@ -1602,6 +1602,103 @@ def replay_runs(
 # -- definitions: diff, graph, check, paths --------------------------------------------
 
 
+def _is_factory(module: ModuleType, value: Any) -> bool:
+    """Tell whether ``value`` is a function of ``module`` declared to return a flow.
+
+    That is: it takes no required argument and its return annotation names
+    ``Flow`` or ``Steps`` (``-> stepflow.Flow``), as ``build_flow`` does.
+    """
+    if not inspect.isfunction(value) or value.__module__ != module.__name__:
+        return False
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # pragma: no cover - a Python function has one
+        return False
+    if any(
+        p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        for p in signature.parameters.values()
+    ):
+        return False
+    returns = signature.return_annotation
+    name = returns if isinstance(returns, str) else getattr(returns, "__name__", "")
+    return name.rpartition(".")[2] in ("Flow", "Steps")
+
+
+def _flow_entry(attribute: str, value: Any, module_ref: str) -> dict[str, Any]:
+    """Return what ``flows`` lists of one attribute (documented in docs/cli.md)."""
+    kind = (
+        "flow"
+        if isinstance(value, Flow)
+        else "spec"
+        if isinstance(value, stepflow.Steps)
+        else "factory"
+    )
+    try:
+        definition = _as_flow(value, f"{module_ref}:{attribute}").definition
+    except (StepflowError, click.ClickException) as exc:
+        return {
+            "attribute": attribute,
+            "kind": kind,
+            "name": None,
+            "fingerprint": None,
+            "steps": None,
+            "error": exc.message if isinstance(exc, click.ClickException) else str(exc),
+        }
+    steps = {t.step for t in definition.handler_transitions() if t.step is not None}
+    return {
+        "attribute": attribute,
+        "kind": kind,
+        "name": definition.name,
+        "fingerprint": definition.fingerprint,
+        "steps": len(steps),
+        "error": None,
+    }
+
+
+@main.command("flows")
+@click.argument("module_ref", metavar="MODULE")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/cli.md).")
+def list_flows(module_ref: str, as_json: bool) -> None:
+    """List the flows MODULE defines: attribute, flow name, fingerprint, steps.
+
+    MODULE is a module name (pipelines.deploy) or a Python file's path. Every
+    public attribute holding a stepflow.Flow or a Steps spec is listed, by
+    name, and so is every factory: a function of MODULE that takes no argument
+    and is annotated to return one (def build_flow() -> stepflow.Flow), which
+    is called. Specs are compiled; one that does not compile, or a factory that
+    fails, is listed with its error (exit status 1). steps counts the steps
+    that wait for a handler or a timer.
+    """
+    module = import_module(module_ref)
+    entries = [
+        _flow_entry(name, value, module_ref)
+        for name, value in sorted(vars(module).items())
+        if not name.startswith("_")
+        and (isinstance(value, (Flow, stepflow.Steps)) or _is_factory(module, value))
+    ]
+    if as_json:
+        click.echo(json.dumps({"module": module_ref, "flows": entries}, indent=2))
+    elif not entries:
+        click.echo(f"No flows in {module_ref} (no attribute holds a stepflow.Flow or Steps spec).")
+    else:
+        table = Table("attribute", "flow", "fingerprint", "steps")
+        for entry in entries:
+            if entry["error"] is not None:
+                error = f"[red]does not compile: {escape(entry['error'])}[/]"
+                table.add_row(escape(entry["attribute"]), error, "-", "-")
+                continue
+            table.add_row(
+                escape(entry["attribute"]),
+                escape(entry["name"]),
+                entry["fingerprint"],
+                str(entry["steps"]),
+            )
+        _stdout(wide=True).print(table)
+    if any(entry["error"] is not None for entry in entries):
+        sys.exit(1)
+
+
 @main.command("diff")
 @click.argument("old_ref", metavar="MODULE:OLD")
 @click.argument("new_ref", metavar="MODULE:NEW")
