@@ -280,8 +280,9 @@ def import_module(module_ref: str) -> ModuleType:
         missing = exc.name or ""
         if missing == module_ref or module_ref.startswith(f"{missing}."):
             raise UsageProblem(
-                f"no module named {missing!r} (from {module_ref!r}): run stepflow from the "
-                "directory that holds it, or give the file's path (path/to/module.py)"
+                f"cannot import module {module_ref!r}: no module named {missing!r} here; run "
+                "stepflow from the directory that holds it, or give the file's path "
+                "(path/to/module.py)"
             ) from None
         raise _import_failed(module_ref, exc) from None
     except SyntaxError as exc:

@@ -209,7 +209,7 @@ def resolve_run_id(store: Store, id_or_prefix: str) -> str:
         return matches[0]
     if not matches:
         raise UnknownRunError(
-            f"no run has the id {id_or_prefix!r} or an id starting with it "
+            f"no run has id {id_or_prefix!r}, nor an id starting with it "
             "(stepflow runs lists the runs)",
             id_or_prefix,
         )
