@@ -1366,7 +1366,7 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
     columns = ["seq", "time", "after", "op", "step", "outcome", "n"]
     if flow is not None:
         columns.append("attempt")
-    table = Table(*columns, title=f"history of run {escape(run_id)}", title_justify="left")
+    table = Table(*columns)
     table.columns[5].overflow = "fold"
     answers: dict[tuple[str, str], int] = {}
     previous: float | None = None
@@ -1409,6 +1409,7 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
                 cells.append(attempt)
             table.add_row(*cells)
     console = _stdout(wide=True)
+    console.print(Text(f"history of run {run_id}", style="italic"))  # a title would fold the id
     console.print(table if view.journal else Text("No history yet.", style="dim"))
     if note is not None:
         console.print(note)
