@@ -130,6 +130,13 @@ class _Group(click.Group):
             raise UsageProblem(str(exc)) from exc
         except StepflowError as exc:
             raise click.ClickException(str(exc)) from exc
+        except json.JSONDecodeError as exc:
+            # The JSON the user gives is read by parse_json: this is a stored column
+            # a store could not decode (runs and show list such runs as unreadable).
+            raise click.ClickException(
+                f"a stored run cannot be read: a column is not JSON ({exc}); "
+                "'stepflow runs' lists the unreadable runs"
+            ) from exc
 
 
 def _stdout(*, wide: bool = False) -> Console:

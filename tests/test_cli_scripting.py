@@ -308,6 +308,20 @@ def test_a_row_whose_input_is_not_json_is_listed_as_unreadable(ref: str, project
     assert "cannot be decoded" in shown["unreadable"]
 
 
+def test_other_commands_refuse_an_unreadable_row_on_one_line(ref: str, project: Path) -> None:
+    start(ref, "--id", "broken")
+    corrupt(project, "broken", "input")
+    for args in (
+        ["history", "brok"],
+        ["export", "broken"],
+        ["cancel", "broken"],
+        ["resume", "broken", "--flow", ref],
+        ["graph", ref, "--run", "broken"],
+    ):
+        message = one_line_error(run(*args))
+        assert "a stored run cannot be read: a column is not JSON" in message
+
+
 def test_a_row_whose_state_is_not_json_is_listed_as_unreadable(ref: str, project: Path) -> None:
     start(ref, "--id", "good")
     start(ref, "--id", "broken")
