@@ -102,7 +102,7 @@ from stepflow.runtime.worker import StepReport
 from stepflow.stores import DEFAULT_SQLITE_PATH, open_store
 from stepflow.stores.base import JournalEntry, RunRecord, Store
 
-__all__ = ["UsageProblem", "import_module", "load_flow", "main"]
+__all__ = ["UsageProblem", "import_module", "load_flow", "main", "parse_json"]
 
 log = logging.getLogger("stepflow.cli")
 
@@ -313,8 +313,9 @@ def _import_file(module_ref: str) -> ModuleType:
     stem = found.parent.name if package else found.stem
     name = stem if stem.isidentifier() else "module"
     known = sys.modules.get(name)
-    if known is not None and getattr(known, "__file__", None) == str(found):
-        return known
+    known_file = getattr(known, "__file__", None)
+    if known is not None and known_file and os.path.realpath(known_file) == str(found):
+        return known  # imported already, by name or by path
     if known is not None:  # another module has the name: give this one its own
         name = f"_stepflow_file_{hashlib.sha256(str(found).encode()).hexdigest()[:12]}_{name}"
         if name in sys.modules:
