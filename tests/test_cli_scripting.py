@@ -308,6 +308,21 @@ def test_a_row_whose_input_is_not_json_is_listed_as_unreadable(ref: str, project
     assert "cannot be decoded" in shown["unreadable"]
 
 
+def test_show_lists_a_journal_that_cannot_be_read(ref: str, project: Path) -> None:
+    start(ref, "--id", "run-1", "--input", '"x"')
+    with closing(sqlite3.connect(project / "runs.db")) as db, db:
+        db.execute("UPDATE journal SET batch = '{not json' WHERE run_id = 'run-1'")
+    result = run("show", "run-1")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "its journal cannot be read" in result.stdout
+    assert "hello/v1" in result.stdout  # the rest of the run is shown
+    shown = json.loads(run("show", "run-1", "--json").stdout)
+    assert shown["journal"] is None
+    assert shown["unreadable"].startswith("its journal cannot be read")
+    assert shown["input"] == "x"
+
+
 def test_other_commands_refuse_an_unreadable_row_on_one_line(ref: str, project: Path) -> None:
     start(ref, "--id", "broken")
     corrupt(project, "broken", "input")
