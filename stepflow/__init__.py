@@ -45,6 +45,7 @@ from stepflow.core.spec import steps as steps
 from stepflow.core.state import ErrorRecord as ErrorRecord
 from stepflow.core.state import State as State
 from stepflow.core.state import Status as Status
+from stepflow.errors import AmbiguousRunError as AmbiguousRunError
 from stepflow.errors import ConfigurationError as ConfigurationError
 from stepflow.errors import CorruptStateError as CorruptStateError
 from stepflow.errors import DefinitionError as DefinitionError
@@ -82,6 +83,7 @@ from stepflow.runtime import RunContext as RunContext
 from stepflow.runtime import Worker as Worker
 from stepflow.runtime import cancel_run as cancel_run
 from stepflow.runtime import read_run as read_run
+from stepflow.runtime import resolve_run_id as resolve_run_id
 from stepflow.runtime import resume_run as resume_run
 from stepflow.runtime import start_run as start_run
 from stepflow.stores import Store as Store
@@ -94,6 +96,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "FORMAT_VERSION",
+    "AmbiguousRunError",
     "CallHandler",
     "Clock",
     "Command",
@@ -159,6 +162,7 @@ __all__ = [
     "read_run",
     "rebuild_exception",
     "replay",
+    "resolve_run_id",
     "resume",
     "resume_run",
     "start_run",

@@ -3,10 +3,11 @@
 ::
 
     stepflow demo [--apps N] [--db URL] [--fresh] [--speed X]
-    stepflow start MODULE:FLOW --input JSON [--id ID]
+    stepflow start MODULE:FLOW [--input JSON|@FILE] [--id ID] [--from FILE.jsonl]
     stepflow worker MODULE:FLOW... [--concurrency N] [--until-idle]
-    stepflow runs [--status S] [--flow F] [--limit N]
-    stepflow show RUN
+    stepflow runs [--status S] [--flow F] [--limit N] [--json] [--watch]
+    stepflow show RUN [--json] [--follow]
+    stepflow flows MODULE [--json]
     stepflow resume RUN --flow MODULE:FLOW
     stepflow cancel RUN
     stepflow history RUN [--flow MODULE:FLOW]
@@ -20,13 +21,17 @@
 Every command that reads or writes runs takes ``--db URL`` (``sqlite:///path.db``,
 ``postgresql://...``; see :func:`stepflow.open_store`), defaulting to
 ``$STEPFLOW_DB``, then to ``./stepflow.db``. ``MODULE:FLOW`` names an attribute of
-an importable module (the current directory is on the import path) holding a
-:class:`stepflow.Flow` or a spec (:class:`stepflow.Steps`), which is compiled with
-:func:`stepflow.new`.
+an importable module (the current directory is on the import path) or of a Python
+file (``path/to/file.py:FLOW``; the ``.py`` may be left out) holding a
+:class:`stepflow.Flow`, a spec (:class:`stepflow.Steps`, compiled with
+:func:`stepflow.new`), or a function taking no arguments that returns either.
+``RUN`` is a run id or any prefix of one that names a single run.
 
 Errors in what was asked (an unknown module, run or URL, malformed JSON, a run in
-the wrong status) are reported on one line, ``Error: ...``, with exit status 2
-for usage errors and 1 for the others; only a bug in stepflow shows a traceback.
+the wrong status, a user module that fails to import) are reported on one line,
+``Error: ...``, with exit status 2 for usage errors and 1 for the others; only a
+bug in stepflow shows a traceback. ``docs/cli.md`` documents the JSON documents
+``runs --json``, ``show --json`` and ``flows --json`` print.
 
 The commands that judge a flow exit with status 1 when the verdict is negative,
 so that they can gate a deploy: ``replay`` when a run diverges, ``diff`` when the
@@ -36,24 +41,32 @@ error finding only, with ``--allow-warnings``).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import inspect
 import json
 import logging
+import math
 import operator
 import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 from urllib.parse import unquote
 
 import attrs
 import click
 import orjson
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -87,9 +100,9 @@ from stepflow.history import (
 from stepflow.history import replay as replay_history
 from stepflow.runtime.worker import StepReport
 from stepflow.stores import DEFAULT_SQLITE_PATH, open_store
-from stepflow.stores.base import RunRecord, Store
+from stepflow.stores.base import JournalEntry, RunRecord, Store
 
-__all__ = ["UsageProblem", "load_flow", "main"]
+__all__ = ["UsageProblem", "import_module", "load_flow", "main", "parse_json"]
 
 log = logging.getLogger("stepflow.cli")
 
@@ -117,50 +130,228 @@ class _Group(click.Group):
             raise UsageProblem(str(exc)) from exc
         except StepflowError as exc:
             raise click.ClickException(str(exc)) from exc
+        except json.JSONDecodeError as exc:
+            # The JSON the user gives is read by parse_json: this is a stored column
+            # a store could not decode (runs and show list such runs as unreadable).
+            raise click.ClickException(
+                f"a stored run cannot be read: a column is not JSON ({exc}); "
+                "'stepflow runs' lists the unreadable runs"
+            ) from exc
 
 
-def _stdout() -> Console:
-    return Console(highlight=False)
+def _stdout(*, wide: bool = False) -> Console:
+    """Return a console on standard output; ``wide``: never wrap or cut a piped line.
+
+    Rich lays out for 80 columns when it cannot ask a terminal, which would fold
+    the run ids a script reads from a pipe.
+    """
+    console = Console(highlight=False)
+    if wide and not console.is_terminal:
+        console = Console(highlight=False, width=_PIPE_WIDTH)
+    return console
+
+
+#: The width tables are laid out for when standard output is not a terminal.
+_PIPE_WIDTH = 1_000_000
 
 
 # -- loading flows and stores -------------------------------------------------------
 
 
 def load_flow(ref: str) -> Flow:
-    """Import ``MODULE:FLOW`` and return the flow it names.
+    """Import ``MODULE:FLOW`` (or ``path/to/file.py:FLOW``) and return the flow it names.
 
-    The attribute may be a :class:`stepflow.Flow` or a :class:`stepflow.Steps`
-    spec (compiled with :func:`stepflow.new`); it may be dotted
-    (``pipelines:deploy.v2``). The current directory is put on the import path.
+    The attribute may be a :class:`stepflow.Flow`, a :class:`stepflow.Steps`
+    spec (compiled with :func:`stepflow.new`), or a function that takes no
+    arguments and returns either (a factory such as ``build_flow``, called
+    once). It may be dotted (``pipelines:deploy.v2``). The current directory is
+    put on the import path; a file's own directory is put there too, so that it
+    can import its neighbours.
 
     Raises:
-        UsageProblem: ``ref`` is malformed, its module cannot be imported, the
-            attribute is missing or is not a flow.
+        UsageProblem: ``ref`` is malformed; its module cannot be found or fails
+            to import (a syntax error, an exception at import time); the
+            attribute is missing, is not a flow, or is a factory that fails.
         DefinitionError: the spec does not compile.
 
     """
-    module_name, sep, attribute = ref.partition(":")
-    if not sep or not module_name or not attribute:
-        raise UsageProblem(f"{ref!r} is not MODULE:FLOW (for example 'pipelines:deploy')")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageProblem(f"cannot import module {module_name!r} (from {ref!r}): {exc}") from None
+    module_ref, sep, attribute = ref.rpartition(":")
+    if not sep or not module_ref or not attribute:
+        raise UsageProblem(
+            f"{ref!r} is not MODULE:FLOW (for example 'pipelines:deploy' or "
+            "'path/to/pipelines.py:deploy')"
+        )
+    if not all(part.isidentifier() for part in attribute.split(".")):
+        raise UsageProblem(
+            f"{ref!r}: {attribute!r} is not an attribute name (the part after the last ':' "
+            "names a flow in the module, for example 'pipelines:deploy')"
+        )
+    module = import_module(module_ref)
     try:
         target = operator.attrgetter(attribute)(module)
     except AttributeError:
-        raise UsageProblem(f"module {module_name!r} has no attribute {attribute!r}") from None
+        raise UsageProblem(f"module {module_ref!r} has no attribute {attribute!r}") from None
+    return _as_flow(target, ref)
+
+
+def _as_flow(target: Any, ref: str) -> Flow:
+    """Return the flow ``target`` is, compiles to, or (a factory) returns."""
     if isinstance(target, Flow):
         return target
     if isinstance(target, stepflow.Steps):
         return stepflow.new(target)
+    if inspect.isfunction(target) or inspect.ismethod(target):
+        required = [
+            name
+            for name, parameter in inspect.signature(target).parameters.items()
+            if parameter.default is inspect.Parameter.empty
+            and parameter.kind
+            not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
+        if required:
+            raise UsageProblem(
+                f"{ref!r} is a function that takes arguments ({', '.join(required)}); "
+                "name a Flow, a Steps spec, or a function taking none that returns one"
+            )
+        try:
+            made = target()
+        except StepflowError:
+            raise
+        except Exception as exc:
+            raise UsageProblem(f"calling {ref!r}() failed: {_describe(exc)}") from None
+        if isinstance(made, (Flow, stepflow.Steps)):
+            return _as_flow(made, ref)
+        raise UsageProblem(
+            f"calling {ref!r}() returned a value of type {type(made).__name__!r}, not a "
+            "stepflow.Flow or a stepflow.Steps spec"
+        )
     raise UsageProblem(
-        f"{ref!r} holds a value of type {type(target).__name__!r}, not a stepflow.Flow "
-        "or a stepflow.Steps spec"
+        f"{ref!r} holds a value of type {type(target).__name__!r}, not a stepflow.Flow, "
+        "a stepflow.Steps spec, or a function returning one"
     )
+
+
+def _describe(exc: BaseException) -> str:
+    """``"KeyError: 'x' (at path/to/file.py:12)"``: an exception and where it was raised."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "<frozen" not in f.filename]
+    if frames:
+        text += f" (at {_relative_path(frames[-1].filename)}:{frames[-1].lineno})"
+    return text
+
+
+def _relative_path(path: str) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive, on Windows
+        return path
+    return path if relative.startswith(os.pardir) else relative
+
+
+def _is_path(module_ref: str) -> bool:
+    return module_ref.endswith(".py") or "/" in module_ref or os.sep in module_ref
+
+
+def import_module(module_ref: str) -> ModuleType:
+    """Import a module by name (``pipelines.deploy``) or from a file (``path/to/file.py``).
+
+    A path may leave out ``.py``, or name a package directory. The current
+    directory is put on the import path.
+
+    Raises:
+        UsageProblem: the reference is malformed or relative, no such module or
+            file exists, or the module fails to import (a syntax error names the
+            file and line; another exception its type, message and where it was
+            raised).
+
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    if _is_path(module_ref):
+        return _import_file(module_ref)
+    if module_ref.startswith("."):
+        raise UsageProblem(
+            f"{module_ref!r} is a relative module name, which has no package to be "
+            "relative to here: name the module in full (package.module) or give its "
+            "path (path/to/module.py)"
+        )
+    if not all(part.isidentifier() for part in module_ref.split(".")):
+        raise UsageProblem(
+            f"{module_ref!r} is neither a module name (package.module) nor a path to a "
+            "Python file (path/to/module.py)"
+        )
+    try:
+        return importlib.import_module(module_ref)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == module_ref or module_ref.startswith(f"{missing}."):
+            raise UsageProblem(
+                f"cannot import module {module_ref!r}: no module named {missing!r} here; run "
+                "stepflow from the directory that holds it, or give the file's path "
+                "(path/to/module.py)"
+            ) from None
+        raise _import_failed(module_ref, exc) from None
+    except SyntaxError as exc:
+        raise _syntax_error(module_ref, exc) from None
+    except (Exception, SystemExit) as exc:
+        raise _import_failed(module_ref, exc) from None
+
+
+def _import_file(module_ref: str) -> ModuleType:
+    path = Path(module_ref)
+    if path.suffix == ".py":
+        candidates = [path]
+    else:
+        candidates = [path.with_name(f"{path.name}.py"), path / "__init__.py"]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        tried = " nor ".join(repr(str(c)) for c in candidates)
+        raise UsageProblem(f"no Python file at {module_ref!r}: there is no {tried}")
+    found = found.resolve()
+    package = found.name == "__init__.py"
+    stem = found.parent.name if package else found.stem
+    name = stem if stem.isidentifier() else "module"
+    known = sys.modules.get(name)
+    known_file = getattr(known, "__file__", None)
+    if known is not None and known_file and os.path.realpath(known_file) == str(found):
+        return known  # imported already, by name or by path
+    if known is not None:  # another module has the name: give this one its own
+        name = f"_stepflow_file_{hashlib.sha256(str(found).encode()).hexdigest()[:12]}_{name}"
+        if name in sys.modules:
+            return sys.modules[name]
+    home = str(found.parent.parent if package else found.parent)
+    if home not in sys.path:
+        sys.path.insert(0, home)  # as Python does for a script: its neighbours import
+    spec = importlib.util.spec_from_file_location(
+        name, found, submodule_search_locations=[str(found.parent)] if package else None
+    )
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
+        raise UsageProblem(f"cannot import {module_ref!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as import does: dataclasses and pickle look it up
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[name]
+        raise _syntax_error(module_ref, exc) from None
+    except (Exception, SystemExit) as exc:
+        del sys.modules[name]
+        raise _import_failed(module_ref, exc) from None
+    return module
+
+
+def _syntax_error(module_ref: str, exc: SyntaxError) -> UsageProblem:
+    where = _relative_path(exc.filename) if exc.filename else module_ref
+    line = f":{exc.lineno}" if exc.lineno else ""
+    return UsageProblem(
+        f"{where}{line}: {type(exc).__name__.replace('Error', ' error').lower()} "
+        f"in module {module_ref!r}: {exc.msg}"
+    )
+
+
+def _import_failed(module_ref: str, exc: BaseException) -> UsageProblem:
+    return UsageProblem(f"importing module {module_ref!r} failed: {_describe(exc)}")
 
 
 def _sqlite_path(url: str | None) -> str | None:
@@ -197,6 +388,66 @@ def _db_option(fn: Any) -> Any:
         help="The store: sqlite:///path.db or postgresql://... "
         f"[env STEPFLOW_DB; default sqlite:///{DEFAULT_SQLITE_PATH}]",
     )(fn)
+
+
+# -- reading JSON ------------------------------------------------------------------
+
+
+class _NonFinite(ValueError):
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.token = token
+
+
+def _refuse_constant(token: str) -> Any:
+    raise _NonFinite(token)
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise _NonFinite(token)
+    return value
+
+
+def parse_json(text: str, source: str) -> Any:
+    """Parse JSON text given to the CLI; refuse NaN and infinities.
+
+    Python's ``json`` reads ``NaN``, ``Infinity`` and numbers too large for a
+    float (``1e999``), which stores would keep as ``null``; every JSON input
+    the CLI takes goes through here instead.
+
+    Args:
+        text: The JSON text.
+        source: What the text is, for the message (``"--input"``,
+            ``"runs.jsonl, line 3"``).
+
+    Raises:
+        UsageProblem: the text is not JSON, or holds a non-finite number.
+
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NonFinite as exc:
+        raise UsageProblem(
+            f"{source}: {exc.token} is not a number JSON can hold (NaN and infinities "
+            "would be stored as null): use null, a string or a finite number"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise UsageProblem(f"{source} is not JSON ({exc}): {text!r:.60}") from None
+
+
+def _read_text(path: str, what: str) -> str:
+    """Read a file the user named (``-``: standard input); refuse it on one line."""
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {what} {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageProblem(f"{what} {path!r} is not UTF-8 text ({exc.reason})") from None
 
 
 # -- reading states and times ------------------------------------------------------
@@ -323,19 +574,156 @@ def demo(apps: int, db: str | None, fresh: bool, speed: float, concurrency: int)
 
 @main.command()
 @click.argument("flow_ref", metavar="MODULE:FLOW")
-@click.option("--input", "input_text", metavar="JSON", default="null", help="The run's input.")
+@click.option(
+    "--input", "input_text", metavar="JSON|@FILE",
+    help="The run's input: JSON, or @FILE to read it from a file (@- standard input).",
+)  # fmt: skip
 @click.option("--id", "run_id", metavar="ID", help="The run's id (default: a random one).")
+@click.option(
+    "--from", "from_file", metavar="FILE.jsonl",
+    help='Start one run per line of FILE: {"input": ..., "id": "optional"} (- stdin).',
+)  # fmt: skip
 @_db_option
-def start(flow_ref: str, input_text: str, run_id: str | None, db: str | None) -> None:
-    """Start a run of MODULE:FLOW and print its id; a worker will drive it."""
+def start(
+    flow_ref: str,
+    input_text: str | None,
+    run_id: str | None,
+    from_file: str | None,
+    db: str | None,
+) -> None:
+    """Start a run of MODULE:FLOW and print its id; a worker will drive it.
+
+    With --from FILE.jsonl, start one run per line instead, each line a JSON
+    object with the run's "input" (default null) and optionally its "id".
+    The whole file is checked before any run is started: a bad line (not JSON,
+    another key, a non-string id, an id given twice, an id taken by a run of
+    another flow or with another input) is reported with its line number and
+    nothing is started. Lines whose run exists already, with the same flow and
+    input, are skipped, so starting the same file again starts nothing new. A
+    line without an id gets a random one, each time. Prints the id of each run
+    started, one a line, and a summary on standard error.
+    """
+    if from_file is not None:
+        if input_text is not None or run_id is not None:
+            raise UsageProblem("--from FILE gives each run's input and id: drop --input and --id")
+        _start_many(load_flow(flow_ref), from_file, db)
+        return
+    if input_text is None:
+        value = None
+    elif input_text.startswith("@"):
+        value = parse_json(_read_text(input_text[1:], "--input file"), f"--input {input_text}")
+    else:
+        value = parse_json(input_text, "--input")
     flow = load_flow(flow_ref)
-    try:
-        value = json.loads(input_text)
-    except json.JSONDecodeError as exc:
-        raise UsageProblem(f"--input is not JSON ({exc}): {input_text!r:.60}") from None
     with _store(db) as store:
         record = stepflow.start_run(store, flow, value, run_id=run_id)
     click.echo(record.run_id)
+
+
+@attrs.frozen
+class _Line:
+    """One run to start, read from a line of a --from file."""
+
+    number: int
+    run_id: str | None
+    input: Any
+
+
+def _read_lines(path: str) -> tuple[list[_Line], list[str]]:
+    """Read a --from file: the runs it asks for, and what is wrong with it."""
+    lines: list[_Line] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for number, text in enumerate(_read_text(path, "--from file").splitlines(), start=1):
+        if not text.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            item = parse_json(text, where)
+        except UsageProblem as exc:
+            problems.append(exc.message)
+            continue
+        if not isinstance(item, dict):
+            problems.append(
+                f'{where}: expected an object {{"input": ..., "id": ...}}, got {text!r:.60}'
+            )
+            continue
+        unknown = sorted(set(item) - {"input", "id"})
+        if unknown:
+            problems.append(f"{where}: unknown key {unknown[0]!r} (a line has 'input' and 'id')")
+            continue
+        run_id = item.get("id")
+        if run_id is not None and (not isinstance(run_id, str) or not run_id):
+            problems.append(f"{where}: 'id' must be a non-empty string, got {run_id!r}")
+            continue
+        if run_id is not None and run_id in seen:
+            problems.append(f"{where}: id {run_id!r} was given on line {seen[run_id]} already")
+            continue
+        try:
+            orjson.dumps(item.get("input"))
+        except TypeError as exc:  # an integer past 64 bits
+            problems.append(f"{where}: the input cannot be stored ({exc})")
+            continue
+        if run_id is not None:
+            seen[run_id] = number
+        lines.append(_Line(number, run_id, item.get("input")))
+    return lines, problems
+
+
+def _start_many(flow: Flow, path: str, db: str | None) -> None:
+    """Start the runs a JSON Lines file asks for: all checked first, idempotent by id."""
+    lines, problems = _read_lines(path)
+    with _store(db) as store:
+        existing: set[str] = set()
+        for line in lines:
+            if line.run_id is None:
+                continue
+            try:
+                record = store.load(line.run_id)
+            except stepflow.UnknownRunError:
+                continue
+            where = f"{path}, line {line.number}"
+            if record.flow != flow.name:
+                problems.append(
+                    f"{where}: run {line.run_id!r} exists already, as a run of {record.flow!r}"
+                )
+            elif record.input != line.input:
+                problems.append(
+                    f"{where}: run {line.run_id!r} exists already, with another input "
+                    f"({_json(record.input, 60)})"
+                )
+            else:
+                existing.add(line.run_id)
+        if problems:
+            more = len(problems) - 1
+            others = f" (and {more} more problem{'s' * (more != 1)})" if more else ""
+            raise UsageProblem(f"{problems[0]}{others}; no run was started")
+        started = 0
+        for line in lines:
+            if line.run_id in existing:
+                continue
+            try:
+                record = stepflow.start_run(store, flow, line.input, run_id=line.run_id)
+            except stepflow.RunExistsError:  # started meanwhile by someone else
+                existing.add(str(line.run_id))
+                continue
+            except ConfigurationError as exc:
+                raise click.ClickException(
+                    f"{path}, line {line.number}: {exc} ({started} runs started before it; "
+                    "start the file again once it is fixed: the runs with an id are skipped)"
+                ) from None
+            click.echo(record.run_id)
+            started += 1
+    noun = "run" if started == 1 else "runs"
+    if existing:
+        skipped = len(existing)
+        also = f"{skipped} {'was' if skipped == 1 else 'were'} started before"
+        summary = f"started {started} {noun} of {flow.name}; {also}"
+        if not started:
+            summary = f"nothing new: the {skipped} runs of {path} were started before"
+    else:
+        summary = f"started {started} {noun} of {flow.name}"
+    click.echo(summary, err=True)
 
 
 @main.command()
@@ -388,54 +776,368 @@ def worker(
     )
 
 
+# -- runs and show: tables, JSON documents, watching ------------------------------------
+
+#: What reading a run row may raise when a column cannot be decoded: the store's
+#: typed error, or the decoder's (a store that does not type it yet).
+_ROW_ERRORS = (StepflowError, ValueError)
+
+
+def _unreadable_reason(exc: BaseException) -> str:
+    if isinstance(exc, StepflowError):
+        return str(exc)
+    return f"the stored row cannot be decoded ({type(exc).__name__}: {exc})"
+
+
+def _state_problem(record: RunRecord) -> str | None:
+    """Say why a stored state cannot be read without its flow, or ``None``."""
+    try:
+        orjson.loads(record.state)
+    except orjson.JSONDecodeError as exc:
+        return f"its state is not JSON ({exc})"
+    return None
+
+
+@attrs.frozen
+class _Row:
+    """A run as listed: its record, and why (part of) it cannot be read."""
+
+    run_id: str
+    record: RunRecord | None
+    unreadable: str | None = None
+
+    @classmethod
+    def of(cls, record: RunRecord) -> _Row:
+        return cls(record.run_id, record, _state_problem(record))
+
+    def key(self) -> Hashable:
+        record = self.record
+        if record is None:
+            return (self.run_id, self.unreadable)
+        return (self.run_id, self.unreadable, record.version, record.status, record.lease_owner)
+
+
+def _rows(store: Store, status: Any, flow: str | None, limit: int | None) -> tuple[list[_Row], int]:
+    """Read the runs to list, and how many match the filters.
+
+    When the store cannot return the list (a row it cannot decode), the runs
+    are read one by one, so that only the broken rows are listed as unreadable
+    (after the others: their creation time is unknown).
+    """
+    total = store.count(status=status, flow=flow)
+    try:
+        return [_Row.of(r) for r in store.runs(status=status, flow=flow, limit=limit)], total
+    except _ROW_ERRORS:
+        pass
+    readable: list[RunRecord] = []
+    unreadable: list[_Row] = []
+    for run_id in store.match_run_ids(""):
+        try:
+            record = store.load(run_id)
+        except stepflow.UnknownRunError:
+            continue  # deleted meanwhile
+        except _ROW_ERRORS as exc:
+            unreadable.append(_Row(run_id, None, _unreadable_reason(exc)))
+            continue
+        if (status is None or record.status == status) and (flow is None or record.flow == flow):
+            readable.append(record)
+    readable.sort(key=lambda r: (r.created_at, r.run_id))
+    rows = [_Row.of(r) for r in readable[:limit]] + unreadable
+    return rows, max(total, len(rows))
+
+
+def _events(record: RunRecord) -> list[str] | None:
+    if _state_problem(record) is not None:
+        return None
+    return [str(event) for event in _peek(record).get("events") or []]
+
+
+def _run_json(run_id: str, record: RunRecord | None, unreadable: str | None) -> dict[str, Any]:
+    """Return the fields ``runs --json`` gives for a run (documented in docs/cli.md)."""
+    if record is None:
+        return dict.fromkeys(_RUN_FIELDS) | {"id": run_id, "unreadable": unreadable}
+    return {
+        "id": record.run_id,
+        "flow": record.flow,
+        "status": record.status,
+        "position": _events(record),
+        "wake_at": record.wake_at,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "version": record.version,
+        "lease_owner": record.lease_owner,
+        "lease_expires_at": record.lease_expires_at,
+        "input": record.input,
+        "unreadable": unreadable,
+    }
+
+
+_RUN_FIELDS = (
+    "id",
+    "flow",
+    "status",
+    "position",
+    "wake_at",
+    "created_at",
+    "updated_at",
+    "version",
+    "lease_owner",
+    "lease_expires_at",
+    "input",
+    "unreadable",
+)
+
+
+def _runs_document(rows: list[_Row], total: int) -> dict[str, Any]:
+    return {
+        "total": total,
+        "shown": len(rows),
+        "runs": [_run_json(row.run_id, row.record, row.unreadable) for row in rows],
+    }
+
+
+def _id_column(table: Table, ids: Sequence[str]) -> None:
+    """Keep the ids whole: on a narrow terminal, the other columns give way."""
+    column = table.columns[0]
+    column.no_wrap = True
+    column.min_width = max((len(run_id) for run_id in ids), default=0)
+
+
+def _runs_view(rows: list[_Row], total: int, now: float) -> RenderableType:
+    if not rows:
+        return Text("No runs.")
+    table = Table("id", "flow", "status", "position", "wake_at", "updated")
+    _id_column(table, [row.run_id for row in rows])
+    table.columns[3].overflow = "fold"
+    for row in rows:
+        record = row.record
+        if record is None:
+            reason = escape(row.unreadable or "")
+            table.add_row(escape(row.run_id), "?", "[red]unreadable[/]", reason, "-", "-")
+            continue
+        position = (
+            f"[red]unreadable: {escape(row.unreadable)}[/]"
+            if row.unreadable
+            else escape(_position(record, short=True))
+        )
+        table.add_row(
+            escape(record.run_id),
+            escape(record.flow),
+            f"[{_STYLES.get(record.status, '')}]{record.status}[/]",
+            position,
+            _relative(record.wake_at, now),
+            _relative(record.updated_at, now),
+        )
+    if total > len(rows):
+        return Group(table, Text(f"{len(rows)} of {total} runs shown.", style="dim"))
+    return table
+
+
+#: A snapshot for watching: a key that changes when what it shows changes, and
+#: what to print (a renderable, or a JSON document).
+_Snapshot = Callable[[], tuple[Hashable, Any]]
+
+
+def _watch(
+    snapshot: _Snapshot,
+    console: Console,
+    *,
+    as_json: bool,
+    interval: float,
+    max_polls: int | None,
+) -> None:
+    """Show ``snapshot`` again and again until interrupted (or ``max_polls`` looks).
+
+    On a terminal the view is updated in place (rich Live). Otherwise a new
+    snapshot is printed each time its key changes: a table under a time line,
+    or one JSON document a line (JSON Lines).
+    """
+    polls = 0
+
+    def take() -> tuple[Hashable, Any]:
+        nonlocal polls
+        polls += 1
+        return snapshot()
+
+    def more() -> bool:
+        return max_polls is None or polls < max_polls
+
+    try:
+        if console.is_terminal and not as_json:
+            with Live(take()[1], console=console, auto_refresh=False) as live:
+                while more():
+                    time.sleep(interval)
+                    live.update(take()[1], refresh=True)
+            return
+        last: Hashable = object()
+        while True:
+            key, view = take()
+            if key != last:
+                last = key
+                if as_json:
+                    click.echo(json.dumps(view, separators=(",", ":")))
+                else:
+                    console.print(Text(f"-- {_clock(time.time())}", style="dim"))
+                    console.print(view)
+                sys.stdout.flush()
+            if not more():
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+def _watch_options(fn: Any) -> Any:
+    fn = click.option(
+        "--max-polls", type=click.IntRange(min=1), hidden=True,
+        help="Stop after this many looks at the store (for tests).",
+    )(fn)  # fmt: skip
+    return click.option(
+        "--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+        metavar="SECONDS", help="Time between two looks at the store, when watching.",
+    )(fn)  # fmt: skip
+
+
 @main.command()
 @click.option("--status", type=click.Choice(_STATUSES), help="Only runs with this status.")
 @click.option("--flow", "flow_name", metavar="NAME", help="Only runs of this flow (deploy/v1).")
 @_db_option
 @click.option("--limit", type=click.IntRange(min=1), help="Show at most this many runs.")
-def runs(status: Any, flow_name: str | None, db: str | None, limit: int | None) -> None:
-    """List runs, oldest first: status, position, next wake, last update."""
-    now = time.time()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/cli.md).")
+@click.option("--watch", is_flag=True, help="Keep the list up to date until interrupted.")
+@_watch_options
+def runs(
+    status: Any,
+    flow_name: str | None,
+    db: str | None,
+    limit: int | None,
+    as_json: bool,
+    watch: bool,
+    interval: float,
+    max_polls: int | None,
+) -> None:
+    """List runs, oldest first: status, position, next wake, last update.
+
+    Ids are never cut: piped, lines are as long as they need to be; on a narrow
+    terminal the other columns give way. A run whose row cannot be read is
+    listed as unreadable, with the reason, after the others.
+
+    With --watch, the list is updated in place until Ctrl-C; piped, a new list
+    is printed each time a run changes (with --json, one document a line).
+    """
+    console = _stdout(wide=True)
     with _store(db, create=False) as store:
-        records = store.runs(status=status, flow=flow_name, limit=limit)
-        total = store.count(status=status, flow=flow_name)
-    console = _stdout()
-    if not records:
-        console.print("No runs.")
-        return
-    table = Table("id", "flow", "status", "position", "wake_at", "updated")
-    table.columns[3].overflow = "fold"
-    for record in records:
-        table.add_row(
-            escape(record.run_id),
-            escape(record.flow),
-            f"[{_STYLES.get(record.status, '')}]{record.status}[/]",
-            escape(_position(record, short=True)),
-            _relative(record.wake_at, now),
-            _relative(record.updated_at, now),
-        )
-    console.print(table)
-    if total > len(records):
-        console.print(f"{len(records)} of {total} runs shown.", style="dim")
+
+        def snapshot() -> tuple[Hashable, Any]:
+            rows, total = _rows(store, status, flow_name, limit)
+            key = (total, tuple(row.key() for row in rows))
+            if as_json:
+                return key, _runs_document(rows, total)
+            return key, _runs_view(rows, total, time.time())
+
+        if watch:
+            _watch(snapshot, console, as_json=as_json, interval=interval, max_polls=max_polls)
+            return
+        _, view = snapshot()
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+    else:
+        console.print(view)
 
 
-@main.command()
-@click.argument("run_id", metavar="RUN")
-@_db_option
-def show(run_id: str, db: str | None) -> None:
-    """Show a run: position, status, outputs, error, next wake, and its journal."""
-    now = time.time()
-    with _store(db, create=False) as store:
+@attrs.frozen
+class _Shown:
+    """A run as ``show`` reads it: what could be read, and what could not."""
+
+    run_id: str
+    record: RunRecord | None
+    journal: tuple[tuple[JournalEntry, Batch], ...] | None
+    problems: tuple[str, ...] = ()
+
+    def key(self) -> Hashable:
+        record = self.record
+        facts = None if record is None else (record.version, record.status, record.lease_owner)
+        return (facts, None if self.journal is None else len(self.journal), self.problems)
+
+
+def _read_shown(store: Store, run_id: str) -> _Shown:
+    """Read a run and its journal, saying what cannot be read instead of failing."""
+    try:
         view = stepflow.read_run(store, run_id)
-    record, state = view.record, _peek(view.record)
-    console = _stdout()
+    except stepflow.UnknownRunError:
+        raise
+    except _ROW_ERRORS as exc:
+        try:
+            record = store.load(run_id)
+        except stepflow.UnknownRunError:
+            raise
+        except _ROW_ERRORS as again:
+            return _Shown(run_id, None, None, (_unreadable_reason(again),))
+        problems = [f"its journal cannot be read ({_unreadable_reason(exc)})"]
+        state = _state_problem(record)
+        return _Shown(run_id, record, None, tuple([state, *problems] if state else problems))
+    state = _state_problem(view.record)
+    return _Shown(run_id, view.record, view.journal, (state,) if state else ())
+
+
+def _effect_json(effect: Effect, command: Command | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "command": effect[0],
+        "kind": None if command is None else command.kind,
+        "step": None if command is None else command.step,
+    }
+    if type(effect) is HandlerReturned:
+        body.update(outcome="returned", value=effect.value)
+    elif type(effect) is HandlerRaised:
+        body.update(
+            outcome="raised", error={"type": effect.error.type, "message": effect.error.message}
+        )
+    else:
+        body.update(outcome="timer")
+    return body
+
+
+def _show_document(shown: _Shown) -> dict[str, Any]:
+    """Return the document ``show --json`` prints (documented in docs/cli.md)."""
+    reason = "; ".join(shown.problems) or None
+    body = _run_json(shown.run_id, shown.record, reason)
+    state = {} if shown.record is None else _peek(shown.record)
+    error = state.get("error")
+    body.update(
+        timeout_at=state.get("timeout_at"),
+        outputs=state.get("outputs") or {},
+        error=(
+            {"type": error.get("type"), "message": error.get("message"), "step": error.get("step")}
+            if isinstance(error, dict)
+            else None
+        ),
+        journal=None,
+    )
+    if shown.journal is not None:
+        journal = []
+        for entry, batch in shown.journal:
+            commands = {c.id: c for c in batch.answered}
+            effects = [_effect_json(e, commands.get(e[0])) for e in batch.effects]
+            journal.append({"seq": entry.seq, "at": entry.at, "op": batch.op, "effects": effects})
+        body["journal"] = journal
+    return body
+
+
+def _show_view(shown: _Shown, now: float) -> RenderableType:
+    record = shown.record
     facts = Table.grid(padding=(0, 2))
-    facts.add_column(style="bold")
+    facts.add_column(style="bold", no_wrap=True)
     facts.add_column(overflow="fold")
-    facts.add_row("run", escape(record.run_id))
+    facts.add_row("run", escape(shown.run_id))
+    for problem in shown.problems:
+        facts.add_row("unreadable", f"[red]{escape(problem)}[/]")
+    if record is None:
+        return facts
+    state = _peek(record)
     facts.add_row("flow", escape(record.flow))
     facts.add_row("status", f"[{_STYLES.get(record.status, '')}]{record.status}[/]")
-    facts.add_row("position", escape(_position(record)))
+    if _state_problem(record) is None:
+        facts.add_row("position", escape(_position(record)))
     if record.wake_at is not None:
         facts.add_row("next wake", f"{_clock(record.wake_at)} ({_relative(record.wake_at, now)})")
     if state.get("timeout_at") is not None:
@@ -453,11 +1155,12 @@ def show(run_id: str, db: str | None) -> None:
     if isinstance(error, dict):
         text = f"{error.get('type')}: {error.get('message')} (at {error.get('step')})"
         facts.add_row("error", f"[red]{escape(text)}[/]")
-    console.print(facts)
+    if not shown.journal:
+        return Group(facts, Text("No history yet.", style="dim"))
     journal = Table("seq", "time", "op", "effect", "after", title="history", title_justify="left")
     journal.columns[3].overflow = "fold"
     previous = record.created_at
-    for entry, batch in view.journal:
+    for entry, batch in shown.journal:
         journal.add_row(
             str(entry.seq),
             _clock(entry.at, precise=True),
@@ -466,7 +1169,50 @@ def show(run_id: str, db: str | None) -> None:
             f"+{entry.at - previous:.2f}s",
         )
         previous = entry.at
-    console.print(journal if view.journal else Text("No history yet.", style="dim"))
+    return Group(facts, journal)
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN")
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/cli.md).")
+@click.option("--follow", is_flag=True, help="Keep showing the run as it moves, until Ctrl-C.")
+@_watch_options
+def show(
+    run_ref: str,
+    db: str | None,
+    as_json: bool,
+    follow: bool,
+    interval: float,
+    max_polls: int | None,
+) -> None:
+    """Show a run: position, status, outputs, error, next wake, and its journal.
+
+    RUN is a run id or a prefix of one. A run whose row, state or journal cannot
+    be read is shown as unreadable, with the reason, and the exit status is 1.
+    With --follow, the view is updated in place until Ctrl-C; piped, it is
+    printed again each time the run changes (with --json, one document a line).
+    """
+    console = _stdout(wide=True)
+    with _store(db, create=False) as store:
+        run_id = stepflow.resolve_run_id(store, run_ref)
+
+        def snapshot() -> tuple[Hashable, Any]:
+            shown = _read_shown(store, run_id)
+            if as_json:
+                return shown.key(), _show_document(shown)
+            return shown.key(), _show_view(shown, time.time())
+
+        if follow:
+            _watch(snapshot, console, as_json=as_json, interval=interval, max_polls=max_polls)
+            return
+        shown = _read_shown(store, run_id)
+    if as_json:
+        click.echo(json.dumps(_show_document(shown), indent=2))
+    else:
+        console.print(_show_view(shown, time.time()))
+    if shown.problems:
+        sys.exit(1)
 
 
 @main.command()
@@ -480,6 +1226,7 @@ def resume(run_id: str, flow_ref: str, db: str | None) -> None:
     """Send a failed run back to the step that failed; its history is kept."""
     flow = load_flow(flow_ref)
     with _store(db, create=False) as store:
+        run_id = stepflow.resolve_run_id(store, run_id)
         record = store.load(run_id)
         if record.flow != flow.name:
             raise click.ClickException(
@@ -495,6 +1242,7 @@ def resume(run_id: str, flow_ref: str, db: str | None) -> None:
 def cancel(run_id: str, db: str | None) -> None:
     """Cancel a running or failed run: no worker will advance it again."""
     with _store(db, create=False) as store:
+        run_id = stepflow.resolve_run_id(store, run_id)
         record = stepflow.cancel_run(store, run_id)
     click.echo(f"Cancelled run {run_id} at {_position(record)}.")
 
@@ -597,6 +1345,7 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
     flow = load_flow(flow_ref) if flow_ref is not None else None
     now = time.time()
     with _store(db, create=False) as store:
+        run_id = stepflow.resolve_run_id(store, run_id)
         view = stepflow.read_run(store, run_id)
         run = history(store, run_id) if flow is not None else None
     record = view.record
@@ -625,7 +1374,7 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
     columns = ["seq", "time", "after", "op", "step", "outcome", "n"]
     if flow is not None:
         columns.append("attempt")
-    table = Table(*columns, title=f"history of run {escape(run_id)}", title_justify="left")
+    table = Table(*columns)
     table.columns[5].overflow = "fold"
     answers: dict[tuple[str, str], int] = {}
     previous: float | None = None
@@ -667,7 +1416,8 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
             if flow is not None:
                 cells.append(attempt)
             table.add_row(*cells)
-    console = _stdout()
+    console = _stdout(wide=True)
+    console.print(Text(f"history of run {run_id}", style="italic"))  # a title would fold the id
     console.print(table if view.journal else Text("No history yet.", style="dim"))
     if note is not None:
         console.print(note)
@@ -684,7 +1434,7 @@ def export_history(run_id: str, db: str | None) -> None:
     recorded histories cannot be exported.
     """
     with _store(db, create=False) as store:
-        run = history(store, run_id)
+        run = history(store, stepflow.resolve_run_id(store, run_id))
     click.echo(dumps_history(run), nl=False)
 
 
@@ -862,6 +1612,103 @@ def replay_runs(
 # -- definitions: diff, graph, check, paths --------------------------------------------
 
 
+def _is_factory(module: ModuleType, value: Any) -> bool:
+    """Tell whether ``value`` is a function of ``module`` declared to return a flow.
+
+    That is: it takes no required argument and its return annotation names
+    ``Flow`` or ``Steps`` (``-> stepflow.Flow``), as ``build_flow`` does.
+    """
+    if not inspect.isfunction(value) or value.__module__ != module.__name__:
+        return False
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # pragma: no cover - a Python function has one
+        return False
+    if any(
+        p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        for p in signature.parameters.values()
+    ):
+        return False
+    returns = signature.return_annotation
+    name = returns if isinstance(returns, str) else getattr(returns, "__name__", "")
+    return name.rpartition(".")[2] in ("Flow", "Steps")
+
+
+def _flow_entry(attribute: str, value: Any, module_ref: str) -> dict[str, Any]:
+    """Return what ``flows`` lists of one attribute (documented in docs/cli.md)."""
+    kind = (
+        "flow"
+        if isinstance(value, Flow)
+        else "spec"
+        if isinstance(value, stepflow.Steps)
+        else "factory"
+    )
+    try:
+        definition = _as_flow(value, f"{module_ref}:{attribute}").definition
+    except (StepflowError, click.ClickException) as exc:
+        return {
+            "attribute": attribute,
+            "kind": kind,
+            "name": None,
+            "fingerprint": None,
+            "steps": None,
+            "error": exc.message if isinstance(exc, click.ClickException) else str(exc),
+        }
+    steps = {t.step for t in definition.handler_transitions() if t.step is not None}
+    return {
+        "attribute": attribute,
+        "kind": kind,
+        "name": definition.name,
+        "fingerprint": definition.fingerprint,
+        "steps": len(steps),
+        "error": None,
+    }
+
+
+@main.command("flows")
+@click.argument("module_ref", metavar="MODULE")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/cli.md).")
+def list_flows(module_ref: str, as_json: bool) -> None:
+    """List the flows MODULE defines: attribute, flow name, fingerprint, steps.
+
+    MODULE is a module name (pipelines.deploy) or a Python file's path. Every
+    public attribute holding a stepflow.Flow or a Steps spec is listed, by
+    name, and so is every factory: a function of MODULE that takes no argument
+    and is annotated to return one (def build_flow() -> stepflow.Flow), which
+    is called. Specs are compiled; one that does not compile, or a factory that
+    fails, is listed with its error (exit status 1). steps counts the steps
+    that wait for a handler or a timer.
+    """
+    module = import_module(module_ref)
+    entries = [
+        _flow_entry(name, value, module_ref)
+        for name, value in sorted(vars(module).items())
+        if not name.startswith("_")
+        and (isinstance(value, (Flow, stepflow.Steps)) or _is_factory(module, value))
+    ]
+    if as_json:
+        click.echo(json.dumps({"module": module_ref, "flows": entries}, indent=2))
+    elif not entries:
+        click.echo(f"No flows in {module_ref} (no attribute holds a stepflow.Flow or Steps spec).")
+    else:
+        table = Table("attribute", "flow", "fingerprint", "steps")
+        for entry in entries:
+            if entry["error"] is not None:
+                error = f"[red]does not compile: {escape(entry['error'])}[/]"
+                table.add_row(escape(entry["attribute"]), error, "-", "-")
+                continue
+            table.add_row(
+                escape(entry["attribute"]),
+                escape(entry["name"]),
+                entry["fingerprint"],
+                str(entry["steps"]),
+            )
+        _stdout(wide=True).print(table)
+    if any(entry["error"] is not None for entry in entries):
+        sys.exit(1)
+
+
 @main.command("diff")
 @click.argument("old_ref", metavar="MODULE:OLD")
 @click.argument("new_ref", metavar="MODULE:NEW")
@@ -940,6 +1787,7 @@ def draw_graph(flow_ref: str, fmt: str, run_id: str | None, db: str | None) -> N
     state: State | None = None
     if run_id is not None:
         with _store(db, create=False) as store:
+            run_id = stepflow.resolve_run_id(store, run_id)
             record = store.load(run_id)
         if record.flow != flow.name:
             raise click.ClickException(

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import signal
@@ -56,7 +57,7 @@ from rich.text import Text
 import stepflow
 from stepflow.codec import loads, loads_batch
 from stepflow.core.messages import HandlerRaised
-from stepflow.errors import ConfigurationError, RunExistsError
+from stepflow.errors import ConfigurationError, RunExistsError, StepflowError
 from stepflow.flow import Flow
 from stepflow.runtime.context import RunContext
 from stepflow.runtime.runs import start_run
@@ -75,6 +76,7 @@ __all__ = [
     "build_flow",
     "demo_inputs",
     "flow",
+    "is_demo_run",
     "run_demo",
 ]
 
@@ -635,24 +637,64 @@ def _summary_table(result: DemoResult) -> Table:
 # -- the demo ---------------------------------------------------------------------
 
 
+def is_demo_run(record: RunRecord) -> bool:
+    """Tell whether the demo started ``record``: its flow, with an id and input the demo gives.
+
+    A run of a user's own ``deploy/v1`` (the name the README's example uses)
+    has another input, so the demo neither drives nor deletes it.
+    """
+    if record.flow != FLOW_NAME or not isinstance(record.input, dict):
+        return False
+    apps = record.input.get("of")
+    if type(apps) is not int or not 1 <= apps <= _MAX_APPS:
+        return False
+    return _inputs_by_id(apps).get(record.run_id) == record.input
+
+
+#: The most applications a demo deploys (its inputs are recognized up to it).
+_MAX_APPS = 100_000
+
+
+@functools.lru_cache(maxsize=8)
+def _inputs_by_id(apps: int) -> dict[str, dict[str, Any]]:
+    return dict(demo_inputs(apps))
+
+
+def _foreign_runs(store: Store, flow_name: str | None = None) -> str | None:
+    """Describe the runs in ``store`` (of ``flow_name``) the demo did not start, or ``None``."""
+    try:
+        foreign = [r for r in store.runs(flow=flow_name) if not is_demo_run(r)]
+    except (StepflowError, ValueError) as exc:  # a row that cannot be read is not the demo's
+        return f"runs it cannot read ({exc})"
+    if not foreign:
+        return None
+    first = foreign[0]
+    others = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+    return f"{first.run_id!r}, a run of {first.flow!r}{others}"
+
+
 def _forget_previous(store: Store, url: str | None) -> Store:
-    """Start over: delete the SQLite file when it holds demo runs only.
+    """Start over: delete the SQLite file when it holds the demo's own runs only.
 
     Raises:
-        ConfigurationError: the store holds other runs, or is not a SQLite file.
+        ConfigurationError: the store holds a run the demo did not start (of
+            any flow, its own ``deploy/v1`` included), or is not a SQLite file;
+            nothing was deleted.
 
     """
     if isinstance(store, MemoryStore) or store.count() == 0:
         return store
+    foreign = _foreign_runs(store)
+    where = store.path if isinstance(store, SQLiteStore) else "this store"
+    if foreign is not None:
+        raise ConfigurationError(
+            f"--fresh would delete runs the demo did not start: {where!r} holds {foreign}; "
+            "nothing was deleted: use --db sqlite:///another-file.db instead"
+        )
     if not isinstance(store, SQLiteStore):
         raise ConfigurationError(
             "--fresh can only start over in a SQLite file (or an empty store); "
             "use --db with a new database instead"
-        )
-    if store.count() != store.count(flow=FLOW_NAME):
-        raise ConfigurationError(
-            f"--fresh would delete the runs of other flows in {store.path!r}; "
-            "use --db sqlite:///another-file.db instead"
         )
     store.close()
     for suffix in ("", "-wal", "-shm", "-journal"):
@@ -667,6 +709,13 @@ def _start_missing(store: Store, apps: int, console: Console) -> list[RunRecord]
     The number of applications is kept in each run's input, so a demo stopped
     while it was starting its runs starts the missing ones when run again.
     """
+    foreign = _foreign_runs(store, FLOW_NAME)
+    if foreign is not None:
+        raise ConfigurationError(
+            f"this store holds runs of {FLOW_NAME} the demo did not start ({foreign}); the "
+            "demo's worker would drive them with its simulated systems: use --db "
+            "sqlite:///another-file.db"
+        )
     existing = store.runs(flow=FLOW_NAME)
     if existing:
         apps = int(existing[0].input.get("of", len(existing)))
@@ -750,7 +799,10 @@ def run_demo(
         interrupted the demo, if one did.
 
     Raises:
-        ConfigurationError: bad arguments, or ``fresh`` on a store it cannot empty.
+        ConfigurationError: bad arguments; ``fresh`` on a store it cannot empty
+            or holding runs the demo did not start (nothing is deleted); a store
+            holding runs of ``deploy/v1`` the demo did not start (its worker
+            would drive them).
         StoreError: the store cannot be opened or written.
 
     """

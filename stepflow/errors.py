@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from stepflow.core.state import ErrorRecord, State
 
 __all__ = [
+    "AmbiguousRunError",
     "ConfigurationError",
     "CorruptStateError",
     "DefinitionError",
@@ -268,3 +269,18 @@ class RunExistsError(StoreError, ValueError):
 
 class ConfigurationError(StepflowError, ValueError):
     """A setting is malformed: a store URL, a ``MODULE:FLOW`` reference, an option."""
+
+
+class AmbiguousRunError(StoreError, LookupError):
+    """A run id prefix matches more than one run.
+
+    Attributes:
+        prefix: The prefix that was looked up.
+        matches: The ids it matches (the first few, sorted).
+
+    """
+
+    def __init__(self, message: str, prefix: str, matches: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.prefix = prefix
+        self.matches = matches

@@ -248,7 +248,7 @@ BAD_INPUT = [
     (["start", "nosuchmodule:flow"], 2, "cannot import module 'nosuchmodule'"),
     (["start", "flows:nope"], 2, "module 'flows' has no attribute 'nope'"),
     (["start", "flows:number"], 2, "not a stepflow.Flow"),
-    (["start", "flows:broken"], 2, "not a stepflow.Flow"),
+    (["start", "flows:broken"], 1, "contains ':'"),  # a factory: called, its spec compiled
     (["start", "flows"], 2, "is not MODULE:FLOW"),
     (["start", "flows:bad_spec"], 1, "contains ':'"),
     (["start", "flows:hello", "--input", "{not json"], 2, "--input is not JSON"),

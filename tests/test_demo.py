@@ -141,7 +141,7 @@ def test_fresh_refuses_to_delete_other_flows_runs(tmp_path: Path) -> None:
         store.close()
     code, _, err = finish(demo_cli("--db", url, "--fresh", cwd=tmp_path))
     assert code == 2
-    assert err.startswith("Error: --fresh would delete the runs of other flows")
+    assert err.startswith("Error: --fresh would delete runs the demo did not start")
     assert len(err.splitlines()) == 1
     assert statuses(url) == {"keep-me": "running"}
 

@@ -9,6 +9,7 @@ import stepflow.core
 
 PUBLIC = [
     "FORMAT_VERSION",
+    "AmbiguousRunError",
     "CallHandler",
     "Clock",
     "Command",
@@ -74,6 +75,7 @@ PUBLIC = [
     "read_run",
     "rebuild_exception",
     "replay",
+    "resolve_run_id",
     "resume",
     "resume_run",
     "start_run",

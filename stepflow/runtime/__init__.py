@@ -10,6 +10,7 @@ from stepflow.runtime.context import RunContext as RunContext
 from stepflow.runtime.runs import RunView as RunView
 from stepflow.runtime.runs import cancel_run as cancel_run
 from stepflow.runtime.runs import read_run as read_run
+from stepflow.runtime.runs import resolve_run_id as resolve_run_id
 from stepflow.runtime.runs import resume_run as resume_run
 from stepflow.runtime.runs import start_run as start_run
 from stepflow.runtime.runs import store_wake_at as store_wake_at
@@ -25,6 +26,7 @@ __all__ = [
     "WorkerStats",
     "cancel_run",
     "read_run",
+    "resolve_run_id",
     "resume_run",
     "start_run",
     "store_wake_at",

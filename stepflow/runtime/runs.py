@@ -7,6 +7,7 @@ it did in the run's journal, so nothing is lost.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -17,11 +18,20 @@ from stepflow.clock import Clock, SystemClock
 from stepflow.codec import Batch, dumps, dumps_batch, loads, loads_batch
 from stepflow.core.advance import advance, initial_state, resume
 from stepflow.core.state import RUNNING, State
-from stepflow.errors import ConfigurationError, StateError
+from stepflow.errors import AmbiguousRunError, ConfigurationError, StateError, UnknownRunError
 from stepflow.flow import Flow
 from stepflow.stores.base import JournalEntry, RunRecord, RunStatus, Save, Store
 
-__all__ = ["RunView", "cancel_run", "read_run", "resume_run", "start_run", "store_wake_at"]
+__all__ = [
+    "RunView",
+    "cancel_run",
+    "non_finite_path",
+    "read_run",
+    "resolve_run_id",
+    "resume_run",
+    "start_run",
+    "store_wake_at",
+]
 
 
 def store_wake_at(state: State, now: float) -> float | None:
@@ -31,7 +41,39 @@ def store_wake_at(state: State, now: float) -> float | None:
     return state.wake_at if state.wake_at is not None else now
 
 
+def non_finite_path(value: Any, path: str = "$") -> str | None:
+    """Return the ``$.path`` of the first NaN or infinity in JSON-like data, or ``None``.
+
+    JSON has no such numbers: serializers write them as ``null`` or as the
+    non-standard ``NaN``, so a value holding one would not be stored as given.
+
+    >>> non_finite_path({"when": [1.5, float("nan")]})
+    '$.when[1]'
+    >>> non_finite_path({"when": 1.5}) is None
+    True
+    """
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite_path(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = non_finite_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _check_input(value: Any) -> Any:
+    where = non_finite_path(value)
+    if where is not None:
+        raise ConfigurationError(
+            f"a run's input holds NaN or an infinity at {where}, which JSON cannot "
+            "represent (it would be stored as null): use null, a string or a finite number"
+        )
     try:
         return orjson.loads(orjson.dumps(value))
     except TypeError as exc:
@@ -61,7 +103,8 @@ def start_run(
 
     Raises:
         RunExistsError: a run with ``run_id`` exists.
-        ConfigurationError: ``input`` is not JSON data.
+        ConfigurationError: ``input`` is not JSON data, or holds NaN or an
+            infinity (JSON has no such numbers).
 
     """
     now = (clock or SystemClock()).now()
@@ -144,6 +187,43 @@ class RunView:
     record: RunRecord
     state: State | None
     journal: tuple[tuple[JournalEntry, Batch], ...]
+
+
+def resolve_run_id(store: Store, id_or_prefix: str) -> str:
+    """Return the id of the one run whose id is ``id_or_prefix`` or starts with it.
+
+    An exact id wins over longer ids it prefixes. Only ids are read, so a run
+    whose other columns cannot be decoded is still found.
+
+    Raises:
+        UnknownRunError: no run's id starts with ``id_or_prefix``.
+        AmbiguousRunError: several do (its ``matches`` lists the first ten).
+
+    """
+    if not isinstance(id_or_prefix, str) or not id_or_prefix:
+        raise ConfigurationError(
+            f"a run id (or id prefix) is a non-empty str, got {id_or_prefix!r}"
+        )
+    matches = store.match_run_ids(id_or_prefix, limit=_SHOWN_MATCHES + 1)
+    if matches[:1] == [id_or_prefix] or len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UnknownRunError(
+            f"no run has id {id_or_prefix!r}, nor an id starting with it "
+            "(stepflow runs lists the runs)",
+            id_or_prefix,
+        )
+    shown = ", ".join(matches[:_SHOWN_MATCHES])
+    more = " and more" if len(matches) > _SHOWN_MATCHES else ""
+    raise AmbiguousRunError(
+        f"{id_or_prefix!r} is the start of several run ids: {shown}{more}; give more of the id",
+        id_or_prefix,
+        tuple(matches[:_SHOWN_MATCHES]),
+    )
+
+
+#: How many of the ids an ambiguous prefix matches are named in the error.
+_SHOWN_MATCHES = 10
 
 
 def read_run(store: Store, run_id: str, flow: Flow | None = None) -> RunView:

@@ -345,3 +345,13 @@ class Store(Protocol):
         Returns ``{status: count}`` with only the statuses that have runs.
         """
         ...
+
+    def match_run_ids(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """Return the ids of the runs whose id starts with ``prefix``, in code point order.
+
+        The empty prefix matches every run. With ``limit``, at most that many ids
+        are returned (the first ones in that order). Only the ``run_id`` column is
+        read, so a run whose other columns cannot be decoded is still found: the
+        CLI resolves the short ids it prints with this, and lists unreadable runs.
+        """
+        ...

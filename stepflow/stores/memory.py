@@ -264,3 +264,9 @@ class MemoryStore:
                 if id_prefix is None or run.run_id.startswith(id_prefix):
                     counts[run.status] = counts.get(run.status, 0) + 1
         return counts
+
+    def match_run_ids(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """Return the ids starting with ``prefix``, sorted (see :meth:`Store.match_run_ids`)."""
+        with self._lock:
+            ids = sorted(run_id for run_id in self._runs if run_id.startswith(prefix))
+        return ids[: None if limit is None else max(limit, 0)]

@@ -600,3 +600,17 @@ class PostgresStore:
                 {"status": None, "flow": flow, "prefix": id_prefix or None},
             )
             return {str(status): int(count) for status, count in cur.fetchall()}
+
+    def match_run_ids(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """Return the ids starting with ``prefix``, sorted (see :meth:`Store.match_run_ids`).
+
+        Sorted by code point (``COLLATE "C"``), as the other stores sort them,
+        whatever the database's collation.
+        """
+        with self._transaction() as cur:
+            cur.execute(
+                'SELECT run_id FROM runs WHERE starts_with(run_id, %s) ORDER BY run_id COLLATE "C"'
+                " LIMIT %s",
+                (prefix, None if limit is None else max(limit, 0)),
+            )
+            return [row[0] for row in cur.fetchall()]

@@ -566,6 +566,23 @@ class SQLiteStore:
         return {str(status): int(count) for status, count in rows}
 
 
+    def match_run_ids(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """Return the ids starting with ``prefix``, sorted (see :meth:`Store.match_run_ids`).
+
+        A range on the primary key (``prefix <= run_id < successor``), not a scan:
+        SQLite compares text as UTF-8 bytes, which orders it by code point.
+        """
+        upper = prefix_upper_bound(prefix)
+        below = "" if upper is None else " AND run_id < ?"
+        params = (prefix,) if upper is None else (prefix, upper)
+        with self._locked() as db:
+            rows = db.execute(
+                f"SELECT run_id FROM runs WHERE run_id >= ?{below} ORDER BY run_id LIMIT ?",
+                (*params, -1 if limit is None else max(limit, 0)),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+
 def _prefix_clause(id_prefix: str | None) -> str:
     """Return the ``WHERE`` clause selecting ids that start with ``id_prefix``.
 
