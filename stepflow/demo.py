@@ -473,15 +473,29 @@ def _position(event: str) -> str:
     return name
 
 
-def _regions(state: State) -> tuple[int, int, int]:
-    """Return a run's regions ``(ended, in flight, total)``: zeros before its map starts."""
+def _regions(state: State) -> str:
+    """Return one mark per region of a run: ``+`` ended, ``>`` in flight, ``.`` not started.
+
+    Empty before the regions map starts (and for a run that does not deploy).
+    """
     progress = state.groups.get(REGIONS_OUTPUT)
-    if progress is not None:
-        return progress.started - progress.active, progress.active, len(progress.items)
-    results = state.outputs.get(REGIONS_OUTPUT)
-    if results is not None:
-        return len(results), 0, len(results)
-    return 0, 0, 0
+    if progress is None:
+        results = state.outputs.get(REGIONS_OUTPUT)
+        return "" if results is None else "+" * len(results)
+    prefix = f"{REGIONS_OUTPUT}/steps["
+    running = set()
+    for event in state.events:  # one position per region in flight
+        scope = event.partition(":")[2]
+        if scope.startswith(prefix):
+            running.add(int(scope[len(prefix) : scope.index("]", len(prefix))]))
+    return "".join(
+        "." if i >= progress.started else ">" if i in running else "+"
+        for i in range(len(progress.items))
+    )
+
+
+# How the live display draws a region: ● ended, ◐ in flight, ○ not started.
+_MARKS = {"+": ("\u25cf", "green"), ">": ("\u25d0", "cyan"), ".": ("\u25cb", "dim")}
 
 
 def _deployed_regions(state: State) -> tuple[str, ...]:
@@ -513,7 +527,7 @@ def _rank(order: list[str], label: str) -> int:
     return order.index(label) if label in order else len(order)
 
 
-_CELL = 30  # characters per run in the live display
+_CELL = 36  # characters per run in the live display
 
 _STYLES = {"running": "cyan", "completed": "green", "failed": "red", "cancelled": "yellow"}
 
@@ -523,7 +537,7 @@ class _Entry:
     status: str
     step: str
     detail: str = ""
-    regions: tuple[int, int, int] = (0, 0, 0)  # ended, in flight, total
+    regions: str = ""  # one mark per region (see _regions)
 
 
 class _Board:
@@ -552,8 +566,8 @@ class _Board:
         """Return the regions ended and the regions in flight, over all runs."""
         ended = in_flight = 0
         for entry in list(self.entries.values()):
-            ended += entry.regions[0]
-            in_flight += entry.regions[1]
+            ended += entry.regions.count("+")
+            in_flight += entry.regions.count(">")
         return ended, in_flight
 
     def on_step(self, report: StepReport) -> None:
@@ -638,9 +652,11 @@ class _Board:
             if entry.status == "failed":
                 cell.append(entry.status)
             elif entry.step == "regions" and entry.status == "running":
-                ended, in_flight, count = entry.regions
-                cell.append(f"regions {ended}/{count} ", style="magenta")
-                cell.append(entry.detail)
+                cell.append(f"regions {entry.regions.count('+')}/{len(entry.regions)} ")
+                for mark in entry.regions:
+                    glyph, style = _MARKS[mark]
+                    cell.append(glyph, style=style)
+                cell.append(f" {entry.detail}")
             else:
                 cell.append(entry.detail or _LABELS.get(entry.step, entry.step))
             cells.append(cell)
