@@ -12,14 +12,18 @@ alike instead of one.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import platform
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable
 from itertools import repeat
 from typing import Any
+
+from pyrsistent import pmap
 
 import stepflow
 
@@ -31,6 +35,11 @@ HANDLER_CALLS = N_DO + N_POLLS
 TARGET_ADVANCE = 15.0  # advance <= 15x the floor
 TARGET_FLOW = 300.0  # in-memory full flow <= 300x the floor
 TARGET_VS_TRANSITIONS = 1.5  # transitions / (flow with dumps/loads) >= 1.5
+
+MAP_SMALL, MAP_LARGE = 10, 1000  # items of the two maps driven by advance alone
+MAP_CONCURRENCY = 50
+TARGET_MAP_GROWTH = 2.0  # cost per effect, 1,000-item map / 10-item map <= 2
+TARGET_MAP_MEMORY = 3.0  # memory kept per step, 1,000-item map / 10-item map <= 3
 
 _now = time.perf_counter_ns
 
@@ -286,6 +295,96 @@ def measure(
     return best
 
 
+# --------------------------------------------------------------------------- map
+
+
+def build_map_flow() -> stepflow.Flow:
+    """One ``map`` whose items each run one ``do`` step, ``MAP_CONCURRENCY`` at a time."""
+    body = stepflow.steps().do("work", action)
+    return stepflow.new(
+        stepflow.named("bench/map").map("items", action, body, max_concurrency=MAP_CONCURRENCY)
+    )
+
+
+def drive_map(
+    definition: stepflow.FlowDefinition,
+    items: int,
+    *,
+    one_at_a_time: bool = False,
+    keep: list[stepflow.State] | None = None,
+) -> int:
+    """Drive a map of ``items`` to its end with ``advance`` alone; return the effects applied.
+
+    Each batch answers every command in flight (or only the first one); ``keep``
+    receives every state, to measure what the states hold on to.
+    """
+    advance, returned = stepflow.advance, stepflow.HandlerReturned
+    state, commands = advance(definition, None)
+    state, commands = advance(definition, state, (returned(commands[0].id, list(range(items))),))
+    effects = 1
+    while commands:
+        if one_at_a_time:
+            batch: tuple[stepflow.Effect, ...] = (returned(commands[0].id, 1),)
+        else:
+            batch = tuple(returned(command.id, 1) for command in commands)
+        state, commands = advance(definition, state, batch)
+        effects += len(batch)
+        if keep is not None:
+            keep.append(state)
+    return effects
+
+
+def make_map(definition: stepflow.FlowDefinition, items: int) -> Callable[[int], None]:
+    def bench_map(n: int) -> None:
+        for _ in repeat(None, n):
+            drive_map(definition, items)
+
+    return bench_map
+
+
+def kept_per_step(definition: stepflow.FlowDefinition, items: int) -> tuple[float, int]:
+    """Bytes allocated and still held per step when every state of a map's run is kept.
+
+    States that copied their outputs would hold O(items) new bytes each; states
+    that share structure (pyrsistent) hold O(log items).
+    """
+    gc.collect()
+    tracemalloc.start()
+    keep: list[stepflow.State] = []
+    try:
+        drive_map(definition, items, one_at_a_time=True, keep=keep)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return held / len(keep), len(keep)
+
+
+def deep_copy_ns(definition: stepflow.FlowDefinition, items: int) -> float:
+    """Time of one deep copy of a state halfway through a map of ``items``: what copying costs."""
+    keep: list[stepflow.State] = []
+    drive_map(definition, items, one_at_a_time=True, keep=keep)
+    middle = keep[len(keep) // 2]
+    start = _now()
+    copy.deepcopy(middle)
+    return float(_now() - start)
+
+
+def verify_map(definition: stepflow.FlowDefinition) -> None:
+    for items in (MAP_SMALL, MAP_LARGE):
+        keep: list[stepflow.State] = []
+        effects = drive_map(definition, items, keep=keep)
+        final = keep[-1]
+        _expect(final.status == "completed", "the map completes", final.status)
+        _expect(effects == items + 1, "one effect per item, plus the items command", effects)
+        output = final.outputs["bench/map/itemsMap"]
+        _expect(len(output) == items, "the map's output has one result per item", len(output))
+        _expect(
+            type(final.outputs) is type(pmap()),
+            "outputs are a pyrsistent map",
+            type(final.outputs),
+        )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -300,12 +399,16 @@ def main(argv: list[str] | None = None) -> int:
 
     flow = build_flow()
     verify(flow)
+    map_flow = build_map_flow()
+    verify_map(map_flow.definition)
     benches = {
         "floor": make_floor(),
         "advance": make_advance(flow),
         "flow": make_runs(run_in_memory, flow),
         "flow+codec": make_runs(run_with_codec, flow),
         "transitions": make_transitions(),
+        "map-small": make_map(map_flow.definition, MAP_SMALL),
+        "map-large": make_map(map_flow.definition, MAP_LARGE),
     }
     start = _now()
     ns = measure(benches, repeats, budget_ns)
@@ -339,6 +442,34 @@ def main(argv: list[str] | None = None) -> int:
         vs_trans = f"{trans / ns[key]:.2f}" if unit == "us/run" else ""
         print(f"{label:<42}{value:>12.2f}  {unit:<8}{ns[key] / floor:>10.1f}{vs_trans:>18}")
     print()
+    per_effect = {
+        key: ns[f"map-{key}"] / (items + 1)
+        for key, items in (("small", MAP_SMALL), ("large", MAP_LARGE))
+    }
+    growth = per_effect["large"] / per_effect["small"]
+    kept_small, _ = kept_per_step(map_flow.definition, MAP_SMALL)
+    kept_large, steps_large = kept_per_step(map_flow.definition, MAP_LARGE)
+    copy_ns = deep_copy_ns(map_flow.definition, MAP_LARGE)
+    print(
+        f"map, max_concurrency={MAP_CONCURRENCY}, driven by advance alone "
+        "(each batch answers every command in flight)"
+    )
+    for key, items in (("small", MAP_SMALL), ("large", MAP_LARGE)):
+        label = f"{6 if key == 'small' else 7} MAP  {items:,} items"
+        value = per_effect[key] / 1000
+        print(f"{label:<42}{value:>12.2f}  {'us/eff':<8}{per_effect[key] / floor:>10.1f}")
+    print(f"  cost per effect, {MAP_LARGE:,} items / {MAP_SMALL} items: {growth:.2f}x")
+    print(
+        f"  memory kept per step (every state kept): {kept_small:,.0f} B with {MAP_SMALL} items, "
+        f"{kept_large:,.0f} B with {MAP_LARGE:,} ({kept_large / kept_small:.2f}x for "
+        f"{MAP_LARGE // MAP_SMALL}x the items: shared, not copied)"
+    )
+    print(
+        f"  a deep copy of one {MAP_LARGE:,}-item state takes {copy_ns / 1000:,.0f} us, "
+        f"{copy_ns / per_effect['large']:.0f}x an effect; {steps_large:,} states kept "
+        f"hold {kept_large * steps_large / 1e6:.1f} MB in all"
+    )
+    print()
 
     results = [
         (
@@ -355,6 +486,16 @@ def main(argv: list[str] | None = None) -> int:
             f"flow with dumps/loads >= {TARGET_VS_TRANSITIONS:g}x faster than transitions",
             trans / ns["flow+codec"] >= TARGET_VS_TRANSITIONS,
             f"{trans / ns['flow+codec']:.2f}x",
+        ),
+        (
+            f"map cost per effect, {MAP_LARGE:,} items <= {TARGET_MAP_GROWTH:g}x {MAP_SMALL} items",
+            growth <= TARGET_MAP_GROWTH,
+            f"{growth:.2f}x",
+        ),
+        (
+            f"map memory per step, {MAP_LARGE:,} items <= {TARGET_MAP_MEMORY:g}x {MAP_SMALL} items",
+            kept_large / kept_small <= TARGET_MAP_MEMORY,
+            f"{kept_large / kept_small:.2f}x",
         ),
     ]
     print("targets")

@@ -37,6 +37,8 @@ RAW_ROWS = 1_000  # rows in the raw-commit table
 TARGET_PLAIN = 0.5  # steps/s >= 0.5x raw commits/s without group commit
 TARGET_GROUP = 2.0  # steps/s >= 2x raw commits/s with group commit
 TARGET_KIB = 4.0  # worker memory per run in flight < 4 KiB
+MAP_ITEMS, MAP_STEPS, MAP_CONCURRENCY = 100, 3, 20
+TARGET_MAP = 0.8  # steps/s of one run's map >= 0.8x the same steps as separate runs
 
 POSTGRES_ENV = "STEPFLOW_BENCH_POSTGRES_DSN"
 
@@ -233,6 +235,55 @@ class PostgresBench:
 # --------------------------------------------------------------------------- measurements
 
 
+def build_map_flow() -> stepflow.Flow:
+    """One run: a map of ``MAP_ITEMS`` items, ``MAP_STEPS`` no-op steps each."""
+    body = stepflow.steps()
+    for i in range(MAP_STEPS):
+        body = body.do(f"step{i}", noop)
+    items = list(range(MAP_ITEMS))
+    return stepflow.new(
+        stepflow.named("bench/map/v1").map(
+            "items", lambda ctx: items, body, max_concurrency=MAP_CONCURRENCY
+        )
+    )
+
+
+def build_item_flow() -> stepflow.Flow:
+    """One item's steps as a flow of its own: ``MAP_STEPS`` no-op steps."""
+    spec = stepflow.named("bench/item/v1")
+    for i in range(MAP_STEPS):
+        spec = spec.do(f"step{i}", noop)
+    return stepflow.new(spec)
+
+
+def map_vs_runs(bench: SQLiteBench) -> tuple[float, float]:
+    """Steps/s of one run's map and of the same steps as ``MAP_ITEMS`` separate runs.
+
+    Both with one worker of concurrency ``MAP_CONCURRENCY``, on SQLite, measured
+    back to back; the map's items command counts as a step.
+    """
+    rates = []
+    for flow, runs in ((build_map_flow(), 1), (build_item_flow(), MAP_ITEMS)):
+        with bench.store() as store:
+            for i in range(runs):
+                stepflow.start_run(store, flow, run_id=f"run{i:06d}")
+            worker = stepflow.Worker(store, [flow], concurrency=MAP_CONCURRENCY)
+
+            async def timed(worker: stepflow.Worker = worker) -> float:
+                start = _now()
+                await worker.run(until_idle=True)
+                return _now() - start
+
+            elapsed = asyncio.run(timed())
+            steps = worker.stats.steps
+            expected = MAP_ITEMS * MAP_STEPS + (1 if runs == 1 else 0)
+            _expect(steps == expected, f"{expected} steps", steps)
+            done = store.count(status="completed")
+            _expect(done == runs, f"{runs} completed runs", done)
+            rates.append(steps / elapsed)
+    return rates[0], rates[1]
+
+
 def _expect(ok: bool, what: str, got: object) -> None:
     # Not assert: the checks must hold under ``python -O`` too.
     if not ok:
@@ -418,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                 after, _ = bench.raw(raw_seconds)
                 rows.append(Row(bench.name, group_commit, stats, elapsed, before, after))
         peak, current, handler = memory_per_run(benches[0].store(), runs)
+        assert isinstance(benches[0], SQLiteBench)
+        map_rate, runs_rate = map_vs_runs(benches[0])
     finally:
         for bench in benches:
             bench.close()
@@ -456,6 +509,19 @@ def main(argv: list[str] | None = None) -> int:
         f"(the handlers' own {handler / 1024:.2f} KiB/run taken out)"
     )
     print(f"  {'PASS' if ok else 'MISS'}  < {TARGET_KIB:g} KiB per run in flight")
+    print()
+    map_ratio = map_rate / runs_rate
+    map_ok = map_ratio >= TARGET_MAP
+    results.append(
+        (f"map in one run >= {TARGET_MAP:g}x the same steps as runs", map_ok, f"{map_ratio:.2f}x")
+    )
+    print(
+        f"map (SQLite, concurrency {MAP_CONCURRENCY}): one run with a map of {MAP_ITEMS} items x "
+        f"{MAP_STEPS} steps, max_concurrency={MAP_CONCURRENCY}: {map_rate:.0f} steps/s; "
+        f"the same {MAP_ITEMS * MAP_STEPS} steps as {MAP_ITEMS} runs: {runs_rate:.0f} steps/s; "
+        f"ratio {map_ratio:.2f}x"
+    )
+    print(f"  {'PASS' if map_ok else 'MISS'}  >= {TARGET_MAP:g}x")
     print()
     print("targets")
     for text, ok, got in results:

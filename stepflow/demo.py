@@ -1,31 +1,38 @@
-"""The README's demo: the go-stepflow seed's deployment pipeline, run durably.
+"""The README's demo: a fleet deployed region by region, run durably.
 
-``stepflow demo`` deploys a fleet of applications (36 by default) through the
-pipeline of the go-stepflow seed, ``deploy/v1``, against simulated external
-systems that take real time:
+``stepflow demo`` deploys a fleet of applications (36 by default) through
+``deploy/v2``, the go-stepflow seed's deployment pipeline with its rollout
+fanned out over regions, against simulated external systems that take real time:
 
 * an **actual-state collector** whose jobs finish a second or two after they
   start, and which is sometimes flaky: it raises now and then, and a ``retry``
   group with a :class:`~stepflow.RetryPolicy` starts the collection again;
 * a **GitOps repository** whose pull requests merge a few seconds after they
   are opened;
-* a **deployment agent** that rolls the new version out one replica at a time.
+* a **deployment agent** that, once the pull request merged, rolls the new
+  version out in each of the application's three or four regions, one replica
+  at a time. The regions are the items of a ``map`` (taken from the run's
+  input) that rolls out, verifies and validates :data:`REGION_CONCURRENCY`
+  regions at a time, so each run has several commands in flight; the live
+  display counts each application's regions (``regions 2/4``) and the summary
+  the regions deployed.
 
 Each application is one run in a SQLite file (``./stepflow.db`` unless
 ``--db`` says otherwise), driven by a :class:`~stepflow.Worker`. Interrupt the
 demo (Ctrl-C, SIGTERM, even SIGKILL) and run it again: it resumes every run
-where its last saved step left it.
+where its last saved step left it, re-issuing exactly the region steps that
+were in flight, each with its own idempotency key.
 
 Theory of operation
 -------------------
 The simulated systems keep no state of their own: everything they answer is a
 pure function of the run's input, the outputs earlier steps saved (when a
-collection started and is ready, when a pull request was opened and merges)
-and ``ctx.now``. What the systems did is therefore exactly as durable as the
-run's state, and a restarted demo sees the same world. Flakiness is drawn from a
-hash of the command's idempotency key, so a re-executed command behaves as it
-did the first time, and it stops after the second attempt of a retry group, so
-every run completes.
+collection started and is ready, when a pull request was opened and merges,
+when a region's rollout started) and ``ctx.now``. What the systems did is
+therefore exactly as durable as the run's state, and a restarted demo sees the
+same world. Flakiness is drawn from a hash of the command's idempotency key, so
+a re-executed command behaves as it did the first time, and it stops after the
+second attempt of a retry group, so every run completes.
 
 Rule: the flow definition does not depend on ``speed`` (poll intervals, timeouts
 and retry policies are fixed), so a demo resumed at another speed still loads
@@ -57,6 +64,7 @@ from rich.text import Text
 import stepflow
 from stepflow.codec import loads, loads_batch
 from stepflow.core.messages import HandlerRaised
+from stepflow.core.state import State
 from stepflow.errors import ConfigurationError, RunExistsError, StepflowError
 from stepflow.flow import Flow
 from stepflow.runtime.context import RunContext
@@ -67,7 +75,10 @@ from stepflow.stores.base import RunRecord, Store
 
 __all__ = [
     "COLLECTOR_RETRY",
+    "EARLIER_FLOW_NAMES",
     "FLOW_NAME",
+    "REGIONS_OUTPUT",
+    "REGION_CONCURRENCY",
     "AppSummary",
     "CollectorUnavailable",
     "DemoResult",
@@ -80,24 +91,43 @@ __all__ = [
     "run_demo",
 ]
 
-#: The pipeline's versioned name, as in the go-stepflow seed.
-FLOW_NAME = "deploy/v1"
+#: The pipeline's versioned name. ``deploy/v1`` was the go-stepflow seed's
+#: pipeline as it is; ``v2`` rolls the merged version out region by region.
+FLOW_NAME = "deploy/v2"
+
+#: Names of earlier versions of the demo's flow (their runs are not this demo's).
+EARLIER_FLOW_NAMES = ("deploy/v1",)
+
+#: How many regions of one application are rolled out at once.
+REGION_CONCURRENCY = 2
 
 #: How the collection steps are retried when the collector flakes.
 COLLECTOR_RETRY = stepflow.RetryPolicy(
     max_attempts=5, initial_interval=0.5, backoff_coefficient=2.0, max_interval=4.0, jitter=0.2
 )
 
-# Outputs are kept under the scope path of the ``do`` step that returned them.
+# Outputs are kept under the scope path of the ``do`` step that returned them;
+# inside the regions map, under the item's scope ``.../regionsMap/steps[i]``.
 _PRE = f"{FLOW_NAME}/collectPreDeployStateRetry/getPreActualState"
 _PR = f"{FLOW_NAME}/deployCase/steps/createDeployRequest"
-_POST = f"{FLOW_NAME}/deployCase/steps/collectPostDeployStateRetry/getPostActualState"
+#: Where the regions map keeps its output: each region's validation, in region order.
+REGIONS_OUTPUT = f"{FLOW_NAME}/deployCase/steps/regionsMap"
 
 _SERVICES = (
     "billing", "search", "checkout", "catalog", "payments", "ledger", "auth", "profile",
     "inventory", "shipping", "pricing", "reviews", "orders", "media", "notify", "gateway",
     "reports", "ads",
 )  # fmt: skip
+_REGIONS = ("eu-west", "us-east", "ap-south", "us-west", "eu-north", "ap-east")
+
+
+def _in_region(ctx: RunContext, step: str) -> str:
+    """Return the output key of ``step`` (a path inside a region's steps) for ``ctx``'s region."""
+    return f"{REGIONS_OUTPUT}/steps[{ctx.index}]/{step}"
+
+
+_SYNC = "syncRegion"
+_POST = "collectRegionStateRetry/getRegionActualState"
 
 
 class CollectorUnavailable(RuntimeError):
@@ -144,7 +174,7 @@ class Systems:
     # -- the actual-state collector -------------------------------------------
 
     def start_collection(self, ctx: RunContext, phase: str) -> dict[str, Any]:
-        """Start a collection job; return it (kept in the outputs).
+        """Start a collection job (of the whole app, or of ``ctx.item``'s region); return it.
 
         Raises:
             CollectorUnavailable: now and then, in the first two attempts.
@@ -154,9 +184,15 @@ class Systems:
         if _unit(ctx.idempotency_key, "start") < flaky:
             self.note(ctx, "collector flaked")
             raise CollectorUnavailable(f"collector did not accept the {phase} job; try again")
-        delay = self.speed * (1.0 + 1.5 * _unit(ctx.run_id, phase, "collect"))
-        self.note(ctx, "collecting" if phase == "preDeploy" else "verifying")
-        return {"job": f"{ctx.run_id}/{phase}", "started_at": ctx.now, "ready_at": ctx.now + delay}
+        if ctx.item is None:  # the whole application, before deploying
+            delay = self.speed * (1.0 + 1.5 * _unit(ctx.run_id, phase, "collect"))
+            self.note(ctx, "collecting")
+            job = f"{ctx.run_id}/{phase}"
+        else:  # one region, after its rollout
+            delay = self.speed * (0.5 + 0.8 * _unit(ctx.run_id, ctx.item, "collect"))
+            self.note(ctx, f"{ctx.item} verifying")
+            job = f"{ctx.run_id}/{ctx.item}/{phase}"
+        return {"job": job, "started_at": ctx.now, "ready_at": ctx.now + delay}
 
     def collection_ready(self, ctx: RunContext, job: Mapping[str, Any]) -> bool:
         """Poll a collection job.
@@ -171,28 +207,22 @@ class Systems:
         return bool(ctx.now >= job["ready_at"])
 
     def version_seen(self, ctx: RunContext, job: Mapping[str, Any]) -> str:
-        """Return the version the collection job saw running."""
-        return self.live_version(ctx, float(job["started_at"]))
+        """Return the version the collection job saw running (in ``ctx.item``'s region)."""
+        at = float(job["started_at"])
+        if ctx.index is not None:
+            rollout = ctx.outputs.get(_in_region(ctx, _SYNC))
+            if rollout is not None and self.replicas_updated(rollout, at) == rollout["replicas"]:
+                return str(ctx.input["desired"])
+        return str(ctx.input["running"])
 
     # -- the GitOps repository and the deployment agent -------------------------
 
     def open_pull_request(self, ctx: RunContext) -> dict[str, Any]:
-        """Open the version-bump pull request; return it (kept in the outputs).
-
-        The pull request records when it merges and how the agent will roll it
-        out, so the rest of the deployment follows from the run's outputs.
-        """
+        """Open the version-bump pull request; return it (kept in the outputs)."""
         number = 100 + int(900 * _unit(ctx.idempotency_key, "pr"))
         merges_at = ctx.now + self.speed * (3.5 + 4.5 * _unit(ctx.run_id, "merge"))
-        replica_seconds = self.speed * (1.0 + 0.6 * _unit(ctx.run_id, "replica"))
         self.note(ctx, f"PR #{number} opened")
-        return {
-            "pr": number,
-            "opened_at": ctx.now,
-            "merges_at": merges_at,
-            "replicas": int(ctx.input["replicas"]),
-            "replica_seconds": replica_seconds,
-        }
+        return {"pr": number, "opened_at": ctx.now, "merges_at": merges_at}
 
     def merged(self, ctx: RunContext, pr: Mapping[str, Any]) -> bool:
         """Whether the pull request has merged."""
@@ -200,19 +230,25 @@ class Systems:
         self.note(ctx, f"PR #{pr['pr']} {'merged' if done else 'review'}")
         return done
 
-    def replicas_updated(self, pr: Mapping[str, Any], now: float) -> int:
-        """How many replicas run the new version at ``now``."""
-        if now < pr["merges_at"]:
-            return 0
-        rolled = int((now - pr["merges_at"]) / pr["replica_seconds"])
-        return int(min(rolled, pr["replicas"]))
+    def sync_region(self, ctx: RunContext) -> dict[str, Any]:
+        """Ask the deployment agent to roll the merged version out in ``ctx.item``'s region.
 
-    def live_version(self, ctx: RunContext, at: float) -> str:
-        """Return the version the application runs (on all its replicas) at ``at``."""
-        pr = ctx.outputs.get(_PR)
-        if pr is not None and self.replicas_updated(pr, at) == pr["replicas"]:
-            return str(ctx.input["desired"])
-        return str(ctx.input["running"])
+        The answer records how the agent rolls it out, one replica at a time,
+        so the region's rollout follows from the run's outputs.
+        """
+        region = str(ctx.item)
+        self.note(ctx, f"{region} syncing")
+        return {
+            "region": region,
+            "started_at": ctx.now,
+            "replicas": int(ctx.input["replicas"]),
+            "replica_seconds": self.speed * (0.6 + 0.5 * _unit(ctx.run_id, region, "replica")),
+        }
+
+    def replicas_updated(self, rollout: Mapping[str, Any], now: float) -> int:
+        """How many replicas of a region run the new version at ``now``."""
+        rolled = int((now - rollout["started_at"]) / rollout["replica_seconds"])
+        return int(max(0, min(rolled, rollout["replicas"])))
 
 
 _DEFAULT_SYSTEMS = Systems()
@@ -239,13 +275,13 @@ def get_actual_state(phase: str) -> Handler:
     return start
 
 
-def is_actual_state_collected(step: str) -> Handler:
-    """Return a ``wait_for`` condition polling the job the ``do`` step ``step`` started."""
+def is_actual_state_collected(step: Callable[[RunContext], str]) -> Handler:
+    """Return a ``wait_for`` condition polling the job of the ``do`` step ``step(ctx)``."""
 
     async def poll(ctx: RunContext) -> bool:
         systems = _systems(ctx)
         await systems.call(ctx)
-        return systems.collection_ready(ctx, ctx.outputs[step])
+        return systems.collection_ready(ctx, ctx.outputs[step(ctx)])
 
     return poll
 
@@ -275,44 +311,110 @@ async def is_deploy_request_accepted(ctx: RunContext) -> bool:
     return systems.merged(ctx, ctx.outputs[_PR])
 
 
-async def is_version_live(ctx: RunContext) -> bool:
-    """Report the rollout's progress; done once every replica runs the new version."""
+def target_regions(ctx: RunContext) -> list[str]:
+    """Return the regions map's items: the regions the application runs in (its input)."""
+    return [str(region) for region in ctx.input["regions"]]
+
+
+async def sync_region(ctx: RunContext) -> dict[str, Any]:
+    """Start the rollout of the merged version in ``ctx.item``'s region."""
     systems = _systems(ctx)
     await systems.call(ctx)
-    pr = ctx.outputs[_PR]
-    live = systems.replicas_updated(pr, ctx.now)
-    systems.note(ctx, f"rollout {live}/{pr['replicas']}")
-    return live == int(pr["replicas"])
+    return systems.sync_region(ctx)
 
 
-async def validate_post_deploy_state(ctx: RunContext) -> None:
-    """Fail the run when the application does not run the desired version after deploying."""
+async def is_region_live(ctx: RunContext) -> bool:
+    """Report a region's rollout; done once every replica there runs the new version."""
     systems = _systems(ctx)
-    actual, desired = systems.version_seen(ctx, ctx.outputs[_POST]), ctx.input["desired"]
+    await systems.call(ctx)
+    rollout = ctx.outputs[_in_region(ctx, _SYNC)]
+    live = systems.replicas_updated(rollout, ctx.now)
+    systems.note(ctx, f"{ctx.item} {live}/{rollout['replicas']}")
+    return live == int(rollout["replicas"])
+
+
+async def validate_region(ctx: RunContext) -> dict[str, Any]:
+    """Check the version collected in ``ctx.item``'s region; return the region's result.
+
+    Raises:
+        DeploymentMismatch: the region does not run the desired version.
+
+    """
+    systems = _systems(ctx)
+    actual, desired = (
+        systems.version_seen(ctx, ctx.outputs[_in_region(ctx, _POST)]),
+        ctx.input["desired"],
+    )
     if actual != desired:
-        raise DeploymentMismatch(f"{ctx.input['app']} runs {actual} after deploying {desired}")
-    systems.note(ctx, f"deployed {actual} (PR #{ctx.outputs[_PR]['pr']})")
+        raise DeploymentMismatch(
+            f"{ctx.input['app']} runs {actual} in {ctx.item} after deploying {desired}"
+        )
+    systems.note(ctx, f"{ctx.item} at {actual}")
+    return {"region": ctx.item, "index": ctx.index, "version": actual}
 
 
-def _collect(phase: str, step: str) -> stepflow.Steps:
+async def validate_post_deploy_state(ctx: RunContext) -> dict[str, Any]:
+    """Check the regions map's output: every region, in order, runs the desired version.
+
+    Raises:
+        DeploymentMismatch: a region is missing, out of order, or at another version.
+
+    """
+    systems = _systems(ctx)
+    results, desired = ctx.outputs[REGIONS_OUTPUT], ctx.input["desired"]
+    regions = [result["region"] for result in results]
+    if regions != list(ctx.input["regions"]):
+        raise DeploymentMismatch(
+            f"{ctx.input['app']} deployed to {regions}, not {ctx.input['regions']}"
+        )
+    behind = [result["region"] for result in results if result["version"] != desired]
+    if behind:
+        raise DeploymentMismatch(f"{ctx.input['app']} is not at {desired} in {behind}")
+    systems.note(
+        ctx, f"deployed {desired} to {len(regions)} regions (PR #{ctx.outputs[_PR]['pr']})"
+    )
+    return {"version": desired, "regions": regions}
+
+
+def _collect(step: str, handler: Handler, job: Callable[[RunContext], str]) -> stepflow.Steps:
     """Build a collection group: start a job, wait for it (retried when the collector flakes)."""
     return (
         stepflow.steps()
-        .do(step, get_actual_state(phase))
-        .wait_for(
-            f"waitFor{step[3:]}",
-            is_actual_state_collected(_PRE if phase == "preDeploy" else _POST),
-            every=0.25,
-            timeout=30,
-        )
+        .do(step, handler)
+        .wait_for(f"waitFor{step[3:]}", is_actual_state_collected(job), every=0.25, timeout=30)
     )
 
 
 def build_flow() -> Flow:
-    """Compile the seed's ``deploy/v1`` pipeline with the demo's handlers."""
+    """Compile the ``deploy/v2`` pipeline with the demo's handlers.
+
+    The seed's pipeline, with the rollout fanned out: once the pull request has
+    merged, a ``map`` over the application's regions rolls each one out,
+    verifies and validates it, :data:`REGION_CONCURRENCY` regions at a time; the
+    last step checks the map's output (one result per region, in order).
+    """
+    region = (
+        stepflow.steps()
+        .do(_SYNC, sync_region)
+        .wait_for("monitorRegionRollout", is_region_live, every=0.3, timeout=120)
+        .retry(
+            "collectRegionState",
+            COLLECTOR_RETRY,
+            _collect(
+                "getRegionActualState",
+                get_actual_state("postDeploy"),
+                lambda ctx: _in_region(ctx, _POST),
+            ),
+        )
+        .do("validateRegion", validate_region)
+    )
     return stepflow.new(
         stepflow.named(FLOW_NAME)
-        .retry("collectPreDeployState", COLLECTOR_RETRY, _collect("preDeploy", "getPreActualState"))
+        .retry(
+            "collectPreDeployState",
+            COLLECTOR_RETRY,
+            _collect("getPreActualState", get_actual_state("preDeploy"), lambda ctx: _PRE),
+        )
         .case(
             "deploy",
             should_deploy,
@@ -321,12 +423,7 @@ def build_flow() -> Flow:
             .wait_for(
                 "waitForAcceptedDeployRequest", is_deploy_request_accepted, every=0.5, timeout=120
             )
-            .wait_for("monitorDeploymentProgress", is_version_live, every=0.3, timeout=120)
-            .retry(
-                "collectPostDeployState",
-                COLLECTOR_RETRY,
-                _collect("postDeploy", "getPostActualState"),
-            )
+            .map("regions", target_regions, region, max_concurrency=REGION_CONCURRENCY)
             .do("validatePostDeployActualState", validate_post_deploy_state),
         )
     )
@@ -339,11 +436,14 @@ flow = build_flow()
 def demo_inputs(apps: int) -> list[tuple[str, dict[str, Any]]]:
     """Return the run ids and inputs of a demo of ``apps`` applications.
 
-    Every fifth application already runs its desired version.
+    Every fifth application already runs its desired version. Each runs in
+    three or four regions, with two or three replicas in each.
 
     >>> run_id, spec = demo_inputs(36)[0]
     >>> run_id, spec["service"], spec["running"], spec["desired"], spec["of"]
     ('app-01', 'billing', '2.1.3', '2.2.0', 36)
+    >>> spec["regions"]
+    ['us-east', 'ap-south', 'us-west', 'eu-north']
     """
     width = max(2, len(str(apps)))
     inputs = []
@@ -353,8 +453,9 @@ def demo_inputs(apps: int) -> list[tuple[str, dict[str, Any]]]:
         running = f"{major}.{minor}.{2 + i % 4}"
         desired = running if i % 5 == 0 else f"{major}.{minor + 1}.0"
         service = _SERVICES[(i - 1) % len(_SERVICES)]
+        regions = [_REGIONS[(i + k) % len(_REGIONS)] for k in range(3 + i % 2)]
         spec = {"app": run_id, "service": service, "running": running, "desired": desired}
-        inputs.append((run_id, {**spec, "replicas": 3 + i % 4, "of": apps}))
+        inputs.append((run_id, {**spec, "regions": regions, "replicas": 2 + i % 2, "of": apps}))
     return inputs
 
 
@@ -366,10 +467,48 @@ def _position(event: str) -> str:
     kind, _, scope = event.partition(":")
     if scope == FLOW_NAME:
         return "done" if kind == "completed" else "starting"
+    if scope.startswith(REGIONS_OUTPUT):  # the map's items command, or a region's step
+        return "regions"
     name = scope.rsplit("/", 1)[-1]
     for suffix in ("WaitFor", "Retry", "Case"):
         name = name.removesuffix(suffix)
     return name
+
+
+def _regions(state: State) -> str:
+    """Return one mark per region of a run: ``+`` ended, ``>`` in flight, ``.`` not started.
+
+    Empty before the regions map starts (and for a run that does not deploy).
+    """
+    progress = state.groups.get(REGIONS_OUTPUT)
+    if progress is None:
+        results = state.outputs.get(REGIONS_OUTPUT)
+        return "" if results is None else "+" * len(results)
+    prefix = f"{REGIONS_OUTPUT}/steps["
+    running = set()
+    for event in state.events:  # one position per region in flight
+        scope = event.partition(":")[2]
+        if scope.startswith(prefix):
+            running.add(int(scope[len(prefix) : scope.index("]", len(prefix))]))
+    return "".join(
+        "." if i >= progress.started else ">" if i in running else "+"
+        for i in range(len(progress.items))
+    )
+
+
+# How the live display draws a region: ● ended, ◐ in flight, ○ not started.
+_MARKS = {"+": ("\u25cf", "green"), ">": ("\u25d0", "cyan"), ".": ("\u25cb", "dim")}
+
+
+def _deployed_regions(state: State) -> tuple[str, ...]:
+    """Return the regions validated so far, in region order (the map's output once complete)."""
+    results = state.outputs.get(REGIONS_OUTPUT)
+    if results is None:
+        progress = state.groups.get(REGIONS_OUTPUT)
+        if progress is None:
+            return ()
+        results = [progress.results[key] for key in sorted(progress.results, key=int)]
+    return tuple(str(r["region"]) for r in results if isinstance(r, Mapping) and "region" in r)
 
 
 # Step names as the live display shows them.
@@ -381,10 +520,7 @@ _LABELS = {
     "deploy": "compare",
     "createDeployRequest": "open PR",
     "waitForAcceptedDeployRequest": "PR review",
-    "monitorDeploymentProgress": "rollout",
-    "collectPostDeployState": "verify",
-    "getPostActualState": "verify",
-    "waitForPostActualState": "verify",
+    "regions": "regions",
     "validatePostDeployActualState": "validate",
 }
 
@@ -393,7 +529,7 @@ def _rank(order: list[str], label: str) -> int:
     return order.index(label) if label in order else len(order)
 
 
-_CELL = 24  # characters per run in the live display
+_CELL = 36  # characters per run in the live display
 
 _STYLES = {"running": "cyan", "completed": "green", "failed": "red", "cancelled": "yellow"}
 
@@ -403,10 +539,11 @@ class _Entry:
     status: str
     step: str
     detail: str = ""
+    regions: str = ""  # one mark per region (see _regions)
 
 
 class _Board:
-    """What the display shows: each run's status, step and latest note."""
+    """What the display shows: each run's status, step, regions and latest note."""
 
     def __init__(self, records: Sequence[RunRecord], systems: Systems, console: Console) -> None:
         self.systems = systems
@@ -415,14 +552,25 @@ class _Board:
         self.entries: dict[str, _Entry] = {}
         for record in records:
             state = loads(record.state, flow.definition)
-            self.entries[record.run_id] = _Entry(record.status, _position(state.events[0]))
+            self.entries[record.run_id] = _Entry(
+                record.status, _position(state.events[0]), regions=_regions(state)
+            )
         self.steps = 0
         self.retries = 0
+        self.peak = 0  # the most region steps in flight at once, over all runs
         self.reported = self.started
 
     @property
     def finished(self) -> int:
         return sum(entry.status != "running" for entry in self.entries.values())
+
+    def region_tally(self) -> tuple[int, int]:
+        """Return the regions ended and the regions in flight, over all runs."""
+        ended = in_flight = 0
+        for entry in list(self.entries.values()):
+            ended += entry.regions.count("+")
+            in_flight += entry.regions.count(">")
+        return ended, in_flight
 
     def on_step(self, report: StepReport) -> None:
         """Take a :class:`StepReport` from the worker (on its event loop)."""
@@ -430,7 +578,9 @@ class _Board:
         was_running = entry.status == "running"
         entry.status = report.state.status
         entry.step = _position(report.state.events[0])
+        entry.regions = _regions(report.state)
         entry.detail = self.systems.notes.get(report.run_id, "")
+        self.peak = max(self.peak, self.region_tally()[1])
         self.steps += 1
         if type(report.effect) is HandlerRaised:
             self.retries += 1
@@ -449,9 +599,11 @@ class _Board:
         now = time.monotonic()
         if not self.console.is_terminal and now - self.reported >= 5.0:
             self.reported = now
+            ended, in_flight = self.region_tally()
             self.console.print(
                 f"[{now - self.started:5.1f}s] {self.finished}/{len(self.entries)} finished; "
-                + ", ".join(f"{label}: {n}" for label, n in self.by_step().items()),
+                + ", ".join(f"{label}: {n}" for label, n in self.by_step().items())
+                + f"; region rollouts: {ended} done, {in_flight} in flight",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -467,7 +619,7 @@ class _Board:
         return dict(sorted(counts.items(), key=lambda item: _rank(order, item[0])))
 
     def render(self) -> RenderableType:
-        """Render the live view: a progress bar, counts by status and step, each run's step."""
+        """Render the live view: progress, counts by status, step and region, each run's step."""
         entries = list(self.entries.items())
         total, done = len(entries), sum(e.status != "running" for _, e in entries)
         by_status: dict[str, int] = {}
@@ -482,6 +634,12 @@ class _Board:
         for status, count in sorted(by_status.items()):
             tally.append(f"{count} {status}  ", style=_STYLES.get(status, ""))
         tally.append(f"{self.steps} steps, {self.retries} retried errors", style="dim")
+        ended, in_flight = self.region_tally()
+        tally.append(
+            f"  regions: {ended} done, {in_flight} in flight "
+            f"({REGION_CONCURRENCY} at a time per app, peak {self.peak})",
+            style="magenta",
+        )
         steps = Text("  ".join(f"{label}: {n}" for label, n in self.by_step().items()), style="dim")
         columns = max(1, self.console.width // (_CELL + 2))
         rows = -(-len(entries) // columns)
@@ -493,8 +651,16 @@ class _Board:
         cells = []
         for run_id, entry in entries:
             cell = Text(f"{run_id} ", style=_STYLES.get(entry.status, ""))
-            label = _LABELS.get(entry.step, entry.step)
-            cell.append(entry.detail or label if entry.status != "failed" else entry.status)
+            if entry.status == "failed":
+                cell.append(entry.status)
+            elif entry.step == "regions" and entry.status == "running":
+                cell.append(f"regions {entry.regions.count('+')}/{len(entry.regions)} ")
+                for mark in entry.regions:
+                    glyph, style = _MARKS[mark]
+                    cell.append(glyph, style=style)
+                cell.append(f" {entry.detail}")
+            else:
+                cell.append(entry.detail or _LABELS.get(entry.step, entry.step))
             cells.append(cell)
         for row in range(0, len(cells), columns):
             grid.add_row(*cells[row : row + columns])
@@ -512,7 +678,8 @@ class AppSummary:
         run_id: The run (``"app-07"``).
         service: The application's service name.
         status: The run's status.
-        position: The step the run is at (``"done"`` once completed).
+        position: The step the run is at (``"done"`` once completed,
+            ``"regions"`` inside the regions map).
         running: The version the application ran before the demo.
         desired: The version it should run.
         pull_request: The number of the pull request that deployed it, or
@@ -521,6 +688,9 @@ class AppSummary:
         retries: Errors raised by its handlers (each one retried, or fatal).
         elapsed: Seconds from the run's creation to its last save.
         error: The error that failed the run, or ``""``.
+        regions: The regions the application runs in (from its input).
+        deployed_regions: The regions validated at the desired version so far,
+            in region order (the regions map's output once it completed).
 
     """
 
@@ -535,6 +705,8 @@ class AppSummary:
     retries: int
     elapsed: float
     error: str = ""
+    regions: tuple[str, ...] = ()
+    deployed_regions: tuple[str, ...] = ()
 
     @property
     def change(self) -> str:
@@ -552,12 +724,15 @@ class DemoResult:
         apps: The summary of each application, by run id.
         interrupted: The signal that stopped the demo early, or ``None``.
         seconds: How long this session took.
+        peak_regions: The most region steps in flight at once in this
+            session, over all runs.
 
     """
 
     apps: tuple[AppSummary, ...]
     interrupted: int | None
     seconds: float
+    peak_regions: int = 0
 
     @property
     def completed(self) -> int:
@@ -576,7 +751,7 @@ def _summarize(store: Store, record: RunRecord) -> AppSummary:
     for entry in store.history(record.run_id):
         batch = loads_batch(entry.batch)
         if batch.op == "effects":
-            steps += 1
+            steps += len(batch.effects)
             retries += sum(type(effect) is HandlerRaised for effect in batch.effects)
     spec = record.input
     pr = state.outputs.get(_PR)
@@ -592,6 +767,8 @@ def _summarize(store: Store, record: RunRecord) -> AppSummary:
         retries=retries,
         elapsed=record.updated_at - record.created_at,
         error=f"{state.error.type}: {state.error.message}" if state.error else "",
+        regions=tuple(str(region) for region in spec.get("regions", ())),
+        deployed_regions=_deployed_regions(state),
     )
 
 
@@ -607,7 +784,7 @@ def _summary_table(result: DemoResult) -> Table:
         table.add_column(
             name, no_wrap=name != "outcome", min_width=9 if name == "outcome" else None
         )
-    for name in ("steps", "retries", "elapsed"):
+    for name in ("regions", "steps", "retries", "elapsed"):
         table.add_column(name, justify="right", no_wrap=True)
     for app in result.apps:
         outcome = app.status
@@ -627,6 +804,7 @@ def _summary_table(result: DemoResult) -> Table:
             f"[{_STYLES.get(app.status, '')}]{outcome}[/]",
             version,
             "" if app.pull_request is None else f"#{app.pull_request}",
+            "" if app.pull_request is None else f"{len(app.deployed_regions)}/{len(app.regions)}",
             str(app.steps),
             str(app.retries),
             f"{app.elapsed:.1f}s",
@@ -678,7 +856,7 @@ def _forget_previous(store: Store, url: str | None) -> Store:
 
     Raises:
         ConfigurationError: the store holds a run the demo did not start (of
-            any flow, its own ``deploy/v1`` included), or is not a SQLite file;
+            any flow, its own ``deploy/v2`` included), or is not a SQLite file;
             nothing was deleted.
 
     """
@@ -727,6 +905,13 @@ def _start_missing(store: Store, apps: int, console: Console) -> list[RunRecord]
             soft_wrap=True,
         )
     else:
+        for earlier in EARLIER_FLOW_NAMES:
+            if store.count(flow=earlier):
+                raise ConfigurationError(
+                    f"this database holds runs of {earlier}, the demo of an earlier stepflow, "
+                    f"whose ids the {FLOW_NAME} demo would reuse; run this demo in another "
+                    "database (stepflow demo --db sqlite:///stepflow-v2.db)"
+                )
         console.print(f"Starting {apps} runs of {FLOW_NAME}.", highlight=False, soft_wrap=True)
     known = {record.run_id for record in existing}
     for run_id, spec in demo_inputs(apps):
@@ -776,7 +961,7 @@ def run_demo(
     speed: float = 1.0,
     handle_signals: bool = True,
 ) -> DemoResult:
-    """Deploy ``apps`` applications through ``deploy/v1``, or resume a previous demo.
+    """Deploy ``apps`` applications through ``deploy/v2``, or resume a previous demo.
 
     When the store holds no demo runs, ``apps`` runs are started (``"app-01"``,
     ...); otherwise the runs found are resumed (completed ones are kept). A
@@ -801,7 +986,7 @@ def run_demo(
     Raises:
         ConfigurationError: bad arguments; ``fresh`` on a store it cannot empty
             or holding runs the demo did not start (nothing is deleted); a store
-            holding runs of ``deploy/v1`` the demo did not start (its worker
+            holding runs of ``deploy/v2`` the demo did not start (its worker
             would drive them).
         StoreError: the store cannot be opened or written.
 
@@ -841,7 +1026,7 @@ def run_demo(
         summaries = tuple(_summarize(store, record) for record in store.runs(flow=FLOW_NAME))
     finally:
         store.close()
-    result = DemoResult(summaries, interrupted, time.monotonic() - started)
+    result = DemoResult(summaries, interrupted, time.monotonic() - started, board.peak)
     _print_summary(result, console, db_url)
     return result
 
@@ -864,6 +1049,17 @@ def _print_summary(result: DemoResult, console: Console, db_url: str | None) -> 
         highlight=False,
         soft_wrap=True,
     )
+    regions = sum(len(app.deployed_regions) for app in result.apps)
+    if regions:
+        console.print(
+            f"Fan-out: {regions} regions rolled out, verified and validated by a map in "
+            f"{sum(bool(app.deployed_regions) for app in result.apps)} applications, "
+            f"{REGION_CONCURRENCY} regions at a time per application"
+            + (f", {result.peak_regions} at once at the peak" if result.peak_regions else "")
+            + ".",
+            highlight=False,
+            soft_wrap=True,
+        )
     again = _again(db_url)
     if result.interrupted is not None:
         name = signal.Signals(result.interrupted).name

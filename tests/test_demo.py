@@ -1,4 +1,5 @@
-"""The demo: the seed's deploy/v1 pipeline, run to the end, interrupted and resumed."""
+"""The demo: deploy/v2, each app rolled out to its regions by a map, run to the end,
+interrupted and resumed; every region deployed once, the map's output in region order."""
 
 from __future__ import annotations
 
@@ -14,7 +15,17 @@ import pytest
 from rich.console import Console
 
 import stepflow
-from stepflow.demo import FLOW_NAME, Systems, demo_inputs, flow, run_demo
+from stepflow.codec import loads_batch
+from stepflow.core.messages import HandlerReturned
+from stepflow.demo import (
+    FLOW_NAME,
+    REGION_CONCURRENCY,
+    REGIONS_OUTPUT,
+    Systems,
+    demo_inputs,
+    flow,
+    run_demo,
+)
 
 
 def demo_cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
@@ -59,14 +70,50 @@ def statuses(url: str) -> dict[str, str]:
         store.close()
 
 
+def assert_every_region_deployed_once(url: str) -> None:
+    """Each deploying run synced each region once (one answered command, its own key),
+    never more than ``REGION_CONCURRENCY`` at once, and its map output is in region order."""
+    store = stepflow.open_store(url)
+    try:
+        for record in store.runs(flow=FLOW_NAME):
+            state = stepflow.loads(record.state, flow.definition)
+            regions = record.input["regions"]
+            synced: list[str] = []
+            for entry in store.history(record.run_id):
+                batch = loads_batch(entry.batch)
+                if batch.op != "effects":
+                    continue
+                for command, effect in zip(batch.answered, batch.effects, strict=True):
+                    if command.step.endswith("/syncRegion") and type(effect) is HandlerReturned:
+                        synced.append(command.key)
+            if record.input["running"] == record.input["desired"]:
+                assert synced == [], record.run_id
+                continue
+            assert len(synced) == len(set(synced)) == len(regions), (record.run_id, synced)
+            for i in range(len(regions)):
+                assert sum(f"/regionsMap/steps[{i}]/syncRegion#" in key for key in synced) == 1
+            results = state.outputs[REGIONS_OUTPUT]
+            assert [r["region"] for r in results] == regions
+            assert [r["index"] for r in results] == list(range(len(regions)))
+            assert {r["version"] for r in results} == {record.input["desired"]}
+    finally:
+        store.close()
+
+
 def test_demo_completes_and_prints_a_summary(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     code, out, err = finish(demo_cli("--apps", "6", "--db", url, "--speed", "0.1", cwd=tmp_path))
     assert code == 0, err
     assert "Traceback" not in err
-    assert "Starting 6 runs of deploy/v1" in out
-    assert "deploy/v1: 6 applications" in out
+    assert "Starting 6 runs of deploy/v2" in out
+    assert "deploy/v2: 6 applications" in out
     assert "6/6 completed (5 deployed, 1 already up to date), 0 failed" in out
+    regions = sum(
+        len(spec["regions"]) for _, spec in demo_inputs(6) if spec["running"] != spec["desired"]
+    )
+    assert f"Fan-out: {regions} regions rolled out" in out
+    assert f"{REGION_CONCURRENCY} regions at a time per application" in out
+    assert_every_region_deployed_once(url)
     for run_id, spec in demo_inputs(6):
         assert run_id in out
         if spec["running"] != spec["desired"]:
@@ -117,6 +164,7 @@ def test_interrupted_demo_resumes_where_it_stopped(tmp_path: Path, signum: int) 
         assert entries[: len(old_entries)] == old_entries  # the journal continues
         seqs = [seq for seq, _, _ in entries]
         assert seqs == sorted(set(seqs))  # no seq twice
+    assert_every_region_deployed_once(url)  # in flight at the kill: re-issued, answered once
 
 
 def test_fresh_starts_over(tmp_path: Path) -> None:
@@ -161,7 +209,12 @@ def test_run_demo_in_process_with_a_live_display(tmp_path: Path) -> None:
     assert [app.run_id for app in result.apps] == ["app-01", "app-02", "app-03", "app-04"]
     assert all(app.change == "deployed" and app.pull_request for app in result.apps)
     assert all(app.steps > 5 for app in result.apps)
+    for app, (_, spec) in zip(result.apps, demo_inputs(4), strict=True):
+        assert app.regions == app.deployed_regions == tuple(spec["regions"])
+    assert 2 <= result.peak_regions <= REGION_CONCURRENCY * 4
     assert "4/4 completed" in output.getvalue()
+    assert "regions 1/" in output.getvalue()  # the live display counts each app's regions
+    assert_every_region_deployed_once(f"sqlite:///{tmp_path / 'demo.db'}")
 
 
 def test_demo_inputs_are_stable_and_some_are_up_to_date() -> None:
@@ -179,3 +232,22 @@ def test_the_definition_does_not_depend_on_speed() -> None:
     assert Systems(0.1).speed == 0.1
     with pytest.raises(stepflow.ConfigurationError):
         Systems(0)
+
+
+def test_a_database_of_the_earlier_demo_is_refused_with_a_fix(tmp_path: Path) -> None:
+    from stepflow.demo_v1 import demo_inputs as v1_inputs
+    from stepflow.demo_v1 import flow as v1_flow
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    store = stepflow.open_store(url)
+    try:
+        run_id, spec = v1_inputs(2)[0]
+        stepflow.start_run(store, v1_flow, spec, run_id=run_id)
+    finally:
+        store.close()
+    code, _, err = finish(demo_cli("--db", url, cwd=tmp_path))
+    assert code != 0
+    assert "holds runs of deploy/v1" in err
+    assert "--db sqlite:///stepflow-v2.db" in err
+    assert len(err.splitlines()) == 1
+    assert statuses(url) == {"app-01": "running"}  # nothing lost

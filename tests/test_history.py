@@ -6,9 +6,10 @@
 * A random edit of the flow (a step renamed, inserted, removed, a ``case`` turned
   into a ``do``) is reported by replay exactly when the recorded run went through
   the edited part, at the batch where it did; each test states its rule.
-* Golden histories of the demo pipeline (``tests/fixtures/histories/``) replay to
-  the states recorded with them. Regenerate them with
-  ``STEPFLOW_UPDATE_GOLDEN=1 pytest tests/test_history.py``.
+* Golden histories of the demo pipeline (``tests/fixtures/histories/<version>/``,
+  one directory per version of the demo's flow) replay to the states recorded
+  with them, against the definition they were recorded with. Regenerate them
+  with ``STEPFLOW_UPDATE_GOLDEN=1 pytest tests/test_history.py -k golden``.
 * Changes a run in flight survives (timing) and bad input (truncated, reordered,
   of another flow) are handled as documented.
 """
@@ -63,6 +64,8 @@ from stepflow.core.messages import Command, Effect, HandlerReturned, TimerFired
 from stepflow.core.spec import Case, Do, Group, Item, LoopUntil, Retry, Steps
 from stepflow.demo import Systems, demo_inputs
 from stepflow.demo import flow as demo_flow
+from stepflow.demo_v1 import demo_inputs as demo_v1_inputs
+from stepflow.demo_v1 import flow as demo_v1_flow
 from stepflow.runtime.runs import cancel_run, resume_run, start_run
 from stepflow.runtime.worker import StepReport
 from stepflow.stores import MemoryStore
@@ -825,8 +828,18 @@ def test_a_first_state_the_definition_does_not_have_is_a_divergence(
 # -- golden histories of the demo pipeline -------------------------------------------
 
 GOLDEN = Path(__file__).parent / "fixtures" / "histories"
-#: Deploys cleanly; already up to date (after a collector flake); deploys through flakes.
-GOLDEN_RUNS = ("app-01", "app-05", "app-07")
+#: Each version of the demo's flow, with the runs recorded of it: one that deploys
+#: cleanly, one already up to date, one that deploys through collector flakes.
+#: ``deploy/v1`` (the seed pipeline the demo ran before its regions map) is kept in
+#: :mod:`stepflow.demo_v1`, so its goldens keep replaying against the definition
+#: they were recorded with (and are never rewritten).
+GOLDEN_FLOWS = {"deploy-v1": demo_v1_flow, "deploy-v2": demo_flow}
+_GOLDEN_INPUTS = {demo_v1_flow.name: demo_v1_inputs, demo_flow.name: demo_inputs}
+GOLDEN_RUNS = {
+    "deploy-v1": ("app-01", "app-05", "app-07"),
+    "deploy-v2": ("app-01", "app-05", "app-04"),
+}
+GOLDEN_CASES = [(version, run_id) for version, runs in GOLDEN_RUNS.items() for run_id in runs]
 _GOLDEN_APPS = 10  # the demo's fleet size the inputs are drawn from
 _GOLDEN_START = 1_700_000_000.0
 
@@ -838,45 +851,57 @@ class InstantSystems(Systems):
         return None
 
 
-def record_demo(run_id: str) -> tuple[History, list[State]]:
+def record_demo(run_id: str, flow: stepflow.Flow = demo_flow) -> tuple[History, list[State]]:
     """Run one application of the demo to its end on a fake clock; its history and states."""
-    inputs = dict(demo_inputs(_GOLDEN_APPS))
+    inputs = dict(_GOLDEN_INPUTS[flow.name](_GOLDEN_APPS))
     clock = FakeClock(_GOLDEN_START)
     store = MemoryStore()
-    start_run(store, demo_flow, inputs[run_id], run_id=run_id, clock=clock)
+    start_run(store, flow, inputs[run_id], run_id=run_id, clock=clock)
     saved: list[State] = []
 
     def on_step(report: StepReport) -> None:
-        saved.append(report.state)
+        if not saved or saved[-1] is not report.state:  # one report per effect of a batch
+            saved.append(report.state)
 
-    worker = Worker(store, [demo_flow], context=InstantSystems(), clock=clock, on_step=on_step)
+    # One command at a time: with several, how effects group into batches depends
+    # on the timing of the event loop, and a golden must come out byte for byte.
+    worker = Worker(
+        store, [flow], context=InstantSystems(), clock=clock, concurrency=1, on_step=on_step
+    )
     worker.run_sync(until_idle=True, handle_signals=False)
     return history(store, run_id), saved
 
 
-def write_golden() -> None:
-    """(Re)write the golden histories: ``<run>.json`` as exported, ``<run>.states.jsonl``."""
-    GOLDEN.mkdir(parents=True, exist_ok=True)
-    for run_id in GOLDEN_RUNS:
-        recorded, saved = record_demo(run_id)
-        (GOLDEN / f"{run_id}.json").write_text(dumps_history(recorded))
-        (GOLDEN / f"{run_id}.states.jsonl").write_text("".join(dumps(s) + "\n" for s in saved))
+def write_golden(*versions: str) -> None:
+    """(Re)write the golden histories: ``<version>/<run>.json`` as exported, and its states.
+
+    Only the versions named: a golden of a version the demo no longer runs is
+    kept as it was recorded.
+    """
+    for version in versions:
+        flow = GOLDEN_FLOWS[version]
+        (GOLDEN / version).mkdir(parents=True, exist_ok=True)
+        for run_id in GOLDEN_RUNS[version]:
+            recorded, saved = record_demo(run_id, flow)
+            (GOLDEN / version / f"{run_id}.json").write_text(dumps_history(recorded))
+            states = "".join(dumps(s) + "\n" for s in saved)
+            (GOLDEN / version / f"{run_id}.states.jsonl").write_text(states)
 
 
 if os.environ.get("STEPFLOW_UPDATE_GOLDEN") == "1":
-    write_golden()
+    write_golden("deploy-v2")
 
 
 def test_recording_the_demo_is_deterministic() -> None:
     assert dumps_history(record_demo("app-07")[0]) == dumps_history(record_demo("app-07")[0])
 
 
-@pytest.mark.parametrize("run_id", GOLDEN_RUNS)
-def test_a_golden_demo_history_replays_identically(run_id: str) -> None:
-    text = (GOLDEN / f"{run_id}.json").read_text()
-    states = (GOLDEN / f"{run_id}.states.jsonl").read_text().splitlines()
+@pytest.mark.parametrize(("version", "run_id"), GOLDEN_CASES)
+def test_a_golden_demo_history_replays_identically(version: str, run_id: str) -> None:
+    text = (GOLDEN / version / f"{run_id}.json").read_text()
+    states = (GOLDEN / version / f"{run_id}.states.jsonl").read_text().splitlines()
     recorded = loads_history(text)
-    definition = demo_flow.definition
+    definition = GOLDEN_FLOWS[version].definition
     assert dumps_history(recorded) == text  # the fixture is canonical
 
     result = replay(definition, recorded)
@@ -884,25 +909,46 @@ def test_a_golden_demo_history_replays_identically(run_id: str) -> None:
     assert result.ok, result.divergences
     assert result.final.status == "completed"
     assert [dumps(s) for s in result.states] == states
-    assert result.final.outputs["deploy/v1/collectPreDeployStateRetry/getPreActualState"]
+    assert result.final.outputs[f"{definition.name}/collectPreDeployStateRetry/getPreActualState"]
 
 
-def test_the_golden_histories_cover_a_deployment_an_up_to_date_app_and_retries() -> None:
-    steps = {
-        run_id: {
-            c.step
-            for b in loads_history((GOLDEN / f"{run_id}.json").read_text()).batches
-            for c in b.answered
-        }
-        for run_id in GOLDEN_RUNS
+@pytest.mark.parametrize(("version", "run_id"), GOLDEN_CASES)
+def test_the_demo_records_its_golden_history_again(version: str, run_id: str) -> None:
+    # The demo's handlers still answer as they did when the golden was recorded.
+    recorded, _ = record_demo(run_id, GOLDEN_FLOWS[version])
+    assert dumps_history(recorded) == (GOLDEN / version / f"{run_id}.json").read_text()
+
+
+@pytest.mark.parametrize("version", GOLDEN_FLOWS)
+def test_the_golden_histories_cover_a_deployment_an_up_to_date_app_and_retries(
+    version: str,
+) -> None:
+    batches = {
+        run_id: loads_history((GOLDEN / version / f"{run_id}.json").read_text()).batches
+        for run_id in GOLDEN_RUNS[version]
     }
-    deploy = "deploy/v1/deployCase/steps/createDeployRequest"
-    assert deploy in steps["app-01"]
-    assert deploy not in steps["app-05"]
-    raised = [
-        type(e).__name__
-        for run_id in GOLDEN_RUNS
-        for b in loads_history((GOLDEN / f"{run_id}.json").read_text()).batches
-        for e in b.effects
-    ].count("HandlerRaised")
-    assert raised >= 2
+    steps = {run_id: {c.step for b in batches[run_id] for c in b.answered} for run_id in batches}
+    deploy = f"{GOLDEN_FLOWS[version].name}/deployCase/steps/createDeployRequest"
+    clean, current, flaky = GOLDEN_RUNS[version]
+    assert deploy in steps[clean]
+    assert deploy in steps[flaky]
+    assert deploy not in steps[current]
+    raised = [type(e).__name__ for run in batches.values() for b in run for e in b.effects]
+    assert raised.count("HandlerRaised") >= 2
+
+
+def test_the_v2_golden_histories_fan_out_over_the_regions() -> None:
+    # Each region is synced once, by its own command; several are in flight at once,
+    # and some batches answer several of them.
+    inputs = dict(demo_inputs(_GOLDEN_APPS))
+    regions = f"{demo_flow.name}/deployCase/steps/regionsMap"
+    for run_id in ("app-01", "app-04"):
+        recorded = loads_history((GOLDEN / "deploy-v2" / f"{run_id}.json").read_text())
+        synced = [
+            c.step for b in recorded.batches for c in b.answered if c.step.endswith("/syncRegion")
+        ]
+        count = len(inputs[run_id]["regions"])
+        assert synced == [f"{regions}/steps[{i}]/syncRegion" for i in range(count)]
+        result = replay(demo_flow.definition, recorded)
+        assert max(len(state.in_flight) for state in result.states) == 2  # two regions at once
+        assert [r["region"] for r in result.final.outputs[regions]] == inputs[run_id]["regions"]

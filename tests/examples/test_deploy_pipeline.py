@@ -1,7 +1,8 @@
 """The seed's deployment pipeline, verified end to end: a test to copy for your flows.
 
-Nothing here calls a real handler or waits for real time. The flow is the one
-``stepflow demo`` runs; swap in your own and keep the shape:
+Nothing here calls a real handler or waits for real time. The flow is the seed's
+pipeline as ``stepflow demo`` ran it before its regions map (``deploy/v1``, kept in
+:mod:`stepflow.demo_v1`); swap in your own and keep the shape:
 
 1. exhaustive exploration with invariants (every path, not only examples);
 2. one test case per path, generated from the definition;
@@ -15,7 +16,7 @@ import time
 
 import pytest
 
-from stepflow.demo import flow
+from stepflow.demo_v1 import flow
 from stepflow.testing import (
     Raises,
     Returns,
