@@ -557,7 +557,7 @@ def main() -> None:
     "--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Handlers."
 )
 def demo(apps: int, db: str | None, fresh: bool, speed: float, concurrency: int) -> None:
-    """Deploy a fleet of applications through the seed's pipeline (deploy/v2), fanning out to regions.
+    """Deploy a fleet of applications through the seed's pipeline, fanned out to regions.
 
     The simulated GitOps repository, deployment agent and (flaky) state
     collector take real time. Interrupt the demo at any point and run it again:

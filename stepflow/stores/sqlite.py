@@ -565,7 +565,6 @@ class SQLiteStore:
             ).fetchall()
         return {str(status): int(count) for status, count in rows}
 
-
     def match_run_ids(self, prefix: str, *, limit: int | None = None) -> list[str]:
         """Return the ids starting with ``prefix``, sorted (see :meth:`Store.match_run_ids`).
 
