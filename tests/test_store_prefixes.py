@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stepflow.stores import MemoryStore, PostgresStore, SQLiteStore, Store
-from stepflow.stores.sqlite import _successor
+from stepflow.stores.base import prefix_upper_bound
 
 IDS = ["a", "ab", "ab%", "ab_c", "abc", "abd", "b", "b\U0010ffff", "é1", "é2", "\U0010ffffz"]
 
@@ -81,8 +81,8 @@ def test_sqlite_prefix_search_is_a_range_on_the_primary_key(tmp_path: Path) -> N
 
 
 def test_successor_bounds_every_string_with_the_prefix() -> None:
-    assert _successor("ab") == "ac"
-    assert _successor("a\U0010ffff") == "b"
-    assert _successor("\U0010ffff") is None
-    assert _successor("") is None
-    assert _successor("a\ud7ff") == "a\ue000"
+    assert prefix_upper_bound("ab") == "ac"
+    assert prefix_upper_bound("a\U0010ffff") == "b"
+    assert prefix_upper_bound("\U0010ffff") is None
+    assert prefix_upper_bound("") is None
+    assert prefix_upper_bound("a\ud7ff") == "a\ue000"

@@ -68,7 +68,9 @@ def prefix_upper_bound(prefix: str) -> str | None:
         chars.pop()
     if not chars:
         return None
-    chars[-1] = chr(ord(chars[-1]) + 1)
+    last = ord(chars[-1])
+    # Surrogates cannot be stored as UTF-8 text: the next code point above U+D7FF is U+E000.
+    chars[-1] = chr(0xE000 if last == 0xD7FF else last + 1)
     return "".join(chars)
 
 
