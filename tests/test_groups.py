@@ -416,3 +416,60 @@ def test_flow_run_gives_map_items_their_item_and_index() -> None:
     state = flow.run(None, Ctx())
     assert sorted(seen) == [(0, "eu"), (1, "us")]
     assert state.outputs["d/regionsMap"] == ["eu:v1", "us:v1"]
+
+
+# --------------------------------------------------------------------------- properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from stepflow.testing import specs  # noqa: E402
+
+
+def _has_group(spec: stepflow.Steps) -> bool:
+    return stepflow.new(spec).definition._concurrent
+
+
+def _success(command: stepflow.Command, state: stepflow.State) -> stepflow.Effect:
+    """An outcome that depends on the command's own position only, never on timing or order."""
+    wake_at = command_times(state, command)[0]
+    at = T0 if wake_at is None else max(T0, wake_at)
+    if type(command) is stepflow.Wake:
+        return TimerFired(command.id, max(at, command.at))
+    salt = sum(map(ord, command.step)) % 3
+    value: Any = {
+        "do": command.step,
+        "wait_for": True,
+        "loop_until": True,
+        "case": salt == 0,
+        "map": list(range(salt)),
+    }[command.kind]
+    return HandlerReturned(command.id, value, at)
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs(max_depth=2).filter(_has_group), st.data())
+def test_independent_branches_end_the_same_whatever_the_order_of_their_effects(
+    spec: stepflow.Steps, data: st.DataObject
+) -> None:
+    definition = stepflow.new(spec).definition
+    # The reference: one effect at a time, in command id order.
+    reference, commands = advance(definition, None, now=T0)
+    while commands:
+        reference, commands = advance(definition, reference, (_success(commands[0], reference),))
+    # Any order and any grouping into batches.
+    state, commands = advance(definition, None, now=T0)
+    while commands:
+        # A crash here loses nothing: a reload re-issues exactly the commands in flight.
+        reloaded, again = advance(definition, loads(dumps(state), definition))
+        assert again == commands
+        assert [c.key for c in again] == [c.key for c in commands]
+        assert reloaded == state
+        chosen = data.draw(
+            st.lists(st.sampled_from(commands), min_size=1, max_size=len(commands), unique=True)
+        )
+        state, commands = advance(definition, state, [_success(c, state) for c in chosen])
+    assert state.status == reference.status
+    assert state.outputs == reference.outputs
+    assert state.seq == reference.seq
+    assert state == reference
