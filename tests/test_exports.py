@@ -55,6 +55,7 @@ PUBLIC = [
     "UnknownEffectError",
     "UnknownEventError",
     "UnknownRunError",
+    "UnreadableRunError",
     "WaitTimeoutError",
     "Wake",
     "Worker",
