@@ -698,7 +698,6 @@ def test_sqlite_text_that_is_not_utf8_marks_only_its_run_unreadable(tmp_path: Pa
         assert bad.unreadable is not None
         assert bad.unreadable.column == "state"
         assert bad.unreadable.reason == "is not valid UTF-8 text"
-        assert bad.unreadable.reason == "is not valid UTF-8 text"
         assert store.load("good").unreadable is None
         assert {r.run_id: r.unreadable is None for r in store.runs()} == {
             "bad": False,
