@@ -131,12 +131,15 @@ class Lease:
             must name as ``expected_version``).
         token: The lease token, named by every save made under this lease.
         expires_at: When the lease lapses unless renewed.
+        taken_from: The owner whose lease on the run had expired without being
+            released (a takeover), or ``None``.
 
     """
 
     run: RunRecord
     token: str
     expires_at: float
+    taken_from: str | None = None
 
 
 @attrs.frozen

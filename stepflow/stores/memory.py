@@ -127,7 +127,9 @@ class MemoryStore:
                     run, lease_owner=owner, lease_token=token, lease_expires_at=expires_at
                 )
                 self._runs[run.run_id] = claimed
-                leases.append(Lease(run=self._out(claimed), token=token, expires_at=expires_at))
+                leases.append(
+                    Lease(self._out(claimed), token, expires_at, taken_from=run.lease_owner)
+                )
         return leases
 
     def _save(self, save: Save, now: float) -> RunRecord | StoreError:

@@ -370,6 +370,7 @@ class PostgresStore:
                     ),
                     token=token,
                     expires_at=expires_at,
+                    taken_from=run.lease_owner,
                 )
                 for run, token in ((run, new_lease_token()) for run in runs)
             ]

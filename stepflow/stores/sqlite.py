@@ -389,6 +389,7 @@ class SQLiteStore:
                     ),
                     token=token,
                     expires_at=expires_at,
+                    taken_from=run.lease_owner,
                 )
                 for run, token in ((run, new_lease_token()) for run in runs)
             ]
