@@ -650,6 +650,8 @@ def test_expire_leases_frees_one_owners_runs_at_once_and_fences_it(store: Store)
     assert store.expire_leases("gone", now=21.0) == 0
     taken = claim(store, now=21.0, owner="back")
     assert sorted(x.run.run_id for x in taken) == sorted(x.run.run_id for x in dead)
+    assert {x.taken_from for x in taken} == {"gone"}  # a takeover, and from whom
+    assert {x.taken_from for x in dead} == {None}  # fresh runs
     # The old holder's token no longer saves anything.
     with pytest.raises(StaleWriteError):
         store.save(save_of(dead[0].run, token=dead[0].token), now=22.0)
