@@ -299,7 +299,7 @@ def serve_metrics(
 
     Returns:
         ``(server, thread)`` as ``prometheus_client.start_http_server`` returns
-        them; ``server.shutdown()`` stops serving.
+        them; ``server.shutdown()`` then ``server.server_close()`` stop serving.
 
     Raises:
         ConfigurationError: the port cannot be bound.

@@ -357,6 +357,8 @@ class Worker:
                     await helper
             if self._flusher is not None:
                 await self._flusher
+            if self.metrics is not None:
+                await self._count_runs_once()  # the figures as the worker leaves them
             if handle_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(signum)
@@ -505,20 +507,24 @@ class Worker:
 
     async def _count_runs(self) -> None:
         """Every ``metrics_interval``, count the served flows' runs by status for the hook."""
+        while True:
+            await self._count_runs_once()
+            await asyncio.sleep(self.metrics_interval)
+
+    async def _count_runs_once(self) -> None:
         assert self.metrics is not None
         statuses: tuple[RunStatus, ...] = ("running", "completed", "failed", "cancelled", "parked")
-        while True:
-            try:
-                counts: dict[tuple[str, str], int] = {}
-                for flow in (*self.flows, *self._adopt):
-                    for status in statuses:
-                        count = await self._store(self.store.count, status=status, flow=flow)
-                        if count:
-                            counts[(flow, status)] = count
-                self.metrics.runs(counts)
-            except StepflowError as exc:
-                log.error("counting runs for metrics failed (%s); will try again", exc)
-            await asyncio.sleep(self.metrics_interval)
+        try:
+            counts: dict[tuple[str, str], int] = {}
+            for flow in (*self.flows, *self._adopt):
+                for status in statuses:
+                    count = await self._store(self.store.count, status=status, flow=flow)
+                    if count:
+                        counts[(flow, status)] = count
+        except StepflowError as exc:
+            log.error("counting runs for metrics failed (%s); will try again", exc)
+            return
+        self.metrics.runs(counts)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._active.discard(task)
