@@ -20,7 +20,8 @@ and must not block.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import bisect
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from stepflow.errors import ConfigurationError
@@ -141,21 +142,11 @@ class PrometheusMetrics:
             ) from exc
         self.registry = registry if registry is not None else prom.CollectorRegistry()
         on = self.registry
-        self._steps = prom.Counter(
-            "steps",
-            "Steps executed and saved.",
-            ["flow", "kind", "outcome"],
-            registry=on,
-            namespace="stepflow",
-        )
-        self._latency = prom.Histogram(
-            "step_seconds",
-            "Step latency: from the start of the command to its durable save.",
-            ["flow", "kind"],
-            buckets=STEP_BUCKETS,
-            registry=on,
-            namespace="stepflow",
-        )
+        # Steps are counted by a collector of plain counters, read at scrape time:
+        # a step costs the worker tens of microseconds, and a labelled Counter and
+        # Histogram would add a lock and a label lookup each to every one.
+        self._steps = _StepCollector()
+        self.registry.register(self._steps)
         self._runs = prom.Gauge(
             "runs",
             "Runs in the store by status.",
@@ -196,20 +187,20 @@ class PrometheusMetrics:
             registry=on,
             namespace="stepflow",
         )
-        # Label lookups take a lock and build a tuple: resolve each combination
-        # once, as a step costs only tens of microseconds.
-        self._step_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._seen_runs: set[tuple[str, str]] = set()
 
     def step(self, flow: str, kind: str, outcome: str, seconds: float) -> None:
         """Count the step and observe its latency (see :meth:`WorkerMetrics.step`)."""
+        steps = self._steps
         key = (flow, kind, outcome)
-        children = self._step_children.get(key)
-        if children is None:
-            children = (self._steps.labels(*key), self._latency.labels(flow, kind))
-            self._step_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        steps.counts[key] = steps.counts.get(key, 0) + 1
+        latency = steps.latency.get((flow, kind))
+        if latency is None:
+            latency = steps.latency[(flow, kind)] = [0.0] + [0] * (len(STEP_BUCKETS) + 1)
+        latency[0] += seconds
+        # Bucket i holds the values <= STEP_BUCKETS[i] and above the one before; the
+        # last, the values above every bound. Made cumulative when scraped.
+        latency[1 + bisect.bisect_left(STEP_BUCKETS, seconds)] += 1
 
     def claimed(self, runs: int, lag: float) -> None:
         """Count the claim and observe its lag (see :meth:`WorkerMetrics.claimed`)."""
@@ -243,6 +234,45 @@ class PrometheusMetrics:
         for key, count in counts.items():
             self._runs.labels(*key).set(count)
         self._seen_runs |= counts.keys()
+
+
+class _StepCollector:
+    """``stepflow_steps_total`` and ``stepflow_step_seconds``, from plain counters.
+
+    The worker's loop writes the counters; a scrape (on the HTTP server's thread)
+    reads a copy of them. Under the GIL each update is whole, so a scrape sees
+    every step either counted or not yet, never a torn value.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, str], int] = {}
+        # (flow, kind) -> [sum of seconds, count per bucket..., count above the last]
+        self.latency: dict[tuple[str, str], list[float]] = {}
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the two metric families as they stand (prometheus_client's Collector)."""
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        steps = CounterMetricFamily(
+            "stepflow_steps", "Steps executed and saved.", labels=["flow", "kind", "outcome"]
+        )
+        for key, count in list(self.counts.items()):
+            steps.add_metric(list(key), count)
+        yield steps
+        latency = HistogramMetricFamily(
+            "stepflow_step_seconds",
+            "Step latency: from the start of the command to its durable save.",
+            labels=["flow", "kind"],
+        )
+        bounds = [*(repr(float(bound)) for bound in STEP_BUCKETS), "+Inf"]
+        for labels, values in list(self.latency.items()):
+            total, *in_buckets = list(values)
+            cumulative, buckets = 0.0, []
+            for bound, in_bucket in zip(bounds, in_buckets, strict=True):
+                cumulative += in_bucket
+                buckets.append((bound, cumulative))
+            latency.add_metric(list(labels), buckets, sum_value=total)
+        yield latency
 
 
 class _Both:
