@@ -138,7 +138,17 @@ def test_stale_writes_and_parked_runs_are_counted(served: tuple[PrometheusMetric
     start_run(store, flow, None, run_id="lost", clock=clock)
     start_run(store, flow, None, run_id="bad", clock=clock)
     store._runs["bad"] = _with_input(store, "bad", "{nope")
-    worker = Worker(store, [flow], clock=clock, metrics=metrics, park_seconds=1000)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    worker = Worker(
+        store,
+        [flow],
+        clock=clock,
+        metrics=metrics,
+        park_seconds=1000,
+        tracer=provider.get_tracer("test"),
+    )
     # The thief never saves: once its lease expires, the worker finishes the run.
     stats = worker.run_sync(until_idle=True, handle_signals=False)
     assert (stats.stale, stats.parked, stats.completed) == (1, 1, 1)
@@ -146,6 +156,10 @@ def test_stale_writes_and_parked_runs_are_counted(served: tuple[PrometheusMetric
     assert values[("stepflow_stale_writes_total", ())] == 1
     assert values[("stepflow_parked_total", (("flow", "metered/v1"),))] == 1
     assert values[("stepflow_runs", (("flow", "metered/v1"), ("status", "parked")))] == 1
+    # The step whose save was refused ends its span as not saved.
+    outcomes = [span.attributes["stepflow.outcome"] for span in exporter.get_finished_spans()]
+    assert outcomes == ["interrupted", "returned"]
+    assert exporter.get_finished_spans()[0].status.status_code is StatusCode.ERROR
 
 
 def _with_input(store: MemoryStore, run_id: str, text: str) -> Any:

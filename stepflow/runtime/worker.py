@@ -610,6 +610,7 @@ class Worker:
                 watched = self.metrics is not None or self._tracer is not None
                 started = time.perf_counter() if watched else 0.0
                 span = self._span(flow, run_id, state, command) if self._tracer else None
+                saved_effect: Effect | None = None  # the span's outcome, once durable
                 try:
                     try:
                         effect = await self._execute(flow, run_id, run_input, state, command)
@@ -633,9 +634,10 @@ class Worker:
                         release,
                     )
                     saved = await self._save(save, now)
+                    saved_effect = effect
                 finally:
                     if span is not None:
-                        _end_span(span, locals().get("effect"))
+                        _end_span(span, saved_effect)
                 version = saved.version
                 state = new_state
                 self._count(new_state)
@@ -846,7 +848,7 @@ def _global_tracer() -> Any:
 
 
 def _end_span(span: Any, effect: Effect | None) -> None:
-    """Record the step's outcome on its span and end it."""
+    """Record the step's outcome on its span and end it (``None``: it was not saved)."""
     from opentelemetry.trace import Status, StatusCode
 
     if effect is None:
