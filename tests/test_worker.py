@@ -33,6 +33,7 @@ from stepflow.codec import loads_batch
 from stepflow.core.messages import HandlerRaised, HandlerReturned, TimerFired
 from stepflow.errors import ConfigurationError
 from stepflow.runtime import _owner, cancel_run, read_run, resume_run, start_run
+from stepflow.runtime import worker as worker_module
 from stepflow.stores import Lease, MemoryStore, PostgresStore, SQLiteStore, Store
 
 START = 1_700_000_000.0
@@ -916,3 +917,24 @@ def test_whether_a_lease_holder_is_gone() -> None:
     assert _owner.holder_is_gone(f"w@another-host:{_dead_pid()}:x.1") is None
     assert _owner.holder_is_gone("vm:17108:abc") is None  # not a worker id's lease
     assert _owner.split_owner(me) == ("w", host, os.getpid(), me.rsplit(":", 1)[1])
+
+
+def test_an_unforeseen_error_in_one_run_parks_that_run_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_advance = worker_module.advance
+
+    def advance(definition: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
+        if state.run_id == "run-001":
+            raise TypeError("a state the runtime did not foresee")
+        return real_advance(definition, state, *args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "advance", advance)
+    flow = chain(size=2)
+    store = MemoryStore()
+    clock = FakeClock(START)
+    start_many(store, flow, 3, clock)
+    stats = drive(store, [flow], clock=clock)
+    assert (stats.completed, stats.parked) == (2, 1)
+    assert store.load("run-001").parked_reason == "TypeError: a state the runtime did not foresee"
+    assert "run run-001 failed in the worker; parking it" in caplog.text

@@ -573,6 +573,7 @@ class Worker:
     async def _drive(self, lease: Lease) -> None:
         record = lease.run
         run_id, token, version, run_input = record.run_id, lease.token, record.version, record.input
+        flow_name = record.flow
         try:
             try:
                 if record.unreadable is not None:
@@ -654,6 +655,14 @@ class Worker:
             if self.metrics is not None:
                 self.metrics.stale()
             log.warning("run %s moved on without this worker (%s); dropping it", run_id, exc)
+        except StoreError:
+            # The store failed (a lost connection): the run is not at fault. Its
+            # lease, no longer renewed, lapses and the run is claimed again.
+            raise
+        except Exception as exc:
+            # Data or a state the runtime did not foresee: it stops this run alone.
+            log.exception("run %s failed in the worker; parking it", run_id)
+            await self._park(run_id, flow_name, token, exc)
         finally:
             self._leases.pop(run_id, None)  # one task per run: this one ends
 
@@ -720,10 +729,12 @@ class Worker:
         save = Save(run_id, version, token, dumps(state), state.status, wake_at, _NOTHING, True)
         await self._save(save, now)
 
-    async def _park(self, run_id: str, flow: str, token: str, error: StepflowError) -> None:
+    async def _park(self, run_id: str, flow: str, token: str, error: Exception) -> None:
         """Set a run this worker cannot drive aside, untouched, and release its lease."""
         until = self.clock.now() + self.park_seconds
-        reason = str(error)
+        reason = (
+            str(error) if isinstance(error, StepflowError) else f"{type(error).__name__}: {error}"
+        )
         try:
             parked = await self._store(
                 self.store.park, run_id, self._token(run_id, token), until=until, reason=reason
