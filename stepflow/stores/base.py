@@ -358,6 +358,7 @@ class Store(Protocol):
 
         Raises:
             UnknownRunError: no run has this id.
+            UnreadableRunError: an entry of the journal cannot be read.
 
         """
         ...
