@@ -7,9 +7,11 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,51 @@ def test_on_a_terminal_the_worker_draws_a_live_display(tmp_path: Path) -> None:
     assert "Ctrl-C stops gracefully" in screen  # the live panel was drawn
     assert "stopped after 3 steps" in screen  # the worker's own lines still show
     assert "t0 do greet" not in screen  # steps are counted by the panel, not logged
+
+
+def test_worker_metrics_port_serves_prometheus_metrics(tmp_path: Path) -> None:
+    (tmp_path / "flows.py").write_text(FLOWS)
+    db = db_args(tmp_path)
+    for n in range(2):
+        ok(stepflow_cli("start", "flows:hello_v2", "--input", '{"name": "x"}', "--id", f"m{n}",
+                        *db, cwd=tmp_path))  # fmt: skip
+    environment = {k: v for k, v in os.environ.items() if k != "STEPFLOW_DB"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stepflow.cli", "worker", "flows:hello_v2", "--metrics-port", "0",
+         *db],
+        cwd=tmp_path,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            found = re.search(r"serving metrics on (http://127\.0\.0\.1:\d+/metrics)", line)
+            url = found.group(1) if found else None
+        assert url is not None, "the worker never said where its metrics are"
+
+        def completed_steps() -> float:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+            found = re.search(
+                r'^stepflow_steps_total\{flow="hello/v2",kind="do",outcome="returned"\} (\S+)$',
+                text,
+                re.MULTILINE,
+            )
+            return float(found.group(1)) if found else 0.0
+
+        while completed_steps() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert completed_steps() == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        if process.stderr is not None:
+            process.stderr.close()
+    assert process.returncode == 0
