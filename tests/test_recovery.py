@@ -392,8 +392,12 @@ def test_sigterm_stops_a_worker_gracefully(
 # -- a restart under the same --worker-id -----------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_a_worker_restarted_with_its_worker_id_resumes_its_runs_at_once(
-    tmp_path: Path, workers_dir: Callable[[list[str]], Workers]
+    kind: str,
+    tmp_path: Path,
+    workers_dir: Callable[[list[str]], Workers],
+    request: pytest.FixtureRequest,
 ) -> None:
     """SIGKILL a worker holding 20 runs mid-step under 30 s leases; restart it, same id.
 
@@ -402,18 +406,28 @@ def test_a_worker_restarted_with_its_worker_id_resumes_its_runs_at_once(
     that is gone, expires them, and claims every in-flight run in well under a second.
     """
     runs, steps = 20, 3
-    path, ledger_path = tmp_path / "runs.db", tmp_path / "ledger.db"
-    store = SQLiteStore(path)
+    store: Store
+    if kind == "sqlite":
+        path, ledger_path = tmp_path / "runs.db", tmp_path / "ledger.db"
+        store = SQLiteStore(path)
+        with closing(sqlite3.connect(ledger_path, isolation_level=None)) as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            for statement in SQLITE_LEDGER:
+                db.execute(statement)
+        store_args = [f"--store=sqlite:///{path}", f"--ledger={ledger_path}"]
+    else:
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        schema: str = request.getfixturevalue("postgres_schema")
+        store = PostgresStore(dsn, schema=schema)
+        with closing(postgres_ledger(dsn, schema)) as conn:
+            for statement in POSTGRES_LEDGER:
+                conn.execute(statement)
+        store_args = [f"--store={dsn}", f"--schema={schema}"]
     start_runs(store, steps, runs)
-    with closing(sqlite3.connect(ledger_path, isolation_level=None)) as db:
-        db.execute("PRAGMA journal_mode = WAL")
-        for statement in SQLITE_LEDGER:
-            db.execute(statement)
     marker = tmp_path / "started"
     workers = workers_dir(
         [
-            f"--store=sqlite:///{path}",
-            f"--ledger={ledger_path}",
+            *store_args,
             f"--steps={steps}",
             "--concurrency=20",
             "--lease-seconds=30",
@@ -457,19 +471,23 @@ def test_a_worker_restarted_with_its_worker_id_resumes_its_runs_at_once(
     assert stats["taken_back"] == runs
     assert stats["completed"] == runs
     assert store.count(status="completed") == runs
-    with closing(sqlite3.connect(path)) as db:
-        check_journals(
-            db.execute(
-                "SELECT runs.run_id, version, count(seq), count(DISTINCT seq), min(seq), max(seq)"
-                " FROM runs JOIN journal USING (run_id) GROUP BY runs.run_id"
-            ).fetchall(),
-            runs,
-            steps,
-        )
+    if kind == "sqlite":
+        with closing(sqlite3.connect(path)) as db:
+            check_journals(
+                db.execute(
+                    "SELECT runs.run_id, version, count(seq), count(DISTINCT seq), min(seq),"
+                    " max(seq) FROM runs JOIN journal USING (run_id) GROUP BY runs.run_id"
+                ).fetchall(),
+                runs,
+                steps,
+            )
+    else:
+        check_postgres(dsn, schema, runs, steps)
     assert recovered - ready < 1.0, f"took {recovered - ready:.2f} s after the worker started"
     assert recovered - began < 15.0  # the process start included, still far below the 30 s lease
     print(
-        f"\nrecovered {runs} in-flight runs {recovered - ready:.3f} s after the restarted worker"
+        f"\n{kind}: recovered {runs} in-flight runs {recovered - ready:.3f} s after the restarted"
+        " worker"
         f" started ({recovered - began:.2f} s after its launch; leases were 30 s)"
     )
     store.close()
