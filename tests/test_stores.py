@@ -808,7 +808,7 @@ def test_sqlite_upgrades_a_database_from_version_0(tmp_path: Path) -> None:
         create(store)
         assert store.count() == 1
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT value FROM meta").fetchall() == [("2",)]
+        assert db.execute("SELECT value FROM meta").fetchall() == [("3",)]
 
 
 # -- concurrency ----------------------------------------------------------------------------
