@@ -837,7 +837,9 @@ def _unreadable_reason(exc: BaseException) -> str:
 
 
 def _state_problem(record: RunRecord) -> str | None:
-    """Say why a stored state cannot be read without its flow, or ``None``."""
+    """Say why a stored row (its state, its input) cannot be read without its flow, or ``None``."""
+    if record.unreadable is not None:  # the store could not decode a column
+        return str(record.unreadable)
     try:
         orjson.loads(record.state)
     except orjson.JSONDecodeError as exc:

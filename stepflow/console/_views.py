@@ -638,11 +638,14 @@ def run_page(store: Store, flows: Mapping[str, Flow], run_id: str) -> RunPage:
 
     Raises:
         UnknownRunError: no run has this id.
+        UnreadableRunError: a column of the run's row cannot be read.
         CorruptStateError: a journal entry cannot be read.
 
     """
     view = read_run(store, run_id)
     record = view.record
+    if record.unreadable is not None:  # a column the store could not decode: say which
+        raise record.unreadable
     envelope = _peek(record)
     inner = _inner(envelope)
     flow = flows.get(record.flow)
