@@ -93,6 +93,7 @@ from stepflow.history import (
     CorruptHistoryError,
     History,
     ReplayDivergence,
+    attempt_label,
     dumps_history,
     history,
     loads_history,
@@ -1355,21 +1356,6 @@ def _replayable(definition: FlowDefinition, run: History) -> tuple[History, int]
     return run, 0
 
 
-def _attempt(definition: FlowDefinition, before: State, command: Command) -> str:
-    """Return the attempt of the innermost retry around ``command``'s step, as ``before`` counts."""
-    if command.kind == "on_error":
-        scope = command.step  # the retry whose handler is asked
-    else:
-        try:
-            scopes = definition.enclosing_retries(command.event)
-        except KeyError:
-            return "?"
-        if not scopes:
-            return "-"
-        scope = scopes[0]
-    return str(before.attempts.get(scope, 0) + 1)
-
-
 @main.command("history")
 @click.argument("run_id", metavar="RUN")
 @click.option(
@@ -1448,7 +1434,7 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
                 attempt = (
                     "?"
                     if prior is None or flow is None
-                    else _attempt(flow.definition, prior, command)
+                    else attempt_label(flow.definition, prior, command)
                 )
                 step = f"{command.kind} {_short(command.step, *flows)}"
                 rows.append((step, _outcome(effect), str(answers[key]), attempt))
