@@ -44,7 +44,8 @@ Granularity
 * **Every position is highlighted**: a state of a run with groups holds several
   positions. Each one marks its node; positions inside map items carry their
   item indices (``.../regionsMap/steps[2]/push``) and mark the template node,
-  whose label then says how many items are there (``×3``).
+  whose label then says how many items are there (a multiplication sign and
+  the count, as in ``push x3`` written with the sign).
 
 Node and scope ids are Mermaid-safe identifiers (``[A-Za-z0-9_]``) derived from
 the scope path relative to the flow (``step_shouldDeployCase_steps_push``,
@@ -86,6 +87,7 @@ _GROUP_KINDS = frozenset({"case", "loop_until", "parallel", "map", "join"})
 # Node kinds drawn as bars (fork and join of a group).
 _BARS = frozenset({"parallel", "join"})
 
+_TIMES = "\N{MULTIPLICATION SIGN}"  # in "push x3": three map items rest there
 _CURRENT_COLORS = ("#fde68a", "#b45309")  # fill, stroke
 _FAILED_COLORS = ("#fecaca", "#b91c1c")
 
@@ -168,7 +170,7 @@ def _seconds(value: float) -> str:
 
 
 def _group_detail(definition: FlowDefinition, kind: str, scope: str) -> str:
-    """The label detail of a ``parallel``, ``map`` or ``item`` scope."""
+    """Return the label detail of a ``parallel``, ``map`` or ``item`` scope."""
     if kind == "item":
         limit = definition.table[start_event(scope.rpartition("/")[0])].max_concurrency
         return "for each item" + ("" if limit is None else f" (max {limit} at once)")
@@ -401,15 +403,15 @@ def _node_detail(node: _Node) -> str:
 
 
 def _count(graph: _Graph, node: _Node) -> str:
-    """`` ×N`` for a node where ``N`` map items rest, else nothing."""
+    """Return the label suffix saying how many map items rest at ``node`` (or nothing)."""
     count = graph.items.get(node.id)
-    return "" if count is None else f" ×{count}"
+    return "" if count is None else f" {_TIMES}{count}"
 
 
 def _bar_failure(
     graph: _Graph, children: dict[str | None, list[_Scope | _Node]], scope: _Scope
 ) -> str | None:
-    """The error of a run that failed at the fork of ``scope``: said on the scope's label."""
+    """Return the error of a run failed at the fork of ``scope``, said on the scope's label."""
     for child in children.get(scope.path, ()):
         if isinstance(child, _Node) and child.kind in _BARS:
             error = _failure(graph, child)

@@ -423,6 +423,7 @@ def test_names_that_collide_or_need_escaping_keep_valid_unique_ids() -> None:
 # -- parallel branches and maps ---------------------------------------------------------
 
 FANOUT = "fanout/v1"
+TIMES = "\N{MULTIPLICATION SIGN}"
 
 
 def fanout_definition() -> stepflow.FlowDefinition:
@@ -597,11 +598,11 @@ def test_positions_in_map_items_highlight_their_template_with_a_count() -> None:
     assert state.events == (f"start:{push}[0]/push", f"start:{push}[1]/push")
     mermaid = to_mermaid(definition, state)
     check_mermaid_syntax(mermaid)
-    assert 'state "do push ×2" as step_rolloutRetry_regionsMap_steps_push\n' in mermaid
+    assert f'state "do push {TIMES}2" as step_rolloutRetry_regionsMap_steps_push\n' in mermaid
     assert "    class step_rolloutRetry_regionsMap_steps_push current\n" in mermaid
     check_golden("fanout_rolling_out.mmd", mermaid)
     dot = to_dot(definition, state)
-    assert '[label="push\\ndo ×2", shape=box, style="rounded,filled,bold"' in dot
+    assert f'[label="push\\ndo {TIMES}2", shape=box, style="rounded,filled,bold"' in dot
     check_golden("fanout_rolling_out.dot", dot)
     render_svg(dot)
     graph = to_json(definition, state)
@@ -618,7 +619,7 @@ def test_positions_in_map_items_highlight_their_template_with_a_count() -> None:
         "step_rolloutRetry_regionsMap_steps_push": [f"start:{push}[1]/push"],
         "step_rolloutRetry_regionsMap_steps_healthyWaitFor": [f"start:{push}[0]/healthyWaitFor"],
     }
-    assert "do push ×1" in to_mermaid(definition, moved)
+    assert f"do push {TIMES}1" in to_mermaid(definition, moved)
 
 
 def test_a_run_failed_at_a_group_marks_its_fork() -> None:
@@ -628,7 +629,8 @@ def test_a_run_failed_at_a_group_marks_its_fork() -> None:
     error = stepflow.ErrorRecord("RuntimeError", "red", "")
     effects = tuple(stepflow.HandlerRaised(c.id, error, None, 5.0) for c in state.in_flight)
     state, _ = stepflow.advance(definition, state, effects, now=5.0)
-    assert state.is_failed and state.events == (f"start:{FANOUT}/checksParallel",)
+    assert state.is_failed
+    assert state.events == (f"start:{FANOUT}/checksParallel",)
     mermaid = to_mermaid(definition, state)
     check_mermaid_syntax(mermaid)
     assert "checksParallel (parallel, tolerates 1 failure) (failed, RuntimeError)" in mermaid
