@@ -350,7 +350,7 @@ class Search:
         self.depth: list[int] = []
         # Per node: the (predecessor, move) of every edge on a shortest path to it.
         self.shortest_in: list[list[tuple[int, Move]]] = []
-        self.locals: dict[tuple[int, int, Outcome], str | None] = {}
+        self.locals: dict[tuple[int, str, Outcome], str | None] = {}
         self.pruned = 0
         self.unbounded = _unbounded(definition)
         self.states: list[State] = []
@@ -443,7 +443,7 @@ class Search:
 
         See "Reduction" in the module docstring for the conditions.
         """
-        key = (node, command.id, outcome)
+        key = (node, command.event, outcome)
         if key not in self.locals:
             self.locals[key] = self._local(node, command, outcome)
         return self.locals[key]
@@ -487,9 +487,14 @@ class Search:
         for parent, move in incoming:
             if label >= (move.command.event, move.outcome):
                 return False
-            if all(c.id != command.id for c in self.states[parent].in_flight):
+            # The same command at the parent: found by position, since command ids
+            # depend on the path that reached each search state first.
+            earlier = next(
+                (c for c in self.states[parent].in_flight if c.event == command.event), None
+            )
+            if earlier is None or (earlier.kind, earlier.step) != (command.kind, command.step):
                 return False
-            mine = self.local(parent, command, outcome)
+            mine = self.local(parent, earlier, outcome)
             theirs = self.local(parent, move.command, move.outcome)
             if mine is None or theirs is None or _nested(mine, theirs):
                 return False
