@@ -21,6 +21,7 @@ from stepflow.analysis import (
     TransitionTarget,
     always,
     before,
+    check,
     explore,
     leads_to,
     never,
@@ -316,7 +317,8 @@ def test_the_reduction_keeps_every_state_at_its_shortest_distance(
 ) -> None:
     full = Search(definition, max_loops=1).run()
     reduced = Search(definition, max_loops=1, reduce=True).run()
-    assert full.complete and reduced.complete
+    assert full.complete
+    assert reduced.complete
     assert set(full.index) == set(reduced.index)
     depth = {key: full.depth[node] for key, node in full.index.items()}
     assert all(reduced.depth[node] == depth[key] for key, node in reduced.index.items())
@@ -369,3 +371,49 @@ def test_the_reduction_prunes_reorderings_of_long_independent_branches() -> None
             return None
 
     assert explore(definition, invariants=[Counting()]).pruned == 0
+
+
+# -- check -----------------------------------------------------------------------------
+
+
+def codes(spec: stepflow.Steps) -> list[tuple[str, str]]:
+    return [(f.code, f.path) for f in check(stepflow.new(spec).definition)]
+
+
+def test_check_warns_about_a_loop_whose_body_neither_waits_nor_sleeps() -> None:
+    s = stepflow.steps
+    hot = stepflow.named("h/v1").loop_until("drain", handler, s().do("take", handler))
+    (finding,) = check(stepflow.new(hot).definition)
+    assert (finding.code, finding.severity, finding.path) == (
+        "hot-loop",
+        "warning",
+        "h/v1/drainLoopUntil",
+    )
+    assert "neither waits nor sleeps in its body ('take')" in finding.message
+    assert ".sleep(" in finding.hint
+    assert "wait_for(" in finding.hint
+    # Inside a group, and with several steps, it is still hot.
+    inner = s().parallel("both", {"a": s().do("x", handler), "b": s().do("y", handler)})
+    nested = stepflow.named("h/v1").loop_until("drain", handler, inner.do("z", handler))
+    assert codes(nested) == [("hot-loop", "h/v1/drainLoopUntil")]
+    assert "('x', 'y', 'z')" in check(stepflow.new(nested).definition)[0].message
+    many = s().do("a", handler).do("b", handler).do("c", handler).do("d", handler)
+    message = check(stepflow.new(stepflow.named("h/v1").loop_until("l", handler, many)).definition)
+    assert "('a', 'b', 'c' and 1 more)" in message[0].message
+    # A sleep, or a wait_for anywhere in the body (in a map item too), paces it.
+    paced = s().do("take", handler).sleep("pause", 5)
+    assert codes(stepflow.named("h/v1").loop_until("drain", handler, paced)) == []
+    polled = s().map("each", handler, s().wait_for("ready", handler, every=5, timeout=60))
+    assert codes(stepflow.named("h/v1").loop_until("drain", handler, polled)) == []
+    # An empty body is a busy loop, reported once.
+    empty = stepflow.named("h/v1").do("a", handler).loop_until("spin", handler, s())
+    assert codes(empty) == [("busy-loop", "h/v1/spinLoopUntil")]
+
+
+def test_check_understands_groups() -> None:
+    assert check(release()) == []
+    # With no item ever returned, the steps of the map's items are unreachable.
+    findings = check(release(), max_items=0)
+    unreachable = {f.path for f in findings if f.code == "unreachable-step"}
+    assert unreachable == {ITEM, f"{ITEM}/push", f"{ITEM}/verify"}
+    assert {f.code for f in findings} == {"unreachable-step", "unreachable-transition"}
