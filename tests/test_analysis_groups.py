@@ -412,6 +412,17 @@ def test_check_warns_about_a_loop_whose_body_neither_waits_nor_sleeps() -> None:
 
 def test_check_understands_groups() -> None:
     assert check(release()) == []
+    # A flow that starts with a fork takes its branches' transitions at the start.
+    s = stepflow.steps
+    forked = stepflow.named("f/v1").parallel(
+        "p", {"a": s().do("x", handler), "b": s().do("y", handler)}
+    )
+    assert codes(forked) == []
+    starts = [c for c in paths(stepflow.new(forked).definition) if c.outcomes == ()]
+    assert {str(c.target) for c in starts} >= {
+        "start:f/v1/pParallel -> start:f/v1/pParallel/a (parallel branch)",
+        "f/v1/pParallel/b/y",
+    }
     # With no item ever returned, the steps of the map's items are unreachable.
     findings = check(release(), max_items=0)
     unreachable = {f.path for f in findings if f.code == "unreachable-step"}

@@ -550,13 +550,22 @@ def initial(definition: FlowDefinition, now: float = 0.0) -> tuple[State, Observ
     """Start a run at ``now``; return its state and the observation of its start."""
     state, _ = advance(definition, None, now=now)
     if definition._concurrent:
-        out: list[str] = []
-        nothing = state._replace(groups=pmap(), outputs=pmap())
-        _walk(definition, definition.start_event, nothing, state, [], out)
-        entered = tuple(out)
+        entered, _ = started(definition, state)
     else:
         entered = static_chain(definition.table, definition.start_event)
     return state, Observation(None, None, None, None, state, entered)
+
+
+def started(definition: FlowDefinition, state: State) -> tuple[tuple[str, ...], tuple[Taken, ...]]:
+    """Return the events a new run (``state``) entered, and the table entries it took.
+
+    A flow that starts with a group forks (or asks for its items) at once.
+    """
+    out: list[str] = []
+    taken: list[Taken] = []
+    nothing = state._replace(groups=pmap(), outputs=pmap())
+    _walk(definition, definition.start_event, nothing, state, taken, out)
+    return tuple(out), tuple(taken)
 
 
 def replay(

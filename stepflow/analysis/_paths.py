@@ -19,6 +19,7 @@ from stepflow.analysis._model import (
     Outcome,
     Trace,
     entered_events,
+    started,
 )
 from stepflow.core.definition import FlowDefinition, template_of
 
@@ -136,6 +137,11 @@ def coverage(
             path = template_of(event.partition(":")[2])
             if event.startswith("start:") and path in wanted and path not in found:
                 found[path] = Trace(step.after)
+        for source, destination in started(definition, step.after)[1]:
+            reasons = [
+                d.reason for d in definition.table[source].destinations if d.event == destination
+            ]
+            found.setdefault(TransitionTarget(source, destination, reasons[0]), Trace(step.after))
 
     def on_edge(source: int, move: Move, step: Observation, target: int) -> None:
         reached: list[str | TransitionTarget] = [
