@@ -58,8 +58,9 @@ state and its shortest trace. Two moves ``x`` and ``y`` from a state ``p`` are
   (neither branch or item lies inside the other);
 * are due now (answered at the current time, so the clock does not move);
 * are not failures (``raised``, ``timed_out``), do not leave their branch or
-  item (their destination, through static hops, stays inside it), and are not
-  a map's ``items`` nor an ``on_error`` command;
+  item (their destination, through static hops, stays inside it), are not a
+  map's ``items`` nor an ``on_error`` command, and no group around them has
+  failed (a failed group stops or drops its positions as they move);
 * are invisible to every invariant with a monitor: no matcher of a
   :func:`before` or :func:`leads_to` matches what either move does, and there
   is no invariant other than those and :func:`always`/:func:`never`.
@@ -457,6 +458,8 @@ class Search:
         groups = definition._node(command.event).groups
         if not groups:
             return None
+        if any(g not in state.groups or state.groups[g].error is not None for g in groups):
+            return None  # a failed group stops or drops its positions: it sees every move
         group = groups[-1]
         path = command.event.partition(":")[2]
         branch = f"{group}/{path[len(group) + 1 :].split('/')[0]}"
