@@ -458,8 +458,10 @@ def to_mermaid(definition: FlowDefinition, state: State | None = None) -> str:
 
     Args:
         definition: The compiled flow.
-        state: A run of it; its position gets the class ``current`` (``failed``
-            for a failed run, the error type added to the label).
+        state: A run of it; the node of each of its positions gets the class
+            ``current`` (``failed`` for a failed run, the error type added to
+            the label; for a failed group, to the group's label), a node where
+            map items rest says how many.
 
     Returns:
         The diagram text, ending with a newline.
@@ -576,8 +578,9 @@ def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
 
     Args:
         definition: The compiled flow.
-        state: A run of it; its position is filled (amber; red with the error
-            type for a failed run, the end marker for a completed one).
+        state: A run of it; the node of each of its positions is filled (amber;
+            red with the error type for a failed run, the end marker for a
+            completed one), a node where map items rest says how many.
 
     Returns:
         The DOT text, ending with a newline.
@@ -726,7 +729,8 @@ def to_json(definition: FlowDefinition, state: State | None = None) -> dict[str,
 
     Args:
         definition: The compiled flow.
-        state: A run of it; the nodes of its position have ``current`` set.
+        state: A run of it; the nodes of its positions have ``current`` set
+            and list them in ``positions``.
 
     Raises:
         FlowMismatchError: ``state`` is a run of another flow.
