@@ -319,6 +319,7 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
             positions.setdefault(node_id, []).append(event)
             if "[" in event:
                 items[node_id] = items.get(node_id, 0) + 1
+        scopes = _with_progress(scopes, state)
     return _Graph(
         flow,
         definition.fingerprint,
@@ -330,6 +331,33 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
         items,
         {node_id: tuple(events) for node_id, events in positions.items()},
     )
+
+
+def _with_progress(scopes: list[_Scope], state: State) -> list[_Scope]:
+    """Add to each running map's item scope how many items it has, and how far they are."""
+    counts: dict[str, list[int]] = {}
+    for path, progress in state.groups.items():
+        if progress.kind == "map":
+            total = counts.setdefault(template_of(path) + "/steps", [0, 0, 0, 0])
+            total[0] += len(progress.items)
+            total[1] += progress.started - progress.active
+            total[2] += progress.active
+            total[3] += 1
+    if not counts:
+        return scopes
+    changed = []
+    for scope in scopes:
+        found = counts.get(scope.path)
+        if found is not None:
+            items, ended, running, groups = found
+            runs = "" if groups == 1 else f" in {groups} runs of the map"
+            waiting = items - ended - running
+            state_of = f"{ended} ended, {running} running" + (
+                f", {waiting} waiting" if waiting else ""
+            )
+            scope = scope._replace(detail=f"{scope.detail}, {items} items{runs} ({state_of})")
+        changed.append(scope)
+    return changed
 
 
 def _check(definition: FlowDefinition, state: State) -> tuple[str, ...]:

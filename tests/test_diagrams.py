@@ -600,6 +600,7 @@ def test_positions_in_map_items_highlight_their_template_with_a_count() -> None:
     check_mermaid_syntax(mermaid)
     assert f'state "do push {TIMES}2" as step_rolloutRetry_regionsMap_steps_push\n' in mermaid
     assert "    class step_rolloutRetry_regionsMap_steps_push current\n" in mermaid
+    assert "for each item (max 2 at once), 3 items (0 ended, 2 running, 1 waiting)" in mermaid
     check_golden("fanout_rolling_out.mmd", mermaid)
     dot = to_dot(definition, state)
     assert f'[label="push\\ndo {TIMES}2", shape=box, style="rounded,filled,bold"' in dot
@@ -620,6 +621,7 @@ def test_positions_in_map_items_highlight_their_template_with_a_count() -> None:
         "step_rolloutRetry_regionsMap_steps_healthyWaitFor": [f"start:{push}[0]/healthyWaitFor"],
     }
     assert f"do push {TIMES}1" in to_mermaid(definition, moved)
+    assert "3 items (0 ended, 2 running, 1 waiting)" in to_dot(definition, moved)
 
 
 def test_a_run_failed_at_a_group_marks_its_fork() -> None:
@@ -749,3 +751,25 @@ def test_dot_of_random_flows_renders(flow_and_script: Any, data: st.DataObject) 
     definition, script = flow_and_script
     _, states, _ = run(definition, World(script))
     render_svg(to_dot(definition, data.draw(st.sampled_from(states))))
+
+
+def test_a_map_inside_a_map_counts_the_items_of_every_run_of_it() -> None:
+    inner = stepflow.steps().map("hosts", _unused, stepflow.steps().do("patch", _unused))
+    spec = stepflow.named("patch/v1").map("zones", _unused, inner)
+    definition = stepflow.new(spec).definition
+
+    def items(command: Any) -> Any:
+        return ["a", "b"] if command.kind == "map" else None
+
+    state = drive(definition, lambda s: sum("/patch" in e for e in s.events) == 4, items)
+    assert sorted(state.events) == [
+        f"start:patch/v1/zonesMap/steps[{z}]/hostsMap/steps[{h}]/patch"
+        for z in (0, 1)
+        for h in (0, 1)
+    ]
+    mermaid = to_mermaid(definition, state)
+    check_mermaid_syntax(mermaid)
+    assert f'"do patch {TIMES}4"' in mermaid
+    assert "for each item, 2 items (0 ended, 2 running)" in mermaid  # the zones
+    assert "for each item, 4 items in 2 runs of the map (0 ended, 4 running)" in mermaid
+    render_svg(to_dot(definition, state))
