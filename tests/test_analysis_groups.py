@@ -431,3 +431,75 @@ def test_check_understands_groups() -> None:
     unreachable = {f.path for f in findings if f.code == "unreachable-step"}
     assert unreachable == {ITEM, f"{ITEM}/push", f"{ITEM}/verify"}
     assert {f.code for f in findings} == {"unreachable-step", "unreachable-transition"}
+
+
+# -- nesting ---------------------------------------------------------------------------
+
+
+def nested_flows() -> dict[str, stepflow.Steps]:
+    s = stepflow.steps
+    quick = stepflow.RetryPolicy(max_attempts=2, initial_interval=1)
+    return {
+        "on_error in a branch": stepflow.named("a/v1").parallel(
+            "p", {"x": s().retry("r", handler, s().do("d", handler)), "y": s().do("e", handler)}
+        ),
+        "on_error around a group": stepflow.named("b/v1").retry(
+            "r", handler, s().parallel("p", {"x": s().do("d", handler), "y": s().do("e", handler)})
+        ),
+        "a map in a branch": stepflow.named("c/v1").parallel(
+            "p",
+            {
+                "x": s().map("m", handler, s().do("d", handler), max_concurrency=1),
+                "y": s().do("e", handler),
+            },
+        ),
+        "a parallel in a map": stepflow.named("d/v1").map(
+            "m",
+            handler,
+            s().parallel(
+                "p",
+                {"x": s().do("d", handler), "y": s().wait_for("w", handler, every=2, timeout=5)},
+            ),
+            max_failures=1,
+        ),
+        "a map in a map": stepflow.named("e/v1").map(
+            "m", handler, s().map("n", handler, s().do("d", handler)), max_concurrency=2
+        ),
+        "a parallel after a step in a branch": stepflow.named("f/v1").parallel(
+            "p",
+            {
+                "x": s()
+                .do("d", handler)
+                .parallel("q", {"u": s().do("u", handler), "v": s().do("v", handler)}),
+                "y": s().do("e", handler).do("g", handler),
+            },
+        ),
+        "a loop in a branch": stepflow.named("g/v1").parallel(
+            "p",
+            {
+                "x": s().loop_until("l", handler, s().do("d", handler).sleep("z", 1)),
+                "y": s().case("c", handler, s().do("e", handler)),
+            },
+        ),
+        "a bounded retry in an item": stepflow.named("h/v1").map(
+            "m", handler, s().retry("r", quick, s().do("d", handler))
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(nested_flows()))
+def test_nested_groups_are_explored_completely_and_every_path_replays(name: str) -> None:
+    definition = stepflow.new(nested_flows()[name]).definition
+    full = Search(definition, max_loops=1).run()
+    reduced = Search(definition, max_loops=1, reduce=True).run()
+    assert set(full.index) == set(reduced.index)
+    result = explore(definition, max_loops=1)
+    assert result.complete
+    assert result.completed >= 1
+    assert not result.dead_ends
+    cases = paths(definition)
+    assert all(case.reachable for case in cases), [c.target for c in cases if not c.reachable]
+    for case in cases:
+        assert case.trace is not None
+        assert replay(definition, case.outcomes).final == case.trace.final
+    assert {f.code for f in check(definition)} <= {"unbounded-retry"}

@@ -773,3 +773,15 @@ def test_a_map_inside_a_map_counts_the_items_of_every_run_of_it() -> None:
     assert "for each item, 2 items (0 ended, 2 running)" in mermaid  # the zones
     assert "for each item, 4 items in 2 runs of the map (0 ended, 4 running)" in mermaid
     render_svg(to_dot(definition, state))
+
+
+def test_a_retried_parallel_group_restarts_from_its_fork() -> None:
+    branches = {"a": stepflow.steps().do("x", _unused), "b": stepflow.steps().do("y", _unused)}
+    group = stepflow.steps().parallel("both", branches)
+    spec = stepflow.named("again/v1").retry("whole", stepflow.RetryPolicy(max_attempts=2), group)
+    graph = to_json(stepflow.new(spec).definition)
+    fork = "step_wholeRetry_bothParallel"
+    retries = [e for e in graph["edges"] if e["kind"] == "retry"]
+    assert retries == [{"source": fork, "target": fork, "reason": "retry", "kind": "retry"}]
+    kinds = {s["path"]: s["kind"] for s in graph["scopes"]}
+    assert kinds["again/v1/wholeRetry/bothParallel/a"] == "branch"

@@ -233,10 +233,8 @@ def _where(state: State) -> str:
 MAX_ITEMS = 2
 
 
-def answer_time(state: State, clock: float, command: Command | None = None) -> float:
-    """When ``command`` (default: the first in flight) is answered: now, or at its ``wake_at``."""
-    if command is None:
-        command = state.in_flight[0]
+def answer_time(state: State, clock: float, command: Command) -> float:
+    """When ``command``, in flight in ``state``, is answered: now, or at its ``wake_at``."""
     wake = command_times(state, command)[0]
     return clock if wake is None or wake <= clock else wake
 
@@ -245,13 +243,11 @@ def outcomes_for(
     definition: FlowDefinition,
     state: State,
     clock: float,
-    command: Command | None = None,
+    command: Command,
     *,
     max_items: int = MAX_ITEMS,
 ) -> list[Outcome]:
-    """Every outcome explored for ``command`` (default: the first in flight) in ``state``."""
-    if command is None:
-        command = state.in_flight[0]
+    """Every outcome explored for ``command``, in flight in ``state``."""
     kind = command.kind
     if kind == "sleep":
         return ["fired"]
@@ -286,17 +282,13 @@ def _non_retryable(definition: FlowDefinition, command: Command) -> list[str]:
     return names
 
 
-def make_effect(
-    state: State, outcome: Outcome, clock: float, command: Command | None = None
-) -> Effect:
-    """Return the effect that answers ``command`` (default: the first in flight) with ``outcome``.
+def make_effect(state: State, outcome: Outcome, clock: float, command: Command) -> Effect:
+    """Return the effect that answers ``command``, in flight in ``state``, with ``outcome``.
 
     Raises:
         AnalysisError: ``outcome`` cannot answer that command.
 
     """
-    if command is None:
-        command = state.in_flight[0]
     at = answer_time(state, clock, command)
     if command.kind == "sleep":
         if outcome != "fired":
