@@ -30,6 +30,22 @@ Granularity
   with no step inside cannot be told from a plain group and is listed as
   ``steps``. Groups with no node in them are listed by :func:`to_json` but not
   drawn.
+* **Groups of several positions** (:mod:`stepflow.core.groups`): a
+  ``parallel`` scope holds a *fork* node (its transition, a bar), one ``branch``
+  scope per branch, side by side, and one *join* node for all its join
+  transitions (one per branch in the table, one node drawn), a bar too. A
+  ``map`` scope holds its ``items`` node (the command that asks for the list),
+  the ``item`` scope, labelled as repeated (``for each item (max 3 at once)``),
+  and a join node. Mermaid draws fork and join as ``<<fork>>``/``<<join>>``
+  pseudo-states; DOT as thin black bars. The fork's edges (``parallel branch``)
+  go to the first step of each branch, the items node's to the first step of
+  the item (``map item``) or past the group (``no items``); every branch or item
+  ends at the join node, whose one edge leaves the group.
+* **Every position is highlighted**: a state of a run with groups holds several
+  positions. Each one marks its node; positions inside map items carry their
+  item indices (``.../regionsMap/steps[2]/push``) and mark the template node,
+  whose label then says how many items are there (a multiplication sign and
+  the count, as in ``push x3`` written with the sign).
 
 Node and scope ids are Mermaid-safe identifiers (``[A-Za-z0-9_]``) derived from
 the scope path relative to the flow (``step_shouldDeployCase_steps_push``,
@@ -47,7 +63,14 @@ import re
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from stepflow.core.definition import FlowDefinition, Transition
+from stepflow.core.definition import (
+    FlowDefinition,
+    Transition,
+    completed_event,
+    item_indices,
+    start_event,
+    template_of,
+)
 from stepflow.core.state import FAILED, State
 from stepflow.errors import FlowMismatchError, UnknownEventError
 
@@ -58,8 +81,13 @@ _END = "end"
 _ROOT = "flow"
 # Scope-name suffixes go-stepflow adds; stripped to show the name the user gave.
 _SUFFIX = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
-_GROUP_KINDS = frozenset({"case", "loop_until"})
+_SUFFIX.update({"parallel": "Parallel", "map": "Map"})
+# Kinds of handler transition whose step path is a scope drawn around their node.
+_GROUP_KINDS = frozenset({"case", "loop_until", "parallel", "map", "join"})
+# Node kinds drawn as bars (fork and join of a group).
+_BARS = frozenset({"parallel", "join"})
 
+_TIMES = "\N{MULTIPLICATION SIGN}"  # in "push x3": three map items rest there
 _CURRENT_COLORS = ("#fde68a", "#b45309")  # fill, stroke
 _FAILED_COLORS = ("#fecaca", "#b91c1c")
 
@@ -102,6 +130,10 @@ class _Graph(NamedTuple):
     edges: tuple[_Edge, ...]
     current: frozenset[str]
     state: State | None
+    # Node id -> the positions of map items resting at it (a label says how many).
+    items: dict[str, int]
+    # Node id -> the concrete positions (events) of the state resting at it.
+    positions: dict[str, tuple[str, ...]]
 
 
 def _path(event: str) -> str:
@@ -137,6 +169,18 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
+def _group_detail(definition: FlowDefinition, kind: str, scope: str) -> str:
+    """Return the label detail of a ``parallel``, ``map`` or ``item`` scope."""
+    if kind == "item":
+        limit = definition.table[start_event(scope.rpartition("/")[0])].max_concurrency
+        return "for each item" + ("" if limit is None else f" (max {limit} at once)")
+    tolerated = definition.table[start_event(scope)].max_failures
+    if tolerated:
+        noun = "failure" if tolerated == 1 else "failures"
+        return f"{kind}, tolerates {tolerated} {noun}"
+    return kind
+
+
 def _retry_detail(definition: FlowDefinition, scope: str) -> str:
     rule = definition.retry_rule(scope)
     parts = ["retry"]
@@ -166,7 +210,17 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
     handlers = [t for t in definition.transitions if not t.is_static]
     leaves = {t.step for t in handlers if t.kind not in _GROUP_KINDS}
     retries = set(definition.retry_scopes())
-    group_steps = {t.step: t.kind for t in handlers if t.kind in _GROUP_KINDS}
+    group_steps: dict[str, str] = {}
+    for t in handlers:
+        assert t.step is not None
+        if t.kind in ("case", "loop_until", "parallel", "map"):
+            group_steps[t.step] = t.kind
+        if t.kind == "parallel":
+            for d in t.destinations:
+                if d.reason != "retry":
+                    group_steps[_path(d.event)] = "branch"
+        elif t.kind == "map":
+            group_steps[t.step + "/steps"] = "item"
 
     # Scopes, in the order their events first appear: a pre-order of the tree.
     paths: dict[str, int] = {}
@@ -179,7 +233,10 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
     bases: dict[str, str] = {}
     for t in handlers:
         assert t.step is not None
-        bases["node " + t.source] = "step_" + _sanitize(_relative(flow, t.step))
+        if t.kind == "join":
+            bases["join " + t.step] = "join_" + _sanitize(_relative(flow, t.step))
+        else:
+            bases["node " + t.source] = "step_" + _sanitize(_relative(flow, t.step))
     for path in paths:
         if path != flow:
             bases["scope " + path] = "scope_" + _sanitize(_relative(flow, path))
@@ -195,11 +252,21 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
         else:
             parent = path.rpartition("/")[0]
             kind = group_steps.get(path) or ("retry" if path in retries else "steps")
-            detail = _retry_detail(definition, path) if kind == "retry" else kind
+            if kind == "retry":
+                detail = _retry_detail(definition, path)
+            elif kind in ("parallel", "map", "item"):
+                detail = _group_detail(definition, kind, path)
+            else:
+                detail = kind
         name = path if path == flow else path.rpartition("/")[2]
         scopes.append(_Scope(order, path, kind, parent, ids["scope " + path], name, detail))
 
+    # Every join transition of a group is drawn as the group's one join node.
+    for t in handlers:
+        if t.kind == "join":
+            ids["node " + t.source] = ids["join " + str(t.step)]
     nodes = [_Node(-1, _START, definition.start_event, "start", None, flow, "start", None, None)]
+    joined: set[str] = set()
     for order, t in enumerate(definition.transitions):
         if t.is_static:
             continue
@@ -208,11 +275,15 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
         suffix = _SUFFIX.get(t.kind, "")
         if suffix and name.endswith(suffix):
             name = name[: -len(suffix)]
+        event = t.source
+        if t.kind == "join":
+            if t.step in joined:
+                continue
+            joined.add(t.step)
+            name, event = "join", completed_event(t.step)
         node_id = ids["node " + t.source]
         nodes.append(
-            _Node(
-                order, node_id, t.source, t.kind, t.step, _node_scope(t), name, t.delay, t.timeout
-            )
+            _Node(order, node_id, event, t.kind, t.step, _node_scope(t), name, t.delay, t.timeout)
         )
     end = len(definition.transitions)
     nodes.append(_Node(end, _END, definition.completed_event, "end", None, flow, "end", None, None))
@@ -221,8 +292,13 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
         return ids["node " + definition.resting_event(event)]
 
     edges = [_Edge(_START, target(definition.start_event), "static", "start", None)]
+    left: set[str] = set()
     for t in handlers:
         source = ids["node " + t.source]
+        if t.kind == "join":
+            if source in left:
+                continue  # the group's join node leaves once
+            left.add(source)
         # Retry destinations go back to their retry scope's start (timers have none).
         edges.extend(
             _Edge(source, target(d.event), d.reason, t.kind, None)
@@ -235,14 +311,53 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
             if d.reason == "retry"
         )
 
-    current: frozenset[str] = frozenset()
+    items: dict[str, int] = {}
+    positions: dict[str, list[str]] = {}
     if state is not None:
-        current = frozenset(
-            ids["node " + definition.resting_event(e)] for e in _check(definition, state)
-        )
+        for event in _check(definition, state):
+            node_id = ids["node " + template_of(definition.resting_event(event))]
+            positions.setdefault(node_id, []).append(event)
+            if "[" in event:
+                items[node_id] = items.get(node_id, 0) + 1
+        scopes = _with_progress(scopes, state)
     return _Graph(
-        flow, definition.fingerprint, tuple(scopes), tuple(nodes), tuple(edges), current, state
+        flow,
+        definition.fingerprint,
+        tuple(scopes),
+        tuple(nodes),
+        tuple(edges),
+        frozenset(positions),
+        state,
+        items,
+        {node_id: tuple(events) for node_id, events in positions.items()},
     )
+
+
+def _with_progress(scopes: list[_Scope], state: State) -> list[_Scope]:
+    """Add to each running map's item scope how many items it has, and how far they are."""
+    counts: dict[str, list[int]] = {}
+    for path, progress in state.groups.items():
+        if progress.kind == "map":
+            total = counts.setdefault(template_of(path) + "/steps", [0, 0, 0, 0])
+            total[0] += len(progress.items)
+            total[1] += progress.started - progress.active
+            total[2] += progress.active
+            total[3] += 1
+    if not counts:
+        return scopes
+    changed = []
+    for scope in scopes:
+        found = counts.get(scope.path)
+        if found is not None:
+            items, ended, running, groups = found
+            runs = "" if groups == 1 else f" in {groups} runs of the map"
+            waiting = items - ended - running
+            state_of = f"{ended} ended, {running} running" + (
+                f", {waiting} waiting" if waiting else ""
+            )
+            scope = scope._replace(detail=f"{scope.detail}, {items} items{runs} ({state_of})")
+        changed.append(scope)
+    return changed
 
 
 def _check(definition: FlowDefinition, state: State) -> tuple[str, ...]:
@@ -253,14 +368,27 @@ def _check(definition: FlowDefinition, state: State) -> tuple[str, ...]:
             expected=definition.name,
             actual=state.flow,
         )
-    known = set(definition.events)
-    unknown = tuple(e for e in state.events if e not in known)
+    item_scopes = [
+        t.source[len("start:") :] + "/steps" for t in definition.transitions if t.kind == "map"
+    ]
+    unknown = []
+    for event in state.events:
+        path = template_of(event).partition(":")[2]
+        # A position inside a map item must carry one index per map around it.
+        inside = sum(1 for m in item_scopes if path == m or path.startswith(m + "/"))
+        try:
+            definition.resting_event(event)
+        except KeyError:
+            unknown.append(event)
+        else:
+            if inside != len(item_indices(event)):
+                unknown.append(event)
     if unknown:
         raise UnknownEventError(
             f"the state rests at {list(unknown)!r}, which {definition.name!r} "
             f"({definition.fingerprint[:19]}...) does not have; draw it with the "
             "definition it was made under",
-            events=unknown,
+            events=tuple(unknown),
         )
     return state.events
 
@@ -290,6 +418,8 @@ def _children(graph: _Graph) -> dict[str | None, list[_Scope | _Node]]:
 
 
 def _node_detail(node: _Node) -> str:
+    if node.kind == "map":
+        return "items"
     timing = []
     if node.kind == "wait_for" and node.delay is not None:
         timing.append(f"every {_seconds(node.delay)}")
@@ -298,6 +428,24 @@ def _node_detail(node: _Node) -> str:
     if node.timeout is not None:
         timing.append(f"timeout {_seconds(node.timeout)}")
     return node.kind + (f" ({', '.join(timing)})" if timing else "")
+
+
+def _count(graph: _Graph, node: _Node) -> str:
+    """Return the label suffix saying how many map items rest at ``node`` (or nothing)."""
+    count = graph.items.get(node.id)
+    return "" if count is None else f" {_TIMES}{count}"
+
+
+def _bar_failure(
+    graph: _Graph, children: dict[str | None, list[_Scope | _Node]], scope: _Scope
+) -> str | None:
+    """Return the error of a run failed at the fork of ``scope``, said on the scope's label."""
+    for child in children.get(scope.path, ()):
+        if isinstance(child, _Node) and child.kind in _BARS:
+            error = _failure(graph, child)
+            if error is not None:
+                return error
+    return None
 
 
 def _failure(graph: _Graph, node: _Node) -> str | None:
@@ -338,8 +486,10 @@ def to_mermaid(definition: FlowDefinition, state: State | None = None) -> str:
 
     Args:
         definition: The compiled flow.
-        state: A run of it; its position gets the class ``current`` (``failed``
-            for a failed run, the error type added to the label).
+        state: A run of it; the node of each of its positions gets the class
+            ``current`` (``failed`` for a failed run, the error type added to
+            the label; for a failed group, to the group's label), a node where
+            map items rest says how many.
 
     Returns:
         The diagram text, ending with a newline.
@@ -355,19 +505,33 @@ def to_mermaid(definition: FlowDefinition, state: State | None = None) -> str:
 
     def emit(scope: _Scope, depth: int) -> None:
         pad = "    " * depth
-        label = _mermaid_text(scope.name)
-        if scope.detail and scope.detail != "steps":
-            label += f" ({scope.detail})"
+        if scope.kind == "item":
+            label = scope.detail
+        else:
+            label = _mermaid_text(scope.name)
+            if scope.detail and scope.detail != "steps":
+                label += f" ({scope.detail})"
+        error = _bar_failure(graph, children, scope)
+        if error is not None:
+            label += f" (failed, {_mermaid_text(error)})"
         # No space before '{': Mermaid keeps everything up to it as the id.
         lines.append(f'{pad}state "{label}" as {scope.id}{{')
         for child in children.get(scope.path, ()):
             if isinstance(child, _Scope):
                 emit(child, depth + 1)
                 continue
-            text = f"{child.kind} {_mermaid_text(child.name)}"
-            detail = _node_detail(child)
-            if detail != child.kind:
-                text += detail[len(child.kind) :]
+            if child.kind in _BARS:
+                bar = "fork" if child.kind == "parallel" else "join"
+                lines.append(f"{pad}    state {child.id} <<{bar}>>")
+                continue
+            if child.kind == "map":
+                text = f"items {_mermaid_text(child.name)}"
+            else:
+                text = f"{child.kind} {_mermaid_text(child.name)}"
+                detail = _node_detail(child)
+                if detail != child.kind:
+                    text += detail[len(child.kind) :]
+            text += _count(graph, child)
             error = _failure(graph, child)
             if error is not None:
                 text += f" (failed, {_mermaid_text(error)})"
@@ -410,6 +574,7 @@ def _attrs(pairs: Iterable[tuple[str, str]]) -> str:
 
 
 _SHAPES = {
+    "map": "parallelogram",
     "do": "box",
     "wait_for": "hexagon",
     "sleep": "octagon",
@@ -422,6 +587,10 @@ _CLUSTER_STYLES = {
     "case": ("solid", "#1d4ed8"),
     "loop_until": ("solid", "#7c3aed"),
     "steps": ("dotted", "#64748b"),
+    "parallel": ("solid", "#0f766e"),
+    "branch": ("dotted", "#0f766e"),
+    "map": ("solid", "#be185d"),
+    "item": ("dashed,bold", "#be185d"),
 }
 
 
@@ -437,8 +606,9 @@ def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
 
     Args:
         definition: The compiled flow.
-        state: A run of it; its position is filled (amber; red with the error
-            type for a failed run, the end marker for a completed one).
+        state: A run of it; the node of each of its positions is filled (amber;
+            red with the error type for a failed run, the end marker for a
+            completed one), a node where map items rest says how many.
 
     Returns:
         The DOT text, ending with a newline.
@@ -466,7 +636,9 @@ def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
         return [("fillcolor", _dot(fill)), ("color", _dot(stroke)), ("penwidth", "2.5")]
 
     def node_line(pad: str, node: _Node) -> str:
-        label = f"{node.name}\n{_node_detail(node)}"
+        if node.kind in _BARS:
+            return bar_line(pad, node)
+        label = f"{node.name}\n{_node_detail(node)}{_count(graph, node)}"
         error = _failure(graph, node)
         if error is not None:
             label += f"\nfailed: {error}"
@@ -483,12 +655,35 @@ def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
         ]
         return f"{pad}{_dot(node.id)} {_attrs(pairs)};"
 
+    def bar_line(pad: str, node: _Node) -> str:
+        # A fork or join: a thin bar, black unless the run rests (failed) at it.
+        fill = "black"
+        if node.id in graph.current:
+            fill = (_FAILED_COLORS if failed else _CURRENT_COLORS)[1]
+        pairs = [
+            ("label", '""'),
+            ("shape", "box"),
+            ("style", "filled"),
+            ("fillcolor", _dot(fill)),
+            ("color", _dot(fill)),
+            ("height", "0.06"),
+            ("width", "1.2"),
+            ("tooltip", _dot(f"{'fork' if node.kind == 'parallel' else 'join'} {node.event}")),
+        ]
+        return f"{pad}{_dot(node.id)} {_attrs(pairs)};"
+
     def emit(scope: _Scope, depth: int) -> None:
         pad = "    " * depth
         style, color = _CLUSTER_STYLES[scope.kind]
-        label = scope.name
-        if scope.kind not in ("flow", "steps"):
-            label += f"\n{scope.detail}"
+        if scope.kind == "item":
+            label = scope.detail
+        else:
+            label = scope.name
+            if scope.kind not in ("flow", "steps"):
+                label += f"\n{scope.detail}"
+        error = _bar_failure(graph, children, scope)
+        if error is not None:
+            label += f"\nfailed: {error}"
         lines.append(f"{pad}subgraph {_dot('cluster_' + scope.id)} {{")
         lines.append(f"{pad}    label={_dot(label)};")
         lines.append(f"{pad}    style={_dot(style)}; color={_dot(color)};")
@@ -544,19 +739,26 @@ def to_json(definition: FlowDefinition, state: State | None = None) -> dict[str,
 
         {"flow": ..., "fingerprint": ..., "status": ..., "error": ...,
          "scopes": [{"path", "kind", "parent"}],
-         "nodes": [{"id", "event", "kind", "step", "scope", "current"}],
+         "nodes": [{"id", "event", "kind", "step", "scope", "current", "positions"}],
          "edges": [{"source", "target", "reason", "kind"}]}
 
-    Scope kinds are ``flow``, ``retry``, ``case``, ``loop_until`` and ``steps``;
+    Scope kinds are ``flow``, ``retry``, ``case``, ``loop_until``, ``steps``,
+    ``parallel``, ``branch`` (one branch of a parallel), ``map`` and ``item``
+    (the scope each item of a map runs in);
     every scope is listed, drawn or not. Node kinds are ``start``, ``end`` and the
-    transition kinds; a node's ``scope`` is the path of the group drawn around it.
+    transition kinds (``parallel`` is a group's fork, ``join`` its join, ``map``
+    the command that asks for a map's items); a node's ``scope`` is the path of
+    the group drawn around it. ``positions`` lists the state's positions resting
+    at the node, as the state holds them (map item indices included, so a node
+    inside a map lists one per item there); ``current`` says whether there is one.
     Edge kinds are ``start`` (the static hops to the first resting event),
     ``retry``, or the kind of the transition the edge leaves by. ``status`` and
     ``error`` (``{"type", "message", "step"}``) come from ``state``, else ``None``.
 
     Args:
         definition: The compiled flow.
-        state: A run of it; the nodes of its position have ``current`` set.
+        state: A run of it; the nodes of its positions have ``current`` set
+            and list them in ``positions``.
 
     Raises:
         FlowMismatchError: ``state`` is a run of another flow.
@@ -581,6 +783,7 @@ def to_json(definition: FlowDefinition, state: State | None = None) -> dict[str,
                 "step": n.step,
                 "scope": n.scope,
                 "current": n.id in graph.current,
+                "positions": list(graph.positions.get(n.id, ())),
             }
             for n in graph.nodes
         ],

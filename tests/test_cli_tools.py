@@ -485,3 +485,36 @@ def test_a_migrated_run_replays_from_its_migration(tmp_path: Path) -> None:
     assert ok(stepflow_cli("replay", "flows:v2", *db, cwd=tmp_path)).startswith("1 compatible")
     out = fails(stepflow_cli("replay", "flows:v2_renamed", *db, cwd=tmp_path))
     assert out.startswith("m1: divergent at batch 2 (seq 4), step m/v2/last:")
+
+
+def test_graph_of_a_run_with_several_positions_highlights_each(tmp_path: Path) -> None:
+    (tmp_path / "fan.py").write_text(
+        textwrap.dedent(
+            """
+            import stepflow
+
+            def work(ctx):
+                return ctx.step
+
+            branches = {
+                "left": stepflow.steps().do("a", work),
+                "right": stepflow.steps().do("b", work),
+            }
+            fan = stepflow.named("fan/v1").parallel("both", branches)
+            """
+        )
+    )
+    db = ["--db", db_url(tmp_path)]
+    ok(stepflow_cli("start", "fan:fan", "--id", "r1", *db, cwd=tmp_path))
+    mermaid = ok(stepflow_cli("graph", "fan:fan", "--run", "r1", *db, cwd=tmp_path))
+    assert "class step_bothParallel_left_a,step_bothParallel_right_b current" in mermaid
+    assert "state step_bothParallel <<fork>>" in mermaid
+    dot = ok(stepflow_cli("graph", "fan:fan", "--run", "r1", "--format", "dot", *db, cwd=tmp_path))
+    assert dot.count("filled,bold") == 2
+    graph = json.loads(
+        ok(stepflow_cli("graph", "fan:fan", "--run", "r1", "--format", "json", *db, cwd=tmp_path))
+    )
+    assert [n["positions"] for n in graph["nodes"] if n["current"]] == [
+        ["start:fan/v1/bothParallel/left/a"],
+        ["start:fan/v1/bothParallel/right/b"],
+    ]

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from strategies import World, definitions, flows_and_scripts, run
 
 import stepflow
+from stepflow.core.definition import template_of
 from stepflow.diagrams import to_dot, to_json, to_mermaid
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -132,6 +133,7 @@ def render_svg(dot: str) -> str:
 MERMAID_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MERMAID_EDGE = re.compile(r"^    (\S+) --> (\S+)(?: : (.*))?$")
 MERMAID_STATE = re.compile(r'^\s*state "([^"]*)" as (\S+?)(\{)?$')
+MERMAID_BAR = re.compile(r"^\s*state (\S+) <<(fork|join)>>$")
 DOT_EDGE = re.compile(r'^    "([^"]+)" -> "([^"]+)"(?: \[(.*)\])?;$')
 DOT_LABEL = re.compile(r'label="((?:[^"\\]|\\.)*)"')
 
@@ -174,6 +176,11 @@ def check_mermaid_syntax(text: str) -> None:
             ids, _, css = stripped[len("class ") :].partition(" ")
             assert all(MERMAID_ID.fullmatch(i) for i in ids.split(",")), line
             assert css in ("current", "failed")
+            continue
+        bar = MERMAID_BAR.match(line)
+        if bar:
+            assert MERMAID_ID.fullmatch(bar.group(1)), line
+            assert depth > 0, "a fork or join is drawn inside its group"
             continue
         state = MERMAID_STATE.match(line)
         if state:
@@ -339,6 +346,7 @@ def test_the_json_graph_of_the_deploy_pipeline() -> None:
         "step": ACCEPTED,
         "scope": STEPS,
         "current": False,
+        "positions": [],
     }
     assert graph["edges"][0] == {
         "source": "start",
@@ -412,6 +420,239 @@ def test_names_that_collide_or_need_escaping_keep_valid_unique_ids() -> None:
     render_svg(dot)
 
 
+# -- parallel branches and maps ---------------------------------------------------------
+
+FANOUT = "fanout/v1"
+TIMES = "\N{MULTIPLICATION SIGN}"
+
+
+def fanout_definition() -> stepflow.FlowDefinition:
+    """A release: build, then checks in parallel, then a rollout to each region, two at once."""
+    rollout = (
+        stepflow.steps().do("push", _unused).wait_for("healthy", _unused, every=10, timeout=600)
+    )
+    checks = {
+        "lint": stepflow.steps().do("ruff", _unused),
+        "tests": stepflow.steps().do("unit", _unused).sleep("settle", 30).do("e2e", _unused),
+    }
+    spec = (
+        stepflow.named(FANOUT)
+        .do("build", _unused)
+        .parallel("checks", checks, max_failures=1)
+        .retry(
+            "rollout",
+            stepflow.RetryPolicy(max_attempts=2, initial_interval=60),
+            stepflow.steps().map("regions", _unused, rollout, max_concurrency=2),
+        )
+        .do("announce", _unused)
+    )
+    return stepflow.new(spec).definition
+
+
+def drive(
+    definition: stepflow.FlowDefinition,
+    until: Any,
+    answer_with: Any = lambda command: True,
+) -> stepflow.State:
+    """Answer every command in flight, one batch at a time, until ``until(state)``."""
+    state, commands = stepflow.advance(definition, None, now=0.0)
+    at = 0.0
+    while not until(state):
+        assert commands, f"the run ended before the wanted state: {state.events}"
+        at += 1.0
+        effects = []
+        for command in commands:
+            if command.kind == "sleep":
+                effects.append(stepflow.TimerFired(command.id, max(at, command.at)))
+            else:
+                effects.append(stepflow.HandlerReturned(command.id, answer_with(command), at))
+        at = max(e.at for e in effects)
+        state, commands = stepflow.advance(definition, state, effects, now=at)
+    return state
+
+
+def items(command: Any) -> Any:
+    return ["eu", "us", "ap"] if command.kind == "map" else True
+
+
+def rolling_out(definition: stepflow.FlowDefinition) -> stepflow.State:
+    """A run pushing to two regions at once, the third waiting for a slot."""
+    return drive(definition, lambda s: any("steps[" in e for e in s.events), items)
+
+
+def test_mermaid_of_a_flow_with_groups_matches_its_golden_file() -> None:
+    text = to_mermaid(fanout_definition())
+    check_mermaid_syntax(text)
+    assert "    state step_checksParallel <<fork>>\n" in text.replace("        ", "    ")
+    assert "state join_checksParallel <<join>>" in text
+    assert 'state "checksParallel (parallel, tolerates 1 failure)" as scope_checksParallel{' in text
+    assert 'state "for each item (max 2 at once)" as scope_rolloutRetry_regionsMap_steps{' in text
+    check_golden("fanout.mmd", text)
+
+
+def test_dot_of_a_flow_with_groups_matches_its_golden_file() -> None:
+    dot = to_dot(fanout_definition())
+    check_golden("fanout.dot", dot)
+    svg = render_svg(dot)
+    assert "for each item (max 2 at once)" in svg
+    assert "cluster_scope_checksParallel_lint" in svg
+
+
+def test_a_parallel_group_is_a_fork_branches_side_by_side_and_one_join() -> None:
+    definition = fanout_definition()
+    graph = to_json(definition)
+    group = f"{FANOUT}/checksParallel"
+    kinds = {s["path"]: (s["kind"], s["parent"]) for s in graph["scopes"]}
+    assert kinds[group] == ("parallel", FANOUT)
+    assert kinds[f"{group}/lint"] == ("branch", group)
+    assert kinds[f"{group}/tests"] == ("branch", group)
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    assert nodes["step_checksParallel"]["kind"] == "parallel"
+    assert nodes["join_checksParallel"] == {
+        "id": "join_checksParallel",
+        "event": f"completed:{group}",
+        "kind": "join",
+        "step": group,
+        "scope": group,
+        "current": False,
+        "positions": [],
+    }
+    # Two join transitions in the table, one join node, one edge out of it.
+    joins = [t for t in definition.handler_transitions() if t.kind == "join" and t.step == group]
+    assert len(joins) == 2
+    edges = {(e["source"], e["target"], e["reason"]) for e in graph["edges"]}
+    assert {
+        ("step_checksParallel", "step_checksParallel_lint_ruff", "parallel branch"),
+        ("step_checksParallel", "step_checksParallel_tests_unit", "parallel branch"),
+        ("step_checksParallel_lint_ruff", "join_checksParallel", "handler returned"),
+        ("step_checksParallel_tests_e2e", "join_checksParallel", "handler returned"),
+        ("join_checksParallel", "step_rolloutRetry_regionsMap", "all branches completed"),
+    } <= edges
+    assert [e for e in graph["edges"] if e["source"] == "join_checksParallel"] == [
+        {
+            "source": "join_checksParallel",
+            "target": "step_rolloutRetry_regionsMap",
+            "reason": "all branches completed",
+            "kind": "join",
+        }
+    ]
+    dot = to_dot(definition)
+    # Fork and join are bars; the branches are clusters inside the group's cluster.
+    assert re.search(r'"step_checksParallel" \[label="", shape=box, [^\n]*height=0.06', dot)
+    assert re.search(r'"join_checksParallel" \[label="", shape=box, [^\n]*height=0.06', dot)
+    same_edges(dot_edges(dot), graph, mermaid=False)
+    same_edges(mermaid_edges(to_mermaid(definition)), graph, mermaid=True)
+
+
+def test_a_map_is_a_repeated_item_scope_between_its_items_node_and_its_join() -> None:
+    definition = fanout_definition()
+    graph = to_json(definition)
+    group = f"{FANOUT}/rolloutRetry/regionsMap"
+    kinds = {s["path"]: s["kind"] for s in graph["scopes"]}
+    assert (kinds[group], kinds[f"{group}/steps"]) == ("map", "item")
+    edges = {(e["source"], e["target"], e["reason"], e["kind"]) for e in graph["edges"]}
+    items_node, join = "step_rolloutRetry_regionsMap", "join_rolloutRetry_regionsMap"
+    assert {
+        (items_node, "step_rolloutRetry_regionsMap_steps_push", "map item", "map"),
+        (items_node, "step_announce", "no items", "map"),
+        (items_node, items_node, "retry", "retry"),  # the group restarts whole
+        (
+            "step_rolloutRetry_regionsMap_steps_healthyWaitFor",
+            join,
+            "WaitFor condition is met",
+            "wait_for",
+        ),
+        (join, "step_announce", "all items completed", "join"),
+    } <= edges
+    mermaid = to_mermaid(definition)
+    assert 'state "items regions" as step_rolloutRetry_regionsMap\n' in mermaid
+    dot = to_dot(definition)
+    assert 'label="for each item (max 2 at once)";' in dot
+    assert 'style="dashed,bold"; color="#be185d";' in dot
+    assert '"step_rolloutRetry_regionsMap" [label="regions\\nitems", shape=parallelogram' in dot
+
+
+def test_every_position_of_a_run_with_groups_is_highlighted() -> None:
+    definition = fanout_definition()
+    state = drive(definition, lambda s: len(s.events) == 2)
+    assert state.events == (
+        f"start:{FANOUT}/checksParallel/lint/ruff",
+        f"start:{FANOUT}/checksParallel/tests/unit",
+    )
+    mermaid = to_mermaid(definition, state)
+    check_mermaid_syntax(mermaid)
+    assert (
+        "    class step_checksParallel_lint_ruff,step_checksParallel_tests_unit current\n"
+        in mermaid
+    )
+    dot = to_dot(definition, state)
+    assert len(re.findall(r"filled,bold", dot)) == 2
+    current = [n["id"] for n in to_json(definition, state)["nodes"] if n["current"]]
+    assert current == ["step_checksParallel_lint_ruff", "step_checksParallel_tests_unit"]
+
+
+def test_positions_in_map_items_highlight_their_template_with_a_count() -> None:
+    definition = fanout_definition()
+    state = rolling_out(definition)
+    push = f"{FANOUT}/rolloutRetry/regionsMap/steps"
+    assert state.events == (f"start:{push}[0]/push", f"start:{push}[1]/push")
+    mermaid = to_mermaid(definition, state)
+    check_mermaid_syntax(mermaid)
+    assert f'state "do push {TIMES}2" as step_rolloutRetry_regionsMap_steps_push\n' in mermaid
+    assert "    class step_rolloutRetry_regionsMap_steps_push current\n" in mermaid
+    assert "for each item (max 2 at once), 3 items (0 ended, 2 running, 1 waiting)" in mermaid
+    check_golden("fanout_rolling_out.mmd", mermaid)
+    dot = to_dot(definition, state)
+    assert f'[label="push\\ndo {TIMES}2", shape=box, style="rounded,filled,bold"' in dot
+    check_golden("fanout_rolling_out.dot", dot)
+    render_svg(dot)
+    graph = to_json(definition, state)
+    (node,) = [n for n in graph["nodes"] if n["current"]]
+    assert node["positions"] == [f"start:{push}[0]/push", f"start:{push}[1]/push"]
+    # One item moves on to its health check: two nodes, one item each.
+    command = state.in_flight[0]
+    moved, _ = stepflow.advance(
+        definition, state, (stepflow.HandlerReturned(command.id, None, 10.0),), now=10.0
+    )
+    graph = to_json(definition, moved)
+    counted = {n["id"]: n["positions"] for n in graph["nodes"] if n["current"]}
+    assert counted == {
+        "step_rolloutRetry_regionsMap_steps_push": [f"start:{push}[1]/push"],
+        "step_rolloutRetry_regionsMap_steps_healthyWaitFor": [f"start:{push}[0]/healthyWaitFor"],
+    }
+    assert f"do push {TIMES}1" in to_mermaid(definition, moved)
+    assert "3 items (0 ended, 2 running, 1 waiting)" in to_dot(definition, moved)
+
+
+def test_a_run_failed_at_a_group_marks_its_fork() -> None:
+    definition = fanout_definition()
+    state = drive(definition, lambda s: len(s.events) == 2)
+    # Both branches fail: one more than the group tolerates.
+    error = stepflow.ErrorRecord("RuntimeError", "red", "")
+    effects = tuple(stepflow.HandlerRaised(c.id, error, None, 5.0) for c in state.in_flight)
+    state, _ = stepflow.advance(definition, state, effects, now=5.0)
+    assert state.is_failed
+    assert state.events == (f"start:{FANOUT}/checksParallel",)
+    mermaid = to_mermaid(definition, state)
+    check_mermaid_syntax(mermaid)
+    assert "checksParallel (parallel, tolerates 1 failure) (failed, RuntimeError)" in mermaid
+    assert "    class step_checksParallel failed\n" in mermaid
+    dot = to_dot(definition, state)
+    assert 'fillcolor="#b91c1c", color="#b91c1c", height=0.06' in dot
+    assert "failed: RuntimeError" in dot
+    render_svg(dot)
+
+
+def test_positions_a_flow_does_not_have_are_refused_with_their_indices() -> None:
+    definition = fanout_definition()
+    state = rolling_out(definition)
+    push = f"start:{FANOUT}/rolloutRetry/regionsMap/steps"
+    for wrong in (f"{push}/push", f"{push}[0][1]/push", f"start:{FANOUT}/build[0]"):
+        with pytest.raises(stepflow.UnknownEventError) as info:
+            to_json(definition, state._replace(events=(state.events[0], wrong)))
+        assert info.value.events == (wrong,)
+
+
 # -- random flows ------------------------------------------------------------------------
 
 
@@ -421,11 +662,12 @@ def test_every_step_and_reason_of_a_random_flow_is_drawn(
 ) -> None:
     graph = to_json(definition)
     mermaid, dot = to_mermaid(definition), to_dot(definition)
-    steps = {n["step"]: n for n in graph["nodes"]}
+    steps = {(n["step"], n["kind"]): n for n in graph["nodes"]}
+    joins = {t.step for t in definition.handler_transitions() if t.kind == "join"}
     for t in definition.handler_transitions():
-        node = steps[t.step]
-        assert node["event"] == t.source
-        assert node["kind"] == t.kind
+        node = steps[t.step, t.kind]
+        # Every join transition of a group is drawn as one join node.
+        assert node["event"] == (f"completed:{t.step}" if t.kind == "join" else t.source)
         assert f" as {node['id']}\n" in mermaid
         assert f'"{node["id"]}" [label=' in dot
         reasons = {e["reason"] for e in graph["edges"] if e["source"] == node["id"]}
@@ -433,10 +675,9 @@ def test_every_step_and_reason_of_a_random_flow_is_drawn(
             assert d.reason in reasons
             assert f"{d.reason}" in mermaid
             assert f'label="{d.reason}' in dot
-    assert len(graph["nodes"]) == len(list(definition.handler_transitions())) + 2
-    assert len(graph["edges"]) == 1 + sum(
-        len(t.destinations) for t in definition.handler_transitions()
-    )
+    handlers = [t for t in definition.handler_transitions() if t.kind != "join"]
+    assert len(graph["nodes"]) == len(handlers) + len(joins) + 2
+    assert len(graph["edges"]) == 1 + len(joins) + sum(len(t.destinations) for t in handlers)
 
 
 @given(definitions())
@@ -491,7 +732,10 @@ def test_every_state_of_a_run_is_drawn_at_its_position(
     state = data.draw(st.sampled_from(states))
     graph = to_json(definition, state)
     current = [n for n in graph["nodes"] if n["current"]]
-    assert [n["event"] for n in current] == list(state.events)
+    positions = [event for n in current for event in n["positions"]]
+    assert sorted(positions) == sorted(state.events)
+    for node in current:
+        assert all(template_of(event) == node["event"] for event in node["positions"])
     assert graph["status"] == state.status
     mermaid = to_mermaid(definition, state)
     check_mermaid_syntax(mermaid)
@@ -507,3 +751,37 @@ def test_dot_of_random_flows_renders(flow_and_script: Any, data: st.DataObject) 
     definition, script = flow_and_script
     _, states, _ = run(definition, World(script))
     render_svg(to_dot(definition, data.draw(st.sampled_from(states))))
+
+
+def test_a_map_inside_a_map_counts_the_items_of_every_run_of_it() -> None:
+    inner = stepflow.steps().map("hosts", _unused, stepflow.steps().do("patch", _unused))
+    spec = stepflow.named("patch/v1").map("zones", _unused, inner)
+    definition = stepflow.new(spec).definition
+
+    def items(command: Any) -> Any:
+        return ["a", "b"] if command.kind == "map" else None
+
+    state = drive(definition, lambda s: sum("/patch" in e for e in s.events) == 4, items)
+    assert sorted(state.events) == [
+        f"start:patch/v1/zonesMap/steps[{z}]/hostsMap/steps[{h}]/patch"
+        for z in (0, 1)
+        for h in (0, 1)
+    ]
+    mermaid = to_mermaid(definition, state)
+    check_mermaid_syntax(mermaid)
+    assert f'"do patch {TIMES}4"' in mermaid
+    assert "for each item, 2 items (0 ended, 2 running)" in mermaid  # the zones
+    assert "for each item, 4 items in 2 runs of the map (0 ended, 4 running)" in mermaid
+    render_svg(to_dot(definition, state))
+
+
+def test_a_retried_parallel_group_restarts_from_its_fork() -> None:
+    branches = {"a": stepflow.steps().do("x", _unused), "b": stepflow.steps().do("y", _unused)}
+    group = stepflow.steps().parallel("both", branches)
+    spec = stepflow.named("again/v1").retry("whole", stepflow.RetryPolicy(max_attempts=2), group)
+    graph = to_json(stepflow.new(spec).definition)
+    fork = "step_wholeRetry_bothParallel"
+    retries = [e for e in graph["edges"] if e["kind"] == "retry"]
+    assert retries == [{"source": fork, "target": fork, "reason": "retry", "kind": "retry"}]
+    kinds = {s["path"]: s["kind"] for s in graph["scopes"]}
+    assert kinds["again/v1/wholeRetry/bothParallel/a"] == "branch"

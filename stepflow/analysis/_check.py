@@ -1,7 +1,7 @@
 """Design checks: faults a flow has whatever its handlers do, each with a fix.
 
 Some checks read the transition table (waits with no timeout, retries with no
-bound); the others read the explored graph (see
+bound, loops nothing paces); the others read the explored graph (see
 :mod:`stepflow.analysis._explore`, searched with ``max_loops=1``): steps and
 transitions no run reaches, states from which no run ends, and commands issued
 after a run ended.
@@ -13,6 +13,7 @@ from typing import Literal
 
 import attrs
 
+from stepflow.analysis._model import MAX_ITEMS
 from stepflow.analysis._paths import TransitionTarget, coverage
 from stepflow.core.advance import advance
 from stepflow.core.definition import FlowDefinition, Transition, start_event
@@ -122,6 +123,34 @@ def _busy_loops(definition: FlowDefinition) -> list[Finding]:
     return findings
 
 
+def _hot_loops(definition: FlowDefinition) -> list[Finding]:
+    handlers = [t for t in definition.handler_transitions() if t.kind != "join"]
+    findings = []
+    for t in handlers:
+        if t.kind != "loop_until":
+            continue
+        group = f"{t.step}/steps/"
+        body = [h for h in handlers if (h.step or "").startswith(group)]
+        if not body or any(h.kind in ("sleep", "wait_for") for h in body):
+            continue  # an empty body is a busy-loop; a body that waits is paced
+        named = [(h.step or "").rpartition("/")[2] for h in body if h.kind != "parallel"]
+        listed = ", ".join(repr(name) for name in named[:3])
+        more = f" and {len(named) - 3} more" if len(named) > 3 else ""
+        findings.append(
+            Finding(
+                "hot-loop",
+                "warning",
+                t.step or "",
+                f"loop_until {t.step!r} neither waits nor sleeps in its body ({listed}{more}): "
+                "while its condition is false, each pass starts the next at once, as fast as "
+                "a worker can run it, writing every transition to the journal",
+                "add .sleep(...) to the loop's steps to pace the passes, or poll with "
+                "wait_for(..., every=..., timeout=...) instead of a loop",
+            )
+        )
+    return findings
+
+
 def _swallows(definition: FlowDefinition, scope: str) -> bool:
     """Whether retry ``scope`` restarts after every failure, never passing one on."""
     rule = definition.retry_rule(scope)
@@ -173,7 +202,9 @@ def _unreachable_transitions(
     return findings
 
 
-def check(definition: FlowDefinition, *, max_states: int = 100_000) -> list[Finding]:
+def check(
+    definition: FlowDefinition, *, max_states: int = 100_000, max_items: int = MAX_ITEMS
+) -> list[Finding]:
     """Return the design faults of ``definition``, errors and warnings, with fixes.
 
     Findings (``code``, ``severity``):
@@ -184,6 +215,9 @@ def check(definition: FlowDefinition, *, max_states: int = 100_000) -> list[Find
     * ``retry-never-restarts`` (warning): a policy with ``max_attempts=1``.
     * ``busy-loop`` (warning): a ``loop_until`` with no step in its group asks
       its condition again at once, over and over.
+    * ``hot-loop`` (warning): a ``loop_until`` whose body has steps but no
+      ``sleep`` and no ``wait_for`` (nested groups included): nothing paces its
+      passes while its condition stays false.
     * ``unreachable-step`` (error), ``unreachable-transition`` (warning): no
       explored run starts the step or takes the transition.
     * ``dead-end`` (error): a reachable state from which no run ends.
@@ -197,17 +231,27 @@ def check(definition: FlowDefinition, *, max_states: int = 100_000) -> list[Find
     >>> flow = stepflow.named("f").wait_for("ready", bool)
     >>> [(f.code, f.path) for f in check(stepflow.new(flow).definition)]
     [('wait-without-timeout', 'f/readyWaitFor')]
+
+    Flows with ``parallel`` and ``map`` groups are searched through every
+    interleaving of their commands (a map's ``items`` handler returning 0 to
+    ``max_items`` items): steps inside branches and items, forks, joins and
+    the ``no items`` path count for reachability like any other.
     """
-    findings = _findings(definition, max_states)
+    findings = _findings(definition, max_states, max_items)
     order: dict[str, int] = {}
     for event in definition.table:  # definition order: where each scope starts
         order.setdefault(event.partition(":")[2], len(order))
     return sorted(findings, key=lambda f: order.get(f.path, len(order)))
 
 
-def _findings(definition: FlowDefinition, max_states: int) -> list[Finding]:
-    findings = [*_waits(definition), *_retries(definition), *_busy_loops(definition)]
-    cases, search = coverage(definition, max_loops=1, max_states=max_states)
+def _findings(definition: FlowDefinition, max_states: int, max_items: int) -> list[Finding]:
+    findings = [
+        *_waits(definition),
+        *_retries(definition),
+        *_busy_loops(definition),
+        *_hot_loops(definition),
+    ]
+    cases, search = coverage(definition, max_loops=1, max_states=max_states, max_items=max_items)
     if not search.complete:
         findings.append(
             Finding(

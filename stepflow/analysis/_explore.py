@@ -23,6 +23,69 @@ yet violated; the first violation found is therefore one with a shortest trace.
 Every edge is kept (as predecessor lists), so once the search ends, states from
 which no completed or failed state can be reached (*dead ends*) are found by
 reverse reachability.
+
+Several commands in flight
+--------------------------
+A run with ``parallel`` or ``map`` groups holds several commands in flight
+(:mod:`stepflow.core.groups`). What is explored:
+
+* **Interleavings**: from each search state, every command in flight is
+  answered next, with each of its outcomes; one move answers one command. A
+  map's ``items`` command returns 0 to ``max_items`` items.
+* **Not explored: batches.** A batch answering several commands at once means
+  the same as its effects one by one in command-id order (Rule 5 of
+  :mod:`stepflow.core.groups`), which is one of the explored interleavings;
+  the one difference, that a failure does not drop a waiting command the same
+  batch answers, is not explored.
+* **Not explored: answer times** other than "at once, or when due". A command
+  not yet due may still be answered before one that is (handlers take any
+  time), which moves the clock to its ``wake_at``.
+
+Search states of such runs abstract their positions as a *set* (each with its
+command's kind and step, and its own ``wake_at`` and ``timeout_at`` relative to
+now) and ignore command ids: answering two commands in either order reaches one
+search state, explored once. Each group's progress joins the abstraction
+(items, how many started, running and failed, which results are in).
+
+Reduction
+---------
+The interleavings of commands in *independent* branches are pruned, by a
+partial-order reduction in the style of sleep sets, that keeps every search
+state and its shortest trace. Two moves ``x`` and ``y`` from a state ``p`` are
+**independent** when both:
+
+* answer commands in different branches, or different items, of a group
+  (neither branch or item lies inside the other);
+* are due now (answered at the current time, so the clock does not move);
+* are not failures (``raised``, ``timed_out``), do not leave their branch or
+  item (their destination, through static hops, stays inside it), are not a
+  map's ``items`` nor an ``on_error`` command, and no group around them has
+  failed (a failed group stops or drops its positions as they move);
+* are invisible to every invariant with a monitor: no matcher of a
+  :func:`before` or :func:`leads_to` matches what either move does, and there
+  is no invariant other than those and :func:`always`/:func:`never`.
+
+Such moves touch disjoint parts of the state (their own positions, outputs,
+attempts, loop counters and group results), so ``x`` then ``y`` and ``y`` then
+``x`` reach the same search state. Moves are ordered by ``(position, outcome)``.
+When a state ``n`` is expanded, a move ``y`` is **not taken** if, for every edge
+``p --x--> n`` on a shortest path to ``n`` (``p`` one step closer to the start),
+``y`` was available at ``p``, is independent of ``x`` there, and orders before
+``x``. Breadth first, every such edge is known when ``n`` is expanded.
+
+Why nothing is lost: take any search state ``t`` at distance ``D`` from the
+start, and among its traces of length ``D`` the lexicographically smallest,
+``w``. Each prefix of ``w`` ends in a state at exactly its length from the
+start (a shorter way to it would shorten ``w``). If the search pruned move
+``w[i]`` at ``s_i``, then ``w[i]`` is independent of ``w[i-1]`` at ``s_(i-1)``
+and orders before it; swapping the two gives a trace of ``t`` of the same
+length, smaller than ``w``: a contradiction. So ``w`` is explored, by
+induction along it, and ``t`` is reached at distance ``D``. Every state is
+explored, each at its shortest distance, so each invariant's first violation
+still has a shortest trace, and the counts of completed and failed states do
+not change; ``transitions`` counts the edges explored, ``pruned`` those left
+out. :func:`stepflow.analysis.paths` and :func:`stepflow.analysis.check` search
+without the reduction: they need every edge, to find each transition taken.
 """
 
 from __future__ import annotations
@@ -32,21 +95,35 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import attrs
 
-from stepflow.analysis._invariants import Before, Invariant, LeadsTo, check_matcher
+from stepflow.analysis._invariants import (
+    Before,
+    Invariant,
+    LeadsTo,
+    StateInvariant,
+    check_matcher,
+    matches,
+)
 from stepflow.analysis._model import (
+    MAX_ITEMS,
     AnalysisError,
+    Happening,
     Move,
     Observation,
     Outcome,
     Trace,
+    _conc,
+    _failing,
+    answer_time,
     effect_time,
     entered_events,
     initial,
     make_effect,
     outcomes_for,
+    static_chain,
 )
 from stepflow.core.advance import advance
-from stepflow.core.definition import FlowDefinition, start_event
+from stepflow.core.definition import FlowDefinition, start_event, template_of
+from stepflow.core.groups import command_times
 from stepflow.core.messages import Command
 from stepflow.core.state import State
 
@@ -98,6 +175,9 @@ class Exploration:
         completed: Distinct completed states reached.
         failed: Distinct failed states reached.
         cut: Outcomes not explored because they passed ``max_loops``.
+        pruned: Moves not taken by the reduction (see the module docstring):
+            another interleaving of the same moves, no longer, reaches where
+            they lead.
         violations: The first (shortest) violation of each invariant broken.
         dead_ends: A shortest trace to each state from which the run can
             neither complete nor fail (always empty for flows compiled from a
@@ -113,6 +193,7 @@ class Exploration:
     cut: int
     violations: tuple[Violation, ...] = ()
     dead_ends: tuple[Trace, ...] = ()
+    pruned: int = 0
 
     @property
     def ok(self) -> bool:
@@ -133,6 +214,15 @@ def _unbounded(definition: FlowDefinition) -> frozenset[str]:
     )
 
 
+# Commands whose moves may commute with another branch's (see "Reduction").
+_LOCAL_KINDS = frozenset({"do", "wait_for", "case", "loop_until", "sleep"})
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether branch or item ``a`` is ``b`` or lies inside it, or the other way round."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def _inside(event: str, scope: str) -> bool:
     path = event.partition(":")[2]
     return path == scope or path.startswith(scope + "/")
@@ -140,6 +230,59 @@ def _inside(event: str, scope: str) -> bool:
 
 def _relative(when: float | None, clock: float) -> float | None:
     return None if when is None else round(when - clock, 9)
+
+
+def _command_key(command: Command) -> Hashable:
+    error = getattr(command, "error", None) if command.kind == "on_error" else None
+    error_key = None if error is None else (error.type, error.step)
+    return (command.kind, command.step, error_key)
+
+
+def _group_key(state: State) -> Hashable:
+    return tuple(
+        sorted(
+            (
+                scope,
+                p.kind,
+                len(p.items),
+                p.started,
+                p.active,
+                p.failures,
+                None if p.error is None else (p.error.type, p.error.step),
+                frozenset(p.results),
+            )
+            for scope, p in state.groups.items()
+        )
+    )
+
+
+def _positions_key(state: State, clock: float) -> Hashable:
+    """Return the positions of a run with groups as a set, whatever their order and ids."""
+    if not state.in_flight:
+        return frozenset(state.events)
+    keys = []
+    for event, command in zip(state.events, state.in_flight, strict=True):
+        wake, timeout = command_times(state, command)
+        keys.append(
+            (event, _command_key(command), _relative(wake, clock), _relative(timeout, clock))
+        )
+    return frozenset(keys)
+
+
+def _concurrent_key(
+    state: State, clock: float, counters: Counters, monitors: tuple[Hashable, ...]
+) -> Hashable:
+    error_key = None if state.error is None else (state.error.type, state.error.step)
+    return (
+        _positions_key(state, clock),
+        state.status,
+        error_key,
+        frozenset(state.outputs) if state.outputs else None,
+        tuple(sorted(state.attempts.items())) if state.attempts else None,
+        _group_key(state) if state.groups else None,
+        counters,
+        monitors,
+    )
 
 
 def _key(
@@ -180,14 +323,36 @@ class Search:
         *,
         max_states: int = 100_000,
         max_loops: int = 3,
+        max_items: int = MAX_ITEMS,
+        reduce: bool = False,
     ) -> None:
-        if max_loops < 0 or max_states < 1:
+        if max_loops < 0 or max_states < 1 or max_items < 0:
             raise AnalysisError(
-                f"max_loops must be >= 0 and max_states >= 1, got {max_loops} and {max_states}"
+                f"max_loops and max_items must be >= 0 and max_states >= 1, got {max_loops}, "
+                f"{max_items} and {max_states}"
             )
         self.definition = definition
         self.invariants = tuple(invariants)
-        self.max_states, self.max_loops = max_states, max_loops
+        self.max_states, self.max_loops, self.max_items = max_states, max_loops, max_items
+        concurrent = definition._concurrent
+        self.key = _concurrent_key if concurrent else _key
+        # The reduction needs monitors it can see through (see the module docstring).
+        self.reduce = (
+            reduce
+            and concurrent
+            and all(isinstance(i, (StateInvariant, Before, LeadsTo)) for i in self.invariants)
+        )
+        self.matchers = [
+            m
+            for i in self.invariants
+            if isinstance(i, (Before, LeadsTo))
+            for m in ((i.first, i.then) if isinstance(i, Before) else (i.trigger, i.response))
+        ]
+        self.depth: list[int] = []
+        # Per node: the (predecessor, move) of every edge on a shortest path to it.
+        self.shortest_in: list[list[tuple[int, Move]]] = []
+        self.locals: dict[tuple[int, str, Outcome], str | None] = {}
+        self.pruned = 0
         self.unbounded = _unbounded(definition)
         self.states: list[State] = []
         self.clocks: list[float] = []
@@ -221,11 +386,15 @@ class Search:
         parent: int,
         move: Move | None,
     ) -> tuple[int, bool]:
-        key = _key(state, clock, counters, monitors)
+        key = self.key(state, clock, counters, monitors)
         node = self.index.get(key)
         if node is not None:
+            if move is not None and self.depth[parent] + 1 == self.depth[node]:
+                self.shortest_in[node].append((parent, move))
             return node, False
         node = len(self.states)
+        self.depth.append(0 if move is None else self.depth[parent] + 1)
+        self.shortest_in.append([] if move is None else [(parent, move)])
         self.index[key] = node
         self.states.append(state)
         self.clocks.append(clock)
@@ -259,11 +428,80 @@ class Search:
             counts[command.step] = counts.get(command.step, 0) + 1
             if counts[command.step] > self.max_loops:
                 return None
-        for scope in self.unbounded:
-            if after.attempts.get(scope, 0) > self.max_loops:
+        if self.unbounded:
+            for scope, attempt in after.attempts.items():
+                if attempt > self.max_loops and template_of(scope) in self.unbounded:
+                    return None
+        positions = after.events
+        return tuple(
+            sorted((s, n) for s, n in counts.items() if any(_inside(e, s) for e in positions))
+        )
+
+    # -- the reduction ------------------------------------------------------------
+
+    def local(self, node: int, command: Command, outcome: Outcome) -> str | None:
+        """Return the branch or item a move stays in if it may commute, else ``None``.
+
+        See "Reduction" in the module docstring for the conditions.
+        """
+        key = (node, command.event, outcome)
+        if key not in self.locals:
+            self.locals[key] = self._local(node, command, outcome)
+        return self.locals[key]
+
+    def _local(self, node: int, command: Command, outcome: Outcome) -> str | None:
+        definition, state = self.definition, self.states[node]
+        if command.kind not in _LOCAL_KINDS or _failing(outcome):
+            return None
+        if answer_time(state, self.clocks[node], command) != self.clocks[node]:
+            return None  # answering it moves the clock
+        groups = definition._node(command.event).groups
+        if not groups:
+            return None
+        if any(g not in state.groups or state.groups[g].error is not None for g in groups):
+            return None  # a failed group stops or drops its positions: it sees every move
+        group = groups[-1]
+        path = command.event.partition(":")[2]
+        branch = f"{group}/{path[len(group) + 1 :].split('/')[0]}"
+        transition = definition.table[template_of(command.event)]
+        if command.kind == "wait_for" and outcome == "false":
+            entered: tuple[str, ...] = ()
+        else:
+            target = transition.destinations[0 if outcome in ("returned", "fired", "true") else 1]
+            chain = static_chain(definition.table, target.event)
+            if not chain[-1].partition(":")[2].startswith(template_of(branch) + "/"):
+                return None  # it leaves its branch or item: the group notices
+            entered = tuple(_conc(definition, e, command.event) for e in chain)
+        if self.matchers:
+            happenings = (
+                Happening("ran", command.step, outcome),
+                *(Happening("entered", e) for e in entered),
+            )
+            if any(matches(m, h) for m in self.matchers for h in happenings):
                 return None
-        position = after.events[0]
-        return tuple(sorted((s, n) for s, n in counts.items() if _inside(position, s)))
+        return branch
+
+    def skipped(self, node: int, command: Command, outcome: Outcome) -> bool:
+        """Whether the reduction leaves out answering ``command`` with ``outcome`` at ``node``."""
+        incoming = self.shortest_in[node]
+        if not incoming:
+            return False
+        label = (command.event, outcome)
+        for parent, move in incoming:
+            if label >= (move.command.event, move.outcome):
+                return False
+            # The same command at the parent: found by position, since command ids
+            # depend on the path that reached each search state first.
+            earlier = next(
+                (c for c in self.states[parent].in_flight if c.event == command.event), None
+            )
+            if earlier is None or (earlier.kind, earlier.step) != (command.kind, command.step):
+                return False
+            mine = self.local(parent, earlier, outcome)
+            theirs = self.local(parent, move.command, move.outcome)
+            if mine is None or theirs is None or _nested(mine, theirs):
+                return False
+        return True
 
     def run(
         self,
@@ -283,40 +521,60 @@ class Search:
             node = queue.popleft()
             self.expanded[node] = True
             before, clock = self.states[node], self.clocks[node]
-            if not before.in_flight:
-                continue
-            command = before.in_flight[0]
-            for outcome in outcomes_for(definition, before, clock):
-                effect = make_effect(before, outcome, clock)
-                after, _ = advance(definition, before, (effect,))
-                entered, _ = entered_events(definition, before, command, outcome, after)
-                move = Move(command, outcome, effect, after)
-                counters = self._counters(node, move, entered)
-                if counters is None:
-                    self.cut += 1
-                    self.has_cut[node] = True
-                    continue
-                step = Observation(before, command, outcome, effect, after, entered)
-                monitors = tuple(
-                    inv.observe(m, step)
-                    for inv, m in zip(self.invariants, self.monitors[node], strict=True)
-                )
-                if len(self.states) >= self.max_states and (
-                    _key(after, effect_time(effect), counters, monitors) not in self.index
-                ):
-                    self.complete = False
-                    # Partly expanded: its other successors are unknown, so it
-                    # must not be taken for a dead end.
-                    self.expanded[node] = False
-                    return self
-                target, new = self._add(after, effect_time(effect), counters, monitors, node, move)
-                self.transitions += 1
-                self.preds[target].append(node)
-                if new:
-                    queue.append(target)
-                if on_edge is not None:
-                    on_edge(node, move, step, target)
+            if self._expand(node, before, clock, queue, on_edge):
+                return self
         return self
+
+    def _moves(self, node: int, state: State, clock: float) -> Iterable[tuple[Command, Outcome]]:
+        definition, max_items = self.definition, self.max_items
+        for command in state.in_flight:
+            for outcome in outcomes_for(definition, state, clock, command, max_items=max_items):
+                if self.reduce and self.skipped(node, command, outcome):
+                    self.pruned += 1
+                    continue
+                yield command, outcome
+
+    def _expand(
+        self,
+        node: int,
+        before: State,
+        clock: float,
+        queue: deque[int],
+        on_edge: EdgeHook | None,
+    ) -> bool:
+        """Explore every move from ``node``; return ``True`` if ``max_states`` was reached."""
+        definition = self.definition
+        for command, outcome in self._moves(node, before, clock):
+            effect = make_effect(before, outcome, clock, command)
+            after, _ = advance(definition, before, (effect,))
+            entered, _ = entered_events(definition, before, command, outcome, after)
+            move = Move(command, outcome, effect, after)
+            counters = self._counters(node, move, entered)
+            if counters is None:
+                self.cut += 1
+                self.has_cut[node] = True
+                continue
+            step = Observation(before, command, outcome, effect, after, entered)
+            monitors = tuple(
+                inv.observe(m, step)
+                for inv, m in zip(self.invariants, self.monitors[node], strict=True)
+            )
+            if len(self.states) >= self.max_states and (
+                self.key(after, effect_time(effect), counters, monitors) not in self.index
+            ):
+                self.complete = False
+                # Partly expanded: its other successors are unknown, so it
+                # must not be taken for a dead end.
+                self.expanded[node] = False
+                return True
+            target, new = self._add(after, effect_time(effect), counters, monitors, node, move)
+            self.transitions += 1
+            self.preds[target].append(node)
+            if new:
+                queue.append(target)
+            if on_edge is not None:
+                on_edge(node, move, step, target)
+        return False
 
     def nodes_where(self, predicate: Callable[[State], bool]) -> Iterable[int]:
         """Return the nodes whose state satisfies ``predicate``."""
@@ -354,16 +612,24 @@ def explore(
     invariants: Iterable[Invariant] = (),
     max_states: int = 100_000,
     max_loops: int = 3,
+    max_items: int = MAX_ITEMS,
+    reduce: bool = True,
 ) -> Exploration:
     """Explore every run of ``definition`` under every outcome of every command.
 
     Pure: handlers are never called; each command is answered with each of
     its outcomes in turn (``do``: returned, raised; ``case``, ``loop_until``,
     ``on_error``: true, false, raised; ``wait_for``: true, false, raised, and
-    timed_out when it has a timeout; ``sleep``: fired) and the real
-    :func:`stepflow.advance` computes where that leads. Loops, false polls and
-    restarts of retries without ``max_attempts`` are cut after ``max_loops``
-    (see :class:`Exploration`).
+    timed_out when it has a timeout; ``sleep``: fired; a map's ``items``: 0 to
+    ``max_items`` items, raised) and the real :func:`stepflow.advance` computes
+    where that leads. Loops, false polls and restarts of retries without
+    ``max_attempts`` are cut after ``max_loops`` (see :class:`Exploration`).
+
+    With several commands in flight (``parallel`` and ``map`` groups), each of
+    them is answered next in turn: every interleaving is explored, up to a
+    reduction that leaves out reorderings of independent branches and keeps
+    every state and its shortest trace (see :mod:`stepflow.analysis._explore`,
+    "Reduction", and docs/testing.md).
 
     Args:
         definition: The compiled flow.
@@ -371,6 +637,9 @@ def explore(
             :func:`before`, :func:`leads_to`, or any :class:`Invariant`).
         max_states: Stop (``complete=False``) after this many search states.
         max_loops: Bound of each loop, poll and unbounded-retry counter.
+        max_items: The most items a map's ``items`` handler returns.
+        reduce: Prune reorderings of independent branches (``False``:
+            explore every interleaving edge, for comparison).
 
     Returns:
         The counts, the first violation of each invariant (with a shortest
@@ -388,7 +657,14 @@ def explore(
     """
     invariants = tuple(invariants)
     check_invariants(definition, invariants)
-    search = Search(definition, invariants, max_states=max_states, max_loops=max_loops).run()
+    search = Search(
+        definition,
+        invariants,
+        max_states=max_states,
+        max_loops=max_loops,
+        max_items=max_items,
+        reduce=reduce,
+    ).run()
     completed = sum(1 for _ in search.nodes_where(lambda s: s.status == "completed"))
     failed = sum(1 for _ in search.nodes_where(lambda s: s.status == "failed"))
     return Exploration(
@@ -400,4 +676,5 @@ def explore(
         cut=search.cut,
         violations=tuple(search.violations[i] for i in sorted(search.violations)),
         dead_ends=tuple(search.trace(node) for node in search.dead_ends()),
+        pruned=search.pruned,
     )

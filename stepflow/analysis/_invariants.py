@@ -13,6 +13,14 @@ An invariant names what it watches with *matchers*:
   event is entered) and each time a command of it is answered (a poll, an
   ``on_error`` handler of a retry scope);
 * a callable ``f(happening) -> bool`` over a :class:`Happening`, for anything else.
+
+Inside a map, happenings name steps and events with their item indices
+(``f/regionsMap/steps[1]/push``). A matcher without indices matches the step in
+every item; one with indices, only that item's.
+
+A run with ``parallel`` or ``map`` groups holds several positions: predicates of
+:func:`always` and :func:`never` see the whole :class:`~stepflow.core.state.State`
+(``state.events`` lists every position, ``state.groups`` each group's progress).
 """
 
 from __future__ import annotations
@@ -24,10 +32,10 @@ from typing import Any, Protocol
 import attrs
 
 from stepflow.analysis._model import AnalysisError, Happening, Observation
-from stepflow.core.definition import FlowDefinition, start_event
+from stepflow.core.definition import FlowDefinition, start_event, template_of
 from stepflow.core.state import State
 
-__all__ = ["Invariant", "Matcher", "always", "before", "leads_to", "never"]
+__all__ = ["Invariant", "Matcher", "always", "before", "leads_to", "matches", "never"]
 
 #: What an invariant watches: an event string, a step path, or a predicate.
 Matcher = str | Callable[[Happening], bool]
@@ -62,14 +70,21 @@ class Invariant(Protocol):
         ...
 
 
-def _matches(matcher: Matcher, happening: Happening) -> bool:
+def matches(matcher: Matcher, happening: Happening) -> bool:
+    """Whether ``matcher`` matches ``happening`` (see the module docstring)."""
     if callable(matcher):
         return bool(matcher(happening))
+    name = happening.name
+    if "[" in name and "[" not in matcher:
+        name = template_of(name)  # a matcher without indices names every item
     if matcher.startswith(("start:", "completed:")):
-        return happening.what == "entered" and happening.name == matcher
+        return happening.what == "entered" and name == matcher
     if happening.what == "ran":
-        return happening.name == matcher
-    return happening.name == start_event(matcher)
+        return name == matcher
+    return name == start_event(matcher)
+
+
+_matches = matches
 
 
 def _first(matcher: Matcher, step: Observation) -> int | None:
@@ -89,6 +104,7 @@ def check_matcher(definition: FlowDefinition, matcher: Matcher) -> None:
     """Raise :class:`AnalysisError` if a string ``matcher`` names nothing in ``definition``."""
     if callable(matcher):
         return
+    matcher = template_of(matcher)  # one item's step is checked as the step
     if matcher.startswith(("start:", "completed:")):
         if matcher not in definition.events:
             raise AnalysisError(
@@ -133,7 +149,8 @@ class StateInvariant:
         """Report a state in which the predicate is false."""
         if self.predicate(state):
             return None
-        return f"{self.name} is false in a {state.status} state at {state.events[0]!r}"
+        where = repr(state.events[0]) if len(state.events) == 1 else repr(list(state.events))
+        return f"{self.name} is false in a {state.status} state at {where}"
 
 
 @attrs.frozen

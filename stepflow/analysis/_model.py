@@ -12,6 +12,16 @@ later (a poll interval, a retry backoff). A ``sleep``'s timer fires at its
 ``at``. A ``wait_for`` that *times out* answers ``False`` at its deadline
 (``timeout_at``). Answering instantly gives every poll the most time before its
 deadline, so a wait with a timeout can always be found false at least once.
+
+Several positions
+-----------------
+A run with ``parallel`` or ``map`` groups holds several commands in flight
+(:mod:`stepflow.core.groups`). A move answers one of them, the times being that
+command's own (:func:`~stepflow.core.groups.command_times`). A map's ``items``
+command is answered ``"items:<n>"``: its handler returned the list
+``[0, 1, ..., n - 1]``. Positions, steps and events inside map items carry their
+item indices (``f/regionsMap/steps[1]/push``); a step path without indices, as
+in a matcher or a :attr:`Trace.script`, stands for that step in every item.
 """
 
 from __future__ import annotations
@@ -20,9 +30,19 @@ from collections.abc import Iterable, Mapping
 from typing import Literal, NamedTuple
 
 import attrs
+from pyrsistent import pmap
 
 from stepflow.core.advance import advance
-from stepflow.core.definition import FlowDefinition, Transition, start_event
+from stepflow.core.definition import (
+    FlowDefinition,
+    Transition,
+    completed_event,
+    concretize,
+    item_indices,
+    start_event,
+    template_of,
+)
+from stepflow.core.groups import command_times
 from stepflow.core.messages import (
     CallHandler,
     Command,
@@ -48,9 +68,10 @@ __all__ = [
 #: What a handler (or timer) did, as the analysis explores it:
 #: ``"returned"`` (a ``do`` returned ``None``), ``"true"``, ``"false"``,
 #: ``"timed_out"`` (a ``wait_for`` still false at its deadline), ``"fired"`` (a
-#: ``sleep``'s timer), ``"raised"`` (a generic ``Exception``) or
+#: ``sleep``'s timer), ``"raised"`` (a generic ``Exception``),
 #: ``"raised:<type>"`` (an error of that recorded type, explored when an
-#: enclosing :class:`~stepflow.RetryPolicy` treats it as non-retryable).
+#: enclosing :class:`~stepflow.RetryPolicy` treats it as non-retryable) or
+#: ``"items:<n>"`` (a map's ``items`` handler returned a list of ``n`` items).
 Outcome = str
 
 #: The type name recorded for a plain ``"raised"`` outcome.
@@ -178,46 +199,66 @@ class Trace:
     def script(self) -> dict[tuple[str, str], list[Outcome]]:
         """Outcomes per handler ``(kind, step)``, in the order they are asked.
 
-        Timers are left out: they need no script, they fire.
+        Timers are left out: they need no script, they fire. A step inside a
+        map item is keyed without its item indices (one handler serves every
+        item), its outcomes in the order the trace answers them.
         """
         script: dict[tuple[str, str], list[Outcome]] = {}
         for m in self.moves:
             if m.command.kind != "sleep":
-                script.setdefault(m.key, []).append(m.outcome)
+                key = (m.command.kind, template_of(m.command.step))
+                script.setdefault(key, []).append(m.outcome)
         return script
 
     def describe(self) -> str:
         """Render the trace one move a line, for a failure message."""
-        lines = [f"start -> {self.start.events[0]} ({self.start.status})"]
+        lines = [f"start -> {_where(self.start)} ({self.start.status})"]
         for m in self.moves:
             s = m.state
             lines.append(
-                f"{m.command.kind} {m.command.step} {m.outcome} -> {s.events[0]} ({s.status})"
+                f"{m.command.kind} {m.command.step} {m.outcome} -> {_where(s)} ({s.status})"
             )
         return "\n".join(lines)
+
+
+def _where(state: State) -> str:
+    """Return a state's position, or its positions joined with ``" & "``."""
+    return " & ".join(state.events)
 
 
 # -- effects ----------------------------------------------------------------
 
 
-def answer_time(state: State, clock: float) -> float:
-    """When a command in flight in ``state`` is answered: now, or at its ``wake_at``."""
-    wake = state.wake_at
+#: How many items a map's ``items`` handler returns at most, by default.
+MAX_ITEMS = 2
+
+
+def answer_time(state: State, clock: float, command: Command) -> float:
+    """When ``command``, in flight in ``state``, is answered: now, or at its ``wake_at``."""
+    wake = command_times(state, command)[0]
     return clock if wake is None or wake <= clock else wake
 
 
-def outcomes_for(definition: FlowDefinition, state: State, clock: float) -> list[Outcome]:
-    """Every outcome explored for the command in flight in ``state``."""
-    command = state.in_flight[0]
+def outcomes_for(
+    definition: FlowDefinition,
+    state: State,
+    clock: float,
+    command: Command,
+    *,
+    max_items: int = MAX_ITEMS,
+) -> list[Outcome]:
+    """Every outcome explored for ``command``, in flight in ``state``."""
     kind = command.kind
     if kind == "sleep":
         return ["fired"]
-    if kind == "do":
+    if kind == "map":
+        options = [f"items:{n}" for n in range(max_items + 1)]
+    elif kind == "do":
         options = ["returned"]
     elif kind == "wait_for":
         options = ["true"]
-        deadline = state.timeout_at
-        if deadline is None or answer_time(state, clock) < deadline:
+        deadline = command_times(state, command)[1]
+        if deadline is None or answer_time(state, clock, command) < deadline:
             options.append("false")
         if deadline is not None:
             options.append("timed_out")
@@ -230,9 +271,9 @@ def outcomes_for(definition: FlowDefinition, state: State, clock: float) -> list
 
 def _non_retryable(definition: FlowDefinition, command: Command) -> list[str]:
     """Error types an enclosing policy refuses to retry: they take other paths."""
-    scopes = definition.enclosing_retries(command.event)
+    scopes = definition.enclosing_retries(template_of(command.event))
     if command.kind == "on_error":
-        scopes = scopes[scopes.index(command.step) + 1 :]
+        scopes = scopes[scopes.index(template_of(command.step)) + 1 :]
     names: list[str] = []
     for scope in scopes:
         policy = definition.retry_rule(scope).policy
@@ -241,15 +282,14 @@ def _non_retryable(definition: FlowDefinition, command: Command) -> list[str]:
     return names
 
 
-def make_effect(state: State, outcome: Outcome, clock: float) -> Effect:
-    """Return the effect that answers the command in flight in ``state`` with ``outcome``.
+def make_effect(state: State, outcome: Outcome, clock: float, command: Command) -> Effect:
+    """Return the effect that answers ``command``, in flight in ``state``, with ``outcome``.
 
     Raises:
         AnalysisError: ``outcome`` cannot answer that command.
 
     """
-    command = state.in_flight[0]
-    at = answer_time(state, clock)
+    at = answer_time(state, clock, command)
     if command.kind == "sleep":
         if outcome != "fired":
             raise AnalysisError(f"a sleep's timer can only be 'fired', not {outcome!r}")
@@ -260,15 +300,20 @@ def make_effect(state: State, outcome: Outcome, clock: float) -> Effect:
         return HandlerReturned(command.id, None, at)
     if outcome in ("true", "false") and command.kind != "do":
         return HandlerReturned(command.id, outcome == "true", at)
-    if outcome == "timed_out" and command.kind == "wait_for" and state.timeout_at is not None:
-        return HandlerReturned(command.id, False, max(at, state.timeout_at))
+    deadline = command_times(state, command)[1]
+    if outcome == "timed_out" and command.kind == "wait_for" and deadline is not None:
+        return HandlerReturned(command.id, False, max(at, deadline))
+    if outcome.startswith("items:") and command.kind == "map":
+        count = outcome.partition(":")[2]
+        if count.isdigit():
+            return HandlerReturned(command.id, list(range(int(count))), at)
     if outcome == "raised" or outcome.startswith("raised:"):
         error_type = outcome.partition(":")[2] or GENERIC_ERROR
         return HandlerRaised(command.id, ErrorRecord(error_type, _MESSAGE, command.step), None, at)
     raise AnalysisError(
         f"outcome {outcome!r} cannot answer the {command.kind} command of {command.step!r}; "
         "use returned (do), true/false (conditions, on_error), timed_out (wait_for with a "
-        "timeout), fired (sleep), raised or raised:<type>"
+        "timeout), fired (sleep), items:<n> (a map's items), raised or raised:<type>"
     )
 
 
@@ -303,43 +348,216 @@ def restarted_scope(before: State, after: State) -> str | None:
     return None
 
 
+#: An entry of the transition table a move took: ``(source, destination)`` events
+#: of the definition (without item indices).
+Taken = tuple[str, str]
+
+_FAILING = ("timed_out", "raised")
+
+
+def _failing(outcome: Outcome) -> bool:
+    return outcome in _FAILING or outcome.startswith("raised:")
+
+
+def _conc(definition: FlowDefinition, text: str, source: str) -> str:
+    """Return ``text`` (an event or path) with the item indices of position ``source``."""
+    if "[" not in source:
+        return text
+    maps = definition._event_maps.get(template_of(source), ())
+    return concretize(text, maps, item_indices(source))
+
+
+def _path(event: str) -> str:
+    return event.partition(":")[2]
+
+
+def _completed(before: State, after: State, group: str) -> bool:
+    """Whether group ``group`` completed in the move from ``before`` to ``after``."""
+    if group in after.groups:
+        return False
+    output = after.outputs.get(group)
+    return output is not None and output is not before.outputs.get(group)
+
+
+def _join(
+    definition: FlowDefinition,
+    group: str,
+    join: str,
+    before: State,
+    after: State,
+    taken: list[Taken],
+    out: list[str],
+) -> bool:
+    """Follow what a branch or item of ``group`` ending did; return whether the group completed.
+
+    ``join`` is the join transition the branch or item ended at. Items that
+    started in its place are entered; a completed group's end is walked on from.
+    """
+    fork = definition.table[start_event(template_of(group))]
+    was, now = before.groups.get(group), after.groups.get(group)
+    if fork.kind == "map" and was is not None and now is not None:
+        for index in range(was.started, now.started):
+            taken.append((fork.source, fork.destinations[0].event))
+            _walk(definition, start_event(f"{group}/steps[{index}]"), before, after, taken, out)
+    if not _completed(before, after, group):
+        return False
+    taken.append((join, completed_event(template_of(group))))
+    _walk(definition, completed_event(group), before, after, taken, out)
+    return True
+
+
+def _walk(
+    definition: FlowDefinition,
+    event: str,
+    before: State,
+    after: State,
+    taken: list[Taken],
+    out: list[str],
+) -> None:
+    """Append to ``out`` the events a position entering ``event`` passes, in order.
+
+    Static hops are followed; a ``parallel`` fork enters every branch; a join
+    leaves its group if the group completed in this move (``before`` to
+    ``after``); anything else is where the position rests.
+    """
+    table = definition.table
+    while True:
+        out.append(event)
+        template = template_of(event)
+        t = table.get(template)
+        if t is None:  # the flow's end
+            return
+        if t.kind == "static":
+            event = _conc(definition, t.destinations[0].event, event)
+            continue
+        if t.kind == "parallel":
+            if _path(event) in after.groups:  # not stopped by a failed group around it
+                for d in t.destinations:
+                    if d.reason != "retry":
+                        taken.append((template, d.event))
+                        _walk(
+                            definition, _conc(definition, d.event, event), before, after, taken, out
+                        )
+            return
+        if t.kind == "join":
+            group = _conc(definition, str(t.step), event)
+            _join(definition, group, template, before, after, taken, out)
+        return
+
+
+def _restart_source(definition: FlowDefinition, command: Command, scope: str) -> str:
+    """Return the transition whose ``retry`` destination a restart of ``scope`` took."""
+    template = template_of(command.event)
+    transition = definition.table[template]
+    if scope in transition.retry_scopes:
+        return template
+    # The failure left a group (or several): the group's fork lists the retry.
+    path = _path(template)
+    forks = [
+        t
+        for t in definition.handler_transitions()
+        if t.kind in ("parallel", "map")
+        and path.startswith(str(t.step) + "/")
+        and scope in t.retry_scopes
+    ]
+    return max(forks, key=lambda t: len(str(t.step))).source
+
+
 def entered_events(
     definition: FlowDefinition, before: State, command: Command, outcome: Outcome, after: State
-) -> tuple[tuple[str, ...], str | None]:
-    """Return the events a move entered, and the destination it took (if it moved).
+) -> tuple[tuple[str, ...], tuple[Taken, ...]]:
+    """Return the events a move entered, and the table entries it took, in order.
 
     Derived from the transition table and the states :func:`stepflow.advance`
-    returned; the last event entered is checked against ``after``'s position.
+    returned. For a flow of one position, the last event entered is checked
+    against ``after``'s position. In a flow with groups a move may take several
+    entries (a branch ends, its group completes, the next group forks) or take
+    one and enter nothing more (a position in a failed group stops).
     """
     scope = restarted_scope(before, after)
-    destination: str | None
+    template = template_of(command.event)
+    transition = definition.table[template]
+    taken: list[Taken] = []
+    out: list[str] = []
+    concurrent = definition._concurrent
     if scope is not None:
-        destination = start_event(scope)
-    elif after.status == "failed" or command.kind == "on_error":
-        return (), None  # failed, or an on_error handler declined: nothing entered
-    elif outcome == "timed_out" or outcome == "raised" or outcome.startswith("raised:"):
-        return (), None  # the failure went to an on_error handler, or failed the run
+        pattern = template_of(scope)
+        taken.append((_restart_source(definition, command, pattern), start_event(pattern)))
+        _walk(definition, start_event(scope), before, after, taken, out)
+        return tuple(out), tuple(taken)
+    if after.status == "failed" or command.kind == "on_error":
+        return (), ()  # failed, or an on_error handler declined: nothing entered
+    if _failing(outcome):
+        if concurrent:
+            # The error may have ended a branch or item: its group goes on, or completes.
+            path = _path(template)
+            for group in reversed(definition._node(command.event).groups):
+                pattern = template_of(group)
+                join = completed_event(f"{pattern}/{path[len(pattern) + 1 :].split('/')[0]}")
+                if group in after.groups or _join(
+                    definition, group, join, before, after, taken, out
+                ):
+                    break
+                path = pattern
+        return tuple(out), tuple(taken)
+    if command.kind == "map":
+        group = _path(command.event)
+        progress = after.groups.get(group)
+        if outcome == "items:0" or progress is None:
+            destination = transition.destinations[1].event
+        else:
+            destination = transition.destinations[0].event
+            for index in range(progress.started):
+                taken.append((template, destination))
+                _walk(definition, start_event(f"{group}/steps[{index}]"), before, after, taken, out)
+            return tuple(out), tuple(taken)
     elif outcome in ("returned", "fired", "true"):
-        destination = definition.table[command.event].destinations[0].event
+        destination = transition.destinations[0].event
     elif command.kind == "wait_for":
         # Polled false: the run stays where it is (the table's "poll again").
-        return (), definition.table[command.event].destinations[1].event
+        return (), ((template, transition.destinations[1].event),)
     else:
-        destination = definition.table[command.event].destinations[1].event
-    chain = static_chain(definition.table, destination)
-    if chain[-1] != after.events[0]:
-        raise AssertionError(
-            f"{command.kind} {command.step!r} answered {outcome!r} should rest at "
-            f"{chain[-1]!r} by the table, but advance moved to {after.events[0]!r}"
+        destination = transition.destinations[1].event
+    taken.append((template, destination))
+    _walk(definition, _conc(definition, destination, command.event), before, after, taken, out)
+    last = out[-1]
+    if not concurrent:
+        if last != after.events[0]:
+            raise AssertionError(
+                f"{command.kind} {command.step!r} answered {outcome!r} should rest at "
+                f"{last!r} by the table, but advance moved to {after.events[0]!r}"
+            )
+    elif after.status == "running" and last not in after.events:
+        kind = (
+            definition.table[template_of(last)].kind
+            if template_of(last) in definition.table
+            else None
         )
-    return chain, destination
+        if kind not in ("parallel", "join", None):
+            out.pop()  # a position in a failed group stops instead of resting here
+    return tuple(out), tuple(taken)
 
 
 def initial(definition: FlowDefinition, now: float = 0.0) -> tuple[State, Observation]:
     """Start a run at ``now``; return its state and the observation of its start."""
     state, _ = advance(definition, None, now=now)
-    entered = static_chain(definition.table, definition.start_event)
+    if definition._concurrent:
+        entered, _ = started(definition, state)
+    else:
+        entered = static_chain(definition.table, definition.start_event)
     return state, Observation(None, None, None, None, state, entered)
+
+
+def started(definition: FlowDefinition, state: State) -> tuple[tuple[str, ...], tuple[Taken, ...]]:
+    """Return the events a new run (``state``) entered, and the table entries it took.
+
+    A flow that starts with a group forks (or asks for its items) at once.
+    """
+    out: list[str] = []
+    taken: list[Taken] = []
+    nothing = state._replace(groups=pmap(), outputs=pmap())
+    _walk(definition, definition.start_event, nothing, state, taken, out)
+    return tuple(out), tuple(taken)
 
 
 def replay(
@@ -351,7 +569,8 @@ def replay(
     """Drive a new run of ``definition`` through :func:`stepflow.advance`, outcome by outcome.
 
     Each item names the command it answers, ``(kind, step, outcome)``, as in
-    :attr:`Trace.outcomes`; time runs as described in this module's docstring,
+    :attr:`Trace.outcomes` (with several commands in flight, the one of that
+    step, item indices included); time runs as described in this module's docstring,
     so replaying a trace found by :func:`explore` or :func:`paths` reproduces it.
 
     Raises:
@@ -366,13 +585,14 @@ def replay(
                 f"outcome #{index} ({kind} {step!r} {outcome!r}) comes after the run ended "
                 f"({state.status} at {state.events[0]!r})"
             )
-        command = state.in_flight[0]
-        if (command.kind, command.step) != (kind, step):
+        matching = [c for c in state.in_flight if (c.kind, c.step) == (kind, step)]
+        if not matching:
+            waiting = ", ".join(f"{c.kind} {c.step!r}" for c in state.in_flight)
             raise AnalysisError(
-                f"outcome #{index} answers {kind} {step!r}, but the run waits for "
-                f"{command.kind} {command.step!r}"
+                f"outcome #{index} answers {kind} {step!r}, but the run waits for {waiting}"
             )
-        effect = make_effect(state, outcome, clock)
+        command = matching[0]
+        effect = make_effect(state, outcome, clock, command)
         state, _ = advance(definition, state, (effect,))
         clock = effect_time(effect)
         moves.append(Move(command, outcome, effect, state))

@@ -12,8 +12,16 @@ from __future__ import annotations
 import attrs
 
 from stepflow.analysis._explore import Search
-from stepflow.analysis._model import Move, Observation, Outcome, Trace, entered_events
-from stepflow.core.definition import FlowDefinition
+from stepflow.analysis._model import (
+    MAX_ITEMS,
+    Move,
+    Observation,
+    Outcome,
+    Trace,
+    entered_events,
+    started,
+)
+from stepflow.core.definition import FlowDefinition, template_of
 
 __all__ = ["PathCase", "TransitionTarget", "paths"]
 
@@ -91,43 +99,57 @@ def transition_targets(definition: FlowDefinition) -> list[TransitionTarget]:
     ]
 
 
-def taken(definition: FlowDefinition, step: Observation) -> TransitionTarget | None:
-    """Return the handler transition destination ``step`` took, if it took one."""
+def taken(definition: FlowDefinition, step: Observation) -> list[TransitionTarget]:
+    """Return the handler transition destinations ``step`` took, in order.
+
+    One for a run of one position; in a flow with groups a move may take
+    several (a branch ends at its join, the group completes, the next forks).
+    """
     command, before, outcome = step.command, step.before, step.outcome
     if command is None or before is None or outcome is None:
-        return None
-    _, destination = entered_events(definition, before, command, outcome, step.after)
-    if destination is None:
-        return None
-    transition = definition.table[command.event]
-    for d in transition.destinations:
-        if d.event == destination:
-            return TransitionTarget(transition.source, d.event, d.reason)
-    raise AssertionError(f"{destination!r} is not a destination of {transition!r}")
+        return []
+    _, entries = entered_events(definition, before, command, outcome, step.after)
+    targets = []
+    for source, destination in entries:
+        transition = definition.table[source]
+        reasons = [d.reason for d in transition.destinations if d.event == destination]
+        if not reasons:
+            raise AssertionError(f"{destination!r} is not a destination of {transition!r}")
+        targets.append(TransitionTarget(source, destination, reasons[0]))
+    return targets
 
 
 def coverage(
-    definition: FlowDefinition, *, max_loops: int = 1, max_states: int = 100_000
+    definition: FlowDefinition,
+    *,
+    max_loops: int = 1,
+    max_states: int = 100_000,
+    max_items: int = MAX_ITEMS,
 ) -> tuple[list[PathCase], Search]:
-    """Search ``definition``; return a case per target and the explored graph."""
+    """Search ``definition`` (every edge: no reduction); return a case per target and the graph."""
     steps = step_targets(definition)
     wanted = {*steps}
     found: dict[str | TransitionTarget, Trace] = {}
-    search = Search(definition, max_states=max_states, max_loops=max_loops)
+    search = Search(definition, max_states=max_states, max_loops=max_loops, max_items=max_items)
 
     def on_start(step: Observation) -> None:
         for event in step.entered:
-            path = event.partition(":")[2]
+            path = template_of(event.partition(":")[2])
             if event.startswith("start:") and path in wanted and path not in found:
                 found[path] = Trace(step.after)
+        for source, destination in started(definition, step.after)[1]:
+            reasons = [
+                d.reason for d in definition.table[source].destinations if d.event == destination
+            ]
+            found.setdefault(TransitionTarget(source, destination, reasons[0]), Trace(step.after))
 
     def on_edge(source: int, move: Move, step: Observation, target: int) -> None:
         reached: list[str | TransitionTarget] = [
-            event.partition(":")[2] for event in step.entered if event.startswith("start:")
+            template_of(event.partition(":")[2])
+            for event in step.entered
+            if event.startswith("start:")
         ]
-        destination = taken(definition, step)
-        if destination is not None:
-            reached.append(destination)
+        reached.extend(taken(definition, step))
         for goal in reached:
             if goal not in found and (isinstance(goal, TransitionTarget) or goal in wanted):
                 before = search.trace(source)
@@ -138,7 +160,9 @@ def coverage(
     return [PathCase(goal, found.get(goal)) for goal in goals], search
 
 
-def paths(definition: FlowDefinition, *, max_loops: int = 1) -> list[PathCase]:
+def paths(
+    definition: FlowDefinition, *, max_loops: int = 1, max_items: int = MAX_ITEMS
+) -> list[PathCase]:
     """Return a shortest outcome script to each step and each handler transition destination.
 
     One :class:`PathCase` per target, steps first (every scope below the root
@@ -149,10 +173,20 @@ def paths(definition: FlowDefinition, *, max_loops: int = 1) -> list[PathCase]:
     ``"retry"`` of a policy with ``max_attempts=1``. Loops, false polls and
     unbounded retries are cut at ``max_loops``.
 
+    Groups: steps inside ``parallel`` branches and ``map`` items are targets
+    as any other (a map's steps are reached when its first item starts them);
+    so are a fork's ``parallel branch`` destinations, a map's ``map item`` and
+    ``no items``, and each branch's join (taken when the branch is the last to
+    end). A map's ``items`` handler returns 0 to ``max_items`` items
+    (``"items:<n>"`` in a script). The outcomes of a trace name each command
+    with its item indices, so :func:`stepflow.analysis.replay` plays it
+    exactly; its :attr:`~PathCase.script` keys steps without them, in the
+    order the trace answers them.
+
     >>> import stepflow
     >>> flow = stepflow.named("f").case("c", bool, stepflow.steps().do("a", print))
     >>> [case.outcomes for case in paths(stepflow.new(flow).definition)][:2]
     [(), (('case', 'f/cCase', 'true'),)]
     """
-    cases, _ = coverage(definition, max_loops=max_loops)
+    cases, _ = coverage(definition, max_loops=max_loops, max_items=max_items)
     return cases
