@@ -103,6 +103,8 @@ def outcome_of(name: Outcome | str) -> Outcome:
     if not isinstance(name, str):
         return name
     kind, _, error_type = name.partition(":")
+    if kind == "items" and error_type.isdigit():  # a map's items handler: n items
+        return Returns(list(range(int(error_type))))
     known: dict[str, Outcome] = {
         "returned": Returns(None),
         "true": Returns(True),
@@ -114,7 +116,7 @@ def outcome_of(name: Outcome | str) -> Outcome:
     if name not in known:
         raise ConfigurationError(
             f"unknown outcome {name!r}; use Returns/Raises/ReturnsWrongKind/TimesOut or one of "
-            f"{sorted(known)} and 'raised[:Type]'"
+            f"{sorted(known)}, 'raised[:Type]' and 'items:N'"
         )
     return known[name]
 
