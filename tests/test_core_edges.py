@@ -797,3 +797,30 @@ def test_a_retry_whose_policy_is_not_a_retry_policy_is_refused() -> None:
     bad = Retry("again", None, steps().do("a", _noop), {"max_attempts": 3})  # type: ignore[arg-type]
     with pytest.raises(DefinitionError, match="the policy of retry 'f/againRetry' is"):
         stepflow.new(Steps("f", (bad,)))
+
+
+# --------------------------------------------------------------------------- hand-made group states
+
+TWO_LEFT = stepflow.new(
+    named("p").parallel(
+        "g", {"left": steps().do("a", _noop).do("b", _noop), "right": steps().do("c", _noop)}
+    )
+).definition
+
+
+def test_a_hand_made_state_that_lost_its_group_progress_is_refused_when_a_branch_ends() -> None:
+    state, (a, _) = advance(TWO_LEFT, None)
+    state, commands = advance(TWO_LEFT, state, (ok(a, 1),))
+    b = by_step(commands)["p/gParallel/left/b"]
+    lost = state._replace(groups=state.groups.discard("p/gParallel"))
+    with pytest.raises(StateError, match="inside group 'p/gParallel', but holds no progress"):
+        advance(TWO_LEFT, lost, (ok(b, 2),))
+
+
+def test_a_hand_made_state_holding_one_position_twice_refuses_the_second_answer() -> None:
+    state, (a, _) = advance(TWO_LEFT, None)
+    twin = a._replace(id=state.seq + 1)
+    doubled = state._replace(events=(a.event, a.event), in_flight=(a, twin), seq=twin.id)
+    # One answer moves the position on; the other then has no position left to answer.
+    with pytest.raises(LateEffectError, match=f"command {twin.id} of run 'p' was already answered"):
+        advance(TWO_LEFT, doubled, (ok(a, "x"), ok(twin, "y")))
