@@ -66,6 +66,7 @@ from stepflow.errors import StoreError as StoreError
 from stepflow.errors import UnknownEffectError as UnknownEffectError
 from stepflow.errors import UnknownEventError as UnknownEventError
 from stepflow.errors import UnknownRunError as UnknownRunError
+from stepflow.errors import UnreadableRunError as UnreadableRunError
 from stepflow.errors import WaitTimeoutError as WaitTimeoutError
 from stepflow.flow import Flow as Flow
 from stepflow.flow import new as new
@@ -143,6 +144,7 @@ __all__ = [
     "UnknownEffectError",
     "UnknownEventError",
     "UnknownRunError",
+    "UnreadableRunError",
     "WaitTimeoutError",
     "Wake",
     "Worker",

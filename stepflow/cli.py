@@ -93,6 +93,7 @@ from stepflow.history import (
     CorruptHistoryError,
     History,
     ReplayDivergence,
+    attempt_label,
     dumps_history,
     history,
     loads_history,
@@ -107,7 +108,13 @@ __all__ = ["UsageProblem", "import_module", "load_flow", "main", "parse_json"]
 log = logging.getLogger("stepflow.cli")
 
 _STATUSES = ("running", "completed", "failed", "cancelled")
-_STYLES = {"running": "cyan", "completed": "green", "failed": "red", "cancelled": "yellow"}
+_STYLES = {
+    "running": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "parked": "magenta",
+}
 
 
 class UsageProblem(click.ClickException):
@@ -735,20 +742,54 @@ def _start_many(flow: Flow, path: str, db: str | None) -> None:
 )  # fmt: skip
 @click.option("--until-idle", is_flag=True, help="Exit once no run of these flows is running.")
 @click.option("-v", "--verbose", is_flag=True, help="Also log every poll of a wait.")
+@click.option(
+    "--lease-seconds", type=click.FloatRange(min=0, min_open=True), default=30.0,
+    show_default=True,
+    help="How long a claim on a run lasts unless renewed: a dead worker's runs go to "
+    "others this long after it stopped renewing.",
+)  # fmt: skip
+@click.option(
+    "--worker-id", metavar="ID",
+    help="A stable name for this worker: restarted with the same ID on this host, it "
+    "takes back at once the runs its dead predecessor held, instead of waiting out "
+    "their leases.",
+)  # fmt: skip
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+    help="Serve Prometheus metrics on http://ADDRESS:PORT/metrics "
+    "(needs pip install 'stepflow[metrics]').",
+)  # fmt: skip
+@click.option(
+    "--metrics-address", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+    help="The address --metrics-port binds (0.0.0.0 for a scraper on another machine).",
+)  # fmt: skip
 def worker(
-    flow_refs: Sequence[str], db: str | None, concurrency: int, until_idle: bool, verbose: bool
+    flow_refs: Sequence[str],
+    db: str | None,
+    concurrency: int,
+    until_idle: bool,
+    verbose: bool,
+    lease_seconds: float,
+    worker_id: str | None,
+    metrics_port: int | None,
+    metrics_address: str,
 ) -> None:
     """Drive the runs of the given flows (several versions may be served side by side).
 
-    Logs to standard error. SIGTERM or Ctrl-C stops gracefully: the steps in
-    flight finish and are saved first.
+    Logs to standard error (at INFO; -v for DEBUG). On a terminal it shows a live
+    display (steps per second, runs by status, errors) and logs only the worker's
+    own lines; piped, it logs every step and a progress line every few seconds.
+    SIGTERM or Ctrl-C stops gracefully: the steps in flight finish and are saved first.
     """
+    from stepflow._cli_worker import Progress, configure_logging
+    from stepflow.runtime.metrics import PrometheusMetrics, combine, serve_metrics
+
     flows = [load_flow(ref) for ref in flow_refs]
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(message)s",
-    )
+    console = Console(stderr=True)
+    live = console.is_terminal and not console.is_dumb_terminal
+    configure_logging(console if live else None, logging.DEBUG if verbose else logging.INFO)
+    # On a terminal the live display counts the steps: each one is a DEBUG line.
+    step_level = logging.DEBUG if live else logging.INFO
 
     def on_step(report: StepReport) -> None:
         effect, command = report.effect, report.command
@@ -759,21 +800,28 @@ def worker(
             log.debug("%s -> false", where)
         else:
             value = _json(effect.value) if type(effect) is HandlerReturned else "timer"
-            log.info("%s -> %s", where, value)
+            log.log(step_level, "%s -> %s", where, value)
         if report.state.status != "running":
-            log.info("%s %s", report.run_id, report.state.status)
+            log.log(step_level, "%s %s", report.run_id, report.state.status)
 
-    names = ", ".join(flow.name for flow in flows)
-    with _store(db) as store:
-        runner = stepflow.Worker(store, flows, concurrency=concurrency, on_step=on_step)
-        log.info("serving %s (%s)", names, "until idle" if until_idle else "Ctrl-C stops")
-        stats = runner.run_sync(until_idle=until_idle, handle_signals=True)
-    log.info(
-        "worker stopped after %d steps; runs completed: %d, failed: %d",
-        stats.steps,
-        stats.completed,
-        stats.failed,
-    )
+    prometheus = None
+    if metrics_port is not None:
+        prometheus = PrometheusMetrics()
+        server, _ = serve_metrics(prometheus, port=metrics_port, address=metrics_address)
+        log.info("serving metrics on http://%s:%d/metrics", metrics_address, server.server_port)
+    progress = Progress([flow.name for flow in flows], live=live, console=console)
+    with _store(db) as store, progress:
+        runner = stepflow.Worker(
+            store,
+            flows,
+            concurrency=concurrency,
+            on_step=on_step,
+            lease_seconds=lease_seconds,
+            worker_id=worker_id,
+            metrics=combine(progress, prometheus),
+            metrics_interval=2.0 if live else 10.0,
+        )
+        runner.run_sync(until_idle=until_idle, handle_signals=True)
 
 
 # -- runs and show: tables, JSON documents, watching ------------------------------------
@@ -790,7 +838,9 @@ def _unreadable_reason(exc: BaseException) -> str:
 
 
 def _state_problem(record: RunRecord) -> str | None:
-    """Say why a stored state cannot be read without its flow, or ``None``."""
+    """Say why a stored row (its state, its input) cannot be read without its flow, or ``None``."""
+    if record.unreadable is not None:  # the store could not decode a column
+        return str(record.unreadable)
     try:
         orjson.loads(record.state)
     except orjson.JSONDecodeError as exc:
@@ -999,7 +1049,9 @@ def _watch_options(fn: Any) -> Any:
 
 
 @main.command()
-@click.option("--status", type=click.Choice(_STATUSES), help="Only runs with this status.")
+@click.option(
+    "--status", type=click.Choice((*_STATUSES, "parked")), help="Only runs with this status."
+)
 @click.option("--flow", "flow_name", metavar="NAME", help="Only runs of this flow (deploy/v1).")
 @_db_option
 @click.option("--limit", type=click.IntRange(min=1), help="Show at most this many runs.")
@@ -1304,21 +1356,6 @@ def _replayable(definition: FlowDefinition, run: History) -> tuple[History, int]
     return run, 0
 
 
-def _attempt(definition: FlowDefinition, before: State, command: Command) -> str:
-    """Return the attempt of the innermost retry around ``command``'s step, as ``before`` counts."""
-    if command.kind == "on_error":
-        scope = command.step  # the retry whose handler is asked
-    else:
-        try:
-            scopes = definition.enclosing_retries(command.event)
-        except KeyError:
-            return "?"
-        if not scopes:
-            return "-"
-        scope = scopes[0]
-    return str(before.attempts.get(scope, 0) + 1)
-
-
 @main.command("history")
 @click.argument("run_id", metavar="RUN")
 @click.option(
@@ -1397,7 +1434,7 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
                 attempt = (
                     "?"
                     if prior is None or flow is None
-                    else _attempt(flow.definition, prior, command)
+                    else attempt_label(flow.definition, prior, command)
                 )
                 step = f"{command.kind} {_short(command.step, *flows)}"
                 rows.append((step, _outcome(effect), str(answers[key]), attempt))

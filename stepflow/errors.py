@@ -38,6 +38,7 @@ __all__ = [
     "UnknownEffectError",
     "UnknownEventError",
     "UnknownRunError",
+    "UnreadableRunError",
     "WaitTimeoutError",
 ]
 
@@ -252,6 +253,33 @@ class UnknownRunError(StoreError, LookupError):
     def __init__(self, message: str, run_id: str) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+class UnreadableRunError(StoreError, ValueError):
+    """A column of one run's row cannot be read: bad JSON, text that is not UTF-8.
+
+    It concerns that run alone: stores still list the run (its record carries the
+    error as ``unreadable``), and a worker parks it and goes on with the others.
+    Repair the column by hand and the run is driven again at its next retry.
+
+    Attributes:
+        run_id: The run whose row holds the bad column.
+        column: The column that cannot be read (``"input"``, ``"state"``, ``"journal"``).
+        reason: What is wrong with it.
+
+    """
+
+    def __init__(self, run_id: str, column: str, reason: str) -> None:
+        super().__init__(
+            f"run {run_id!r} cannot be read: its {column} {reason}; repair the row by hand "
+            "(or cancel the run), and a worker drives it again at its next retry"
+        )
+        self.run_id = run_id
+        self.column = column
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[UnreadableRunError], tuple[str, str, str]]:
+        return (type(self), (self.run_id, self.column, self.reason))
 
 
 class RunExistsError(StoreError, ValueError):

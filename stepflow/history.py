@@ -48,6 +48,7 @@ __all__ = [
     "History",
     "ReplayDivergence",
     "ReplayResult",
+    "attempt_label",
     "dumps_history",
     "history",
     "loads_history",
@@ -150,6 +151,26 @@ class ReplayResult:
     def ok(self) -> bool:
         """Whether the whole history replayed without divergence."""
         return not self.divergences
+
+
+def attempt_label(definition: FlowDefinition, before: State, command: Command) -> str:
+    """Return which attempt of its innermost retry ``command`` is, as ``before`` counts.
+
+    For tables of a history (``stepflow history``, the console's timeline): the
+    attempt as a number, ``"-"`` outside any retry, ``"?"`` for a position the
+    definition does not know. For an ``on_error`` command, the retry asked.
+    """
+    if command.kind == "on_error":
+        scope = command.step  # the retry whose handler is asked
+    else:
+        try:
+            scopes = definition.enclosing_retries(command.event)
+        except KeyError:
+            return "?"
+        if not scopes:
+            return "-"
+        scope = scopes[0]
+    return str(before.attempts.get(scope, 0) + 1)
 
 
 def _describe(command: Command | None) -> str:

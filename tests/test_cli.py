@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,7 @@ def test_cancel_stops_a_run(project: Path) -> None:
     assert "Cancelled run c1" in ok(stepflow_cli("cancel", "c1", *db, cwd=project))
     worker = stepflow_cli("worker", "flows:hello", "--until-idle", *db, cwd=project)
     ok(worker)
-    assert "c1" not in worker.stderr.replace("serving", "")
+    assert not re.search(r"\bc1\b", worker.stderr)  # the worker never touched it
     listing = ok(stepflow_cli("runs", "--status", "cancelled", *db, cwd=project))
     assert re.search(r"c1\s.*cancelled", listing)
     assert "cancel" in ok(stepflow_cli("show", "c1", *db, cwd=project))
@@ -309,3 +310,86 @@ def test_reading_commands_do_not_create_a_database(project: Path) -> None:
     assert result.returncode == 1
     assert "no stepflow database at 'stepflow.db'" in result.stderr
     assert not (project / "stepflow.db").exists()
+
+
+# -- the worker command: options, logging, piped output -------------------------------------
+
+
+def test_worker_piped_logs_plain_lines_start_steps_progress_and_stop(project: Path) -> None:
+    db = db_args(project)
+    for n in range(3):
+        ok(stepflow_cli("start", "flows:hello_v2", "--input", '{"name": "x"}', "--id", f"p{n}",
+                        *db, cwd=project))  # fmt: skip
+    worker = stepflow_cli(
+        "worker", "flows:hello_v2", "--until-idle", "--lease-seconds", "5",
+        "--worker-id", "box-1", *db, cwd=project,
+    )  # fmt: skip
+    ok(worker)
+    lines = worker.stderr.splitlines()
+    plain = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|DEBUG|WARNING|ERROR) +"
+    assert all(re.match(plain, line) for line in lines), worker.stderr
+    assert "\x1b[" not in worker.stderr  # no colours, no live display when piped
+    assert re.search(
+        r"INFO +worker box-1@\S+ started: serving hello/v2 \(concurrency 64, leases of 5 s, "
+        r"until idle\)",
+        worker.stderr,
+    )
+    assert re.search(r'INFO +p0 do greet -> \{"greeting": "hello x"\}', worker.stderr)
+    assert re.search(
+        r"INFO +progress: \d+ steps \([\d.]+/s\); runs: running \d.*; errors 0, parked 0",
+        worker.stderr,
+    )
+    assert re.search(
+        r"INFO +worker box-1@\S+ stopped after 3 steps: 3 runs completed, 0 failed, 0 parked$",
+        lines[-1],
+    )
+
+
+def test_worker_waits_on_leases_held_by_others_and_says_so(project: Path) -> None:
+    db = db_args(project)
+    ok(stepflow_cli("start", "flows:hello_v2", "--input", '{"name": "x"}', "--id", "w1", *db,
+                    cwd=project))  # fmt: skip
+    from stepflow.stores import SQLiteStore
+
+    store = SQLiteStore(project / "runs.db")
+    try:
+        (lease,) = store.claim_due(now=time.time(), limit=1, owner="vm:17108", lease_seconds=1.5)
+    finally:
+        store.close()
+    worker = stepflow_cli("worker", "flows:hello_v2", "--until-idle", *db, cwd=project)
+    ok(worker)
+    until = time.strftime("%H:%M:%S", time.localtime(lease.expires_at))
+    assert f"INFO    1 run is leased by vm:17108 until {until}" in worker.stderr
+    assert "w1 completed" in worker.stderr
+
+
+def test_runs_lists_parked_runs(project: Path) -> None:
+    db = db_args(project)
+    ok(stepflow_cli("start", "flows:hello_v2", "--input", '{"name": "x"}', "--id", "k1", *db,
+                    cwd=project))  # fmt: skip
+    import sqlite3
+
+    with sqlite3.connect(project / "runs.db") as conn:
+        conn.execute("UPDATE runs SET state = 'garbage' WHERE run_id = 'k1'")
+    worker = stepflow_cli("worker", "flows:hello_v2", "--until-idle", *db, cwd=project)
+    ok(worker)
+    assert "ERROR   run k1 parked until" in worker.stderr
+    listing = ok(stepflow_cli("runs", "--status", "parked", *db, cwd=project))
+    assert re.search(r"k1\s.*parked", listing)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lease-seconds", "0"], "Invalid value for '--lease-seconds'"),
+        (["--worker-id", "a@b"], "a worker id is a non-empty name without '@'"),
+        (["--metrics-port", "70000"], "Invalid value for '--metrics-port'"),
+    ],
+)
+def test_worker_refuses_bad_options_on_one_line(
+    project: Path, args: list[str], message: str
+) -> None:
+    worker = stepflow_cli("worker", "flows:hello_v2", *args, *db_args(project), cwd=project)
+    assert worker.returncode == 2
+    assert message in worker.stderr
+    assert len(worker.stderr.strip().splitlines()) == 1, worker.stderr

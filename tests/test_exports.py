@@ -56,6 +56,7 @@ PUBLIC = [
     "UnknownEffectError",
     "UnknownEventError",
     "UnknownRunError",
+    "UnreadableRunError",
     "WaitTimeoutError",
     "Wake",
     "Worker",

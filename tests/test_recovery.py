@@ -387,3 +387,111 @@ def test_sigterm_stops_a_worker_gracefully(
         (executed,) = db.execute("SELECT count(*) FROM executions").fetchone()
     assert executed == stats["steps"]  # every step it began was saved
     store.close()
+
+
+# -- a restart under the same --worker-id -----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_worker_restarted_with_its_worker_id_resumes_its_runs_at_once(
+    kind: str,
+    tmp_path: Path,
+    workers_dir: Callable[[list[str]], Workers],
+    request: pytest.FixtureRequest,
+) -> None:
+    """SIGKILL a worker holding 20 runs mid-step under 30 s leases; restart it, same id.
+
+    Without a worker id the restarted worker would wait out the dead one's leases
+    (30 s). With it, the new process sees leases signed with its own id by a pid
+    that is gone, expires them, and claims every in-flight run in well under a second.
+    """
+    runs, steps = 20, 3
+    store: Store
+    if kind == "sqlite":
+        path, ledger_path = tmp_path / "runs.db", tmp_path / "ledger.db"
+        store = SQLiteStore(path)
+        with closing(sqlite3.connect(ledger_path, isolation_level=None)) as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            for statement in SQLITE_LEDGER:
+                db.execute(statement)
+        store_args = [f"--store=sqlite:///{path}", f"--ledger={ledger_path}"]
+    else:
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        schema: str = request.getfixturevalue("postgres_schema")
+        store = PostgresStore(dsn, schema=schema)
+        with closing(postgres_ledger(dsn, schema)) as conn:
+            for statement in POSTGRES_LEDGER:
+                conn.execute(statement)
+        store_args = [f"--store={dsn}", f"--schema={schema}"]
+    start_runs(store, steps, runs)
+    marker = tmp_path / "started"
+    workers = workers_dir(
+        [
+            *store_args,
+            f"--steps={steps}",
+            "--concurrency=20",
+            "--lease-seconds=30",
+            "--sleep=0.4",
+            "--worker-id=vm-1",
+            "--log",
+            "--until-idle",
+        ]
+    )
+    first = workers.start(f"--marker={marker}")
+    wait_until(
+        lambda: len(leased_by(store, first.pid)) == runs and marker.exists(),
+        60,
+        "the first worker to hold every run",
+    )
+    time.sleep(0.1)  # mid-step: the handlers sleep 0.4 s
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(timeout=10) == -signal.SIGKILL
+    in_flight = {run.run_id: run.version for run in store.runs() if run.lease_token is not None}
+    assert len(in_flight) == runs
+    assert all(run.lease_expires_at > time.time() + 20 for run in store.runs())
+
+    began = time.monotonic()
+    second = workers.start()
+    wait_until(lambda: "started" in workers.output(second), 60, "the new worker to start")
+    ready = time.monotonic()
+
+    def resumed() -> bool:
+        current = {run.run_id: run for run in store.runs()}
+        return all(
+            current[run_id].version > version
+            or f":{second.pid}:" in (current[run_id].lease_owner or "")
+            for run_id, version in in_flight.items()
+        )
+
+    wait_until(resumed, 25, "the restarted worker to take back its runs")
+    recovered = time.monotonic()
+    stats = workers.stats(second, timeout=60)
+    output = workers.output(second)
+    assert f"took back {runs} runs leased by vm-1@" in output, output
+    assert stats["taken_back"] == runs
+    assert stats["completed"] == runs
+    assert store.count(status="completed") == runs
+    if kind == "sqlite":
+        with closing(sqlite3.connect(path)) as db:
+            check_journals(
+                db.execute(
+                    "SELECT runs.run_id, version, count(seq), count(DISTINCT seq), min(seq),"
+                    " max(seq) FROM runs JOIN journal USING (run_id) GROUP BY runs.run_id"
+                ).fetchall(),
+                runs,
+                steps,
+            )
+    else:
+        check_postgres(dsn, schema, runs, steps)
+    assert recovered - ready < 1.0, f"took {recovered - ready:.2f} s after the worker started"
+    assert recovered - began < 15.0  # the process start included, still far below the 30 s lease
+    print(
+        f"\n{kind}: recovered {runs} in-flight runs {recovered - ready:.3f} s after the restarted"
+        " worker"
+        f" started ({recovered - began:.2f} s after its launch; leases were 30 s)"
+    )
+    store.close()
+
+
+def leased_by(store: Store, pid: int) -> list[str]:
+    return [run.run_id for run in store.runs() if f":{pid}:" in (run.lease_owner or "")]

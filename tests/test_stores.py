@@ -28,9 +28,11 @@ from stepflow.errors import (
     StaleWriteError,
     StoreError,
     UnknownRunError,
+    UnreadableRunError,
 )
 from stepflow.stores import (
     JournalEntry,
+    LeaseHolder,
     MemoryStore,
     PostgresStore,
     RunRecord,
@@ -564,6 +566,175 @@ def test_next_due_is_the_earliest_time_a_running_run_is_claimable(store: Store) 
     assert store.next_due(flows=["b/v1"]) == 45.0
 
 
+# -- parked runs, lease holders, expired leases ---------------------------------------------
+
+
+def test_park_sets_a_run_aside_with_its_reason_and_releases_the_lease(store: Store) -> None:
+    run = create(store)
+    (lease,) = claim(store)
+    assert store.park("r1", lease.token, until=80.0, reason="cannot read it")
+    parked = store.load("r1")
+    assert (parked.status, parked.wake_at, parked.parked_reason) == (
+        "parked",
+        80.0,
+        "cannot read it",
+    )
+    assert (parked.lease_owner, parked.lease_token, parked.lease_expires_at) == (None, None, None)
+    # Neither the state, nor the version, nor the journal moved.
+    assert (parked.state, parked.version) == (run.state, run.version)
+    assert store.history("r1") == []
+    assert [r.run_id for r in store.runs(status="parked")] == ["r1"]
+    assert store.count(status="parked") == 1
+    assert store.count(status="running") == 0
+
+
+def test_park_under_a_lost_lease_does_nothing(store: Store) -> None:
+    create(store)
+    (lease,) = claim(store)
+    store.release("r1", lease.token)
+    assert not store.park("r1", lease.token, until=80.0, reason="late")
+    assert store.load("r1").status == "running"
+
+
+def test_a_parked_run_is_claimed_again_at_its_time_after_the_running_ones(
+    store: Store,
+) -> None:
+    create(store, "a", wake_at=10.0)
+    create(store, "p", wake_at=5.0)
+    (lease,) = claim(store, limit=1, now=6.0)
+    assert lease.run.run_id == "p"
+    store.park("p", lease.token, until=15.0, reason="bad row")
+    assert [x.run.run_id for x in claim(store, now=14.0)] == ["a"]
+    (again,) = claim(store, now=15.0)
+    assert (again.run.run_id, again.run.status, again.run.parked_reason) == (
+        "p",
+        "parked",
+        "bad row",
+    )
+    # The next save by a worker that can read it makes it running again, unmarked.
+    saved = store.save(save_of(again.run, token=again.token, batch="b"), now=16.0)
+    assert (saved.status, saved.parked_reason, saved.version) == ("running", None, 2)
+    assert store.load("p").parked_reason is None
+
+
+def test_a_parked_run_is_claimed_only_when_running_ones_leave_room(store: Store) -> None:
+    create(store, "p", wake_at=1.0)
+    (lease,) = claim(store, now=2.0)
+    store.park("p", lease.token, until=3.0, reason="x")
+    create(store, "r", wake_at=4.0)
+    assert [x.run.run_id for x in claim(store, now=5.0, limit=1)] == ["r"]
+    assert [x.run.run_id for x in claim(store, now=5.0, limit=1)] == ["p"]
+
+
+def test_lease_holders_counts_live_leases_on_due_runs_by_owner(store: Store) -> None:
+    for n in range(3):
+        create(store, f"r{n}", wake_at=10.0)
+    create(store, "later", wake_at=100.0)
+    claim(store, now=20.0, limit=2, owner="w1")
+    claim(store, now=21.0, limit=1, owner="w2")
+    assert store.lease_holders(now=22.0) == [
+        LeaseHolder("w1", 2, 50.0),
+        LeaseHolder("w2", 1, 51.0),
+    ]
+    assert store.lease_holders(now=22.0, flows=["other/v1"]) == []
+    assert store.lease_holders(now=50.5) == [LeaseHolder("w2", 1, 51.0)]  # w1's expired
+
+
+def test_expire_leases_frees_one_owners_runs_at_once_and_fences_it(store: Store) -> None:
+    for n in range(3):
+        create(store, f"r{n}", wake_at=10.0)
+    dead = claim(store, now=20.0, limit=2, owner="gone")
+    claim(store, now=20.0, limit=1, owner="alive")
+    assert claim(store, now=21.0) == []
+    assert store.expire_leases("gone", now=21.0) == 2
+    assert store.expire_leases("gone", now=21.0) == 0
+    taken = claim(store, now=21.0, owner="back")
+    assert sorted(x.run.run_id for x in taken) == sorted(x.run.run_id for x in dead)
+    assert {x.taken_from for x in taken} == {"gone"}  # a takeover, and from whom
+    assert {x.taken_from for x in dead} == {None}  # fresh runs
+    # The old holder's token no longer saves anything.
+    with pytest.raises(StaleWriteError):
+        store.save(save_of(dead[0].run, token=dead[0].token), now=22.0)
+
+
+# -- unreadable rows ------------------------------------------------------------------------
+
+
+def test_a_run_whose_input_is_not_json_is_listed_and_claimed_as_unreadable(
+    durable: Backend,
+) -> None:
+    store = durable.open()
+    create(store, "good", input={"n": 1})
+    create(store, "bad", input={"n": 2})
+    if durable.kind == "postgres":  # jsonb cannot hold bad JSON: corrupt the state instead
+        durable.raw("UPDATE runs SET state = '{not json' WHERE run_id = 'bad'")
+        assert store.load("bad").unreadable is None
+        return
+    durable.raw("UPDATE runs SET input = '{not json' WHERE run_id = 'bad'")
+    bad = store.load("bad")
+    assert isinstance(bad.unreadable, UnreadableRunError)
+    assert isinstance(bad.unreadable, StoreError)
+    assert (bad.unreadable.run_id, bad.unreadable.column) == ("bad", "input")
+    assert bad.input is None
+    assert "not valid JSON" in str(bad.unreadable)
+    listed = {r.run_id: r.unreadable for r in store.runs()}
+    assert listed["good"] is None
+    assert listed["bad"] is not None
+    assert {x.run.run_id: x.run.unreadable is None for x in claim(store)} == {
+        "bad": False,
+        "good": True,
+    }
+
+
+def test_sqlite_text_that_is_not_utf8_marks_only_its_run_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    with closing(SQLiteStore(path)) as store:
+        create(store, "good")
+        create(store, "bad")
+        (lease,) = claim(store, limit=1)
+        store.save(save_of(lease.run, token=lease.token, batch="entry", release=True), now=21.0)
+        with closing(sqlite3.connect(path)) as db, db:
+            db.execute("UPDATE runs SET state = CAST(x'ff00fe' AS TEXT) WHERE run_id = 'bad'")
+            db.execute("UPDATE journal SET batch = CAST(x'c3' AS TEXT) WHERE run_id = 'bad'")
+        bad = store.load("bad")
+        assert bad.unreadable is not None
+        assert bad.unreadable.column == "state"
+        assert bad.unreadable.reason == "is not valid UTF-8 text"
+        assert store.load("good").unreadable is None
+        assert {r.run_id: r.unreadable is None for r in store.runs()} == {
+            "bad": False,
+            "good": True,
+        }
+        leases = {x.run.run_id: x for x in claim(store, now=60.0)}
+        assert leases["good"].run.unreadable is None
+        claimed = leases["bad"]
+        assert claimed.run.unreadable is not None
+        with pytest.raises(UnreadableRunError, match=r"journal entry 2 is not valid UTF-8"):
+            store.history("bad")
+        # Parking it keeps its bytes as they are.
+        assert store.park("bad", claimed.token, until=99.0, reason=str(claimed.run.unreadable))
+        with closing(sqlite3.connect(path)) as db:
+            db.text_factory = bytes
+            assert db.execute("SELECT state FROM runs WHERE run_id = 'bad'").fetchone() == (
+                b"\xff\x00\xfe",
+            )
+
+
+def test_a_database_of_schema_version_2_is_upgraded_with_its_runs(durable: Backend) -> None:
+    # Version 2 (the console's indexes) had no parked_reason column; version 3 adds it.
+    store = durable.open()
+    create(store, "old")
+    store.close()
+    durable.raw("ALTER TABLE runs DROP COLUMN parked_reason")
+    durable.raw("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    again = durable.open()
+    assert _schema_version(durable) == 3
+    assert again.load("old").parked_reason is None
+    (lease,) = claim(again)
+    assert again.park("old", lease.token, until=30.0, reason="why")
+    assert again.load("old").parked_reason == "why"
+
+
 # -- durable stores: schema, reopening, integrity -------------------------------------------
 
 
@@ -575,7 +746,7 @@ def _schema_version(durable: Backend) -> int:
 def test_the_schema_version_is_recorded(durable: Backend) -> None:
     durable.open()
     module = sqlite_module if durable.kind == "sqlite" else postgres_module
-    assert _schema_version(durable) == module.SCHEMA_VERSION == 2
+    assert _schema_version(durable) == module.SCHEMA_VERSION == 3
 
 
 def test_reopening_a_database_keeps_its_runs(durable: Backend) -> None:
@@ -585,7 +756,7 @@ def test_reopening_a_database_keeps_its_runs(durable: Backend) -> None:
     again = durable.open()
     assert again.load("r1") == run
     assert again.history("r1") == [JournalEntry("r1", 2, 2.0, "b2")]
-    assert _schema_version(durable) == 2
+    assert _schema_version(durable) == 3
 
 
 def test_a_database_with_a_newer_schema_is_refused(durable: Backend) -> None:
@@ -637,7 +808,7 @@ def test_sqlite_upgrades_a_database_from_version_0(tmp_path: Path) -> None:
         create(store)
         assert store.count() == 1
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT value FROM meta").fetchall() == [("2",)]
+        assert db.execute("SELECT value FROM meta").fetchall() == [("3",)]
 
 
 # -- concurrency ----------------------------------------------------------------------------
@@ -679,7 +850,7 @@ def test_concurrent_first_opens_create_the_schema_once(durable: Backend) -> None
         stores = list(pool.map(open_one, range(6)))
     create(stores[0])
     assert all(store.count() == 1 for store in stores)
-    assert _schema_version(durable) == 2
+    assert _schema_version(durable) == 3
 
 
 # -- PostgreSQL specifics -------------------------------------------------------------------

@@ -182,7 +182,12 @@ def test_an_old_run_that_cannot_be_migrated_is_left_as_it_was() -> None:
 
     assert stats.steps == 0
     after = store.load(run.run_id)
-    assert (after.flow, after.status, after.state) == ("deploy/v1", "running", run.state)
+    # Parked: untouched, out of the way for a while, with the reason.
+    assert (after.flow, after.status, after.state) == ("deploy/v1", "parked", run.state)
+    assert after.version == run.version
+    assert after.lease_token is None
+    assert after.parked_reason is not None
+    assert "no longer has" in after.parked_reason
     assert after.wake_at is not None
     assert after.wake_at >= START + 60
 

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from postgres import fresh_schema
 
@@ -25,7 +32,8 @@ from stepflow import FakeClock, Flow, RetryPolicy, RunContext, Worker
 from stepflow.codec import loads_batch
 from stepflow.core.messages import HandlerRaised, HandlerReturned, TimerFired
 from stepflow.errors import ConfigurationError
-from stepflow.runtime import cancel_run, read_run, resume_run, start_run
+from stepflow.runtime import _owner, cancel_run, read_run, resume_run, start_run
+from stepflow.runtime import worker as worker_module
 from stepflow.stores import Lease, MemoryStore, PostgresStore, SQLiteStore, Store
 
 START = 1_700_000_000.0
@@ -683,3 +691,256 @@ def test_a_run_whose_lease_lapsed_mid_step_is_reclaimed_by_its_own_task_not_a_se
         ["slow/work/v1/s0#1", "slow/work/v1/s1#2", "quick/work/v1/s0#1", "quick/work/v1/s1#2"]
     )  # each step ran once
     assert {store.load(r).status for r in ("slow", "quick")} == {"completed"}
+
+
+# -- runs that cannot be driven: parked, never in the way -----------------------------------
+
+
+def _set_column(store: Store, run_id: str, column: str, value: Any) -> Any:
+    """Write ``value`` into a column of a run's row by hand; return what was there."""
+    if isinstance(store, SQLiteStore):
+        with closing(sqlite3.connect(store.path)) as db, db:
+            (old,) = db.execute(f"SELECT {column} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            db.execute(f"UPDATE runs SET {column} = ? WHERE run_id = ?", (value, run_id))
+        return old
+    if isinstance(store, PostgresStore):
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(store.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(store.schema)))
+            query = sql.SQL("SELECT {} FROM runs WHERE run_id = %s").format(sql.Identifier(column))
+            (old,) = conn.execute(query, (run_id,)).fetchone()  # type: ignore[misc]
+            conn.execute(
+                sql.SQL("UPDATE runs SET {} = %s WHERE run_id = %s").format(sql.Identifier(column)),
+                (value, run_id),
+            )
+        return old
+    assert isinstance(store, MemoryStore)
+    record = store._runs[run_id]
+    old = getattr(record, column)
+    store._runs[run_id] = attrs.evolve(record, **{column: value})
+    return old
+
+
+def _columns_to_break(store: Store) -> list[str]:
+    # PostgreSQL keeps inputs as jsonb, which cannot hold bad JSON.
+    return ["state"] if isinstance(store, PostgresStore) else ["state", "input"]
+
+
+def test_a_run_that_cannot_be_read_is_parked_and_every_other_run_completes(
+    make_store: StoreMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    flow = chain(size=3)
+    for column in _columns_to_break(make_store()):
+        store = make_store()
+        clock = FakeClock(START)
+        start_many(store, flow, 6, clock)
+        original = _set_column(store, "run-002", column, "{not json")
+
+        worker = Worker(store, [flow], clock=clock, park_seconds=600)
+        stats = worker.run_sync(until_idle=True, handle_signals=False)
+
+        assert (stats.completed, stats.parked, stats.steps) == (5, 1, 15), column
+        assert worker._leases == {}  # nothing left to renew
+        parked = store.load("run-002")
+        assert parked.status == "parked"
+        assert parked.parked_reason is not None
+        assert f"its {column} " in parked.parked_reason
+        assert parked.wake_at is not None
+        assert START + 600 <= parked.wake_at <= clock.now() + 600
+        assert (parked.lease_owner, parked.lease_token, parked.version) == (None, None, 1)
+        assert [r.run_id for r in store.runs(status="parked")] == ["run-002"]
+        assert "run run-002 parked until" in caplog.text
+
+        # Before its park interval is over, workers leave it be.
+        clock.advance(parked.wake_at - clock.now() - 300)
+        assert drive(store, [flow], clock=clock).claimed == 0
+        assert store.load("run-002").status == "parked"
+
+        # Repaired by hand, it is driven again at its next retry, to completion.
+        _set_column(store, "run-002", column, original)
+        clock.advance(parked.wake_at - clock.now() + 1)
+        stats = drive(store, [flow], clock=clock)
+        assert (stats.completed, stats.parked) == (1, 0)
+        record = store.load("run-002")
+        assert (record.status, record.parked_reason, record.lease_token) == (
+            "completed",
+            None,
+            None,
+        )
+        assert len(check_journal(store, "run-002")) == 3
+
+
+def test_a_run_still_unreadable_at_its_retry_is_parked_again() -> None:
+    flow = chain(size=2)
+    store = MemoryStore()
+    clock = FakeClock(START)
+    start_many(store, flow, 2, clock)
+    _set_column(store, "run-001", "input", "[1, 2")
+    assert drive(store, [flow], clock=clock, park_seconds=10).parked == 1
+    first = store.load("run-001").wake_at
+    assert first is not None
+    clock.advance(11)
+    stats = drive(store, [flow], clock=clock, park_seconds=10)
+    assert (stats.claimed, stats.parked, stats.steps) == (1, 1, 0)
+    again = store.load("run-001")
+    assert again.status == "parked"
+    assert again.wake_at is not None
+    assert again.wake_at >= first + 10  # parked anew, from the time of its retry
+
+
+def test_a_run_of_a_flow_the_worker_adopts_but_cannot_read_is_parked_not_a_crash() -> None:
+    """A worker that serves only another flow's runs never claims this one at all."""
+    served, other = chain("served/v1"), chain("other/v1")
+    store = MemoryStore()
+    clock = FakeClock(START)
+    start_run(store, other, {"n": 1}, run_id="o", clock=clock)
+    start_run(store, served, {"n": 1}, run_id="s", clock=clock)
+    _set_column(store, "s", "state", '{"format": 999}')
+    stats = drive(store, [served], clock=clock)
+    assert (stats.parked, stats.completed) == (1, 0)
+    assert store.load("o").status == "running"  # not this worker's flow
+    reason = store.load("s").parked_reason
+    assert reason is not None
+    assert "run 's' cannot be read: its state cannot be decoded" in reason
+
+
+def test_a_parked_run_can_be_cancelled() -> None:
+    flow = chain(size=2)
+    store = MemoryStore()
+    clock = FakeClock(START)
+    start_many(store, flow, 1, clock)
+    _set_column(store, "run-000", "input", "nope")
+    drive(store, [flow], clock=clock)
+    assert cancel_run(store, "run-000", clock=clock).status == "cancelled"
+
+
+def test_on_step_raising_is_logged_and_the_run_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    def on_step(report: stepflow.runtime.StepReport) -> None:
+        raise RuntimeError("observer bug")
+
+    store = MemoryStore()
+    flow = chain(size=2)
+    start_many(store, flow, 1)
+    assert drive(store, [flow], on_step=on_step).completed == 1
+    assert "on_step raised on run run-000" in caplog.text
+
+
+# -- logging ---------------------------------------------------------------------------------
+
+
+def test_the_worker_logs_its_start_its_stop_and_the_leases_it_waits_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="stepflow.worker")
+    flow = chain(size=2)
+    store = MemoryStore()
+    clock = FakeClock(START)
+    start_many(store, flow, 12, clock)
+    store.claim_due(now=START, limit=12, owner="vm:17108", lease_seconds=30)
+
+    stats = drive(store, [flow], clock=clock, owner="here:1:abc")
+
+    assert stats.completed == 12  # once the other worker's leases expired
+    until = time.strftime("%H:%M:%S", time.localtime(START + 30))
+    messages = [r.getMessage() for r in caplog.records if r.name == "stepflow.worker"]
+    assert messages[0] == (
+        "worker here:1:abc started: serving work/v1 (concurrency 64, leases of 30 s, until idle)"
+    )
+    assert f"12 runs are leased by vm:17108 until {until}" in messages
+    assert messages.count(f"12 runs are leased by vm:17108 until {until}") == 1  # said once
+    assert messages[-1] == (
+        "worker here:1:abc stopped after 24 steps: 12 runs completed, 0 failed, 0 parked"
+    )
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "stepflow.worker")
+
+
+# -- worker ids: taking back a dead incarnation's leases ------------------------------------
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_worker_id_is_validated() -> None:
+    store, flow = MemoryStore(), chain()
+    with pytest.raises(ConfigurationError, match="not both"):
+        Worker(store, [flow], worker_id="a", owner="b")
+    for bad in ("", "a@b", "a b"):
+        with pytest.raises(ConfigurationError, match="worker id"):
+            Worker(store, [flow], worker_id=bad)
+    worker = Worker(store, [flow], worker_id="vm-1")
+    assert worker.owner.startswith(f"vm-1@{socket.gethostname()}:{os.getpid()}:")
+    assert Worker(store, [flow], worker_id="vm-1").owner == worker.owner  # stable in a process
+
+
+def test_a_worker_takes_back_at_once_the_leases_of_its_id_held_by_a_dead_process(
+    make_store: StoreMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stepflow.worker")
+    flow = chain(size=2)
+    store = make_store()
+    start_many(store, flow, 5)
+    dead = f"vm-1@{socket.gethostname()}:{_dead_pid()}:x.1"
+    store.claim_due(now=time.time(), limit=5, owner=dead, lease_seconds=300)
+    began = time.monotonic()
+    worker = Worker(store, [flow], worker_id="vm-1", lease_seconds=300, idle_interval=0.05)
+    stats = worker.run_sync(until_idle=True, handle_signals=False)
+    assert time.monotonic() - began < 10  # not the 300 s lease
+    assert (stats.taken_back, stats.completed) == (5, 5)
+    assert f"took back 5 runs leased by {dead}" in caplog.text
+
+
+def test_a_live_holder_with_the_same_id_is_never_robbed(caplog: pytest.LogCaptureFixture) -> None:
+    flow = chain(size=1)
+    store = MemoryStore()
+    start_many(store, flow, 2)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as alive:
+        try:
+            start = _owner._start(alive.pid)
+            assert start is not None
+            holder = f"vm-1@{socket.gethostname()}:{alive.pid}:{start}"
+            assert _owner.holder_is_gone(holder) is False
+            store.claim_due(now=time.time(), limit=2, owner=holder, lease_seconds=1.0)
+            worker = Worker(store, [flow], worker_id="vm-1", idle_interval=0.05)
+            stats = worker.run_sync(until_idle=True, handle_signals=False)
+        finally:
+            alive.kill()
+    assert (stats.taken_back, stats.completed) == (0, 2)  # after the 1 s lease expired
+    assert "two workers share the id" in caplog.text
+
+
+def test_whether_a_lease_holder_is_gone() -> None:
+    host = socket.gethostname()
+    me = _owner.owner_for("w")
+    assert _owner.holder_is_gone(me) is False  # this very process
+    assert _owner.holder_is_gone(f"w@{host}:{_dead_pid()}:x.1") is True
+    # The pid runs, but started at another time: it was reused by another process.
+    assert _owner.holder_is_gone(f"w@{host}:{os.getpid()}:x.1") is True
+    assert _owner.holder_is_gone(f"w@another-host:{_dead_pid()}:x.1") is None
+    assert _owner.holder_is_gone("vm:17108:abc") is None  # not a worker id's lease
+    assert _owner.split_owner(me) == ("w", host, os.getpid(), me.rsplit(":", 1)[1])
+
+
+def test_an_unforeseen_error_in_one_run_parks_that_run_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_advance = worker_module.advance
+
+    def advance(definition: Any, state: Any, *args: Any, **kwargs: Any) -> Any:
+        if state.run_id == "run-001":
+            raise TypeError("a state the runtime did not foresee")
+        return real_advance(definition, state, *args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "advance", advance)
+    flow = chain(size=2)
+    store = MemoryStore()
+    clock = FakeClock(START)
+    start_many(store, flow, 3, clock)
+    stats = drive(store, [flow], clock=clock)
+    assert (stats.completed, stats.parked) == (2, 1)
+    assert store.load("run-001").parked_reason == "TypeError: a state the runtime did not foresee"
+    assert "run run-001 failed in the worker; parking it" in caplog.text

@@ -41,7 +41,7 @@ from stepflow.core.state import State
 from stepflow.diagrams import to_dot, to_json
 from stepflow.errors import StepflowError
 from stepflow.flow import Flow
-from stepflow.history import history, replay
+from stepflow.history import attempt_label, history, replay
 from stepflow.runtime.runs import read_run
 from stepflow.stores.base import JournalEntry, RunKey, RunRecord, Store
 
@@ -511,20 +511,6 @@ def _replayed(
     return [result.initial, *result.states], note
 
 
-def _attempt(definition: FlowDefinition, before: State, command: Command) -> str:
-    if command.kind == "on_error":
-        scope = command.step
-    else:
-        try:
-            scopes = definition.enclosing_retries(command.event)
-        except KeyError:
-            return "?"
-        if not scopes:
-            return "-"
-        scope = scopes[0]
-    return str(before.attempts.get(scope, 0) + 1)
-
-
 def timeline(
     journal: Sequence[tuple[JournalEntry, Batch]],
     flow: str,
@@ -576,7 +562,7 @@ def timeline(
                 if type(command) is Wake:
                     due = max(command.at, start)
                 if definition is not None and 0 < index <= len(states):
-                    attempt = _attempt(definition, states[index - 1], command)
+                    attempt = attempt_label(definition, states[index - 1], command)
                 else:
                     attempt = f"#{answers[key]}"
                 outcome, detail = _outcome(effect)
@@ -638,11 +624,14 @@ def run_page(store: Store, flows: Mapping[str, Flow], run_id: str) -> RunPage:
 
     Raises:
         UnknownRunError: no run has this id.
+        UnreadableRunError: a column of the run's row cannot be read.
         CorruptStateError: a journal entry cannot be read.
 
     """
     view = read_run(store, run_id)
     record = view.record
+    if record.unreadable is not None:  # a column the store could not decode: say which
+        raise record.unreadable
     envelope = _peek(record)
     inner = _inner(envelope)
     flow = flows.get(record.flow)

@@ -177,13 +177,11 @@ class _Run:
 
     def build(self) -> State:
         definition, state = self.definition, self.state
-        if self.status != RUNNING:
-            events = tuple(self.positions)
-            in_flight: tuple[Command, ...] = ()
-            wake_at = timeout_at = None
-            times = EMPTY_TIMES
-        else:
-            events = tuple(self.positions)
+        events = tuple(self.positions)
+        in_flight: tuple[Command, ...] = ()
+        wake_at = timeout_at = None
+        times = EMPTY_TIMES
+        if self.status == RUNNING:
             in_flight = tuple(cast(Command, c) for c in self.positions.values())
             times = self.times
             wake_at, timeout_at = _earliest(events, times)

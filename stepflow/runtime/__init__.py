@@ -3,10 +3,13 @@
 This is the shell around the pure core that keeps runs in a
 :class:`~stepflow.stores.base.Store`, executes their commands and saves every
 step: :class:`Worker`, :func:`start_run`, :func:`resume_run`, :func:`cancel_run`
-and :func:`read_run`.
+and :func:`read_run`; and what a worker reports as it runs
+(:mod:`stepflow.runtime.metrics`: :class:`WorkerMetrics`, :class:`PrometheusMetrics`).
 """
 
 from stepflow.runtime.context import RunContext as RunContext
+from stepflow.runtime.metrics import PrometheusMetrics as PrometheusMetrics
+from stepflow.runtime.metrics import WorkerMetrics as WorkerMetrics
 from stepflow.runtime.runs import RunView as RunView
 from stepflow.runtime.runs import cancel_run as cancel_run
 from stepflow.runtime.runs import read_run as read_run
@@ -19,10 +22,12 @@ from stepflow.runtime.worker import Worker as Worker
 from stepflow.runtime.worker import WorkerStats as WorkerStats
 
 __all__ = [
+    "PrometheusMetrics",
     "RunContext",
     "RunView",
     "StepReport",
     "Worker",
+    "WorkerMetrics",
     "WorkerStats",
     "cancel_run",
     "read_run",

@@ -24,6 +24,20 @@ Guarantees: handlers run at least once, with an idempotency key that is the same
 on every execution of a command; state transitions happen exactly once (a stale
 writer's save is refused); a worker killed at any moment loses nothing: its
 leases expire and another worker continues from the last save.
+
+No run can stop a worker. A run it cannot drive (a row that cannot be read, a
+state that does not decode, a flow it does not serve) is *parked*: set aside
+with its reason (status ``"parked"``, see :meth:`Store.park
+<stepflow.stores.base.Store.park>`), its lease released, untouched otherwise,
+and tried again every ``park_seconds``; once repaired, it is driven again.
+
+Restarting without the lease wait: a worker given a stable ``worker_id`` signs
+its leases ``ID@HOST:PID:START``. When it starts (and whenever it waits on
+leases) it looks at who holds due runs; leases signed with its own id by a
+process that is gone (see :mod:`stepflow.runtime._owner`) are expired at once
+and claimed again, so a restarted worker resumes its runs in well under a
+second instead of after ``lease_seconds``. A live holder is never robbed, and
+the lease token fences off any save a holder judged gone could still attempt.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -50,18 +65,22 @@ from stepflow.clock import Clock, SystemClock
 from stepflow.codec import Batch, dumps, dumps_batch, loads, structure_state
 from stepflow.core.advance import advance
 from stepflow.core.groups import command_times, item_of
-from stepflow.core.messages import CallHandler, Command, Effect, Wake
+from stepflow.core.messages import CallHandler, Command, Effect, HandlerRaised, TimerFired, Wake
 from stepflow.core.state import State
 from stepflow.errors import (
     ConfigurationError,
+    CorruptStateError,
     InterpreterError,
     StaleWriteError,
     StepflowError,
     StoreError,
+    UnreadableRunError,
 )
 from stepflow.flow import Flow
 from stepflow.interpreter import Interpreter
+from stepflow.runtime import _owner
 from stepflow.runtime.context import RunContext
+from stepflow.runtime.metrics import WorkerMetrics
 from stepflow.runtime.runs import store_wake_at
 from stepflow.stores.base import Lease, RunRecord, RunStatus, Save, Store
 from stepflow.versioning import Migration, migrate
@@ -110,6 +129,9 @@ class WorkerStats:
         failed: Runs the worker saw fail.
         stale: Saves refused because the run moved on (lease lost).
         commits: Store transactions used to save steps.
+        parked: Runs parked because the worker could not drive them.
+        taken_back: Runs whose leases, held under this worker's ``worker_id`` by
+            a process that is gone, were taken back at once.
 
     """
 
@@ -119,6 +141,8 @@ class WorkerStats:
     failed: int = 0
     stale: int = 0
     commits: int = 0
+    parked: int = 0
+    taken_back: int = 0
 
 
 class _Stop(Exception):
@@ -137,15 +161,45 @@ class Worker:
         concurrency: How many commands may execute at once (and how many runs
             the worker holds).
         clock: Where time is read (a :class:`~stepflow.clock.FakeClock` in tests).
-        lease_seconds: How long a claim lasts without renewal; a dead worker's
-            runs are taken over this long after its last renewal.
+        lease_seconds: How long a claim lasts without renewal (renewed every
+            third of it while the worker lives). A worker that dies without a
+            ``worker_id`` successor loses its runs to other workers this long
+            after its last renewal: shorter means a faster takeover, longer
+            means fewer renewals and more tolerance of a stalled process.
         group_commit: Save the steps of several runs in one transaction.
         idle_interval: The longest the worker sleeps before looking for due runs
             again (runs started by others become due at once).
         threads: Size of the thread pool for plain (non-async) handlers
             (default: ``min(concurrency, 32)``).
-        on_step: Called after every saved step with a :class:`StepReport`.
-        owner: This worker's name in leases (default: host and pid).
+        on_step: Called on the event loop after every saved step with a
+            :class:`StepReport` (the run, the command, its effect, the state
+            saved). It must be quick and must not block: it runs between steps.
+            An exception it raises is logged, never stops the run.
+        owner: This worker's name in leases, as given (default: ``HOST:PID:RANDOM``,
+            or ``ID@HOST:PID:START`` with ``worker_id``).
+        worker_id: A stable name for this worker across restarts (``"vm-1"``).
+            A worker started with it takes back, at once, the leases held under
+            the same id by a process of this host that is gone, instead of
+            waiting ``lease_seconds`` for them (see the module's doc). Give each
+            worker its own id; never both ``worker_id`` and ``owner``.
+        park_seconds: How long a run the worker cannot drive stays parked
+            before it is tried again.
+        metrics: A :class:`~stepflow.runtime.metrics.WorkerMetrics` hook (such
+            as :class:`~stepflow.runtime.metrics.PrometheusMetrics`) told of
+            every step, claim, commit, stale write, takeover and parked run.
+        metrics_interval: How often the runs are counted by flow and status
+            for ``metrics.runs`` (seconds).
+        tracer: An OpenTelemetry tracer for one span per step (default: the
+            global tracer provider's, when ``opentelemetry-api`` is installed
+            and a provider is configured; else no spans, at no cost).
+
+    Logging: the worker logs to the ``"stepflow.worker"`` logger (standard
+    :mod:`logging`; nothing shows unless the application configures logging,
+    as ``stepflow worker`` does at INFO): INFO when it starts and stops, when it
+    waits on runs leased by other workers (``"12 runs are leased by vm:17108
+    until 05:43:02"``) and when it takes back its own; WARNING when it loses a
+    lease or a save goes stale; ERROR when it parks a run (with the reason) or
+    cannot reach the store.
 
     """
 
@@ -163,11 +217,30 @@ class Worker:
         threads: int | None = None,
         on_step: Callable[[StepReport], None] | None = None,
         owner: str | None = None,
+        worker_id: str | None = None,
+        park_seconds: float = 60.0,
+        metrics: WorkerMetrics | None = None,
+        metrics_interval: float = 5.0,
+        tracer: Any = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {concurrency!r}")
         if lease_seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be > 0, got {lease_seconds!r}")
+        if park_seconds <= 0:
+            raise ConfigurationError(f"park_seconds must be > 0, got {park_seconds!r}")
+        if metrics_interval <= 0:
+            raise ConfigurationError(f"metrics_interval must be > 0, got {metrics_interval!r}")
+        if worker_id is not None:
+            if owner is not None:
+                raise ConfigurationError(
+                    "give a worker either worker_id (a stable name it signs its leases "
+                    "with) or owner (the exact lease name), not both"
+                )
+            if not worker_id or "@" in worker_id or any(c.isspace() for c in worker_id):
+                raise ConfigurationError(
+                    f"a worker id is a non-empty name without '@' or spaces, got {worker_id!r}"
+                )
         self.store = store
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.flows: dict[str, Flow] = {}
@@ -204,8 +277,19 @@ class Worker:
         self.group_commit = group_commit
         self.idle_interval = idle_interval
         self.on_step = on_step
+        self.worker_id = worker_id
+        if worker_id is not None:
+            owner = _owner.owner_for(worker_id)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.park_seconds = park_seconds
+        self.metrics = metrics
+        self.metrics_interval = metrics_interval
+        self._tracer_given = tracer
+        self._tracer: Any = None
         self.stats = WorkerStats()
+        # Lease holders this worker has said it waits on (logged once per stretch).
+        self._waiting_on: set[str] = set()
+        self._holders_due = float("-inf")
         self._threads = threads or min(concurrency, 32)
         self._stopping = False
         self._wakeup: asyncio.Event | None = None
@@ -247,32 +331,61 @@ class Worker:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._store_pool = _Threads(loop, 1, "stepflow-store")
         self._handler_pool = _Threads(loop, self._threads, "stepflow-handler")
+        self._tracer = self._tracer_given if self._tracer_given is not None else _global_tracer()
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
-        renewer = asyncio.create_task(self._renew_leases())
+        helpers = [asyncio.create_task(self._renew_leases())]
+        if self.metrics is not None:
+            helpers.append(asyncio.create_task(self._count_runs()))
         active = self._active
+        log.info(
+            "worker %s started: serving %s (concurrency %d, leases of %g s%s)",
+            self.owner,
+            ", ".join(self.flows),
+            self.concurrency,
+            self.lease_seconds,
+            ", until idle" if until_idle else "",
+        )
         try:
             await self._loop(until_idle)
         finally:
             if active:
                 await asyncio.gather(*active, return_exceptions=True)
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            for helper in helpers:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
             if self._flusher is not None:
                 await self._flusher
+            if self.metrics is not None:
+                await self._count_runs_once()  # the figures as the worker leaves them
             if handle_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(signum)
             self._store_pool.close()
             self._handler_pool.close()
+            stats = self.stats
+            log.info(
+                "worker %s stopped after %d steps: %d runs completed, %d failed, %d parked",
+                self.owner,
+                stats.steps,
+                stats.completed,
+                stats.failed,
+                stats.parked,
+            )
         return self.stats
 
     async def _loop(self, until_idle: bool) -> None:
         assert self._wakeup is not None
         names = (*self.flows, *self._adopt)
         active = self._active
+        if self.worker_id is not None:
+            # Take back what a previous incarnation left before claiming anything.
+            try:
+                await self._look_at_holders(names)
+            except StoreError as exc:
+                log.error("reading lease holders failed (%s); trying again", exc)
         while not self._stopping:
             self._wakeup.clear()
             free = self.concurrency - len(active)
@@ -298,6 +411,8 @@ class Worker:
                 log.error("claiming runs failed (%s); trying again", exc)
                 await self._sleep(self.idle_interval, busy=bool(active))
                 continue
+            if leases and self.metrics is not None:
+                self._report_claim(leases)
             for lease in leases:
                 self.stats.claimed += 1
                 run_id = lease.run.run_id
@@ -317,6 +432,12 @@ class Worker:
             if free <= 0:
                 await self._wakeup.wait()
                 continue
+            if not leases and self.clock.now() >= self._holders_due:
+                try:
+                    if await self._look_at_holders(names):
+                        continue  # took back our own runs: claim them now
+                except StoreError as exc:
+                    log.error("reading lease holders failed (%s); trying again", exc)
             if until_idle and not active and next_due is None and not leases:
                 return
             delay = self.idle_interval
@@ -325,6 +446,86 @@ class Worker:
             if delay <= 0 and leases:
                 continue
             await self._sleep(delay, busy=bool(active))
+
+    async def _look_at_holders(self, names: tuple[str, ...]) -> int:
+        """Log who holds the due runs this worker waits on; take back its own dead ones.
+
+        Returns:
+            How many runs were taken back (their leases expired at once).
+
+        """
+        now = self.clock.now()
+        self._holders_due = now + max(self.idle_interval, 1.0)
+        holders = await self._store(self.store.lease_holders, now=now, flows=names)
+        taken = 0
+        waiting = set()
+        for holder in holders:
+            if holder.owner == self.owner:
+                continue
+            parts = _owner.split_owner(holder.owner)
+            if self.worker_id is not None and parts is not None and parts[0] == self.worker_id:
+                gone = _owner.holder_is_gone(holder.owner)
+                if gone:
+                    expired = await self._store(self.store.expire_leases, holder.owner, now=now)
+                    taken += expired
+                    self.stats.taken_back += expired
+                    log.info(
+                        "took back %d runs leased by %s, an earlier process of worker id %r "
+                        "that is gone",
+                        expired,
+                        holder.owner,
+                        self.worker_id,
+                    )
+                    continue
+                if gone is False and holder.owner not in self._waiting_on:
+                    log.warning(
+                        "%d runs are leased under this worker id %r by %s, a live process: "
+                        "two workers share the id; give each its own --worker-id",
+                        holder.runs,
+                        self.worker_id,
+                        holder.owner,
+                    )
+            waiting.add(holder.owner)
+            if holder.owner not in self._waiting_on:
+                log.info(
+                    "%d %s leased by %s until %s",
+                    holder.runs,
+                    "run is" if holder.runs == 1 else "runs are",
+                    holder.owner,
+                    time.strftime("%H:%M:%S", time.localtime(holder.until)),
+                )
+        self._waiting_on = waiting
+        return taken
+
+    def _report_claim(self, leases: list[Lease]) -> None:
+        assert self.metrics is not None
+        now = self.clock.now()
+        lag = max(now - (lease.run.wake_at or now) for lease in leases)
+        self.metrics.claimed(len(leases), lag)
+        taken = sum(1 for lease in leases if lease.taken_from not in (None, self.owner))
+        if taken:
+            self.metrics.takeovers(taken)
+
+    async def _count_runs(self) -> None:
+        """Every ``metrics_interval``, count the served flows' runs by status for the hook."""
+        while True:
+            await self._count_runs_once()
+            await asyncio.sleep(self.metrics_interval)
+
+    async def _count_runs_once(self) -> None:
+        assert self.metrics is not None
+        statuses: tuple[RunStatus, ...] = ("running", "completed", "failed", "cancelled", "parked")
+        try:
+            counts: dict[tuple[str, str], int] = {}
+            for flow in (*self.flows, *self._adopt):
+                for status in statuses:
+                    count = await self._store(self.store.count, status=status, flow=flow)
+                    if count:
+                        counts[(flow, status)] = count
+        except StepflowError as exc:
+            log.error("counting runs for metrics failed (%s); will try again", exc)
+            return
+        self.metrics.runs(counts)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._active.discard(task)
@@ -373,25 +574,33 @@ class Worker:
     async def _drive(self, lease: Lease) -> None:
         record = lease.run
         run_id, token, version, run_input = record.run_id, lease.token, record.version, record.input
-        try:
-            if record.flow in self.flows:
-                flow = self.flows[record.flow]
-                state = loads(record.state, flow.definition)
-            else:
-                flow, migration = self._adopt[record.flow]
-                state, version = await self._migrate(record, token, flow, migration)
-        except StepflowError as exc:
-            # Never erase what cannot be read: leave the run as it is, out of the
-            # way for a while, and say why.
-            log.error("run %s cannot be loaded by this worker: %s", run_id, exc)
-            await self._park(run_id, version, token, record.state, record.status)
-            return
-        # The record (with its state text) is not needed any more: with a thousand
-        # runs in flight, keeping it would be most of the worker's memory.
-        del lease, record
-        # The commands of this run being executed, by id: one per position at most.
+        flow_name = record.flow
+        # The commands of this run being executed, by id: one per position at most,
+        # each with when it started and its trace span.
         running: dict[int, asyncio.Task[Effect]] = {}
+        watching: dict[int, tuple[float, Any]] = {}
         try:
+            try:
+                if record.unreadable is not None:
+                    raise record.unreadable
+                if record.flow in self.flows:
+                    flow = self.flows[record.flow]
+                    state = loads(record.state, flow.definition)
+                else:
+                    flow, migration = self._adopt[record.flow]
+                    state, version = await self._migrate(record, token, flow, migration)
+            except StaleWriteError:
+                raise
+            except StepflowError as exc:
+                # Never erase what cannot be read: leave the run as it is, out of the
+                # way for a while, and say why.
+                if isinstance(exc, CorruptStateError):
+                    exc = UnreadableRunError(run_id, "state", f"cannot be decoded: {exc}")
+                await self._park(run_id, record.flow, token, exc)
+                return
+            # The record (with its state text) is not needed any more: with a thousand
+            # runs in flight, keeping it would be most of the worker's memory.
+            del lease, record
             while True:
                 now = self.clock.now()
                 state, commands = advance(flow.definition, state, now=now)
@@ -406,49 +615,70 @@ class Worker:
                         await self._store(self.store.release, run_id, self._token(run_id, token))
                         return
                     due = []
+                watched = self.metrics is not None or self._tracer is not None
+                if watched:
+                    for command in due:
+                        span = self._span(flow, run_id, state, command) if self._tracer else None
+                        watching[command[0]] = (time.perf_counter(), span)
+                saved_effects: list[Effect] = []  # the spans' outcomes, once durable
+                answered: list[Command] = []
                 try:
-                    if len(due) == 1 and not running:  # one position: no task needed
-                        answered = due
-                        effects = [await self._execute(flow, run_id, run_input, state, due[0])]
-                    else:
-                        answered, effects = await self._gather(
-                            flow, run_id, run_input, state, commands, due, running
-                        )
-                except InterpreterError as exc:
-                    log.error("run %s cannot be executed by this worker: %s", run_id, exc)
-                    token = self._token(run_id, token)
-                    await self._park(run_id, version, token, dumps(state), state.status)
-                    return
-                if not effects:
-                    continue  # a waiting command came due
-                new_state, _ = advance(flow.definition, state, effects)
-                at = effects[-1].at if len(effects) == 1 else max(_times(effects), default=None)
-                batch = dumps_batch(Batch("effects", at, tuple(effects), tuple(answered)))
-                now = self.clock.now()
-                wake_at = store_wake_at(new_state, now)
-                release = not running and (self._stopping or wake_at is None or wake_at > now)
-                save = Save(
-                    run_id,
-                    version,
-                    self._token(run_id, token),
-                    dumps(new_state),
-                    new_state.status,
-                    wake_at,
-                    batch,
-                    release,
-                )
-                saved = await self._save(save, now)
+                    try:
+                        if len(due) == 1 and not running:  # one position: no task needed
+                            answered = due
+                            effects = [await self._execute(flow, run_id, run_input, state, due[0])]
+                        else:
+                            answered, effects = await self._gather(
+                                flow, run_id, run_input, state, commands, due, running
+                            )
+                    except InterpreterError as exc:
+                        token = self._token(run_id, token)
+                        await self._park(run_id, flow.name, token, exc)
+                        return
+                    if not effects:
+                        continue  # a waiting command came due
+                    new_state, _ = advance(flow.definition, state, effects)
+                    at = effects[0].at if len(effects) == 1 else max(_times(effects), default=None)
+                    batch = dumps_batch(Batch("effects", at, tuple(effects), tuple(answered)))
+                    now = self.clock.now()
+                    wake_at = store_wake_at(new_state, now)
+                    release = not running and (self._stopping or wake_at is None or wake_at > now)
+                    save = Save(
+                        run_id,
+                        version,
+                        self._token(run_id, token),
+                        dumps(new_state),
+                        new_state.status,
+                        wake_at,
+                        batch,
+                        release,
+                    )
+                    saved = await self._save(save, now)
+                    saved_effects = effects
+                finally:
+                    if watched:
+                        self._watched(flow, watching, answered, saved_effects)
                 version = saved.version
                 state = new_state
                 for command, effect in zip(answered, effects, strict=True):
                     self._count(new_state)
                     if self.on_step is not None:
-                        self.on_step(StepReport(run_id, flow.name, command, effect, new_state))
+                        self._report(StepReport(run_id, flow.name, command, effect, new_state))
                 if release:
                     return
         except StaleWriteError as exc:
             self.stats.stale += 1
+            if self.metrics is not None:
+                self.metrics.stale()
             log.warning("run %s moved on without this worker (%s); dropping it", run_id, exc)
+        except StoreError:
+            # The store failed (a lost connection): the run is not at fault. Its
+            # lease, no longer renewed, lapses and the run is claimed again.
+            raise
+        except Exception as exc:
+            # Data or a state the runtime did not foresee: it stops this run alone.
+            log.exception("run %s failed in the worker; parking it", run_id)
+            await self._park(run_id, flow_name, token, exc)
         finally:
             for task in running.values():
                 task.cancel()
@@ -488,6 +718,47 @@ class Worker:
         by_id = {c[0]: c for c in commands}
         answered = sorted((by_id[i] for i, t in running.items() if t in done), key=lambda c: c[0])
         return answered, [running.pop(command[0]).result() for command in answered]
+
+    def _report(self, report: StepReport) -> None:
+        assert self.on_step is not None
+        try:
+            self.on_step(report)
+        except Exception:
+            log.exception("on_step raised on run %s; the run goes on", report.run_id)
+
+    def _span(self, flow: Flow, run_id: str, state: State, command: Command) -> Any:
+        """Start the OpenTelemetry span of one step."""
+        return self._tracer.start_span(
+            f"stepflow {command.kind} {command.step}",
+            attributes={
+                "stepflow.run_id": run_id,
+                "stepflow.flow": flow.name,
+                "stepflow.step": command.step,
+                "stepflow.kind": command.kind,
+                "stepflow.attempt": _attempt(flow, state, command),
+            },
+        )
+
+    def _watched(
+        self,
+        flow: Flow,
+        watching: dict[int, tuple[float, Any]],
+        answered: list[Command],
+        saved: list[Effect],
+    ) -> None:
+        """End the spans and count the metrics of the commands ``answered``.
+
+        ``saved`` holds their effects once the batch was saved; empty, the
+        steps were interrupted (their spans say so, and no step is counted).
+        """
+        effects: list[Effect | None] = list(saved) if saved else [None] * len(answered)
+        for command, effect in zip(answered, effects, strict=True):
+            started, span = watching.pop(command[0], (None, None))
+            if span is not None:
+                _end_span(span, effect)
+            if effect is not None and started is not None and self.metrics is not None:
+                seconds = time.perf_counter() - started
+                self.metrics.step(flow.name, command.kind, _outcome(effect), seconds)
 
     async def _migrate(
         self, record: RunRecord, token: str, flow: Flow, migration: Migration
@@ -532,15 +803,31 @@ class Worker:
         save = Save(run_id, version, token, dumps(state), state.status, wake_at, _NOTHING, True)
         await self._save(save, now)
 
-    async def _park(
-        self, run_id: str, version: int, token: str, text: str, status: RunStatus
-    ) -> None:
-        """Leave a run this worker cannot drive untouched, out of the way for a while."""
-        now = self.clock.now()
-        later = now + max(60.0, self.lease_seconds)
-        save = Save(run_id, version, token, text, status, later, _NOTHING, True)
-        with contextlib.suppress(StaleWriteError):
-            await self._save(save, now)
+    async def _park(self, run_id: str, flow: str, token: str, error: Exception) -> None:
+        """Set a run this worker cannot drive aside, untouched, and release its lease."""
+        until = self.clock.now() + self.park_seconds
+        reason = (
+            str(error) if isinstance(error, StepflowError) else f"{type(error).__name__}: {error}"
+        )
+        try:
+            parked = await self._store(
+                self.store.park, run_id, self._token(run_id, token), until=until, reason=reason
+            )
+        except StoreError as exc:
+            log.error("run %s cannot be driven (%s), and parking it failed: %s", run_id, error, exc)
+            return
+        if not parked:
+            log.warning("run %s cannot be driven (%s); its lease was lost already", run_id, error)
+            return
+        self.stats.parked += 1
+        if self.metrics is not None:
+            self.metrics.parked(flow)
+        log.error(
+            "run %s parked until %s: %s",
+            run_id,
+            time.strftime("%H:%M:%S", time.localtime(until)),
+            reason,
+        )
 
     async def _execute(
         self, flow: Flow, run_id: str, run_input: Any, state: State, command: Command
@@ -550,8 +837,7 @@ class Worker:
             return interpreter.fire(command)
         assert type(command) is CallHandler
         assert self._slots is not None
-        retries = flow.definition.enclosing_retries(command.event)
-        attempt = state.attempts.get(retries[0], 0) + 1 if retries else 1
+        attempt = _attempt(flow, state, command)
         index, item = (None, None)
         if state.groups:
             found = item_of(state, command.step)
@@ -585,6 +871,8 @@ class Worker:
     async def _save(self, save: Save, now: float) -> RunRecord:
         if not self.group_commit:
             self.stats.commits += 1
+            if self.metrics is not None:
+                self.metrics.commit(1)
             return await self._store(self.store.save, save, now=now)
         future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
         self._pending.append((save, future))
@@ -598,6 +886,8 @@ class Worker:
             batch, self._pending = self._pending, []
             saves = [save for save, _ in batch]
             self.stats.commits += 1
+            if self.metrics is not None:
+                self.metrics.commit(len(saves))
             try:
                 results = await self._store(self.store.save_many, saves, now=self.clock.now())
             except BaseException as exc:  # the whole transaction failed: tell every waiter
@@ -624,6 +914,56 @@ def _due(state: State, command: Command, now: float) -> bool:
 
 def _times(effects: list[Effect]) -> list[float]:
     return [effect.at for effect in effects if effect.at is not None]
+
+
+def _attempt(flow: Flow, state: State, command: Command) -> int:
+    """Return which attempt of its enclosing retry ``command`` is (1 outside a retry)."""
+    if type(command) is not CallHandler:
+        return 1
+    retries = flow.definition.enclosing_retries(command.event)
+    return state.attempts.get(retries[0], 0) + 1 if retries else 1
+
+
+def _outcome(effect: Effect) -> str:
+    """Return a step's outcome label: ``"returned"``, ``"raised"`` or ``"fired"``."""
+    if type(effect) is HandlerRaised:
+        return "raised"
+    if type(effect) is TimerFired:
+        return "fired"
+    return "returned"
+
+
+def _global_tracer() -> Any:
+    """Return a tracer of the configured OpenTelemetry provider, or ``None``.
+
+    ``None`` when ``opentelemetry-api`` is not installed or no tracer provider was
+    set: steps then cost nothing for tracing.
+    """
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return None
+    return provider.get_tracer("stepflow")
+
+
+def _end_span(span: Any, effect: Effect | None) -> None:
+    """Record the step's outcome on its span and end it (``None``: it was not saved)."""
+    from opentelemetry.trace import Status, StatusCode
+
+    if effect is None:
+        span.set_attribute("stepflow.outcome", "interrupted")
+        span.set_status(Status(StatusCode.ERROR, "the step was not saved"))
+    else:
+        span.set_attribute("stepflow.outcome", _outcome(effect))
+        if type(effect) is HandlerRaised:
+            message = f"{effect.error.type}: {effect.error.message}"
+            span.set_status(Status(StatusCode.ERROR, message))
+            if effect.exception is not None:
+                span.record_exception(effect.exception)
+    span.end()
 
 
 class _Threads:

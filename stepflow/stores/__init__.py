@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote
 from stepflow.errors import ConfigurationError
 from stepflow.stores.base import JournalEntry as JournalEntry
 from stepflow.stores.base import Lease as Lease
+from stepflow.stores.base import LeaseHolder as LeaseHolder
 from stepflow.stores.base import RunRecord as RunRecord
 from stepflow.stores.base import RunStatus as RunStatus
 from stepflow.stores.base import Save as Save
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_SQLITE_PATH",
     "JournalEntry",
     "Lease",
+    "LeaseHolder",
     "MemoryStore",
     "PostgresStore",
     "RunRecord",

@@ -18,7 +18,13 @@ from typing import Any
 
 import attrs
 
-from stepflow.errors import RunExistsError, StaleWriteError, StoreError, UnknownRunError
+from stepflow.errors import (
+    RunExistsError,
+    StaleWriteError,
+    StoreError,
+    UnknownRunError,
+    UnreadableRunError,
+)
 from stepflow.stores.base import RunRecord, Save
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "check_save",
     "dump_input",
     "lease_is_live",
+    "load_input",
     "new_lease_token",
     "run_exists",
     "unknown_run",
@@ -41,6 +48,19 @@ def dump_input(value: Any) -> str:
 
     """
     return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def load_input(run_id: str, text: Any) -> tuple[Any, UnreadableRunError | None]:
+    """Decode a run's stored input text: ``(value, None)``, or ``(None, why not)``.
+
+    A stored input that is not JSON (a row edited by hand, a disk error) concerns
+    that run alone: the caller builds its record with ``unreadable`` set instead
+    of failing a whole listing or claim.
+    """
+    try:
+        return json.loads(text), None
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, not text
+        return None, UnreadableRunError(run_id, "input", f"is not valid JSON ({exc})")
 
 
 def new_lease_token() -> str:
@@ -123,7 +143,8 @@ def apply_save(run: RunRecord, save: Save, now: float) -> RunRecord:
 
     The version goes up by one. The lease is given up when the save asks for it
     (``release``), and cleared by a save made without a lease (any lease left on the
-    run had expired, or the save would have been refused).
+    run had expired, or the save would have been refused). A parked run's mark is
+    cleared: whoever saved it could read it.
     """
     keep_lease = save.lease_token is not None and not save.release
     return attrs.evolve(
@@ -137,4 +158,5 @@ def apply_save(run: RunRecord, save: Save, now: float) -> RunRecord:
         lease_owner=run.lease_owner if keep_lease else None,
         lease_token=run.lease_token if keep_lease else None,
         lease_expires_at=run.lease_expires_at if keep_lease else None,
+        parked_reason=None,
     )

@@ -19,6 +19,15 @@ Rules every implementation keeps:
   due and whose lease is free or expired; a worker that died loses its runs when
   its leases expire, and another worker claims them.
 * **Nothing is deleted.** Journal entries are never changed or removed.
+* **A bad row stops nobody.** A column of one run that cannot be read (input
+  that is not JSON, text that is not UTF-8) never fails a call about other runs:
+  the run's record comes back with ``unreadable`` set to an
+  :class:`~stepflow.errors.UnreadableRunError`, and a worker parks it.
+* **Parked runs wait aside.** :meth:`Store.park` sets a run's status to
+  ``"parked"`` with a reason, out of the way until a later ``wake_at``, and
+  releases its lease, changing neither its state nor its version. A parked run
+  is claimed again when that time comes (after the running ones), and its next
+  save makes it running (or whatever its state says) again.
 
 Times are floats, seconds since the Unix epoch, passed in by the caller: a store
 never reads a clock, so tests can drive it with a fake one.
@@ -31,9 +40,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from stepflow.errors import UnreadableRunError
+
 __all__ = [
+    "RUN_COLUMNS",
     "JournalEntry",
     "Lease",
+    "LeaseHolder",
     "RunKey",
     "RunRecord",
     "RunStatus",
@@ -42,8 +55,9 @@ __all__ = [
     "prefix_upper_bound",
 ]
 
-#: A run's status in the store: the state's status, or ``"cancelled"``.
-RunStatus = Literal["running", "completed", "failed", "cancelled"]
+#: A run's status in the store: the state's status, ``"cancelled"``, or ``"parked"``
+#: (set aside by a worker that could not drive it; see :meth:`Store.park`).
+RunStatus = Literal["running", "completed", "failed", "cancelled", "parked"]
 
 #: Where a run sits in the newest-first order of :meth:`Store.page_runs`: its
 #: ``(created_at, run_id)``. A page's last run's key asks for the page after it.
@@ -92,6 +106,11 @@ class RunRecord:
         lease_owner: The worker holding the lease, or ``None``.
         lease_token: The token of the current lease, or ``None``.
         lease_expires_at: When the current lease expires, or ``None``.
+        parked_reason: Why a worker parked the run (``status == "parked"``), or
+            ``None``.
+        unreadable: Why a column of the row cannot be read, or ``None``: the
+            record is then incomplete (an unreadable input reads as ``None``).
+            Not a column; never part of equality.
 
     """
 
@@ -107,6 +126,30 @@ class RunRecord:
     lease_owner: str | None = None
     lease_token: str | None = None
     lease_expires_at: float | None = None
+    parked_reason: str | None = None
+    unreadable: UnreadableRunError | None = attrs.field(default=None, eq=False)
+
+
+#: The columns of a run's row, in :class:`RunRecord`'s order (``unreadable`` is not one).
+RUN_COLUMNS: tuple[str, ...] = tuple(
+    field.name for field in attrs.fields(RunRecord) if field.name != "unreadable"
+)
+
+
+@attrs.frozen
+class LeaseHolder:
+    """A worker holding live leases on due runs (see :meth:`Store.lease_holders`).
+
+    Attributes:
+        owner: The worker's name in its leases (``Worker.owner``).
+        runs: How many due runs it holds.
+        until: When the last of those leases expires unless renewed.
+
+    """
+
+    owner: str
+    runs: int
+    until: float
 
 
 @attrs.frozen
@@ -118,12 +161,15 @@ class Lease:
             must name as ``expected_version``).
         token: The lease token, named by every save made under this lease.
         expires_at: When the lease lapses unless renewed.
+        taken_from: The owner whose lease on the run had expired without being
+            released (a takeover), or ``None``.
 
     """
 
     run: RunRecord
     token: str
     expires_at: float
+    taken_from: str | None = None
 
 
 @attrs.frozen
@@ -280,6 +326,41 @@ class Store(Protocol):
         """Give up a lease (a no-op if it was already lost)."""
         ...
 
+    def park(self, run_id: str, token: str, *, until: float, reason: str) -> bool:
+        """Set a run this lease holder cannot drive aside until ``until``; release the lease.
+
+        The status becomes ``"parked"`` and ``parked_reason`` says why; the state,
+        the version and the journal are not touched, so nothing is lost. The run
+        is claimed again from ``until`` on, and its next save (by a worker that
+        can drive it) clears the mark.
+
+        Returns:
+            Whether the run was parked (``False``: the lease was lost already).
+
+        """
+        ...
+
+    def lease_holders(
+        self, *, now: float, flows: Collection[str] | None = None
+    ) -> list[LeaseHolder]:
+        """Return who holds live leases on due runs (of ``flows``), by owner.
+
+        These are the runs a worker would claim but must wait for: it logs them,
+        and takes back those held under its own ``worker_id`` by a process that
+        is gone (see :meth:`expire_leases`).
+        """
+        ...
+
+    def expire_leases(self, owner: str, *, now: float) -> int:
+        """Let every live lease held by ``owner`` expire at ``now``; return how many.
+
+        For a worker that knows ``owner`` is a process that is gone: its runs can
+        be claimed at once instead of after the lease length. The lease tokens are
+        kept until the runs are claimed, so a save naming one is refused from then
+        on (the fence); a live holder would lose its runs, never corrupt them.
+        """
+        ...
+
     def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
         """Return the earliest time a running run becomes claimable, or ``None``.
 
@@ -307,6 +388,7 @@ class Store(Protocol):
 
         Raises:
             UnknownRunError: no run has this id.
+            UnreadableRunError: an entry of the journal cannot be read.
 
         """
         ...

@@ -7,7 +7,6 @@ tests and single-process tools can use it in their place.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -20,11 +19,20 @@ from stepflow.stores._rules import (
     check_save,
     dump_input,
     lease_is_live,
+    load_input,
     new_lease_token,
     run_exists,
     unknown_run,
 )
-from stepflow.stores.base import JournalEntry, Lease, RunKey, RunRecord, RunStatus, Save
+from stepflow.stores.base import (
+    JournalEntry,
+    Lease,
+    LeaseHolder,
+    RunKey,
+    RunRecord,
+    RunStatus,
+    Save,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -51,7 +59,8 @@ class MemoryStore:
 
     @staticmethod
     def _out(run: RunRecord) -> RunRecord:
-        return attrs.evolve(run, input=json.loads(run.input))
+        value, unreadable = load_input(run.run_id, run.input)
+        return attrs.evolve(run, input=value, unreadable=unreadable)
 
     def create_run(
         self,
@@ -111,13 +120,14 @@ class MemoryStore:
                 (
                     run
                     for run in self._runs.values()
-                    if run.status == "running"
+                    if run.status in ("running", "parked")
                     and run.wake_at is not None
                     and run.wake_at <= now
                     and not lease_is_live(run, now)
                     and (flows is None or run.flow in flows)
                 ),
-                key=_due_order,
+                # Running runs first, then parked ones (see Store.park).
+                key=lambda run: (run.status == "parked", *_due_order(run)),
             )
             for run in due[: max(limit, 0)]:
                 token = new_lease_token()
@@ -125,7 +135,9 @@ class MemoryStore:
                     run, lease_owner=owner, lease_token=token, lease_expires_at=expires_at
                 )
                 self._runs[run.run_id] = claimed
-                leases.append(Lease(run=self._out(claimed), token=token, expires_at=expires_at))
+                leases.append(
+                    Lease(self._out(claimed), token, expires_at, taken_from=run.lease_owner)
+                )
         return leases
 
     def _save(self, save: Save, now: float) -> RunRecord | StoreError:
@@ -179,6 +191,53 @@ class MemoryStore:
                 self._runs[run_id] = attrs.evolve(
                     run, lease_owner=None, lease_token=None, lease_expires_at=None
                 )
+
+    def park(self, run_id: str, token: str, *, until: float, reason: str) -> bool:
+        """Set a run aside until ``until`` and release its lease (see :meth:`Store.park`)."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.lease_token != token:
+                return False
+            self._runs[run_id] = attrs.evolve(
+                run,
+                status="parked",
+                wake_at=float(until),
+                parked_reason=reason,
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+            )
+        return True
+
+    def lease_holders(
+        self, *, now: float, flows: Collection[str] | None = None
+    ) -> list[LeaseHolder]:
+        """Return who holds live leases on due runs (see :meth:`Store.lease_holders`)."""
+        held: dict[str, tuple[int, float]] = {}
+        with self._lock:
+            for run in self._runs.values():
+                if (
+                    run.status in ("running", "parked")
+                    and run.wake_at is not None
+                    and run.wake_at <= now
+                    and lease_is_live(run, now)
+                    and (flows is None or run.flow in flows)
+                ):
+                    assert run.lease_owner is not None
+                    assert run.lease_expires_at is not None
+                    count, until = held.get(run.lease_owner, (0, run.lease_expires_at))
+                    held[run.lease_owner] = (count + 1, max(until, run.lease_expires_at))
+        return [LeaseHolder(owner, count, until) for owner, (count, until) in sorted(held.items())]
+
+    def expire_leases(self, owner: str, *, now: float) -> int:
+        """Let ``owner``'s live leases expire now (see :meth:`Store.expire_leases`)."""
+        expired = 0
+        with self._lock:
+            for run in list(self._runs.values()):
+                if run.lease_owner == owner and lease_is_live(run, now):
+                    self._runs[run.run_id] = attrs.evolve(run, lease_expires_at=float(now))
+                    expired += 1
+        return expired
 
     def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
         """Return when a running run next becomes claimable (see :meth:`Store.next_due`)."""

@@ -32,7 +32,16 @@ import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
 from stepflow.stores._rules import check_save, dump_input, new_lease_token, run_exists, unknown_run
-from stepflow.stores.base import JournalEntry, Lease, RunKey, RunRecord, RunStatus, Save
+from stepflow.stores.base import (
+    RUN_COLUMNS,
+    JournalEntry,
+    Lease,
+    LeaseHolder,
+    RunKey,
+    RunRecord,
+    RunStatus,
+    Save,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -82,12 +91,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX runs_id_prefix ON runs (run_id text_pattern_ops)",
         "DROP INDEX runs_flow",
     ),
+    # 3: runs a worker parked (status 'parked') say why.
+    ("ALTER TABLE runs ADD COLUMN parked_reason text",),
 )
 
 #: The schema version this code creates and understands.
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_COLUMNS = ", ".join(field.name for field in attrs.fields(RunRecord))
+_COLUMNS = ", ".join(RUN_COLUMNS)
 _FLOWS = "(%(flows)s::text[] IS NULL OR flow = ANY(%(flows)s::text[]))"
 
 # The compare-and-swap: the same rule as stepflow.stores._rules.check_save and
@@ -101,7 +112,7 @@ WITH saved AS (
         lease_owner = CASE WHEN %(keep_lease)s THEN lease_owner END,
         lease_token = CASE WHEN %(keep_lease)s THEN lease_token END,
         lease_expires_at = CASE WHEN %(keep_lease)s THEN lease_expires_at END,
-        flow = COALESCE(%(flow)s::text, flow)
+        flow = COALESCE(%(flow)s::text, flow), parked_reason = NULL
     WHERE run_id = %(run_id)s AND version = %(expected_version)s
         AND (lease_token = %(lease_token)s::text
              OR (%(lease_token)s::text IS NULL
@@ -139,7 +150,7 @@ WITH given AS (
         lease_owner = CASE WHEN s.keep_lease THEN runs.lease_owner END,
         lease_token = CASE WHEN s.keep_lease THEN runs.lease_token END,
         lease_expires_at = CASE WHEN s.keep_lease THEN runs.lease_expires_at END,
-        flow = COALESCE(s.flow, runs.flow)
+        flow = COALESCE(s.flow, runs.flow), parked_reason = NULL
     FROM locked AS s
     WHERE runs.run_id = s.run_id AND runs.version = s.expected_version
         AND (runs.lease_token = s.lease_token
@@ -320,7 +331,7 @@ class PostgresStore:
         with self._transaction() as cur:
             cur.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s, NULL, NULL, NULL)"
+                " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s, NULL, NULL, NULL, NULL)"
                 f" ON CONFLICT (run_id) DO NOTHING RETURNING {_COLUMNS}",
                 (run_id, flow, status, state, wake_at, text, now, now),
             )
@@ -360,12 +371,10 @@ class PostgresStore:
         """Lease up to ``limit`` due runs, earliest first (see :meth:`Store.claim_due`)."""
         expires_at = float(now + lease_seconds)
         with self._transaction() as cur:
-            cur.execute(
-                f"SELECT {_COLUMNS} FROM runs WHERE status = 'running' AND wake_at <= %(now)s"
-                f" AND (lease_token IS NULL OR lease_expires_at <= %(now)s) AND {_FLOWS}"
-                " ORDER BY wake_at, run_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-                {"now": now, "flows": _flows(flows), "limit": max(limit, 0)},
-            )
+            # Running runs first, then parked ones, each in wake_at order.
+            runs = self._due(cur, "running", now, flows, limit)
+            if len(runs) < limit:
+                runs += self._due(cur, "parked", now, flows, limit - len(runs))
             leases = [
                 Lease(
                     run=attrs.evolve(
@@ -373,8 +382,9 @@ class PostgresStore:
                     ),
                     token=token,
                     expires_at=expires_at,
+                    taken_from=run.lease_owner,
                 )
-                for run, token in ((RunRecord(*row), new_lease_token()) for row in cur.fetchall())
+                for run, token in ((run, new_lease_token()) for run in runs)
             ]
             cur.executemany(
                 "UPDATE runs SET lease_owner = %s, lease_token = %s, lease_expires_at = %s"
@@ -382,6 +392,23 @@ class PostgresStore:
                 [(owner, lease.token, expires_at, lease.run.run_id) for lease in leases],
             )
         return leases
+
+    @staticmethod
+    def _due(
+        cur: psycopg.Cursor[tuple[Any, ...]],
+        status: str,
+        now: float,
+        flows: Collection[str] | None,
+        limit: int,
+    ) -> list[RunRecord]:
+        """Lock and return up to ``limit`` claimable runs of ``status``, earliest first."""
+        cur.execute(
+            f"SELECT {_COLUMNS} FROM runs WHERE status = %(status)s AND wake_at <= %(now)s"
+            f" AND (lease_token IS NULL OR lease_expires_at <= %(now)s) AND {_FLOWS}"
+            " ORDER BY wake_at, run_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+            {"status": status, "now": now, "flows": _flows(flows), "limit": max(limit, 0)},
+        )
+        return [RunRecord(*row) for row in cur.fetchall()]
 
     def _explain(
         self, cur: psycopg.Cursor[tuple[Any, ...]], saves: Sequence[Save], now: float
@@ -489,6 +516,42 @@ class PostgresStore:
                 " WHERE run_id = %s AND lease_token = %s",
                 (run_id, token),
             )
+
+    def park(self, run_id: str, token: str, *, until: float, reason: str) -> bool:
+        """Set a run aside until ``until`` and release its lease (see :meth:`Store.park`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE runs SET status = 'parked', wake_at = %s, parked_reason = %s,"
+                " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+                " WHERE run_id = %s AND lease_token = %s",
+                (float(until), reason, run_id, token),
+            )
+            return bool(cur.rowcount)
+
+    def lease_holders(
+        self, *, now: float, flows: Collection[str] | None = None
+    ) -> list[LeaseHolder]:
+        """Return who holds live leases on due runs (see :meth:`Store.lease_holders`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT lease_owner, count(*), max(lease_expires_at) FROM runs"
+                " WHERE status IN ('running', 'parked') AND wake_at <= %(now)s"
+                f" AND lease_expires_at > %(now)s AND {_FLOWS}"
+                " GROUP BY lease_owner ORDER BY lease_owner",
+                {"now": now, "flows": _flows(flows)},
+            )
+            rows = cur.fetchall()
+        return [LeaseHolder(str(owner), int(count), float(until)) for owner, count, until in rows]
+
+    def expire_leases(self, owner: str, *, now: float) -> int:
+        """Let ``owner``'s live leases expire now (see :meth:`Store.expire_leases`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE runs SET lease_expires_at = %(now)s"
+                " WHERE lease_owner = %(owner)s AND lease_expires_at > %(now)s",
+                {"now": float(now), "owner": owner},
+            )
+            return int(cur.rowcount)
 
     def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
         """Return when a running run next becomes claimable (see :meth:`Store.next_due`)."""

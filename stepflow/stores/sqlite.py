@@ -17,7 +17,6 @@ makes just as safe.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -28,18 +27,21 @@ from typing import Any
 
 import attrs
 
-from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
+from stepflow.errors import ConfigurationError, StaleWriteError, StoreError, UnreadableRunError
 from stepflow.stores._rules import (
     apply_save,
     check_save,
     dump_input,
+    load_input,
     new_lease_token,
     run_exists,
     unknown_run,
 )
 from stepflow.stores.base import (
+    RUN_COLUMNS,
     JournalEntry,
     Lease,
+    LeaseHolder,
     RunKey,
     RunRecord,
     RunStatus,
@@ -96,12 +98,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX runs_flow_status_page ON runs (flow, status, created_at, run_id)",
         "DROP INDEX runs_flow",
     ),
+    # 3: runs a worker parked (status 'parked') say why.
+    ("ALTER TABLE runs ADD COLUMN parked_reason TEXT",),
 )
 
 #: The schema version this code creates and understands.
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_COLUMNS = ", ".join(field.name for field in attrs.fields(RunRecord))
+_COLUMNS = ", ".join(RUN_COLUMNS)
 _SET_LEASE = (
     "UPDATE runs SET lease_owner = ?, lease_token = ?, lease_expires_at = ? WHERE run_id = ?"
 )
@@ -115,7 +119,7 @@ _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _SAVE = f"""
 UPDATE runs SET
     state = ?1, status = ?2, wake_at = ?3, version = version + 1, updated_at = ?4,
-    flow = COALESCE(?9, flow),
+    flow = COALESCE(?9, flow), parked_reason = NULL,
     lease_owner = CASE WHEN ?5 THEN lease_owner END,
     lease_token = CASE WHEN ?5 THEN lease_token END,
     lease_expires_at = CASE WHEN ?5 THEN lease_expires_at END
@@ -128,11 +132,66 @@ RETURNING {_COLUMNS}"""
 _JOURNAL = "INSERT INTO journal (run_id, seq, at, batch) VALUES (?, ?, ?, ?)"
 
 
-def _record(row: Sequence[Any]) -> RunRecord:
-    """Build a record from a row of ``_COLUMNS`` (input is JSON text in SQLite)."""
+def _record(row: Sequence[Any], *, lenient: bool = False) -> RunRecord:
+    """Build a record from a row of ``_COLUMNS`` (input is JSON text in SQLite).
+
+    A column that cannot be read makes the record ``unreadable``, not the call fail;
+    ``lenient`` rows (see :func:`_records`) may hold text that is not UTF-8.
+    """
     values = list(row)
-    values[6] = json.loads(values[6])
+    unreadable = _undecodable(values) if lenient else None
+    values[6], bad_input = load_input(values[0], values[6])
+    values.append(unreadable or bad_input)
     return RunRecord(*values)
+
+
+def _lenient_text(raw: bytes) -> str:
+    """Decode TEXT that may not be UTF-8, keeping its bytes (as surrogates) to report it."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _not_utf8(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _undecodable(values: Sequence[Any]) -> UnreadableRunError | None:
+    """Return the error for the first column of a leniently read row that is not UTF-8."""
+    for name, value in zip(RUN_COLUMNS, values, strict=True):
+        if _not_utf8(value):
+            return UnreadableRunError(str(values[0]), name, "is not valid UTF-8 text")
+    return None
+
+
+def _fetch(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> tuple[list[Any], bool]:
+    """Run a query; return its rows, and whether they were read leniently.
+
+    sqlite3 fails a whole fetch on one TEXT value that is not UTF-8 (a row edited
+    by hand): the query is then run again keeping such bytes as surrogates, for
+    the caller to report. A plain read costs nothing extra. The caller holds the
+    store's lock.
+    """
+    try:
+        return db.execute(sql, params).fetchall(), False
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise
+    db.text_factory = _lenient_text
+    try:
+        return db.execute(sql, params).fetchall(), True
+    finally:
+        db.text_factory = str
+
+
+def _records(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[RunRecord]:
+    """Run a query of ``_COLUMNS`` and return its records, unreadable ones marked."""
+    rows, lenient = _fetch(db, sql, params)
+    return [_record(row, lenient=lenient) for row in rows]
 
 
 def _where(
@@ -292,7 +351,7 @@ class SQLiteStore:
         with self._transaction() as db:
             inserted = db.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
-                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL)"
+                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL)"
                 " ON CONFLICT (run_id) DO NOTHING",
                 (run_id, flow, status, state, wake_at, text, now, now),
             ).rowcount
@@ -304,8 +363,8 @@ class SQLiteStore:
 
     @staticmethod
     def _find(db: sqlite3.Connection, run_id: str) -> RunRecord | None:
-        row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return None if row is None else _record(row)
+        found = _records(db, f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        return found[0] if found else None
 
     def _load(self, db: sqlite3.Connection, run_id: str) -> RunRecord:
         run = self._find(db, run_id)
@@ -329,16 +388,12 @@ class SQLiteStore:
     ) -> list[Lease]:
         """Lease up to ``limit`` due runs, earliest first (see :meth:`Store.claim_due`)."""
         expires_at = float(now + lease_seconds)
-        where, params = _where(
-            flows=flows,
-            extra="status = 'running' AND wake_at <= ? "
-            "AND (lease_token IS NULL OR lease_expires_at <= ?)",
-        )
         with self._transaction() as db:
-            rows = db.execute(
-                f"SELECT {_COLUMNS} FROM runs{where} ORDER BY wake_at, run_id LIMIT ?",
-                (now, now, *params, max(limit, 0)),
-            ).fetchall()
+            # Running runs first, then parked ones: two index range scans, each in
+            # wake_at order (an IN over both statuses would sort every due row).
+            runs = self._due(db, "running", now, flows, limit)
+            if len(runs) < limit:
+                runs += self._due(db, "parked", now, flows, limit - len(runs))
             leases = [
                 Lease(
                     run=attrs.evolve(
@@ -346,13 +401,34 @@ class SQLiteStore:
                     ),
                     token=token,
                     expires_at=expires_at,
+                    taken_from=run.lease_owner,
                 )
-                for run, token in ((_record(row), new_lease_token()) for row in rows)
+                for run, token in ((run, new_lease_token()) for run in runs)
             ]
             db.executemany(
                 _SET_LEASE, [(owner, lease.token, expires_at, lease.run.run_id) for lease in leases]
             )
         return leases
+
+    @staticmethod
+    def _due(
+        db: sqlite3.Connection,
+        status: str,
+        now: float,
+        flows: Collection[str] | None,
+        limit: int,
+    ) -> list[RunRecord]:
+        """Return up to ``limit`` claimable runs of ``status``, earliest first."""
+        where, params = _where(
+            status=status,
+            flows=flows,
+            extra="wake_at <= ? AND (lease_token IS NULL OR lease_expires_at <= ?)",
+        )
+        return _records(
+            db,
+            f"SELECT {_COLUMNS} FROM runs{where} ORDER BY wake_at, run_id LIMIT ?",
+            (now, now, *params, max(limit, 0)),
+        )
 
     def _explain(self, db: sqlite3.Connection, save: Save, now: float) -> StoreError:
         """Return why ``save``'s ``UPDATE`` matched no row (the write lock is held)."""
@@ -400,7 +476,8 @@ class SQLiteStore:
         new = apply_save(run, save, now)
         db.execute(
             "UPDATE runs SET state = ?, status = ?, wake_at = ?, version = ?, updated_at = ?,"
-            " lease_owner = ?, lease_token = ?, lease_expires_at = ?, flow = ? WHERE run_id = ?",
+            " lease_owner = ?, lease_token = ?, lease_expires_at = ?, flow = ?,"
+            " parked_reason = NULL WHERE run_id = ?",
             (
                 new.state,
                 new.status,
@@ -471,6 +548,45 @@ class SQLiteStore:
                 (run_id, token),
             )
 
+    def park(self, run_id: str, token: str, *, until: float, reason: str) -> bool:
+        """Set a run aside until ``until`` and release its lease (see :meth:`Store.park`)."""
+        with self._transaction() as db:
+            return bool(
+                db.execute(
+                    "UPDATE runs SET status = 'parked', wake_at = ?, parked_reason = ?,"
+                    " lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+                    " WHERE run_id = ? AND lease_token = ?",
+                    (float(until), reason, run_id, token),
+                ).rowcount
+            )
+
+    def lease_holders(
+        self, *, now: float, flows: Collection[str] | None = None
+    ) -> list[LeaseHolder]:
+        """Return who holds live leases on due runs (see :meth:`Store.lease_holders`)."""
+        where, params = _where(
+            flows=flows,
+            extra="status IN ('running', 'parked') AND wake_at <= ? AND lease_expires_at > ?",
+        )
+        with self._locked() as db:
+            rows = db.execute(
+                "SELECT lease_owner, COUNT(*), MAX(lease_expires_at) FROM runs"
+                f"{where} GROUP BY lease_owner ORDER BY lease_owner",
+                (now, now, *params),
+            ).fetchall()
+        return [LeaseHolder(str(owner), int(count), float(until)) for owner, count, until in rows]
+
+    def expire_leases(self, owner: str, *, now: float) -> int:
+        """Let ``owner``'s live leases expire now (see :meth:`Store.expire_leases`)."""
+        with self._transaction() as db:
+            return int(
+                db.execute(
+                    "UPDATE runs SET lease_expires_at = ?"
+                    " WHERE lease_owner = ? AND lease_expires_at > ?",
+                    (float(now), owner, float(now)),
+                ).rowcount
+            )
+
     def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
         """Return when a running run next becomes claimable (see :meth:`Store.next_due`)."""
         where, params = _where(flows=flows, extra="status = 'running' AND wake_at IS NOT NULL")
@@ -492,11 +608,11 @@ class SQLiteStore:
         """Return runs, filtered, oldest first (see :meth:`Store.runs`)."""
         where, params = _where(status=status, flow=flow)
         with self._locked() as db:
-            rows = db.execute(
+            return _records(
+                db,
                 f"SELECT {_COLUMNS} FROM runs{where} ORDER BY created_at, run_id LIMIT ?",
                 (*params, -1 if limit is None else max(limit, 0)),
-            ).fetchall()
-        return [_record(row) for row in rows]
+            )
 
     def count(self, *, status: RunStatus | None = None, flow: str | None = None) -> int:
         """Count runs, filtered by status and flow (see :meth:`Store.count`)."""
@@ -509,11 +625,19 @@ class SQLiteStore:
         """Return the run's journal in ``seq`` order (see :meth:`Store.history`)."""
         with self._transaction(write=False) as db:
             self._load(db, run_id)
-            rows = db.execute(
+            rows, lenient = _fetch(
+                db,
                 "SELECT run_id, seq, at, batch FROM journal WHERE run_id = ? ORDER BY seq",
                 (run_id,),
-            ).fetchall()
-        return [JournalEntry(*row) for row in rows]
+            )
+        entries = [JournalEntry(*row) for row in rows]
+        if lenient:
+            for entry in entries:
+                if _not_utf8(entry.batch):
+                    raise UnreadableRunError(
+                        run_id, "journal", f"entry {entry.seq} is not valid UTF-8 text"
+                    )
+        return entries
 
     def close(self) -> None:
         """Close the connection; the store cannot be used afterwards."""

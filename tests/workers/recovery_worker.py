@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -146,7 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds each handler sleeps")
     parser.add_argument("--marker", help="file written (with the key) when a handler first starts")
     parser.add_argument("--until-idle", action="store_true", help="exit once no run is running")
+    parser.add_argument("--worker-id", help="a stable worker id (Worker(worker_id=...))")
+    parser.add_argument("--log", action="store_true", help="log the worker's INFO lines")
     args = parser.parse_args(argv)
+    if args.log:
+        logging.basicConfig(
+            stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(message)s", force=True
+        )
 
     if args.store.startswith(("postgresql://", "postgres://")):
         store: Store = PostgresStore(args.store, schema=args.schema)
@@ -172,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         lease_seconds=args.lease_seconds,
         idle_interval=args.idle_interval,
+        worker_id=args.worker_id,
     )
     try:
         stats = worker.run_sync(until_idle=args.until_idle, handle_signals=True)
