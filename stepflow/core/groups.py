@@ -323,7 +323,9 @@ class _Run:
             return
         if progress.error is not None:
             self.fail_group(scope, progress.error, at)
-        elif progress.kind == "parallel" or progress.started == len(progress.items):
+        elif (  # pragma: no branch - never false: a map settles once all started (limit >= 1)
+            progress.kind == "parallel" or progress.started == len(progress.items)
+        ):
             self.complete_group(scope, progress, at)
 
     def item_ended(self, scope: str, key: str, at: float | None, error: ErrorRecord | None) -> None:
@@ -371,7 +373,7 @@ class _Run:
     def stop(self, node: _Node, at: float | None) -> None:
         """Account, in each group around it, for a position that ended inside a failed group."""
         event = node.event
-        for scope in reversed(node.groups):
+        for scope in reversed(node.groups):  # pragma: no branch - returns at the failed group
             progress = self.groups.get(scope)
             if progress is None:  # pragma: no cover - a group around a live position exists
                 continue
@@ -547,7 +549,9 @@ def advance_groups(
     except KeyError as exc:
         # A position or group the definition does not know: say what is wrong.
         check_state(definition, state)
-        raise StateError(f"the state does not fit {name!r}: {state!r:.200}") from exc
+        raise StateError(  # pragma: no cover - check_state refuses each state known to get here
+            f"the state does not fit {name!r}: {state!r:.200}"
+        ) from exc
 
 
 def _advance(
