@@ -824,3 +824,26 @@ def test_a_hand_made_state_holding_one_position_twice_refuses_the_second_answer(
     # One answer moves the position on; the other then has no position left to answer.
     with pytest.raises(LateEffectError, match=f"command {twin.id} of run 'p' was already answered"):
         advance(TWO_LEFT, doubled, (ok(a, "x"), ok(twin, "y")))
+
+
+def test_a_state_holding_one_position_twice_is_refused() -> None:
+    definition = stepflow.new(
+        stepflow.named("t").parallel("p", {"a": stepflow.steps().do("x", print)})
+    ).definition
+    state, _ = stepflow.advance(definition, None, now=0.0)
+    twice = state._replace(events=state.events * 2, in_flight=state.in_flight * 2)
+    with pytest.raises(stepflow.StateError, match="twice"):
+        stepflow.core.check_state(definition, twice)
+
+
+def test_several_positions_outside_any_group_are_refused_in_a_flow_with_groups() -> None:
+    definition = stepflow.new(
+        stepflow.named("t").do("a", print).do("b", print).parallel(
+            "p", {"x": stepflow.steps().do("c", print)}
+        )
+    ).definition
+    state, (a,) = stepflow.advance(definition, None, now=0.0)
+    b = stepflow.CallHandler(a.id + 1, "do", "t/b", "start:t/b", None)
+    both = state._replace(events=("start:t/a", "start:t/b"), in_flight=(a, b), seq=b.id)
+    with pytest.raises(stepflow.StateError, match="lies in no parallel or map group"):
+        stepflow.core.check_state(definition, both)

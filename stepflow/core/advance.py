@@ -623,7 +623,18 @@ def check_state(definition: FlowDefinition, state: State) -> State:
             "has exactly one command, in the same order"
         )
     positions = {e: _position_node(definition, e) for e in state.events}
+    if len(positions) != len(state.events):
+        raise StateError(
+            f"the state holds a position twice: {list(state.events)!r}; each branch or map "
+            "item holds one position"
+        )
     missing = [e for e, node in positions.items() if node is None]
+    outside = [e for e, node in positions.items() if node is not None and not node.groups]
+    if len(state.events) > 1 and outside:
+        raise StateError(
+            f"the state holds {len(state.events)} positions, and {outside[0]!r} lies in no "
+            "parallel or map group; outside groups a run holds one position"
+        )
     for command in state.in_flight:
         if command.event not in state.events:
             raise StateError(
