@@ -188,11 +188,11 @@ def _unstructure_group(group: GroupProgress) -> dict[str, Any]:
 
 
 def _unstructure_state(state: State) -> dict[str, Any]:
-    flow, fingerprint, events, status, error, in_flight, seq, outputs, wake, until, tries, run = (
-        state[:12]
-    )
+    (
+        flow, fingerprint, events, status, error, in_flight, seq, outputs,
+        wake, until, tries, run, times, groups,
+    ) = state  # fmt: skip
     # (Identity tests, not truth: a pmap's truth is a Python-level __len__ call.)
-    times, groups = state[12], state[13]
     if (times is not EMPTY_TIMES and times) or (groups is not EMPTY_GROUPS and groups):
         envelope = _unstructure_state(state._replace(times=EMPTY_TIMES, groups=EMPTY_GROUPS))
         envelope["format"] = FORMAT_VERSION

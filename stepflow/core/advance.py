@@ -167,7 +167,7 @@ def advance(
         state = initial_state(definition)
     elif state[1] is not fingerprint and (state[1] != fingerprint or state[0] != name):
         state = check_state(definition, state)
-    _, _, events, status, _, in_flight, seq, outputs, _, _, attempts, run_id = state[:12]
+    _, _, events, status, _, in_flight, seq, outputs, _, _, attempts, run_id, _, _ = state
     if not effects:
         if in_flight or status != RUNNING:
             return state, in_flight
@@ -583,7 +583,7 @@ def check_state(definition: FlowDefinition, state: State) -> State:
             and (error is None) == (status != FAILED)
             and status in _STATUSES
             and (state[10] is EMPTY_ATTEMPTS or all(s in node.retry_scopes for s in state[10]))
-            and not node.groups
+            and not node[10]  # (groups: a position in a group needs its progress checked)
         ):
             if not in_flight:
                 return state
