@@ -1692,7 +1692,11 @@ def _flow_entry(attribute: str, value: Any, module_ref: str) -> dict[str, Any]:
             "steps": None,
             "error": exc.message if isinstance(exc, click.ClickException) else str(exc),
         }
-    steps = {t.step for t in definition.handler_transitions() if t.step is not None}
+    steps = {
+        t.step
+        for t in definition.handler_transitions()
+        if t.step is not None and t.kind not in ("parallel", "join")
+    }
     return {
         "attribute": attribute,
         "kind": kind,

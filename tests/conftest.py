@@ -3,6 +3,7 @@
 * ``dev`` (default): 100 examples per property, for a quick local loop.
 * ``ci`` (chosen automatically when ``CI`` is set): 200 examples per property.
 * ``thorough``: 2,000 examples, for a long run before a release.
+* ``noshrink``: 200 examples, a failure reported as found (not shrunk), for debugging.
 
 Pick one explicitly with ``STEPFLOW_HYPOTHESIS_PROFILE=thorough pytest``.
 """
@@ -13,13 +14,17 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from postgres import PostgresUnavailable, fresh_schema, server
 
 _common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 settings.register_profile("dev", max_examples=100, **_common)
 settings.register_profile("ci", max_examples=200, print_blob=True, **_common)
 settings.register_profile("thorough", max_examples=2000, **_common)
+# For finding a failure fast while debugging: report the first failing example unshrunk.
+settings.register_profile(
+    "noshrink", max_examples=200, phases=[Phase.explicit, Phase.generate], **_common
+)
 
 _default = "ci" if os.environ.get("CI") else "dev"
 settings.load_profile(os.environ.get("STEPFLOW_HYPOTHESIS_PROFILE", _default))

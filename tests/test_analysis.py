@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from strategies import definitions
 
 import stepflow
+from stepflow.core.definition import template_of
 import stepflow.analysis
 from stepflow import Destination, FlowDefinition, Transition
 from stepflow.analysis import (
@@ -262,10 +263,15 @@ def test_explore_finds_a_planted_violation_with_a_shortest_replayable_trace(
     data: st.DataObject,
 ) -> None:
     definition = data.draw(definitions(), label="definition")
-    handlers = list(definition.handler_transitions())
+    handlers = [t for t in definition.handler_transitions() if t.kind not in ("parallel", "join")]
     assume(handlers)
     target = data.draw(st.sampled_from(handlers), label="target")
-    planted = never(lambda s: s.is_running and s.events[0] == target.source, name="planted")
+
+    def at_target(s: stepflow.State) -> bool:
+        # (A position inside a map item carries its index: compare templates.)
+        return s.is_running and any(template_of(e) == target.source for e in s.events)
+
+    planted = never(at_target, name="planted")
     result = explore(definition, invariants=[planted], max_loops=1)
     violation = result.violation("planted")
     assert violation is not None
@@ -274,13 +280,13 @@ def test_explore_finds_a_planted_violation_with_a_shortest_replayable_trace(
     state, _ = stepflow.advance(definition, None, now=0.0)
     assert state == trace.start
     for move in trace.moves:
-        assert state.in_flight == (move.command,)
+        assert move.command in state.in_flight
         state, _ = stepflow.advance(definition, state, (move.effect,))
         assert state == move.state
-    assert state.events == (target.source,)
-    assert state.in_flight[0].step == target.step
+    assert at_target(state)
+    assert any(template_of(c.step) == target.step for c in state.in_flight)
     # ...and no shorter prefix of it does (breadth first: it is a shortest one).
-    assert all(not (s.is_running and s.events[0] == target.source) for s in trace.states[:-1])
+    assert not any(at_target(s) for s in trace.states[:-1])
     assert replay(definition, trace.outcomes) == trace
 
 

@@ -642,12 +642,13 @@ class FlowDefinition:
         return (*self.table, self.completed_event)
 
     def handler_transitions(self) -> Iterator[Transition]:
-        """Iterate over the transitions that wait for a handler or a timer.
+        """Iterate over the transitions that are not static.
 
-        Forks and joins (``"parallel"``, ``"join"``) wait for neither; a
-        ``"map"`` waits for its ``items`` handler.
+        Those of handlers and timers, where a position waits, and the forks and
+        joins of groups (``"parallel"``, ``"join"``), taken when a group starts or
+        a branch or item ends; a ``"map"`` waits for its ``items`` handler.
         """
-        return (t for t in self.transitions if t.kind not in ("static", "parallel", "join"))
+        return (t for t in self.transitions if not t.is_static)
 
     def retry_scopes(self) -> tuple[str, ...]:
         """Scope paths of every retry group, in definition order."""

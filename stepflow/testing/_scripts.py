@@ -143,7 +143,9 @@ class WrongKind:
 def handler_keys(definition: FlowDefinition) -> list[HandlerKey]:
     """Every ``(kind, step)`` a handler of ``definition`` serves (timers have none)."""
     keys: list[HandlerKey] = [
-        (t.kind, t.step or "") for t in definition.handler_transitions() if t.kind != "sleep"
+        (t.kind, t.step or "")
+        for t in definition.handler_transitions()
+        if t.kind not in ("sleep", "parallel", "join")
     ]
     keys += [
         ("on_error", scope)
