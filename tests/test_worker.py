@@ -624,6 +624,13 @@ def test_a_worker_that_lost_its_lease_drops_the_run_and_writes_nothing(
         store, [flow], clock=clock, lease_seconds=lease_seconds, group_commit=group_commit
     )
 
+    class StopWhenStale(logging.Handler):
+        # Stop at once: on the FakeClock, the worker would otherwise jump to the
+        # end of the thief's lease and take the run over itself.
+        def emit(self, record: logging.LogRecord) -> None:
+            if "moved on without this worker" in record.getMessage():
+                worker.stop()
+
     async def main() -> None:
         task = asyncio.create_task(worker.run())
         for _ in range(3000):
@@ -633,7 +640,12 @@ def test_a_worker_that_lost_its_lease_drops_the_run_and_writes_nothing(
         worker.stop()
         await asyncio.wait_for(task, timeout=30)
 
-    asyncio.run(main())
+    stop_when_stale = StopWhenStale()
+    logging.getLogger("stepflow.worker").addHandler(stop_when_stale)
+    try:
+        asyncio.run(main())
+    finally:
+        logging.getLogger("stepflow.worker").removeHandler(stop_when_stale)
     assert worker.stats.stale == 1
     assert worker.stats.completed == 0
     ((lease, at_steal, journal_at_steal),) = stolen
