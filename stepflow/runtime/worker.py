@@ -17,10 +17,15 @@ lease, and for each claimed run start a task that
 When nothing is due it sleeps until the store's next ``wake_at`` (bounded by
 ``idle_interval`` on the system clock; a virtual clock, such as a
 :class:`~stepflow.clock.FakeClock`, jumps straight to it), so a waiting run
-never spins. Saves of many runs are grouped
-into one transaction (group commit) while a previous one is being written; a
-run waits for its own save before executing its next command, so no step is
-ever acted on before it is durable.
+never spins. Saves of many runs are grouped into one transaction (group commit)
+while a previous one is being written; a run waits for its own save before
+executing its next command, so no step is ever acted on before it is durable.
+
+Leases end by the worker's clock and are renewed by it: every third of
+``lease_seconds`` on that clock, and at once when the clock passed a lease's
+end during a step (a virtual clock moved on by a handler), before the step is
+saved and before the worker claims again. A worker never claims its own runs
+back, so a clock jump never makes it drop a run or run a step twice.
 
 Guarantees: handlers run at least once, with an idempotency key that is the same
 on every execution of a command; state transitions happen exactly once (a stale
