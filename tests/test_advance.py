@@ -113,6 +113,65 @@ def test_do_outputs_are_kept_frozen_under_the_step_path() -> None:
     assert list(state.outputs["f/a"]["labels"]) == ["x"]
 
 
+COUNTING = definition_of(
+    stepflow.named("f").loop_until("l", no, stepflow.steps().do("n", noop).do("m", noop))
+)
+
+
+def _answer(
+    definition: stepflow.FlowDefinition, state: stepflow.State, step: str, value: object
+) -> stepflow.State:
+    """Answer the command in flight for ``step`` with ``value``."""
+    (command,) = [c for c in state.in_flight if c.step == step]
+    state, _ = stepflow.advance(definition, state, (HandlerReturned(command.id, value),))
+    return state
+
+
+def test_a_do_returning_none_keeps_the_output_of_its_earlier_pass() -> None:
+    n, m, loop = "f/lLoopUntil/steps/n", "f/lLoopUntil/steps/m", "f/lLoopUntil"
+    state, _ = stepflow.advance(COUNTING)
+    for value, kept in [(1, 1), (None, 1), (2, 2), (None, 2), (None, 2), (3, 3)]:
+        state = _answer(COUNTING, state, n, value)
+        assert state.outputs[n] == kept
+        state = _answer(COUNTING, state, m, None)
+        assert m not in state.outputs  # None, and nothing earlier: still no output
+        state = _answer(COUNTING, state, loop, False)
+    assert state.outputs[n] == 3
+
+
+def test_a_do_returning_none_after_a_retry_restart_keeps_the_earlier_output() -> None:
+    policy = stepflow.RetryPolicy(max_attempts=3, initial_interval=0, jitter=0)
+    definition = definition_of(
+        stepflow.named("f").retry("r", policy, stepflow.steps().do("a", noop).do("b", noop))
+    )
+    a = "f/rRetry/a"
+    state, _ = stepflow.advance(definition, now=0.0)
+    state = _answer(definition, state, a, {"id": 7})
+    (b,) = state.in_flight
+    state, _ = stepflow.advance(definition, state, (raised(b),))
+    assert dict(state.attempts) == {"f/rRetry": 1}  # restarted at a
+    state = _answer(definition, state, a, None)
+    assert state.outputs[a] == {"id": 7}
+
+
+def test_a_do_returning_none_in_a_parallel_branch_keeps_its_output_and_branch_result() -> None:
+    body = stepflow.steps().loop_until("l", no, stepflow.steps().do("n", noop))
+    definition = definition_of(
+        stepflow.named("f").parallel("p", {"x": body, "y": stepflow.steps().do("m", noop)})
+    )
+    n, loop = "f/pParallel/x/lLoopUntil/steps/n", "f/pParallel/x/lLoopUntil"
+    state, _ = stepflow.advance(definition, now=0.0)
+    state = _answer(definition, state, n, 1)
+    state = _answer(definition, state, loop, False)
+    state = _answer(definition, state, n, None)
+    assert state.outputs[n] == 1
+    state = _answer(definition, state, loop, True)
+    state = _answer(definition, state, "f/pParallel/y/m", None)
+    assert state.is_completed
+    assert state.outputs[n] == 1
+    assert state.outputs["f/pParallel"] == {"x": 1, "y": None}
+
+
 def test_a_non_json_output_is_a_recorded_failure_with_a_clear_message() -> None:
     state, (a,) = stepflow.advance(TWO_STEPS)
     failed, _ = stepflow.advance(TWO_STEPS, state, (HandlerReturned(a.id, {"when": object()}),))

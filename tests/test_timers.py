@@ -472,6 +472,7 @@ class FatalError(Exception):
         (("ValueError",), ValueError),
         ((FatalError,), FatalError),
         ((f"{__name__}.FatalError",), FatalError),
+        (("FatalError",), FatalError),  # by class name, whatever the module
     ],
 )
 def test_non_retryable_errors_are_never_retried(
@@ -492,6 +493,67 @@ def test_non_retryable_errors_are_never_retried(
         flow.run()
     assert calls == [1]
     assert isinstance(info.value.__cause__, error_type)
+
+
+@pytest.mark.parametrize(
+    ("non_retryable", "error_type", "retried"),
+    [
+        # A name without a dot matches the recorded type's class name, any module.
+        ("InsufficientFundsError", "__main__.InsufficientFundsError", False),
+        ("InsufficientFundsError", "bank.errors.InsufficientFundsError", False),
+        ("InsufficientFundsError", "InsufficientFundsError", False),
+        ("Inner", "bank.Outer.Inner", False),  # the last dotted part of a qualname
+        ("InsufficientFundsError", "bank.InsufficientFundsErrorV2", True),
+        ("FundsError", "bank.InsufficientFundsError", True),  # whole names only
+        ("Outer", "bank.Outer.Inner", True),
+        # A name with a dot matches the recorded type exactly.
+        ("bank.errors.InsufficientFundsError", "bank.errors.InsufficientFundsError", False),
+        ("errors.InsufficientFundsError", "bank.errors.InsufficientFundsError", True),
+        ("bank.errors.InsufficientFundsError", "__main__.InsufficientFundsError", True),
+        ("bank.errors.InsufficientFundsError", "InsufficientFundsError", True),
+    ],
+)
+def test_non_retryable_short_names_match_by_class_name_dotted_ones_exactly(
+    non_retryable: str, error_type: str, retried: bool
+) -> None:
+    policy = RetryPolicy(
+        max_attempts=5, initial_interval=1, jitter=0, non_retryable=[non_retryable]
+    )
+    assert policy.allows(1, error_type) is retried
+    definition = definition_of(
+        stepflow.named("f").retry("r", policy, stepflow.steps().do("x", noop))
+    )
+    state, (x,) = stepflow.advance(definition, now=T0)
+    state, _ = stepflow.advance(definition, state, (raised(x, T0, error_type),))
+    assert state.is_running is retried
+    assert state.is_failed is not retried
+    if not retried:
+        assert state.error is not None
+        assert state.error.type == error_type
+
+
+class InsufficientFundsError(Exception):
+    """Recorded under this module's name, as a user's error is under ``__main__``."""
+
+
+def test_a_users_error_named_by_its_class_name_alone_is_never_retried() -> None:
+    calls: list[int] = []
+
+    def withdraw(ctx: object) -> None:
+        calls.append(1)
+        raise InsufficientFundsError("balance 10, asked 25")
+
+    policy = RetryPolicy(
+        max_attempts=5, initial_interval=1, non_retryable=["InsufficientFundsError"]
+    )
+    flow = stepflow.new(
+        stepflow.named("bank/v1").retry("pay", policy, stepflow.steps().do("withdraw", withdraw)),
+        clock=FakeClock(T0),
+    )
+    with pytest.raises(stepflow.FlowFailed) as info:
+        flow.run()
+    assert calls == [1]
+    assert info.value.error.type == f"{__name__}.InsufficientFundsError"
 
 
 def test_a_retryable_error_next_to_a_non_retryable_one_is_retried() -> None:

@@ -624,6 +624,13 @@ def test_a_worker_that_lost_its_lease_drops_the_run_and_writes_nothing(
         store, [flow], clock=clock, lease_seconds=lease_seconds, group_commit=group_commit
     )
 
+    class StopWhenStale(logging.Handler):
+        # Stop at once: on the FakeClock, the worker would otherwise jump to the
+        # end of the thief's lease and take the run over itself.
+        def emit(self, record: logging.LogRecord) -> None:
+            if "moved on without this worker" in record.getMessage():
+                worker.stop()
+
     async def main() -> None:
         task = asyncio.create_task(worker.run())
         for _ in range(3000):
@@ -633,7 +640,12 @@ def test_a_worker_that_lost_its_lease_drops_the_run_and_writes_nothing(
         worker.stop()
         await asyncio.wait_for(task, timeout=30)
 
-    asyncio.run(main())
+    stop_when_stale = StopWhenStale()
+    logging.getLogger("stepflow.worker").addHandler(stop_when_stale)
+    try:
+        asyncio.run(main())
+    finally:
+        logging.getLogger("stepflow.worker").removeHandler(stop_when_stale)
     assert worker.stats.stale == 1
     assert worker.stats.completed == 0
     ((lease, at_steal, journal_at_steal),) = stolen
@@ -663,10 +675,10 @@ def test_a_worker_that_lost_its_lease_drops_the_run_and_writes_nothing(
     assert len(answered) == len(set(answered))
 
 
-def test_a_run_whose_lease_lapsed_mid_step_is_reclaimed_by_its_own_task_not_a_second() -> None:
+def test_a_lease_that_lapsed_mid_step_is_renewed_by_its_worker_not_claimed_again() -> None:
     """A step outlives the lease (the clock jumps while it runs): when the worker
-    next claims, it takes its own run again, and the task already driving it goes
-    on under the new token; no second task, no step run twice, no stale save.
+    next claims, it first renews its own lease at the claim's time, so it does not
+    claim its own run back; no second task, no step run twice, no stale save.
     """
     clock = FakeClock(START)
     calls: list[str] = []
@@ -686,7 +698,7 @@ def test_a_run_whose_lease_lapsed_mid_step_is_reclaimed_by_its_own_task_not_a_se
     stats = worker.run_sync(until_idle=True, handle_signals=False)
 
     assert (stats.completed, stats.stale) == (2, 0)
-    assert stats.claimed == 3  # "slow" was claimed again while its first step ran
+    assert stats.claimed == 2  # "slow" was renewed, not claimed again, while its step ran
     assert sorted(calls) == sorted(
         ["slow/work/v1/s0#1", "slow/work/v1/s1#2", "quick/work/v1/s0#1", "quick/work/v1/s1#2"]
     )  # each step ran once
@@ -944,3 +956,184 @@ def test_an_unforeseen_error_in_one_run_parks_that_run_alone(
     assert (stats.completed, stats.parked) == (2, 1)
     assert store.load("run-001").parked_reason == "TypeError: a state the runtime did not foresee"
     assert "run run-001 failed in the worker; parking it" in caplog.text
+
+
+# -- outputs a loop counts with -----------------------------------------------------------
+
+
+def test_a_loop_counts_with_its_own_output_and_a_none_keeps_the_count() -> None:
+    """The ``do`` of a loop reads its own output and returns it plus one, or ``None``
+    every third call: ``None`` keeps the count, so the loop ends when it reaches 10.
+    """
+    count_path = "count/v1/tickLoopUntil/steps/count"
+    seen: list[int] = []
+
+    def count(ctx: RunContext) -> int | None:
+        n = ctx.outputs.get(count_path, 0)
+        seen.append(n)
+        if len(seen) > 50:
+            raise RuntimeError(f"the count never reached 10: {seen}")
+        return None if len(seen) % 3 == 0 else n + 1
+
+    flow = stepflow.new(
+        stepflow.named("count/v1").loop_until(
+            "tick",
+            lambda ctx: ctx.outputs.get(count_path) == 10,
+            stepflow.steps().do("count", count),
+        )
+    )
+    store = MemoryStore()
+    run_id = start_run(store, flow, clock=FakeClock(START)).run_id
+    stats = drive(store, [flow])
+    expected: list[int] = []
+    n = 0
+    while n < 10:
+        expected.append(n)
+        n += 1 if len(expected) % 3 else 0
+    assert stats.completed == 1
+    assert seen == expected  # 0, 1, 2, 2, 3, 4, 4, ...: a None skipped a turn
+    state = read_run(store, run_id, flow).state
+    assert state is not None
+    assert state.outputs[count_path] == 10
+
+
+# -- a virtual clock: idle time, leases and renewals by the worker's clock --------------------
+
+
+@pytest.mark.parametrize("kind", ["sleep", "wait_for"])
+def test_a_hundred_virtual_hours_take_no_real_time(kind: str) -> None:
+    """On a FakeClock the idle worker jumps straight to the next due time: 100 hourly
+    iterations are 100 rounds, not 360,000 rounds of ``idle_interval``.
+    """
+    clock = FakeClock(START)
+    hours: list[float] = []
+
+    def tick(ctx: RunContext) -> int:
+        hours.append((ctx.now - START) / 3600)
+        return len(hours)
+
+    if kind == "sleep":
+        body = stepflow.steps().do("tick", tick).sleep("hour", 3600)
+        spec = stepflow.named("hourly/v1").loop_until("hours", lambda ctx: len(hours) == 100, body)
+    else:
+        spec = stepflow.named("hourly/v1").wait_for(
+            "hours", lambda ctx: tick(ctx) == 100, every=3600
+        )
+    flow = stepflow.new(spec)
+    store = CountingStore()
+    start_run(store, flow, clock=clock)
+    began = time.monotonic()
+    stats = drive(store, [flow], clock=clock, idle_interval=1.0)
+    assert time.monotonic() - began < 5
+    assert stats.completed == 1
+    assert hours == [float(n) for n in range(100)]
+    assert store.claims <= 2 * 100 + 4  # one look when a step ends, one when the next is due
+
+
+class ClaimGate(MemoryStore):
+    """A MemoryStore whose first claim once ``jumped`` is set holds the store's thread.
+
+    That claim waits until the step that jumped the clock has returned, then a little
+    more: the step's save is queued behind the claim, as when a worker claims at
+    the very moment one of its steps ends.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jumped = threading.Event()
+        self.claiming = threading.Event()
+        self.returned = threading.Event()
+
+    def claim_due(self, **kwargs: Any) -> list[Lease]:
+        if self.jumped.is_set() and not self.claiming.is_set():
+            self.claiming.set()
+            self.returned.wait(5)
+            time.sleep(0.3)  # the step's task applies its effect and asks to save
+        return super().claim_due(**kwargs)
+
+
+def test_a_clock_jump_past_the_lease_during_a_step_never_runs_the_step_twice() -> None:
+    """A handler moves the FakeClock past ``lease_seconds``; the worker claims while
+    the step's save is on its way. The worker renews its own lease first, so the run
+    is neither claimed back nor dropped: the handler ran once, the run completed.
+    """
+    clock = FakeClock(START)
+    store = ClaimGate()
+    calls: list[str] = []
+
+    def jump(ctx: RunContext) -> str:
+        calls.append(ctx.idempotency_key)
+        if ctx.run_id == "slow":
+            clock.advance(31)  # past the 30 s lease, while this step runs
+            store.jumped.set()
+            store.claiming.wait(5)  # "quick" ended: the worker is claiming
+            store.returned.set()
+        else:
+            store.jumped.wait(5)
+        return "done"
+
+    flow = stepflow.new(stepflow.named("jump/v1").do("jump", jump).do("after", echo))
+    start_run(store, flow, {"n": 0}, run_id="slow", clock=clock)
+    quick = stepflow.new(stepflow.named("quick/v1").do("jump", jump))
+    start_run(store, quick, {"n": 1}, run_id="quick", clock=clock)
+    worker = Worker(store, [flow, quick], clock=clock, lease_seconds=30)
+
+    async def main() -> stepflow.runtime.WorkerStats:
+        return await asyncio.wait_for(worker.run(until_idle=True), timeout=30)
+
+    stats = asyncio.run(main())
+    assert store.claiming.is_set()  # the worker did claim while the step ran
+    assert calls.count("slow/jump/v1/jump#1") == 1
+    assert (stats.completed, stats.stale, stats.claimed) == (2, 0, 2)
+    assert store.load("slow").status == "completed"
+    batches = check_journal(store, "slow")
+    assert [b.answered[0].step for b in batches] == ["jump/v1/jump", "jump/v1/after"]
+
+
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_a_step_that_moves_the_clock_past_its_lease_runs_once(
+    make_store: StoreMaker, group_commit: bool
+) -> None:
+    """Runs whose steps each jump the FakeClock past ``lease_seconds`` while others
+    are claimed and saved: every handler runs once, and every run completes.
+    """
+    clock = FakeClock(START)
+    store = make_store()
+    calls: list[str] = []
+
+    def jump(ctx: RunContext) -> int:
+        calls.append(ctx.idempotency_key)
+        if ctx.input["n"] % 3 == 0:
+            clock.advance(45)
+        return ctx.input["n"]
+
+    flow = chain(size=3, fn=jump)
+    run_ids = start_many(store, flow, 30, clock)
+    stats = drive(store, [flow], clock=clock, lease_seconds=30, group_commit=group_commit)
+    assert (stats.completed, stats.stale) == (30, 0)
+    assert len(calls) == len(set(calls)) == 90
+    assert {store.load(run_id).status for run_id in run_ids} == {"completed"}
+
+
+def test_leases_are_renewed_by_the_workers_clock() -> None:
+    """While a step runs, the FakeClock moves in steps of half a lease: the worker
+    renews the lease by that clock, so the store never sees it lapse.
+    """
+    clock = FakeClock(START)
+    store = MemoryStore()
+    seen: list[tuple[float, float | None]] = []
+
+    def long_step(ctx: RunContext) -> None:
+        for _ in range(6):
+            clock.advance(15)  # half of the 30 s lease
+            time.sleep(0.3)  # real time for the worker to look at its leases
+            seen.append((clock.now(), store.load(ctx.run_id).lease_expires_at))
+
+    flow = stepflow.new(stepflow.named("long/v1").do("long", long_step))
+    start_run(store, flow, run_id="long", clock=clock)
+    stats = drive(store, [flow], clock=clock, lease_seconds=30)
+    assert (stats.completed, stats.stale, stats.claimed) == (1, 0, 1)
+    assert len(seen) == 6
+    for now, expires in seen:
+        assert expires is not None
+        assert expires > now  # renewed in time, by the clock's measure

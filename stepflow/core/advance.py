@@ -18,7 +18,8 @@ A state rests at an event that waits for a handler or a timer (see
 answers that command:
 
 * a ``do`` that returned moves to the step's ``completed`` event; its JSON value
-  is kept in ``outputs`` under the step's path;
+  is kept in ``outputs`` under the step's path, and ``None`` keeps the value an
+  earlier pass of the step returned (in a loop or a retried group);
 * a condition that returned a ``bool`` takes the matching destination; a
   ``wait_for`` that returned ``False`` polls again ``every`` seconds later
   (``wake_at``), or fails with ``WaitTimeoutError`` once past its timeout;
@@ -194,10 +195,7 @@ def advance(
     if effect_type is not HandlerReturned or command[1] != "do":
         return answer(definition, state, command, node, effect, now)
     value = effect[1]
-    if value is None:
-        if outputs is not EMPTY_OUTPUTS and command[2] in outputs:
-            outputs = outputs.discard(command[2])
-    else:
+    if value is not None:  # None keeps the step's earlier output
         try:
             outputs = outputs.set(command[2], freeze_json(value))
         except NotJSON:
@@ -238,10 +236,7 @@ def answer(
     if effect_type is HandlerReturned:
         value = effect[1]
         if kind == "do":
-            if value is None:
-                if command[2] in outputs:
-                    outputs = outputs.discard(command[2])
-            else:
+            if value is not None:  # None keeps the step's earlier output
                 try:
                     outputs = outputs.set(command[2], freeze_json(value))
                 except NotJSON:

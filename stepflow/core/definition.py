@@ -193,6 +193,14 @@ class RetryPolicy:
     >>> [policy.backoff(n, "run-1", "f/pushRetry") for n in (1, 2, 3)]
     [1.0, 2.0, 4.0]
 
+    A short ``non_retryable`` name matches by class name, a dotted one exactly:
+
+    >>> fatal = RetryPolicy(non_retryable=["Fatal", "myapp.errors.Declined"])
+    >>> [fatal.allows(1, t) for t in ("__main__.Fatal", "Fatal", "myapp.FatalError")]
+    [False, False, True]
+    >>> [fatal.allows(1, t) for t in ("myapp.errors.Declined", "other.Declined")]
+    [False, True]
+
     Attributes:
         max_attempts: Attempts in all, the first included (``None``: no limit).
             ``max_attempts=1`` never retries.
@@ -201,9 +209,13 @@ class RetryPolicy:
         max_interval: Upper bound of the interval (``None``: 100 times the
             initial interval).
         jitter: Fraction (0 to 1) by which an interval may be shortened.
-        non_retryable: Qualified type names of errors that are never retried
-            (``"ValueError"``, ``"myapp.errors.Fatal"``); exception types are
-            accepted and converted. Matching is by exact recorded type name.
+        non_retryable: Type names of errors that are never retried; exception
+            types are accepted and converted to their qualified names. An error
+            is recorded under its qualified type name (``"ValueError"`` for a
+            builtin, ``"myapp.errors.Fatal"`` or ``"__main__.Fatal"`` otherwise).
+            A name with a dot (``"myapp.errors.Fatal"``) matches that recorded
+            name exactly; a name without one (``"Fatal"``) matches by class name,
+            whatever the module: any recorded name whose last dotted part it is.
 
     """
 
@@ -240,8 +252,14 @@ class RetryPolicy:
             )
 
     def allows(self, attempt: int, error_type: str) -> bool:
-        """Whether attempt ``attempt`` (1-based), failed with ``error_type``, is retried."""
-        if error_type in self.non_retryable:
+        """Whether attempt ``attempt`` (1-based), failed with ``error_type``, is retried.
+
+        ``error_type`` is the recorded (qualified) type name; see ``non_retryable``
+        for how it is matched.
+        """
+        names = self.non_retryable
+        # The last dotted part holds no dot, so only a short entry can equal it.
+        if names and (error_type in names or error_type.rpartition(".")[2] in names):
             return False
         return self.max_attempts is None or attempt < self.max_attempts
 

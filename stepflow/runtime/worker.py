@@ -15,10 +15,17 @@ lease, and for each claimed run start a task that
    (in the same save) once it is finished or waits for a later ``wake_at``.
 
 When nothing is due it sleeps until the store's next ``wake_at`` (bounded by
-``idle_interval``), so a waiting run never spins. Saves of many runs are grouped
-into one transaction (group commit) while a previous one is being written; a
-run waits for its own save before executing its next command, so no step is
-ever acted on before it is durable.
+``idle_interval`` on the system clock; a virtual clock, such as a
+:class:`~stepflow.clock.FakeClock`, jumps straight to it), so a waiting run
+never spins. Saves of many runs are grouped into one transaction (group commit)
+while a previous one is being written; a run waits for its own save before
+executing its next command, so no step is ever acted on before it is durable.
+
+Leases end by the worker's clock and are renewed by it: every third of
+``lease_seconds`` on that clock, and at once when the clock passed a lease's
+end during a step (a virtual clock moved on by a handler), before the step is
+saved and before the worker claims again. A worker never claims its own runs
+back, so a clock jump never makes it drop a run or run a step twice.
 
 Guarantees: handlers run at least once, with an idempotency key that is the same
 on every execution of a command; state transitions happen exactly once (a stale
@@ -89,6 +96,10 @@ __all__ = ["StepReport", "Worker", "WorkerStats"]
 
 # The most runs claimed at once.
 _CLAIM_BATCH = 100
+
+# How often (real seconds) the leases held are looked at when the clock is virtual:
+# such a clock jumps when told, so its thirds of a lease cannot be timed.
+_VIRTUAL_RENEWAL_LOOK = 0.05
 
 # The journal entry of a save that applied no effect: an empty batch keeps the
 # journal's sequence contiguous (replay applies it as a no-op).
@@ -162,13 +173,18 @@ class Worker:
             the worker holds).
         clock: Where time is read (a :class:`~stepflow.clock.FakeClock` in tests).
         lease_seconds: How long a claim lasts without renewal (renewed every
-            third of it while the worker lives). A worker that dies without a
+            third of it while the worker lives). Leases end and are renewed by
+            the worker's ``clock``: a lease the clock passed during a step (a
+            virtual clock moved on by a handler) is renewed before the step is
+            saved and before the worker claims again, so the worker never loses
+            or re-runs its own step. A worker that dies without a
             ``worker_id`` successor loses its runs to other workers this long
             after its last renewal: shorter means a faster takeover, longer
             means fewer renewals and more tolerance of a stalled process.
         group_commit: Save the steps of several runs in one transaction.
         idle_interval: The longest the worker sleeps before looking for due runs
-            again (runs started by others become due at once).
+            again (runs started by others become due at once). On a virtual
+            clock, the worker jumps straight to the next due run instead.
         threads: Size of the thread pool for plain (non-async) handlers
             (default: ``min(concurrency, 32)``).
         on_step: Called on the event loop after every saved step with a
@@ -294,6 +310,8 @@ class Worker:
         self._stopping = False
         self._wakeup: asyncio.Event | None = None
         self._leases: dict[str, str] = {}  # run id -> lease token, for renewal
+        # run id -> when its lease ends by this worker's clock (the store's measure).
+        self._expires: dict[str, float] = {}
         self._pending: list[tuple[Save, asyncio.Future[RunRecord]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._store_pool: _Threads | None = None
@@ -392,9 +410,14 @@ class Worker:
             leases: list[Lease] = []
             try:
                 if free > 0:
+                    now = self.clock.now()
+                    # Leases of this worker's own runs that the clock passed (it
+                    # jumped during a step) are renewed first, at the same time
+                    # as the claim: this worker never claims its own runs back.
+                    await self._renew_lapsed(now)
                     leases = await self._store(
                         self.store.claim_due,
-                        now=self.clock.now(),
+                        now=now,
                         # Claimed records are held until their tasks start: small
                         # batches keep that transient memory small.
                         limit=min(free, _CLAIM_BATCH),
@@ -421,8 +444,10 @@ class Worker:
                     # step ran (a blocked loop, a slow store): the task driving it
                     # goes on under the new token instead of a second task.
                     self._leases[run_id] = lease.token
+                    self._expires[run_id] = lease.expires_at
                     continue
                 self._leases[run_id] = lease.token
+                self._expires[run_id] = lease.expires_at
                 task = asyncio.create_task(self._drive(lease))
                 active.add(task)
                 task.add_done_callback(self._finished)
@@ -442,7 +467,11 @@ class Worker:
                 return
             delay = self.idle_interval
             if next_due is not None:
-                delay = min(delay, max(0.0, next_due - self.clock.now()))
+                until_due = max(0.0, next_due - self.clock.now())
+                # A virtual clock jumps straight to the next due time: bounded by
+                # idle_interval, a virtual hour would cost thousands of empty rounds.
+                virtual = not isinstance(self.clock, SystemClock)
+                delay = until_due if virtual else min(delay, until_due)
             if delay <= 0 and leases:
                 continue
             await self._sleep(delay, busy=bool(active))
@@ -553,21 +582,53 @@ class Worker:
         return await self._store_pool.submit(functools.partial(method, *args, **kwargs))
 
     async def _renew_leases(self) -> None:
+        """Renew the leases held each time a third of ``lease_seconds`` passes on the clock.
+
+        Leases end by the worker's clock, so they are renewed by it too. The
+        system clock's thirds are a real-time timer; a virtual clock moves only
+        when told, at any moment, so it is looked at often, and a lease is
+        renewed once a third of it has passed on that clock.
+        """
+        third = self.lease_seconds / 3
+        real = isinstance(self.clock, SystemClock)
+        pause = third if real else min(third, _VIRTUAL_RENEWAL_LOOK)
         while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            held = list(self._leases.items())
+            await asyncio.sleep(pause)
+            now = self.clock.now()
+            expires = self._expires
+            held = [
+                (run_id, token)
+                for run_id, token in self._leases.items()
+                if real or expires.get(run_id, now) - now <= 2 * third
+            ]
             if not held:
                 continue
             try:
-                kept = await self._store(
-                    self.store.renew, held, now=self.clock.now(), lease_seconds=self.lease_seconds
-                )
+                await self._renew(held, now)
             except StepflowError:
                 log.exception("renewing leases failed; will try again")
-                continue
-            for run_id, token in held:
-                if run_id not in kept and self._leases.get(run_id) == token:
-                    log.warning("lost the lease of run %s", run_id)
+
+    async def _renew_lapsed(self, now: float) -> None:
+        """Renew the leases held that end at ``now`` or before by the worker's clock."""
+        expires = self._expires
+        lapsed = [
+            (run_id, token)
+            for run_id, token in self._leases.items()
+            if expires.get(run_id, now) <= now
+        ]
+        if lapsed:
+            await self._renew(lapsed, now)
+
+    async def _renew(self, held: list[tuple[str, str]], now: float) -> None:
+        """Renew the leases ``(run_id, token)`` at ``now``; note their new ends, or their loss."""
+        kept = await self._store(self.store.renew, held, now=now, lease_seconds=self.lease_seconds)
+        for run_id, token in held:
+            if self._leases.get(run_id) != token:
+                continue  # claimed again meanwhile: the new lease is the one to keep
+            if run_id in kept:
+                self._expires[run_id] = now + self.lease_seconds
+            else:
+                log.warning("lost the lease of run %s", run_id)
 
     # -- one run ---------------------------------------------------------------
 
@@ -683,6 +744,7 @@ class Worker:
             for task in running.values():
                 task.cancel()
             self._leases.pop(run_id, None)  # one task per run: this one ends
+            self._expires.pop(run_id, None)
 
     async def _gather(
         self,
@@ -869,6 +931,12 @@ class Worker:
     # -- saving ----------------------------------------------------------------
 
     async def _save(self, save: Save, now: float) -> RunRecord:
+        token = save.lease_token
+        if token is not None and self._expires.get(save.run_id, now + 1) <= now:
+            # The clock passed the lease's end during the step (a virtual clock
+            # that jumped, a stalled loop): renew it before saving, so that the
+            # step is saved by this worker, once, and not claimed and run again.
+            await self._renew([(save.run_id, token)], now)
         if not self.group_commit:
             self.stats.commits += 1
             if self.metrics is not None:
