@@ -1330,6 +1330,7 @@ def _schedule_json(record: ScheduleRecord) -> dict[str, Any]:
         "next_fire_at": None if record.paused else fire_time_label(record.next_fire_at),
         "last_run_id": record.last_run_id,
         "buffered": None if record.buffered_at is None else fire_time_label(record.buffered_at),
+        "unreadable": record.unreadable,
     }
 
 
@@ -1426,7 +1427,11 @@ def schedule_list(as_json: bool, db: str | None) -> None:
             escape(record.timezone),
             record.overlap,
             catch_up,
-            "[yellow]paused[/]" if record.paused else shown["next_fire_at"],
+            "[red]unreadable[/]"
+            if record.unreadable
+            else "[yellow]paused[/]"
+            if record.paused
+            else shown["next_fire_at"],
             escape(record.last_run_id or "-"),
         )
     console.print(table)

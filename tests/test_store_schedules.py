@@ -14,11 +14,15 @@ import attrs
 import pytest
 from test_stores import Backend, _backend, create
 
+import stepflow
+from stepflow import FakeClock, Schedule
 from stepflow.errors import (
+    ScheduleError,
     ScheduleExistsError,
     StaleWriteError,
     UnknownScheduleError,
 )
+from stepflow.runtime import Scheduler
 from stepflow.stores import ScheduleRecord, SQLiteStore, Store
 from stepflow.stores import sqlite as sqlite_module
 
@@ -125,3 +129,31 @@ def test_sqlite_creates_version_4_from_nothing(tmp_path: Path) -> None:
         assert db.execute("SELECT value FROM meta").fetchall() == [("4",)]
     assert "schedules" in tables
     assert sqlite_module.SCHEMA_VERSION == 4
+
+
+def test_a_schedule_row_whose_input_is_not_json_is_marked_and_stops_nobody(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def send(ctx: object) -> str:
+        return "sent"
+
+    flow = stepflow.new(stepflow.named("report/v1").do("send", send))
+    path = tmp_path / "runs.db"
+    with closing(SQLiteStore(path)) as store:
+        for name in ("bad", "good"):
+            stepflow.add_schedule(store, Schedule(name, flow, cron="* * * * *"), clock=FakeClock(0))
+        with closing(sqlite3.connect(path)) as db, db:
+            db.execute("UPDATE schedules SET input = '{nope' WHERE name = 'bad'")
+        bad, good = store.schedules()
+        assert bad.unreadable is not None
+        assert "schedule 'bad' cannot be read: its input is not valid JSON" in bad.unreadable
+        assert good.unreadable is None
+        looker = Scheduler(store, {flow.name: flow}, (), clock=FakeClock(60), interval=1.0)
+        with caplog.at_level("ERROR", "stepflow.schedules"):
+            looker.look(60.0)
+        assert [run.run_id for run in store.runs()] == ["good/1970-01-01T00:01:00Z"]
+        assert "this worker skips it" in caplog.text
+        with pytest.raises(ScheduleError, match="not valid JSON"):
+            stepflow.pause_schedule(store, "bad")
+        store.delete_schedule("bad")  # the way out: delete it and add it again
+        assert [s.name for s in store.schedules()] == ["good"]

@@ -262,6 +262,8 @@ def _set_paused(store: Store, name: str, paused: bool, clock: Clock | None) -> S
     now = (clock or SystemClock()).now()
     for _ in range(_ATTEMPTS):
         record = store.load_schedule(name)
+        if record.unreadable is not None:
+            raise ScheduleError(record.unreadable, name)
         if record.paused == paused:
             return record
         changed = attrs.evolve(record, paused=paused, buffered_at=None)
@@ -403,6 +405,9 @@ class Scheduler:
         next_look = now + self.interval
         for record in self.store.schedules(flows=self.flows):
             if record.paused:
+                continue
+            if record.unreadable is not None:
+                log.error("%s; this worker skips it", record.unreadable)
                 continue
             try:
                 fired = self._fire(record, now)

@@ -32,7 +32,6 @@ import attrs
 from stepflow.errors import (
     ScheduleExistsError,
     StaleWriteError,
-    StoreError,
     UnknownScheduleError,
 )
 
@@ -64,14 +63,17 @@ class ScheduleRecord:
         overlap: ``"skip"``, ``"allow"`` or ``"buffer_one"``.
         catch_up: How far back missed fire times are still started, in seconds
             (``None``: only the most recent one).
-        paused: Whether it is paused (no run starts; missed fire times are
-            handled by the catch-up policy when resumed).
+        paused: Whether it is paused (no run starts; resuming moves
+            ``next_fire_at`` to the next fire time from then).
         next_fire_at: The earliest fire time not handled yet (seconds since the epoch).
         last_run_id: The run started by the last fire time handled, or ``None``.
         buffered_at: A fire time waiting for ``last_run_id`` to end, or ``None``.
         version: Compare-and-swap version: 1 when created, +1 on every save.
         created_at: When it was added.
         updated_at: When it was last saved.
+        unreadable: Why the row cannot be used (its input is not JSON: a row
+            edited by hand), or ``None``. Not a column; never part of equality.
+            Workers skip such a schedule (logged); the others go on.
 
     """
 
@@ -89,10 +91,13 @@ class ScheduleRecord:
     version: int = 1
     created_at: float = 0.0
     updated_at: float = 0.0
+    unreadable: str | None = attrs.field(default=None, eq=False)
 
 
 #: The columns of a schedule's row, in :class:`ScheduleRecord`'s order.
-SCHEDULE_COLUMNS: tuple[str, ...] = tuple(field.name for field in attrs.fields(ScheduleRecord))
+SCHEDULE_COLUMNS: tuple[str, ...] = tuple(
+    field.name for field in attrs.fields(ScheduleRecord) if field.name != "unreadable"
+)
 _COLUMNS = ", ".join(SCHEDULE_COLUMNS)
 
 
@@ -174,14 +179,16 @@ def _stale(name: str, expected: int, found: int) -> StaleWriteError:
     )
 
 
-def _decode_input(name: str, text: Any) -> Any:
+def _with_input(record: ScheduleRecord) -> ScheduleRecord:
+    """Return ``record`` with its input (JSON text) decoded, or marked ``unreadable``."""
     try:
-        return json.loads(text)
+        return attrs.evolve(record, input=json.loads(record.input))
     except (ValueError, TypeError) as exc:
-        raise StoreError(
-            f"schedule {name!r} cannot be read: its input is not valid JSON ({exc}); "
+        reason = (
+            f"schedule {record.name!r} cannot be read: its input is not valid JSON ({exc}); "
             "delete it and add it again"
-        ) from None
+        )
+        return attrs.evolve(record, input=None, unreadable=reason)
 
 
 def _filtered(
@@ -206,7 +213,7 @@ class MemorySchedules:
 
     @staticmethod
     def _schedule_out(record: ScheduleRecord) -> ScheduleRecord:
-        return attrs.evolve(record, input=_decode_input(record.name, record.input))
+        return _with_input(record)
 
     def create_schedule(self, record: ScheduleRecord, *, now: float) -> ScheduleRecord:
         """Add a schedule (see :meth:`ScheduleStore.create_schedule`)."""
@@ -241,6 +248,7 @@ class MemorySchedules:
             new = attrs.evolve(
                 record,
                 input=text,
+                unreadable=None,
                 version=row.version + 1,
                 created_at=row.created_at,
                 updated_at=now,
@@ -307,17 +315,15 @@ _SAVED = tuple(c for c in SCHEDULE_COLUMNS if c not in ("name", "version", "crea
 
 def _row(record: ScheduleRecord, text: str) -> list[Any]:
     """Return ``record``'s column values, its input as the JSON ``text``."""
-    values = list(attrs.astuple(record, recurse=False))
+    values = [getattr(record, column) for column in SCHEDULE_COLUMNS]
     values[SCHEDULE_COLUMNS.index("input")] = text
     return values
 
 
 def _sqlite_record(row: Any) -> ScheduleRecord:
     values = list(row)
-    name = values[0]
-    values[4] = _decode_input(name, values[4])
     values[7] = bool(values[7])
-    return ScheduleRecord(*values)
+    return _with_input(ScheduleRecord(*values))
 
 
 class SQLiteSchedules:
