@@ -15,6 +15,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stepflow
 from stepflow import FakeClock, RunContext, Schedule, Worker
@@ -469,3 +471,62 @@ def test_three_workers_on_postgresql_start_every_fire_time_of_ten_minutes_exactl
     assert check.load_schedule("tick").next_fire_at == start + 601
     for store in stores:
         store.close()
+
+
+# -- properties --------------------------------------------------------------------------------
+
+
+@settings(max_examples=60)
+@given(
+    period=st.sampled_from([1, 7, 60]),
+    steps=st.lists(
+        st.tuples(st.floats(0, 200, allow_nan=False), st.integers(0, 2), st.booleans()),
+        min_size=1,
+        max_size=25,
+    ),
+)
+def test_with_a_wide_catch_up_every_fire_time_starts_exactly_once(
+    period: int, steps: list[tuple[float, int, bool]]
+) -> None:
+    """Any schedule of looks, by any of three schedulers, with crashes after starting a run."""
+    store = MemoryStore()
+    cron = "* * * * * *" if period == 1 else f"*/{period} * * * * *" if period < 60 else "* * * * *"
+    ticks = Schedule("t", quick, cron=cron, overlap="allow", catch_up=timedelta(days=1))
+    stepflow.add_schedule(store, ticks, clock=FakeClock(T0))
+    lookers = [scheduler(store) for _ in range(3)]
+    now = T0
+    for gap, who, crash in steps:
+        now += gap
+        if crash:  # a worker started the next due run, then died before moving the cursor
+            due = store.load_schedule("t").next_fire_at
+            if due <= now:
+                start_run(store, quick, None, run_id=ticks.run_id(due), clock=FakeClock(now))
+        # Catch-ups of more than 100 fire times go on over several looks.
+        while lookers[who].look(now) <= now:
+            pass
+    expected = [ticks.run_id(at) for at in ticks.fire_times(T0, now)]
+    assert sorted(run_ids(store)) == sorted(expected)
+
+
+@settings(max_examples=60)
+@given(looks=st.lists(st.floats(0, 400, allow_nan=False), min_size=1, max_size=20))
+def test_by_default_each_look_starts_at_most_the_latest_fire_time_and_never_one_twice(
+    looks: list[float],
+) -> None:
+    store = MemoryStore()
+    minutely = Schedule("m", quick, cron="* * * * *", overlap="allow")
+    stepflow.add_schedule(store, minutely, clock=FakeClock(T0))
+    looker = scheduler(store)
+    now = T0
+    for gap in looks:
+        now += gap
+        before = set(run_ids(store))
+        looker.look(now)
+        new = set(run_ids(store)) - before
+        fire_times = list(minutely.fire_times(T0, now))
+        assert len(new) <= 1
+        if new and fire_times:
+            assert new == {minutely.run_id(fire_times[-1])}
+    fire_times = list(minutely.fire_times(T0, now))
+    if fire_times:
+        assert minutely.run_id(fire_times[-1]) in run_ids(store)
