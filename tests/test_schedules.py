@@ -423,7 +423,7 @@ def test_three_workers_on_postgresql_start_every_fire_time_of_ten_minutes_exactl
         Worker(
             store,
             [quick],
-            clock=clock,  # type: ignore[arg-type]  # a Clock by its methods
+            clock=clock,  # a Clock by its methods (now, sleep)
             schedules=[every_second],
             idle_interval=0.5,
             owner=f"w{index}",

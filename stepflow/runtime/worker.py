@@ -196,7 +196,8 @@ class Worker:
         schedules: :class:`~stepflow.Schedule` values to put in the store when
             the worker starts (added, or their definitions updated). Every
             worker fires the store's schedules of the flows it serves, whoever
-            added them (see :mod:`stepflow.runtime.schedules`).
+            added them (see :mod:`stepflow.runtime.schedules`); its
+            :class:`~stepflow.runtime.schedules.Scheduler` is ``worker.scheduler``.
 
     Logging: the worker logs to the ``"stepflow.worker"`` logger (standard
     :mod:`logging`; nothing shows unless the application configures logging,
