@@ -59,6 +59,8 @@ from stepflow.errors import InterpreterError as InterpreterError
 from stepflow.errors import LateEffectError as LateEffectError
 from stepflow.errors import RecordedError as RecordedError
 from stepflow.errors import RunExistsError as RunExistsError
+from stepflow.errors import ScheduleError as ScheduleError
+from stepflow.errors import ScheduleExistsError as ScheduleExistsError
 from stepflow.errors import StaleWriteError as StaleWriteError
 from stepflow.errors import StateError as StateError
 from stepflow.errors import StepflowError as StepflowError
@@ -66,6 +68,7 @@ from stepflow.errors import StoreError as StoreError
 from stepflow.errors import UnknownEffectError as UnknownEffectError
 from stepflow.errors import UnknownEventError as UnknownEventError
 from stepflow.errors import UnknownRunError as UnknownRunError
+from stepflow.errors import UnknownScheduleError as UnknownScheduleError
 from stepflow.errors import UnreadableRunError as UnreadableRunError
 from stepflow.errors import WaitTimeoutError as WaitTimeoutError
 from stepflow.flow import Flow as Flow
@@ -81,11 +84,15 @@ from stepflow.history import replay as replay
 from stepflow.interpreter import Interpreter as Interpreter
 from stepflow.interpreter import rebuild_exception as rebuild_exception
 from stepflow.runtime import RunContext as RunContext
+from stepflow.runtime import Schedule as Schedule
 from stepflow.runtime import Worker as Worker
+from stepflow.runtime import add_schedule as add_schedule
 from stepflow.runtime import cancel_run as cancel_run
+from stepflow.runtime import pause_schedule as pause_schedule
 from stepflow.runtime import read_run as read_run
 from stepflow.runtime import resolve_run_id as resolve_run_id
 from stepflow.runtime import resume_run as resume_run
+from stepflow.runtime import resume_schedule as resume_schedule
 from stepflow.runtime import start_run as start_run
 from stepflow.stores import Store as Store
 from stepflow.stores import open_store as open_store
@@ -130,6 +137,9 @@ __all__ = [
     "RetryPolicy",
     "RunContext",
     "RunExistsError",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleExistsError",
     "StaleWriteError",
     "State",
     "StateError",
@@ -144,10 +154,12 @@ __all__ = [
     "UnknownEffectError",
     "UnknownEventError",
     "UnknownRunError",
+    "UnknownScheduleError",
     "UnreadableRunError",
     "WaitTimeoutError",
     "Wake",
     "Worker",
+    "add_schedule",
     "advance",
     "cancel_run",
     "diff",
@@ -161,12 +173,14 @@ __all__ = [
     "named",
     "new",
     "open_store",
+    "pause_schedule",
     "read_run",
     "rebuild_exception",
     "replay",
     "resolve_run_id",
     "resume",
     "resume_run",
+    "resume_schedule",
     "start_run",
     "steps",
 ]

@@ -56,7 +56,7 @@ import time
 import traceback
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -99,8 +99,9 @@ from stepflow.history import (
     loads_history,
 )
 from stepflow.history import replay as replay_history
+from stepflow.runtime.schedules import OVERLAP_POLICIES, fire_time_label
 from stepflow.runtime.worker import StepReport
-from stepflow.stores import DEFAULT_SQLITE_PATH, open_store
+from stepflow.stores import DEFAULT_SQLITE_PATH, ScheduleRecord, open_store
 from stepflow.stores.base import JournalEntry, RunRecord, Store
 
 __all__ = ["UsageProblem", "import_module", "load_flow", "main", "parse_json"]
@@ -1297,6 +1298,173 @@ def cancel(run_id: str, db: str | None) -> None:
         run_id = stepflow.resolve_run_id(store, run_id)
         record = stepflow.cancel_run(store, run_id)
     click.echo(f"Cancelled run {run_id} at {_position(record)}.")
+
+
+# -- schedules ----------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str, option: str) -> timedelta:
+    """Parse ``90``, ``90s``, ``15m``, ``2h`` or ``1d`` into a timedelta."""
+    found = _DURATION.fullmatch(text.strip())
+    if found is None:
+        raise UsageProblem(
+            f"{option} {text!r} is not a duration: write seconds (90), or a number with "
+            "s, m, h or d (15m, 2h, 1d)"
+        )
+    return timedelta(seconds=float(found[1]) * _DURATION_UNITS[found[2]])
+
+
+def _schedule_json(record: ScheduleRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "flow": record.flow,
+        "cron": record.cron,
+        "timezone": record.timezone,
+        "input": record.input,
+        "overlap": record.overlap,
+        "catch_up_seconds": record.catch_up,
+        "paused": record.paused,
+        "next_fire_at": None if record.paused else fire_time_label(record.next_fire_at),
+        "last_run_id": record.last_run_id,
+        "buffered": None if record.buffered_at is None else fire_time_label(record.buffered_at),
+        "unreadable": record.unreadable,
+    }
+
+
+@main.group()
+def schedule() -> None:
+    """Add, list, pause, resume and delete schedules (runs started at cron fire times).
+
+    A schedule lives in the store; every worker serving its flow starts its runs,
+    one per fire time, with the id NAME/<fire time in ISO 8601 UTC> (docs/runtime.md).
+    """
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.argument("flow_ref", metavar="MODULE:FLOW")
+@click.option("--cron", required=True, metavar="EXPR", help='A cron expression ("0 9 * * 1-5").')
+@click.option(
+    "--input", "input_text", metavar="JSON|@FILE",
+    help="Every run's input: JSON, or @FILE to read it from a file (@- standard input).",
+)  # fmt: skip
+@click.option(
+    "--timezone", "tz", default="UTC", show_default=True, metavar="TZ",
+    help="The IANA timezone the expression is read in (Europe/Paris).",
+)  # fmt: skip
+@click.option(
+    "--overlap", type=click.Choice(OVERLAP_POLICIES), default="skip", show_default=True,
+    help="A fire time that comes while the previous run is running: skip it, allow it, "
+    "or buffer one to start when the previous run ends.",
+)  # fmt: skip
+@click.option(
+    "--catch-up", "catch_up", metavar="DURATION",
+    help="After downtime, start the fire times missed by less than this (15m, 2h), oldest "
+    "first [default: only the most recent one].",
+)  # fmt: skip
+@_db_option
+def schedule_add(
+    name: str,
+    flow_ref: str,
+    cron: str,
+    input_text: str | None,
+    tz: str,
+    overlap: Any,
+    catch_up: str | None,
+    db: str | None,
+) -> None:
+    """Add schedule NAME: start a run of MODULE:FLOW at every fire time of --cron.
+
+    The expression is checked here (a cron that does not parse, an unknown
+    timezone: nothing is added). The first run starts at its first fire time from now.
+    """
+    if input_text is None:
+        value = None
+    elif input_text.startswith("@"):
+        value = parse_json(_read_text(input_text[1:], "--input file"), f"--input {input_text}")
+    else:
+        value = parse_json(input_text, "--input")
+    window = None if catch_up is None else _duration(catch_up, "--catch-up")
+    flow = load_flow(flow_ref)
+    made = stepflow.Schedule(
+        name, flow, cron=cron, input=value, timezone=tz, overlap=overlap, catch_up=window
+    )
+    with _store(db) as store:
+        record = stepflow.add_schedule(store, made)
+    click.echo(
+        f"Added schedule {name}: runs of {record.flow} at {cron!r} ({tz}); first at "
+        f"{fire_time_label(record.next_fire_at)}."
+    )
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@_db_option
+def schedule_list(as_json: bool, db: str | None) -> None:
+    """List the schedules: flow, cron, timezone, policies, next fire time, last run."""
+    with _store(db, create=False) as store:
+        records = store.schedules()
+    if as_json:
+        click.echo(json.dumps({"schedules": [_schedule_json(r) for r in records]}, indent=2))
+        return
+    console = _stdout(wide=True)
+    if not records:
+        console.print("No schedules.")
+        return
+    table = Table(
+        "name", "flow", "cron", "timezone", "overlap", "catch-up", "next (UTC)", "last run"
+    )
+    for record in records:
+        shown = _schedule_json(record)
+        catch_up = "latest" if record.catch_up is None else f"{record.catch_up:g}s"
+        table.add_row(
+            escape(record.name),
+            escape(record.flow),
+            escape(record.cron),
+            escape(record.timezone),
+            record.overlap,
+            catch_up,
+            "[red]unreadable[/]"
+            if record.unreadable
+            else "[yellow]paused[/]"
+            if record.paused
+            else shown["next_fire_at"],
+            escape(record.last_run_id or "-"),
+        )
+    console.print(table)
+
+
+@schedule.command("pause")
+@click.argument("name")
+@_db_option
+def schedule_pause(name: str, db: str | None) -> None:
+    """Pause schedule NAME: no run starts until it is resumed (runs in flight go on)."""
+    with _store(db, create=False) as store:
+        stepflow.pause_schedule(store, name)
+    click.echo(f"Paused schedule {name}.")
+
+
+@schedule.command("resume")
+@click.argument("name")
+@_db_option
+def schedule_resume(name: str, db: str | None) -> None:
+    """Resume schedule NAME from its next fire time (those passed while paused are not run)."""
+    with _store(db, create=False) as store:
+        record = stepflow.resume_schedule(store, name)
+    click.echo(f"Resumed schedule {name}; next at {fire_time_label(record.next_fire_at)}.")
+
+
+@schedule.command("delete")
+@click.argument("name")
+@_db_option
+def schedule_delete(name: str, db: str | None) -> None:
+    """Delete schedule NAME (the runs it started stay)."""
+    with _store(db, create=False) as store:
+        store.delete_schedule(name)
+    click.echo(f"Deleted schedule {name}.")
 
 
 # -- histories: show, export, replay -------------------------------------------------

@@ -31,6 +31,8 @@ __all__ = [
     "LateEffectError",
     "RecordedError",
     "RunExistsError",
+    "ScheduleError",
+    "ScheduleExistsError",
     "StaleWriteError",
     "StateError",
     "StepflowError",
@@ -38,6 +40,7 @@ __all__ = [
     "UnknownEffectError",
     "UnknownEventError",
     "UnknownRunError",
+    "UnknownScheduleError",
     "UnreadableRunError",
     "WaitTimeoutError",
 ]
@@ -312,3 +315,26 @@ class AmbiguousRunError(StoreError, LookupError):
         super().__init__(message)
         self.prefix = prefix
         self.matches = matches
+
+
+class ScheduleError(StepflowError, ValueError):
+    """A schedule is malformed (a cron expression, a timezone, an option) or cannot be stored.
+
+    Nothing was added or changed.
+
+    Attributes:
+        schedule: The schedule's name.
+
+    """
+
+    def __init__(self, message: str, schedule: str) -> None:
+        super().__init__(message)
+        self.schedule = schedule
+
+
+class UnknownScheduleError(ScheduleError, LookupError):
+    """No schedule has the given name in the store."""
+
+
+class ScheduleExistsError(ScheduleError):
+    """A schedule with the given name is already in the store."""

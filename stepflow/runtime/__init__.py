@@ -3,7 +3,8 @@
 This is the shell around the pure core that keeps runs in a
 :class:`~stepflow.stores.base.Store`, executes their commands and saves every
 step: :class:`Worker`, :func:`start_run`, :func:`resume_run`, :func:`cancel_run`
-and :func:`read_run`; and what a worker reports as it runs
+and :func:`read_run`; :class:`Schedule` and its operations
+(:mod:`stepflow.runtime.schedules`); and what a worker reports as it runs
 (:mod:`stepflow.runtime.metrics`: :class:`WorkerMetrics`, :class:`PrometheusMetrics`).
 """
 
@@ -17,6 +18,11 @@ from stepflow.runtime.runs import resolve_run_id as resolve_run_id
 from stepflow.runtime.runs import resume_run as resume_run
 from stepflow.runtime.runs import start_run as start_run
 from stepflow.runtime.runs import store_wake_at as store_wake_at
+from stepflow.runtime.schedules import Schedule as Schedule
+from stepflow.runtime.schedules import Scheduler as Scheduler
+from stepflow.runtime.schedules import add_schedule as add_schedule
+from stepflow.runtime.schedules import pause_schedule as pause_schedule
+from stepflow.runtime.schedules import resume_schedule as resume_schedule
 from stepflow.runtime.worker import StepReport as StepReport
 from stepflow.runtime.worker import Worker as Worker
 from stepflow.runtime.worker import WorkerStats as WorkerStats
@@ -25,14 +31,19 @@ __all__ = [
     "PrometheusMetrics",
     "RunContext",
     "RunView",
+    "Schedule",
+    "Scheduler",
     "StepReport",
     "Worker",
     "WorkerMetrics",
     "WorkerStats",
+    "add_schedule",
     "cancel_run",
+    "pause_schedule",
     "read_run",
     "resolve_run_id",
     "resume_run",
+    "resume_schedule",
     "start_run",
     "store_wake_at",
 ]

@@ -89,6 +89,7 @@ from stepflow.runtime import _owner
 from stepflow.runtime.context import RunContext
 from stepflow.runtime.metrics import WorkerMetrics
 from stepflow.runtime.runs import store_wake_at
+from stepflow.runtime.schedules import Schedule, Scheduler
 from stepflow.stores.base import Lease, RunRecord, RunStatus, Save, Store
 from stepflow.versioning import Migration, migrate
 
@@ -208,6 +209,11 @@ class Worker:
         tracer: An OpenTelemetry tracer for one span per step (default: the
             global tracer provider's, when ``opentelemetry-api`` is installed
             and a provider is configured; else no spans, at no cost).
+        schedules: :class:`~stepflow.Schedule` values to put in the store when
+            the worker starts (added, or their definitions updated). Every
+            worker fires the store's schedules of the flows it serves, whoever
+            added them (see :mod:`stepflow.runtime.schedules`); its
+            :class:`~stepflow.runtime.schedules.Scheduler` is ``worker.scheduler``.
 
     Logging: the worker logs to the ``"stepflow.worker"`` logger (standard
     :mod:`logging`; nothing shows unless the application configures logging,
@@ -238,6 +244,7 @@ class Worker:
         metrics: WorkerMetrics | None = None,
         metrics_interval: float = 5.0,
         tracer: Any = None,
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {concurrency!r}")
@@ -318,6 +325,11 @@ class Worker:
         self._active: set[asyncio.Task[None]] = set()
         self._handler_pool: _Threads | None = None
         self._slots: asyncio.Semaphore | None = None
+        # Schedules: fired from the loop, looked at again at the next fire time.
+        self.scheduler = Scheduler(
+            store, self.flows, schedules, clock=self.clock, interval=idle_interval
+        )
+        self._schedules_due = float("-inf")
 
     # -- control ---------------------------------------------------------------
 
@@ -406,6 +418,8 @@ class Worker:
                 log.error("reading lease holders failed (%s); trying again", exc)
         while not self._stopping:
             self._wakeup.clear()
+            if self.clock.now() >= self._schedules_due:
+                await self._fire_schedules()
             free = self.concurrency - len(active)
             leases: list[Lease] = []
             try:
@@ -472,9 +486,19 @@ class Worker:
                 # idle_interval, a virtual hour would cost thousands of empty rounds.
                 virtual = not isinstance(self.clock, SystemClock)
                 delay = until_due if virtual else min(delay, until_due)
+            delay = min(delay, max(0.0, self._schedules_due - self.clock.now()))
             if delay <= 0 and leases:
                 continue
             await self._sleep(delay, busy=bool(active))
+
+    async def _fire_schedules(self) -> None:
+        """Start the runs of the schedules' fire times that have come (see Scheduler)."""
+        now = self.clock.now()
+        try:
+            self._schedules_due = await self._store(self.scheduler.look, now)
+        except Exception as exc:  # no schedule row may stop the worker
+            log.error("firing schedules failed (%s); trying again", exc)
+            self._schedules_due = now + self.idle_interval
 
     async def _look_at_holders(self, names: tuple[str, ...]) -> int:
         """Log who holds the due runs this worker waits on; take back its own dead ones.

@@ -13,6 +13,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, unquote
 
 from stepflow.errors import ConfigurationError
+from stepflow.stores._schedules import ScheduleRecord as ScheduleRecord
 from stepflow.stores.base import JournalEntry as JournalEntry
 from stepflow.stores.base import Lease as Lease
 from stepflow.stores.base import LeaseHolder as LeaseHolder
@@ -35,6 +36,7 @@ __all__ = [
     "RunStatus",
     "SQLiteStore",
     "Save",
+    "ScheduleRecord",
     "Store",
     "open_store",
 ]

@@ -41,6 +41,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import attrs
 
 from stepflow.errors import UnreadableRunError
+from stepflow.stores._schedules import ScheduleStore
 
 __all__ = [
     "RUN_COLUMNS",
@@ -226,14 +227,15 @@ class Save:
 
 
 @runtime_checkable
-class Store(Protocol):
+class Store(ScheduleStore, Protocol):
     """Durable storage for runs: the contract the worker and the CLI rely on.
 
     Implementations: :class:`~stepflow.stores.memory.MemoryStore`,
     :class:`~stepflow.stores.sqlite.SQLiteStore`,
     :class:`~stepflow.stores.postgres.PostgresStore`. Open one from a URL with
     :func:`stepflow.stores.open_store`. Methods are synchronous; the worker calls
-    them from one dedicated thread.
+    them from one dedicated thread. The schedule operations come from
+    :class:`~stepflow.stores._schedules.ScheduleStore`.
     """
 
     def create_run(

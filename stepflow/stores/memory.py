@@ -24,6 +24,7 @@ from stepflow.stores._rules import (
     run_exists,
     unknown_run,
 )
+from stepflow.stores._schedules import MemorySchedules
 from stepflow.stores.base import (
     JournalEntry,
     Lease,
@@ -42,7 +43,7 @@ def _due_order(run: RunRecord) -> tuple[float, str]:
     return (run.wake_at, run.run_id)
 
 
-class MemoryStore:
+class MemoryStore(MemorySchedules):
     """A :class:`~stepflow.stores.base.Store` in process memory, for tests and trials.
 
     It keeps the same rules as the durable stores (compare-and-swap, leases, an

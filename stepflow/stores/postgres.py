@@ -32,6 +32,7 @@ import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
 from stepflow.stores._rules import check_save, dump_input, new_lease_token, run_exists, unknown_run
+from stepflow.stores._schedules import POSTGRES_MIGRATION, PostgresSchedules
 from stepflow.stores.base import (
     RUN_COLUMNS,
     JournalEntry,
@@ -93,6 +94,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 3: runs a worker parked (status 'parked') say why.
     ("ALTER TABLE runs ADD COLUMN parked_reason text",),
+    # 4: schedules (stepflow.stores._schedules).
+    POSTGRES_MIGRATION,
 )
 
 #: The schema version this code creates and understands.
@@ -196,7 +199,7 @@ def _flows(flows: Collection[str] | None) -> list[str] | None:
     return None if flows is None else sorted(flows)
 
 
-class PostgresStore:
+class PostgresStore(PostgresSchedules):
     """A :class:`~stepflow.stores.base.Store` in a PostgreSQL schema.
 
     Args:

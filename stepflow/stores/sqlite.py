@@ -37,6 +37,7 @@ from stepflow.stores._rules import (
     run_exists,
     unknown_run,
 )
+from stepflow.stores._schedules import SQLITE_MIGRATION, SQLiteSchedules
 from stepflow.stores.base import (
     RUN_COLUMNS,
     JournalEntry,
@@ -100,6 +101,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 3: runs a worker parked (status 'parked') say why.
     ("ALTER TABLE runs ADD COLUMN parked_reason TEXT",),
+    # 4: schedules (stepflow.stores._schedules).
+    SQLITE_MIGRATION,
 )
 
 #: The schema version this code creates and understands.
@@ -234,7 +237,7 @@ def _wal(db: sqlite3.Connection) -> None:
             time.sleep(0.01 * min(attempt + 1, 10))
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteSchedules):
     """A :class:`~stepflow.stores.base.Store` in one SQLite file.
 
     Args:
