@@ -56,7 +56,9 @@ from stepflow.errors import FlowMismatchError as FlowMismatchError
 from stepflow.errors import HandlerResultError as HandlerResultError
 from stepflow.errors import IncompatibleDefinition as IncompatibleDefinition
 from stepflow.errors import InterpreterError as InterpreterError
+from stepflow.errors import JournalPrunedError as JournalPrunedError
 from stepflow.errors import LateEffectError as LateEffectError
+from stepflow.errors import ProgressError as ProgressError
 from stepflow.errors import RecordedError as RecordedError
 from stepflow.errors import RunExistsError as RunExistsError
 from stepflow.errors import StaleWriteError as StaleWriteError
@@ -122,8 +124,10 @@ __all__ = [
     "IncompatibleDefinition",
     "Interpreter",
     "InterpreterError",
+    "JournalPrunedError",
     "LateEffectError",
     "Migration",
+    "ProgressError",
     "RecordedError",
     "ReplayDivergence",
     "ReplayResult",

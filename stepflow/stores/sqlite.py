@@ -30,9 +30,12 @@ import attrs
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError, UnreadableRunError
 from stepflow.stores._rules import (
     apply_save,
+    check_prune,
     check_save,
     dump_input,
+    dump_progress,
     load_input,
+    load_progress,
     new_lease_token,
     run_exists,
     unknown_run,
@@ -42,7 +45,9 @@ from stepflow.stores.base import (
     JournalEntry,
     Lease,
     LeaseHolder,
+    PruneResult,
     RunKey,
+    RunNotes,
     RunRecord,
     RunStatus,
     Save,
@@ -59,6 +64,18 @@ _WAL_ATTEMPTS = 310
 
 # How long a statement waits for another connection's write lock before failing.
 _BUSY_TIMEOUT_S = 30.0
+
+# Journal retention and progress (Store.prune, Store.report_progress): a run's last
+# progress report, and how far its journal was pruned; finished runs are found by
+# status and age. One step, named, so that renumbering it when another step lands
+# first is moving one line of _MIGRATIONS.
+_RETENTION_AND_PROGRESS = (
+    "ALTER TABLE runs ADD COLUMN progress TEXT",
+    "ALTER TABLE runs ADD COLUMN progress_at REAL",
+    "ALTER TABLE runs ADD COLUMN journal_pruned_seq INTEGER",
+    "ALTER TABLE runs ADD COLUMN journal_pruned_at REAL",
+    "CREATE INDEX runs_retention ON runs (status, updated_at, run_id)",
+)
 
 # Migration steps: _MIGRATIONS[n] takes the schema from version n to n + 1. Append
 # new steps; never edit a released one.
@@ -100,6 +117,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 3: runs a worker parked (status 'parked') say why.
     ("ALTER TABLE runs ADD COLUMN parked_reason TEXT",),
+    _RETENTION_AND_PROGRESS,  # 4 on this branch; 5 once schedules (4) land before it
 )
 
 #: The schema version this code creates and understands.
@@ -704,6 +722,133 @@ class SQLiteStore:
                 (*params, -1 if limit is None else max(limit, 0)),
             ).fetchall()
         return [row[0] for row in rows]
+
+    def prune(
+        self,
+        older_than: float,
+        *,
+        now: float,
+        status: RunStatus | None = "completed",
+        runs: bool = False,
+        batch: int = 1000,
+    ) -> PruneResult:
+        """Remove old finished runs' journals, a batch at a time (see :meth:`Store.prune`).
+
+        Runs are found through the ``(status, updated_at, run_id)`` index, in that
+        order, outside any write transaction (WAL readers block no writer); each
+        write is one short ``BEGIN IMMEDIATE`` transaction: marking up to
+        ``batch`` runs (at most 500), removing ``batch`` journal entries, or
+        deleting the marked runs, so another connection's commit waits at most
+        for one of them.
+        """
+        statuses = check_prune(older_than, status, batch)
+        totals = PruneResult()
+        for one in statuses:
+            totals = self._prune_status(one, float(older_than), float(now), runs, batch, totals)
+        return totals
+
+    def _prune_status(
+        self,
+        status: str,
+        older_than: float,
+        now: float,
+        runs: bool,
+        batch: int,
+        totals: PruneResult,
+    ) -> PruneResult:
+        """Prune the runs of one status, walking the retention index by keyset."""
+        pruned, removed, deleted, transactions = attrs.astuple(totals)
+        # Runs whose journal is whole, was saved to since its prune, or still holds
+        # entries a prune marked but did not remove (it was interrupted).
+        pending = (
+            ""
+            if runs
+            else " AND (journal_pruned_seq IS NULL OR journal_pruned_seq < version"
+            " OR EXISTS (SELECT 1 FROM journal WHERE journal.run_id = runs.run_id"
+            " AND journal.seq <= runs.journal_pruned_seq))"
+        )
+        after: tuple[float, str] = (float("-inf"), "")
+        while True:
+            with self._locked() as db:
+                found = db.execute(
+                    "SELECT updated_at, run_id FROM runs WHERE status = ? AND updated_at < ?"
+                    f" AND (updated_at, run_id) > (?, ?){pending}"
+                    " ORDER BY updated_at, run_id LIMIT ?",
+                    (status, older_than, *after, min(batch, 500)),
+                ).fetchall()
+            if not found:
+                return PruneResult(pruned, removed, deleted, transactions)
+            after = (float(found[-1][0]), str(found[-1][1]))
+            ids = [str(row[1]) for row in found]
+            listed = ", ".join("?" * len(ids))
+            # The age and status are checked again under the write lock: a run
+            # resumed since it was found is left alone.
+            still_old = f"run_id IN ({listed}) AND status = ? AND updated_at < ?"
+            with self._transaction() as db:
+                pruned += db.execute(
+                    "UPDATE runs SET journal_pruned_seq = version, journal_pruned_at = ?"
+                    f" WHERE {still_old}",
+                    (now, *ids, status, older_than),
+                ).rowcount
+            transactions += 1
+            while True:
+                with self._transaction() as db:
+                    gone = db.execute(
+                        "DELETE FROM journal WHERE rowid IN (SELECT journal.rowid FROM journal"
+                        " JOIN runs ON runs.run_id = journal.run_id"
+                        f" WHERE journal.run_id IN ({listed})"
+                        " AND journal.seq <= runs.journal_pruned_seq LIMIT ?)",
+                        (*ids, batch),
+                    ).rowcount
+                transactions += 1
+                removed += gone
+                if gone < batch:
+                    break
+            if runs:
+                with self._transaction() as db:
+                    deleted += db.execute(
+                        f"DELETE FROM runs WHERE {still_old} AND journal_pruned_seq = version",
+                        (*ids, status, older_than),
+                    ).rowcount
+                transactions += 1
+
+    def report_progress(
+        self, run_id: str, progress: Any, *, now: float, token: str | None = None
+    ) -> bool:
+        """Keep the run's progress document (see :meth:`Store.report_progress`).
+
+        One ``UPDATE`` of the two progress columns: the version, state and lease
+        are not touched, so the worker's compare-and-swap saves never see it.
+        """
+        text = dump_progress(progress)
+        leased = "" if token is None else " AND lease_token = ?"
+        with self._transaction() as db:
+            written = db.execute(
+                f"UPDATE runs SET progress = ?, progress_at = ? WHERE run_id = ?{leased}",
+                (text, float(now), run_id, *(() if token is None else (token,))),
+            ).rowcount
+            if not written and self._find_id(db, run_id) is None:
+                raise unknown_run(run_id)
+        return bool(written)
+
+    @staticmethod
+    def _find_id(db: sqlite3.Connection, run_id: str) -> str | None:
+        row = db.execute("SELECT run_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def notes(self, run_id: str) -> RunNotes:
+        """Return the run's progress and prune mark (see :meth:`Store.notes`)."""
+        with self._locked() as db:
+            rows, _ = _fetch(
+                db,
+                "SELECT progress, progress_at, journal_pruned_seq, journal_pruned_at"
+                " FROM runs WHERE run_id = ?",
+                (run_id,),
+            )
+        if not rows:
+            raise unknown_run(run_id)
+        progress, progress_at, through, pruned_at = rows[0]
+        return RunNotes(load_progress(progress), progress_at, through, pruned_at)
 
 
 def _prefix_clause(id_prefix: str | None) -> str:
