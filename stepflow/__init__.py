@@ -85,6 +85,7 @@ from stepflow.interpreter import rebuild_exception as rebuild_exception
 from stepflow.runtime import RunContext as RunContext
 from stepflow.runtime import Worker as Worker
 from stepflow.runtime import cancel_run as cancel_run
+from stepflow.runtime import prune_runs as prune_runs
 from stepflow.runtime import read_run as read_run
 from stepflow.runtime import resolve_run_id as resolve_run_id
 from stepflow.runtime import resume_run as resume_run
@@ -165,6 +166,7 @@ __all__ = [
     "named",
     "new",
     "open_store",
+    "prune_runs",
     "read_run",
     "rebuild_exception",
     "replay",

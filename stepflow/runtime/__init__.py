@@ -12,6 +12,8 @@ from stepflow.runtime.metrics import PrometheusMetrics as PrometheusMetrics
 from stepflow.runtime.metrics import WorkerMetrics as WorkerMetrics
 from stepflow.runtime.runs import RunView as RunView
 from stepflow.runtime.runs import cancel_run as cancel_run
+from stepflow.runtime.runs import parse_age as parse_age
+from stepflow.runtime.runs import prune_runs as prune_runs
 from stepflow.runtime.runs import read_run as read_run
 from stepflow.runtime.runs import resolve_run_id as resolve_run_id
 from stepflow.runtime.runs import resume_run as resume_run
@@ -30,6 +32,8 @@ __all__ = [
     "WorkerMetrics",
     "WorkerStats",
     "cancel_run",
+    "parse_age",
+    "prune_runs",
     "read_run",
     "resolve_run_id",
     "resume_run",
