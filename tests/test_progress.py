@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import re
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 import stepflow
 from stepflow import FakeClock, RunContext, Worker
 from stepflow.cli import main
-from stepflow.errors import ProgressError
+from stepflow.errors import ProgressError, StoreError
 from stepflow.runtime import read_run, start_run
 from stepflow.stores import MemoryStore, PostgresStore, SQLiteStore, Store
 from stepflow.stores.base import RunNotes
@@ -183,3 +184,26 @@ def test_stepflow_show_prints_the_progress_and_json_includes_it(tmp_path: Path) 
     )
     assert other["progress"] is None
     assert "progress" not in runner.invoke(main, ["show", "c2", "--db", f"sqlite:///{path}"]).output
+
+
+class FlakyProgressStore(MemoryStore):
+    """A memory store whose progress writes fail, as a store that is down would."""
+
+    def report_progress(
+        self, run_id: str, progress: Any, *, now: float, token: str | None = None
+    ) -> bool:
+        raise StoreError("the database is down")
+
+
+def test_a_store_failure_while_reporting_is_logged_and_the_step_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FlakyProgressStore()
+    flow = transfer()
+    start_run(store, flow, run_id="t1", clock=FakeClock(START))
+    with caplog.at_level(logging.WARNING, logger="stepflow.worker"):
+        run_worker(store, flow, {})
+    assert store.load("t1").status == "completed"
+    messages = [r.getMessage() for r in caplog.records if "progress not kept" in r.getMessage()]
+    assert len(messages) == 4  # three from the thread handler, one from the async one
+    assert all("the database is down" in message for message in messages)
