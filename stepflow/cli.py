@@ -1119,7 +1119,7 @@ class _Shown:
     def pruned(self) -> bool:
         """Whether a prune removed the start of the journal (see ``RunView.journal_pruned``)."""
         through = None if self.notes is None else self.notes.pruned_through
-        return through is not None and (not self.journal or self.journal[0][0].seq <= through + 1)
+        return through is not None and (not self.journal or self.journal[0][0].seq != 1)
 
 
 def _read_shown(store: Store, run_id: str) -> _Shown:

@@ -184,3 +184,21 @@ def test_stepflow_prune_refuses_bad_input_and_changes_nothing(
     assert message in result.output
     assert "Traceback" not in result.output
     assert len(json.loads(cli("show", "done-1", "--db", db, "--json").output)["journal"]) == 3
+
+
+def test_a_run_marked_by_an_interrupted_prune_keeps_a_readable_history(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    seed(store)
+    # As if a prune had marked the run, then stopped before removing anything.
+    with store._transaction() as db:
+        db.execute("UPDATE runs SET journal_pruned_seq = version, journal_pruned_at = 1")
+    view = read_run(store, "done-1")
+    assert not view.journal_pruned
+    assert stepflow.history(store, "done-1").run_id == "done-1"
+    # Once part of it is gone, the history is refused.
+    with store._transaction() as db:
+        db.execute("DELETE FROM journal WHERE run_id = 'done-1' AND seq = 1")
+    assert read_run(store, "done-1").journal_pruned
+    with pytest.raises(JournalPrunedError):
+        stepflow.history(store, "done-1")
+    store.close()

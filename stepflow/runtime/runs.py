@@ -211,7 +211,7 @@ class RunView:
     def journal_pruned(self) -> bool:
         """Whether a retention prune removed (part of) the journal (see :func:`prune_runs`)."""
         return self.notes.pruned_through is not None and (
-            not self.journal or self.journal[0][0].seq <= self.notes.pruned_through + 1
+            not self.journal or self.journal[0][0].seq != 1
         )
 
 
