@@ -56,7 +56,9 @@ from stepflow.errors import FlowMismatchError as FlowMismatchError
 from stepflow.errors import HandlerResultError as HandlerResultError
 from stepflow.errors import IncompatibleDefinition as IncompatibleDefinition
 from stepflow.errors import InterpreterError as InterpreterError
+from stepflow.errors import JournalPrunedError as JournalPrunedError
 from stepflow.errors import LateEffectError as LateEffectError
+from stepflow.errors import ProgressError as ProgressError
 from stepflow.errors import RecordedError as RecordedError
 from stepflow.errors import RunExistsError as RunExistsError
 from stepflow.errors import ScheduleError as ScheduleError
@@ -89,6 +91,7 @@ from stepflow.runtime import Worker as Worker
 from stepflow.runtime import add_schedule as add_schedule
 from stepflow.runtime import cancel_run as cancel_run
 from stepflow.runtime import pause_schedule as pause_schedule
+from stepflow.runtime import prune_runs as prune_runs
 from stepflow.runtime import read_run as read_run
 from stepflow.runtime import resolve_run_id as resolve_run_id
 from stepflow.runtime import resume_run as resume_run
@@ -129,8 +132,10 @@ __all__ = [
     "IncompatibleDefinition",
     "Interpreter",
     "InterpreterError",
+    "JournalPrunedError",
     "LateEffectError",
     "Migration",
+    "ProgressError",
     "RecordedError",
     "ReplayDivergence",
     "ReplayResult",
@@ -174,6 +179,7 @@ __all__ = [
     "new",
     "open_store",
     "pause_schedule",
+    "prune_runs",
     "read_run",
     "rebuild_exception",
     "replay",

@@ -59,7 +59,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import unquote
 
 import attrs
@@ -86,6 +86,7 @@ from stepflow.errors import (
     ConfigurationError,
     CorruptStateError,
     FlowMismatchError,
+    JournalPrunedError,
     StepflowError,
 )
 from stepflow.flow import Flow
@@ -99,10 +100,11 @@ from stepflow.history import (
     loads_history,
 )
 from stepflow.history import replay as replay_history
+from stepflow.runtime.runs import parse_age
 from stepflow.runtime.schedules import OVERLAP_POLICIES, fire_time_label
 from stepflow.runtime.worker import StepReport
 from stepflow.stores import DEFAULT_SQLITE_PATH, ScheduleRecord, open_store
-from stepflow.stores.base import JournalEntry, RunRecord, Store
+from stepflow.stores.base import JournalEntry, RunNotes, RunRecord, RunStatus, Store
 
 __all__ = ["UsageProblem", "import_module", "load_flow", "main", "parse_json"]
 
@@ -1106,11 +1108,19 @@ class _Shown:
     record: RunRecord | None
     journal: tuple[tuple[JournalEntry, Batch], ...] | None
     problems: tuple[str, ...] = ()
+    notes: RunNotes | None = None
 
     def key(self) -> Hashable:
         record = self.record
         facts = None if record is None else (record.version, record.status, record.lease_owner)
-        return (facts, None if self.journal is None else len(self.journal), self.problems)
+        journal = None if self.journal is None else len(self.journal)
+        notes = None if self.notes is None else (self.notes.progress_at, self.notes.pruned_at)
+        return (facts, journal, self.problems, notes)
+
+    def pruned(self) -> bool:
+        """Whether a prune removed the start of the journal (see ``RunView.journal_pruned``)."""
+        through = None if self.notes is None else self.notes.pruned_through
+        return through is not None and (not self.journal or self.journal[0][0].seq != 1)
 
 
 def _read_shown(store: Store, run_id: str) -> _Shown:
@@ -1130,7 +1140,7 @@ def _read_shown(store: Store, run_id: str) -> _Shown:
         state = _state_problem(record)
         return _Shown(run_id, record, None, tuple([state, *problems] if state else problems))
     state = _state_problem(view.record)
-    return _Shown(run_id, view.record, view.journal, (state,) if state else ())
+    return _Shown(run_id, view.record, view.journal, (state,) if state else (), view.notes)
 
 
 def _effect_json(effect: Effect, command: Command | None) -> dict[str, Any]:
@@ -1165,6 +1175,13 @@ def _show_document(shown: _Shown) -> dict[str, Any]:
             else None
         ),
         journal=None,
+        progress=None if shown.notes is None else shown.notes.progress,
+        progress_at=None if shown.notes is None else shown.notes.progress_at,
+        journal_pruned=(
+            {"through": shown.notes.pruned_through, "at": shown.notes.pruned_at}
+            if shown.notes is not None and shown.pruned()
+            else None
+        ),
     )
     if shown.journal is not None:
         journal = []
@@ -1208,8 +1225,17 @@ def _show_view(shown: _Shown, now: float) -> RenderableType:
     if isinstance(error, dict):
         text = f"{error.get('type')}: {error.get('message')} (at {error.get('step')})"
         facts.add_row("error", f"[red]{escape(text)}[/]")
+    notes = shown.notes
+    if notes is not None and notes.progress_at is not None:
+        reported = f"{_json(notes.progress, 2000)} (reported {_relative(notes.progress_at, now)})"
+        facts.add_row("progress", escape(reported))
+    if notes is not None and notes.pruned_at is not None and shown.pruned():
+        ago = _relative(notes.pruned_at, now)
+        pruned = f"entries up to seq {notes.pruned_through} pruned {ago}"
+        facts.add_row("journal", f"[yellow]{escape(pruned)}[/]")
     if not shown.journal:
-        return Group(facts, Text("No history yet.", style="dim"))
+        empty = "No history: the journal was pruned." if shown.pruned() else "No history yet."
+        return Group(facts, Text(empty, style="dim"))
     journal = Table("seq", "time", "op", "effect", "after", title="history", title_justify="left")
     journal.columns[3].overflow = "fold"
     previous = record.created_at
@@ -1467,6 +1493,60 @@ def schedule_delete(name: str, db: str | None) -> None:
     click.echo(f"Deleted schedule {name}.")
 
 
+@main.command()
+@click.option(
+    "--older-than", "older_than", metavar="AGE", required=True,
+    help="Prune runs not saved for this long: 30d, 12h, 90m (units s, m, h, d, w).",
+)  # fmt: skip
+@click.option(
+    "--status", type=click.Choice(("completed", "failed", "cancelled", "finished")),
+    default="completed", show_default=True,
+    help="Prune finished runs of this status (finished: all three). Never running ones.",
+)  # fmt: skip
+@click.option(
+    "--runs", "delete_runs", is_flag=True,
+    help="Delete the runs too, not only their journals.",
+)  # fmt: skip
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=1000, show_default=True,
+    help="Journal entries removed per transaction.",
+)  # fmt: skip
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/cli.md).")
+def prune(
+    older_than: str, status: str, delete_runs: bool, batch: int, db: str | None, as_json: bool
+) -> None:
+    """Remove the journals (and with --runs the runs) of finished runs past their retention.
+
+    Only completed, failed or cancelled runs last saved more than AGE ago are
+    touched, in small transactions, so workers go on saving while it runs. A
+    pruned run keeps its state, status, outputs and error ('stepflow show'
+    says its journal was pruned); its history can no longer be shown, exported
+    or replayed.
+    """
+    age = parse_age(older_than)
+    with _store(db, create=False) as store:
+        result = stepflow.prune_runs(
+            store,
+            age,
+            status=None if status == "finished" else cast(RunStatus, status),
+            runs=delete_runs,
+            batch=batch,
+        )
+    if as_json:
+        document = {"older_than": age, "status": status, **attrs.asdict(result)}
+        click.echo(json.dumps(document, indent=2))
+        return
+    noun = "run" if result.runs == 1 else "runs"
+    message = (
+        f"Pruned the journals of {result.runs} {status} {noun} not saved for {older_than}: "
+        f"{result.journal_entries} entries removed"
+    )
+    if delete_runs:
+        message += f", {result.runs_deleted} runs deleted"
+    click.echo(f"{message} ({result.transactions} transactions).")
+
+
 # -- histories: show, export, replay -------------------------------------------------
 
 #: The problem :func:`stepflow.history.history` names for a journal with no start
@@ -1552,6 +1632,9 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
     with _store(db, create=False) as store:
         run_id = stepflow.resolve_run_id(store, run_id)
         view = stepflow.read_run(store, run_id)
+        if view.journal_pruned:  # nothing to show from the start: say why, in one line
+            notes = view.notes
+            raise JournalPrunedError(run_id, notes.pruned_through or 0, notes.pruned_at or 0.0)
         run = history(store, run_id) if flow is not None else None
     record = view.record
     befores: dict[int, State] = {}  # seq -> the replayed state the entry was applied to
@@ -1767,6 +1850,10 @@ def replay_runs(
             for record in store.runs(flow=definition.name, status=status):
                 try:
                     run = history(store, record.run_id)
+                except JournalPrunedError:
+                    reason = "no history (its journal was pruned)"
+                    results.append(_Replayed(record.run_id, record.run_id, "skipped", reason))
+                    continue
                 except CorruptHistoryError as exc:
                     if exc.problems[:1] == (_NO_START,):
                         reason = "no history (the run was created before stepflow recorded them)"

@@ -28,7 +28,9 @@ __all__ = [
     "HandlerResultError",
     "IncompatibleDefinition",
     "InterpreterError",
+    "JournalPrunedError",
     "LateEffectError",
+    "ProgressError",
     "RecordedError",
     "RunExistsError",
     "ScheduleError",
@@ -338,3 +340,37 @@ class UnknownScheduleError(ScheduleError, LookupError):
 
 class ScheduleExistsError(ScheduleError):
     """A schedule with the given name is already in the store."""
+
+
+class JournalPrunedError(StoreError, LookupError):
+    """A run's journal was removed by a retention prune (``stepflow prune``).
+
+    The run itself is kept (its state, status, outputs and error), but its
+    history cannot be read, replayed or exported any more.
+
+    Attributes:
+        run_id: The run.
+        through: The journal entries up to this ``seq`` were removed.
+        at: When they were removed.
+
+    """
+
+    def __init__(self, run_id: str, through: int, at: float) -> None:
+        super().__init__(
+            f"the journal of run {run_id!r} was pruned (entries up to seq {through} removed "
+            "by a retention prune): its state and outputs are kept, its history is not; "
+            "prune with a longer --older-than to keep the histories you need"
+        )
+        self.run_id = run_id
+        self.through = through
+        self.at = at
+
+    def __reduce__(self) -> tuple[type[JournalPrunedError], tuple[str, int, float]]:
+        return (type(self), (self.run_id, self.through, self.at))
+
+
+class ProgressError(StepflowError, ValueError):
+    """A progress report (``ctx.report``) is not JSON data, or is too large.
+
+    Nothing was stored: the run keeps its previous progress document.
+    """

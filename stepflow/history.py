@@ -37,6 +37,7 @@ from stepflow.errors import (
     CorruptStateError,
     EffectError,
     FlowMismatchError,
+    JournalPrunedError,
     StateError,
     StepflowError,
 )
@@ -365,12 +366,18 @@ def history(store: Store, run_id: str) -> History:
 
     Raises:
         UnknownRunError: no run has this id.
+        JournalPrunedError: a retention prune removed the journal
+            (:func:`stepflow.prune_runs`); the run itself is still in the store.
         CorruptHistoryError: the journal does not start with the run's first
             state (a run created before histories were recorded), or an entry
             cannot be read.
 
     """
     entries = store.history(run_id)
+    if not entries or entries[0].seq != 1:
+        notes = store.notes(run_id)
+        if notes.pruned_through is not None:
+            raise JournalPrunedError(run_id, notes.pruned_through, notes.pruned_at or 0.0)
     batches = [(entry.seq, loads_batch(entry.batch)) for entry in entries]
     return _assemble(run_id, batches)
 

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from strategies import definitions
 
 import stepflow
-from stepflow.core.definition import template_of
 import stepflow.analysis
 from stepflow import Destination, FlowDefinition, Transition
 from stepflow.analysis import (
@@ -32,6 +31,7 @@ from stepflow.analysis import (
     paths,
     replay,
 )
+from stepflow.core.definition import template_of
 
 # -- the seed's deployment pipeline ---------------------------------------------
 

@@ -558,3 +558,27 @@ def test_a_run_row_that_cannot_be_read_is_reported_not_raised(
     assert page.status_code == 500
     assert "input is not valid JSON" in page.text
     assert other.status_code == 200
+
+
+def test_the_run_page_shows_the_progress_a_handler_reported(
+    store: Store, runs: dict[str, str]
+) -> None:
+    store.report_progress("wait-1", {"copied_gb": 3, "of_gb": 10}, now=time.time())
+    with client(store) as web:
+        page = web.get("/runs/wait-1")
+    assert page.status_code == 200
+    progress = re.search(r'<pre id="progress">(.*?)</pre>', page.text, re.S)
+    assert progress is not None
+    assert "copied_gb" in progress.group(1)
+    assert "10" in progress.group(1)
+
+
+def test_the_run_page_of_a_pruned_run_says_its_history_is_gone(
+    store: Store, runs: dict[str, str]
+) -> None:
+    result = store.prune(time.time() + 1, now=time.time())
+    assert result.runs >= 1
+    with client(store) as web:
+        page = web.get("/runs/done-1")
+    assert page.status_code == 200
+    assert "was pruned" in page.text

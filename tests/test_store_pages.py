@@ -158,7 +158,9 @@ def test_sqlite_upgrades_a_version_1_database_keeping_its_runs(tmp_path: Path) -
     with closing(SQLiteStore(path)) as runs:
         assert _ids(runs.page_runs()) == ["old"]
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT value FROM meta").fetchall() == [("4",)]
+        assert db.execute("SELECT value FROM meta").fetchall() == [
+            (str(sqlite_module.SCHEMA_VERSION),)
+        ]
         names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"runs_page", "runs_status_page", "runs_flow_page", "runs_flow_status_page"} <= names
     assert "runs_flow" not in names

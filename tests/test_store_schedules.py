@@ -107,28 +107,31 @@ def test_schedules_are_listed_by_name_and_filtered_by_flow(store: Store) -> None
     assert a.catch_up is None
 
 
-def test_a_version_3_database_is_upgraded_to_4_with_its_runs(durable: Backend) -> None:
+def test_a_version_3_database_is_upgraded_with_schedules_and_its_runs(durable: Backend) -> None:
     store = durable.open()
     create(store, "old")
     store.close()
-    durable.raw("DROP TABLE schedules")
+    durable.raw("DROP TABLE schedules")  # version 4's, and version 5's retention columns:
+    durable.raw("DROP INDEX runs_retention")
+    for column in ("progress", "progress_at", "journal_pruned_seq", "journal_pruned_at"):
+        durable.raw(f"ALTER TABLE runs DROP COLUMN {column}")
     durable.raw("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     again = durable.open()
     ((version,),) = durable.raw("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version == "4"
+    assert version == "5"
     assert again.load("old").run_id == "old"
     assert again.create_schedule(record(), now=1.0).version == 1
 
 
-def test_sqlite_creates_version_4_from_nothing(tmp_path: Path) -> None:
+def test_sqlite_creates_the_latest_version_with_schedules_from_nothing(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     with closing(SQLiteStore(path)):
         pass
     with closing(sqlite3.connect(path)) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        assert db.execute("SELECT value FROM meta").fetchall() == [("4",)]
+        assert db.execute("SELECT value FROM meta").fetchall() == [("5",)]
     assert "schedules" in tables
-    assert sqlite_module.SCHEMA_VERSION == 4
+    assert sqlite_module.SCHEMA_VERSION == 5
 
 
 def test_a_schedule_row_whose_input_is_not_json_is_marked_and_stops_nobody(

@@ -430,7 +430,8 @@ class RunPage:
         journal: The journal, oldest first.
         outputs: ``(step, value)`` for each output, steps relative to the flow.
         error: The failure, ``{"type", "message", "step"}``, or ``None``.
-        progress: The state's ``progress`` data, when it has some.
+        progress: The run's last progress report (``ctx.report``), or else the
+            state's ``progress`` data, when it has some.
         events: Events the run received (journal entries of ``op`` ``"event"``).
         children: The ids of the run's children, when its state lists some.
         can_resume: Whether a resume makes sense (failed, flow served).
@@ -682,7 +683,8 @@ def run_page(store: Store, flows: Mapping[str, Flow], run_id: str) -> RunPage:
     journal = tuple(_journal_row(entry, batch, record.flow) for entry, batch in view.journal)
     outputs = inner.get("outputs")
     error = inner.get("error")
-    progress = inner.get("progress")
+    # What a handler reported (ctx.report) wins over progress data in the state.
+    progress = view.progress if view.notes.progress_at is not None else inner.get("progress")
     children = inner.get("children")
     return RunPage(
         record=record,

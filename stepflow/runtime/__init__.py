@@ -13,6 +13,8 @@ from stepflow.runtime.metrics import PrometheusMetrics as PrometheusMetrics
 from stepflow.runtime.metrics import WorkerMetrics as WorkerMetrics
 from stepflow.runtime.runs import RunView as RunView
 from stepflow.runtime.runs import cancel_run as cancel_run
+from stepflow.runtime.runs import parse_age as parse_age
+from stepflow.runtime.runs import prune_runs as prune_runs
 from stepflow.runtime.runs import read_run as read_run
 from stepflow.runtime.runs import resolve_run_id as resolve_run_id
 from stepflow.runtime.runs import resume_run as resume_run
@@ -39,7 +41,9 @@ __all__ = [
     "WorkerStats",
     "add_schedule",
     "cancel_run",
+    "parse_age",
     "pause_schedule",
+    "prune_runs",
     "read_run",
     "resolve_run_id",
     "resume_run",

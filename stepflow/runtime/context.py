@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
 from stepflow.core.messages import CallHandler
+from stepflow.stores._rules import dump_progress
 
 __all__ = ["RunContext"]
 
@@ -40,6 +42,9 @@ class RunContext:
             (``None`` outside any map).
         item: Inside a ``map``, the item itself (the JSON value its ``items``
             handler returned at ``index``); ``None`` outside any map.
+        reporter: Where :meth:`report` hands a checked progress document (the
+            worker stores it on the run); ``None``: nowhere (a context made by
+            hand, or by :mod:`stepflow.testing`).
 
     """
 
@@ -56,3 +61,36 @@ class RunContext:
     command: CallHandler = attrs.field(repr=False)
     index: int | None = None
     item: Any = None
+    reporter: Callable[[Any], None] | None = attrs.field(default=None, repr=False, eq=False)
+
+    def report(self, progress: Any) -> None:
+        """Store ``progress`` on the run as its progress document: the last one wins.
+
+        For an operator to see how far a long step got (``stepflow show``, the
+        console's run page, :func:`stepflow.read_run`): ``{"copied_gb": 3,
+        "of_gb": 10}``. It is kept beside the run, not in its journal, and
+        never changes the run's state or version; the worker writes it only
+        while it holds the run's lease.
+
+        From a plain handler (run in a worker thread) the document is written
+        before ``report`` returns. From an ``async def`` handler (run on the
+        worker's event loop) it is queued on the worker's store thread, so the
+        loop never waits for the database; it is written in order, before the
+        step's own save. A store failure while writing it is logged, not
+        raised: progress is advisory, and a database hiccup must not fail the
+        step (its next save would report that failure anyway).
+
+        Args:
+            progress: JSON data (dict, list, str, int, finite float, bool,
+                None) of at most 4096 bytes as compact JSON.
+
+        Raises:
+            ProgressError: ``progress`` is not JSON data, holds NaN or an
+                infinity, or is too large; nothing was stored (the step fails
+                like any handler that raises, unless the handler catches it).
+
+        """
+        text = dump_progress(progress)
+        if self.reporter is not None:
+            # A fresh copy: the handler may change its document after reporting it.
+            self.reporter(json.loads(text))

@@ -8,6 +8,7 @@ it did in the run's journal, so nothing is lost.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from typing import Any
 
@@ -20,12 +21,22 @@ from stepflow.core.advance import advance, initial_state, resume
 from stepflow.core.state import RUNNING, State
 from stepflow.errors import AmbiguousRunError, ConfigurationError, StateError, UnknownRunError
 from stepflow.flow import Flow
-from stepflow.stores.base import JournalEntry, RunRecord, RunStatus, Save, Store
+from stepflow.stores.base import (
+    JournalEntry,
+    PruneResult,
+    RunNotes,
+    RunRecord,
+    RunStatus,
+    Save,
+    Store,
+)
 
 __all__ = [
     "RunView",
     "cancel_run",
     "non_finite_path",
+    "parse_age",
+    "prune_runs",
     "read_run",
     "resolve_run_id",
     "resume_run",
@@ -180,13 +191,28 @@ class RunView:
     Attributes:
         record: The run as stored.
         state: The decoded state (``None`` when no flow was given to decode it).
-        journal: The journal entries, oldest first, with their batches decoded.
+        journal: The journal entries, oldest first, with their batches decoded
+            (what is left of it after a prune: see ``journal_pruned``).
+        notes: The run's progress document and its journal's prune mark.
 
     """
 
     record: RunRecord
     state: State | None
     journal: tuple[tuple[JournalEntry, Batch], ...]
+    notes: RunNotes = attrs.field(factory=RunNotes)
+
+    @property
+    def progress(self) -> Any:
+        """The last progress document a handler reported (``ctx.report``), or ``None``."""
+        return self.notes.progress
+
+    @property
+    def journal_pruned(self) -> bool:
+        """Whether a retention prune removed (part of) the journal (see :func:`prune_runs`)."""
+        return self.notes.pruned_through is not None and (
+            not self.journal or self.journal[0][0].seq != 1
+        )
 
 
 def resolve_run_id(store: Store, id_or_prefix: str) -> str:
@@ -227,7 +253,11 @@ _SHOWN_MATCHES = 10
 
 
 def read_run(store: Store, run_id: str, flow: Flow | None = None) -> RunView:
-    """Load a run and its journal; decode its state when ``flow`` is given.
+    """Load a run, its journal and its notes; decode its state when ``flow`` is given.
+
+    A run whose journal was pruned (see :func:`prune_runs`) is read all the same:
+    its ``journal`` holds what is left (nothing, or the entries of later saves),
+    ``journal_pruned`` is true and ``notes`` says how far and when.
 
     Raises:
         UnknownRunError: no run has this id.
@@ -237,4 +267,81 @@ def read_run(store: Store, run_id: str, flow: Flow | None = None) -> RunView:
     record = store.load(run_id)
     state = loads(record.state, flow.definition) if flow is not None else None
     journal = tuple((entry, loads_batch(entry.batch)) for entry in store.history(run_id))
-    return RunView(record, state, journal)
+    return RunView(record, state, journal, store.notes(run_id))
+
+
+#: The units :func:`parse_age` reads, in seconds.
+_AGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+_AGE = re.compile(r"\s*(?P<number>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>[smhdw])\s*")
+
+
+def parse_age(text: str) -> float:
+    """Return the seconds an age such as ``"30d"``, ``"12h"``, ``"90m"`` stands for.
+
+    Units: ``s``, ``m`` (minutes), ``h``, ``d``, ``w``; the number may have a
+    fraction (``"1.5h"``). A number without a unit is refused (seconds or days?).
+
+    >>> parse_age("30d")
+    2592000.0
+    >>> parse_age("90m")
+    5400.0
+
+    Raises:
+        ConfigurationError: the text is not such an age (a negative one included).
+
+    """
+    found = _AGE.fullmatch(text) if isinstance(text, str) else None
+    if found is None:
+        raise ConfigurationError(
+            f"{text!r} is not an age: write a positive number and a unit, "
+            "s, m, h, d or w (30d, 12h, 90m)"
+        )
+    return float(found["number"]) * _AGE_UNITS[found["unit"]]
+
+
+def prune_runs(
+    store: Store,
+    older_than: float,
+    *,
+    status: RunStatus | None = "completed",
+    runs: bool = False,
+    batch: int = 1000,
+    clock: Clock | None = None,
+) -> PruneResult:
+    """Remove the journals of finished runs not saved for ``older_than`` seconds.
+
+    What ``stepflow prune`` does: :meth:`Store.prune <stepflow.stores.base.Store.prune>`
+    with the cut-off ``now - older_than``. The runs keep their state, status,
+    outputs and error; their history can no longer be read: :func:`stepflow.history`
+    raises :class:`~stepflow.errors.JournalPrunedError` for them, and
+    :func:`read_run` says so (``journal_pruned``). With ``runs``, the runs are
+    deleted as well.
+
+    Args:
+        store: The store.
+        older_than: The retention, in seconds (:func:`parse_age` reads ``"30d"``).
+        status: Prune runs of this finished status only (``None``: completed,
+            failed and cancelled ones). Running and parked runs are never pruned.
+        runs: Delete the runs themselves too.
+        batch: Journal entries removed per transaction.
+        clock: Where ``now`` is read (default: the system clock).
+
+    Raises:
+        ConfigurationError: ``older_than`` is negative or not a finite number,
+            ``status`` is not a finished status, or ``batch`` is below 1;
+            nothing was changed.
+
+    """
+    if (
+        isinstance(older_than, bool)
+        or not isinstance(older_than, (int, float))
+        or not math.isfinite(older_than)
+        or older_than < 0
+    ):
+        raise ConfigurationError(
+            f"a retention is a number of seconds >= 0, got {older_than!r}: "
+            "runs cannot be older than a time in the future"
+        )
+    now = (clock or SystemClock()).now()
+    return store.prune(now - older_than, now=now, status=status, runs=runs, batch=batch)

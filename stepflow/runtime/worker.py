@@ -943,6 +943,7 @@ class Worker:
             command=command,
             index=index,
             item=item,
+            reporter=functools.partial(self._report_progress, run_id),
         )
         async with self._slots:
             if self._on_loop.get((flow.name, command.kind, command.step), False):
@@ -951,6 +952,37 @@ class Worker:
             return await self._handler_pool.submit(
                 functools.partial(interpreter.execute, command, ctx)
             )
+
+    def _report_progress(self, run_id: str, progress: Any) -> None:
+        """Write a handler's progress document under this worker's lease (``ctx.report``).
+
+        On the loop (an ``async def`` handler) the write is queued on the store's
+        one thread, so it lands in order and before the step's save, and the
+        loop never blocks; from a handler thread it is written there and then.
+        """
+        token = self._leases.get(run_id)
+        if token is None:  # the lease is gone: the run is someone else's now
+            return
+        call = functools.partial(
+            self._write_progress, run_id, progress, now=self.clock.now(), token=token
+        )
+        pool = self._store_pool
+        try:
+            on_loop = pool is not None and asyncio.get_running_loop() is pool.loop
+        except RuntimeError:  # no loop in this thread: a plain handler's thread
+            on_loop = False
+        if on_loop:
+            assert pool is not None
+            pool.submit(call)
+        else:
+            call()
+
+    def _write_progress(self, run_id: str, progress: Any, *, now: float, token: str) -> None:
+        try:
+            if not self.store.report_progress(run_id, progress, now=now, token=token):
+                log.debug("run %s: progress not kept, the lease was lost", run_id)
+        except StoreError as exc:  # advisory: never fails the step
+            log.warning("run %s: progress not kept: %s", run_id, exc)
 
     # -- saving ----------------------------------------------------------------
 
@@ -1067,6 +1099,7 @@ class _Threads:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int, name: str) -> None:
+        self.loop = loop
         self._loop = loop
         self._calls: queue.SimpleQueue[tuple[asyncio.Future[Any], Callable[[], Any]] | None] = (
             queue.SimpleQueue()

@@ -17,6 +17,8 @@ from stepflow.stores._schedules import ScheduleRecord as ScheduleRecord
 from stepflow.stores.base import JournalEntry as JournalEntry
 from stepflow.stores.base import Lease as Lease
 from stepflow.stores.base import LeaseHolder as LeaseHolder
+from stepflow.stores.base import PruneResult as PruneResult
+from stepflow.stores.base import RunNotes as RunNotes
 from stepflow.stores.base import RunRecord as RunRecord
 from stepflow.stores.base import RunStatus as RunStatus
 from stepflow.stores.base import Save as Save
@@ -32,6 +34,8 @@ __all__ = [
     "LeaseHolder",
     "MemoryStore",
     "PostgresStore",
+    "PruneResult",
+    "RunNotes",
     "RunRecord",
     "RunStatus",
     "SQLiteStore",

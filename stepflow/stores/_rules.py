@@ -13,26 +13,38 @@ agree on the semantics and explain a refused save in the same words:
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any
 
 import attrs
 
 from stepflow.errors import (
+    ConfigurationError,
+    ProgressError,
     RunExistsError,
     StaleWriteError,
     StoreError,
     UnknownRunError,
     UnreadableRunError,
 )
-from stepflow.stores.base import RunRecord, Save
+from stepflow.stores.base import (
+    FINISHED_STATUSES,
+    MAX_PROGRESS_BYTES,
+    RunRecord,
+    RunStatus,
+    Save,
+)
 
 __all__ = [
     "apply_save",
+    "check_prune",
     "check_save",
     "dump_input",
+    "dump_progress",
     "lease_is_live",
     "load_input",
+    "load_progress",
     "new_lease_token",
     "run_exists",
     "unknown_run",
@@ -160,3 +172,69 @@ def apply_save(run: RunRecord, save: Save, now: float) -> RunRecord:
         lease_expires_at=run.lease_expires_at if keep_lease else None,
         parked_reason=None,
     )
+
+
+def dump_progress(value: Any) -> str:
+    """Return a progress document as compact JSON text, checked for size.
+
+    Raises:
+        ProgressError: ``value`` is not JSON data, holds NaN or an infinity, or
+            takes more than :data:`~stepflow.stores.base.MAX_PROGRESS_BYTES`.
+
+    """
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ProgressError(
+            f"a progress report must be JSON data (dict, list, str, int, finite float, bool, "
+            f"None); got {value!r:.80} ({exc})"
+        ) from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ProgressError(
+            f"a progress report holds a lone surrogate, which is not UTF-8 text: {value!r:.80}"
+        ) from None
+    if size > MAX_PROGRESS_BYTES:
+        raise ProgressError(
+            f"a progress report takes {size} bytes of JSON, more than the "
+            f"{MAX_PROGRESS_BYTES} a run keeps: report a summary (counts, a phase, a "
+            "percentage) and keep large data in your own store"
+        )
+    return text
+
+
+def load_progress(text: Any) -> Any:
+    """Decode a stored progress document (``None`` for none, or for one that is not JSON)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):  # edited by hand: progress is advisory, never fatal
+        return None
+
+
+def check_prune(older_than: float, status: RunStatus | None, batch: int) -> tuple[str, ...]:
+    """Check :meth:`Store.prune`'s arguments; return the statuses it prunes.
+
+    Raises:
+        ConfigurationError: ``status`` is not a finished status, ``batch`` is
+            below 1, or ``older_than`` is not a finite number.
+
+    """
+    if status is not None and status not in FINISHED_STATUSES:
+        raise ConfigurationError(
+            f"cannot prune runs of status {status!r}: only finished runs lose their journals "
+            f"({', '.join(FINISHED_STATUSES)}, or None for all three)"
+        )
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigurationError(f"a prune batch is a number of entries >= 1, got {batch!r}")
+    if (
+        isinstance(older_than, bool)
+        or not isinstance(older_than, (int, float))
+        or not math.isfinite(older_than)
+    ):
+        raise ConfigurationError(
+            f"older_than is a time (seconds since the epoch), got {older_than!r}"
+        )
+    return FINISHED_STATUSES if status is None else (status,)

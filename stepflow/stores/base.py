@@ -18,7 +18,13 @@ Rules every implementation keeps:
 * **Leases expire.** :meth:`Store.claim_due` hands out runs whose ``wake_at`` is
   due and whose lease is free or expired; a worker that died loses its runs when
   its leases expire, and another worker claims them.
-* **Nothing is deleted.** Journal entries are never changed or removed.
+* **Nothing is deleted, but by a prune.** Journal entries are never changed or
+  removed, except by :meth:`Store.prune`, which removes the journals (and, if
+  asked, the rows) of *finished* runs past their retention, a small batch per
+  transaction, and marks each such run (see :class:`RunNotes`).
+* **Progress is beside the state.** :meth:`Store.report_progress` keeps one
+  small JSON document per run (the last one reported), outside the journal and
+  the compare-and-swap: it never changes a run's version.
 * **A bad row stops nobody.** A column of one run that cannot be read (input
   that is not JSON, text that is not UTF-8) never fails a call about other runs:
   the run's record comes back with ``unreadable`` set to an
@@ -44,11 +50,15 @@ from stepflow.errors import UnreadableRunError
 from stepflow.stores._schedules import ScheduleStore
 
 __all__ = [
+    "FINISHED_STATUSES",
+    "MAX_PROGRESS_BYTES",
     "RUN_COLUMNS",
     "JournalEntry",
     "Lease",
     "LeaseHolder",
+    "PruneResult",
     "RunKey",
+    "RunNotes",
     "RunRecord",
     "RunStatus",
     "Save",
@@ -59,6 +69,12 @@ __all__ = [
 #: A run's status in the store: the state's status, ``"cancelled"``, or ``"parked"``
 #: (set aside by a worker that could not drive it; see :meth:`Store.park`).
 RunStatus = Literal["running", "completed", "failed", "cancelled", "parked"]
+
+#: The statuses of finished runs: the only runs :meth:`Store.prune` touches.
+FINISHED_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled")
+
+#: The largest progress document a store keeps, in bytes of compact UTF-8 JSON.
+MAX_PROGRESS_BYTES = 4096
 
 #: Where a run sits in the newest-first order of :meth:`Store.page_runs`: its
 #: ``(created_at, run_id)``. A page's last run's key asks for the page after it.
@@ -224,6 +240,44 @@ class Save:
     batch: str | None = None
     release: bool = False
     flow: str | None = None
+
+
+@attrs.frozen
+class PruneResult:
+    """What :meth:`Store.prune` removed.
+
+    Attributes:
+        runs: How many runs had their journal pruned.
+        journal_entries: How many journal entries were removed.
+        runs_deleted: How many runs were removed altogether (``runs=True``).
+        transactions: How many write transactions the prune took (each one short).
+
+    """
+
+    runs: int = 0
+    journal_entries: int = 0
+    runs_deleted: int = 0
+    transactions: int = 0
+
+
+@attrs.frozen
+class RunNotes:
+    """What a store keeps beside a run's state: its progress, and its journal's retention.
+
+    Attributes:
+        progress: The last progress document reported for the run (JSON data),
+            or ``None`` when none was.
+        progress_at: When it was reported, or ``None``.
+        pruned_through: The journal entries up to this ``seq`` were removed by
+            :meth:`Store.prune` (``None``: the journal is whole).
+        pruned_at: When they were removed, or ``None``.
+
+    """
+
+    progress: Any = None
+    progress_at: float | None = None
+    pruned_through: int | None = None
+    pruned_at: float | None = None
 
 
 @runtime_checkable
@@ -439,5 +493,66 @@ class Store(ScheduleStore, Protocol):
         are returned (the first ones in that order). Only the ``run_id`` column is
         read, so a run whose other columns cannot be decoded is still found: the
         CLI resolves the short ids it prints with this, and lists unreadable runs.
+        """
+        ...
+
+    def prune(
+        self,
+        older_than: float,
+        *,
+        now: float,
+        status: RunStatus | None = "completed",
+        runs: bool = False,
+        batch: int = 1000,
+    ) -> PruneResult:
+        """Remove the journals of finished runs last saved before ``older_than``.
+
+        Only runs of ``status`` (``None``: every finished status, see
+        :data:`FINISHED_STATUSES`) whose ``updated_at`` is before ``older_than``
+        are touched; a running or parked run never is. Each such run is marked
+        pruned through its current version (at ``now``, see :meth:`notes`), then
+        its journal entries up to that version are removed, ``batch`` entries per
+        transaction, so no write lock is held for long and workers saving other
+        runs wait at most one small transaction. A run saved again meanwhile (a
+        failed run resumed) keeps its later entries and is not deleted. With
+        ``runs``, the runs themselves are then deleted too (their rows, progress
+        and all). A prune interrupted halfway leaves every run either whole or
+        marked, and a second prune finishes the job.
+
+        Raises:
+            ConfigurationError: ``status`` is not a finished status, ``batch`` is
+                below 1, or ``older_than`` is not a finite number.
+
+        """
+        ...
+
+    def report_progress(
+        self, run_id: str, progress: Any, *, now: float, token: str | None = None
+    ) -> bool:
+        """Keep ``progress`` as the run's progress document, replacing the previous one.
+
+        The document is written in its own small update of the run's row that
+        leaves its state, version and lease alone, so it never conflicts with the
+        compare-and-swap saves of the worker driving the run. With ``token``, it
+        is written only while that lease is held (a worker that lost the run
+        cannot overwrite its new holder's progress).
+
+        Returns:
+            Whether it was written (``False``: ``token`` is not the run's lease).
+
+        Raises:
+            ProgressError: ``progress`` is not JSON data, holds NaN or an
+                infinity, or takes more than :data:`MAX_PROGRESS_BYTES`.
+            UnknownRunError: no run has this id.
+
+        """
+        ...
+
+    def notes(self, run_id: str) -> RunNotes:
+        """Return the run's progress document and whether its journal was pruned.
+
+        Raises:
+            UnknownRunError: no run has this id.
+
         """
         ...

@@ -16,10 +16,13 @@ import attrs
 from stepflow.errors import StoreError
 from stepflow.stores._rules import (
     apply_save,
+    check_prune,
     check_save,
     dump_input,
+    dump_progress,
     lease_is_live,
     load_input,
+    load_progress,
     new_lease_token,
     run_exists,
     unknown_run,
@@ -29,7 +32,9 @@ from stepflow.stores.base import (
     JournalEntry,
     Lease,
     LeaseHolder,
+    PruneResult,
     RunKey,
+    RunNotes,
     RunRecord,
     RunStatus,
     Save,
@@ -57,6 +62,8 @@ class MemoryStore(MemorySchedules):
         # Records here hold their input as JSON text; _out decodes a fresh copy.
         self._runs: dict[str, RunRecord] = {}
         self._journal: dict[str, list[JournalEntry]] = {}
+        # Progress (as JSON text) and prune marks, by run id; absent: none yet.
+        self._notes: dict[str, RunNotes] = {}
 
     @staticmethod
     def _out(run: RunRecord) -> RunRecord:
@@ -330,3 +337,87 @@ class MemoryStore(MemorySchedules):
         with self._lock:
             ids = sorted(run_id for run_id in self._runs if run_id.startswith(prefix))
         return ids[: None if limit is None else max(limit, 0)]
+
+    def prune(
+        self,
+        older_than: float,
+        *,
+        now: float,
+        status: RunStatus | None = "completed",
+        runs: bool = False,
+        batch: int = 1000,
+    ) -> PruneResult:
+        """Remove old finished runs' journals, a batch at a time (see :meth:`Store.prune`)."""
+        statuses = check_prune(older_than, status, batch)
+
+        def old(run: RunRecord | None) -> bool:
+            return run is not None and run.status in statuses and run.updated_at < older_than
+
+        pruned = removed = deleted = transactions = 0
+        while True:
+            with self._lock:
+                marked = []
+                for run in self._runs.values():
+                    through = self._notes.get(run.run_id, RunNotes()).pruned_through
+                    journal = self._journal[run.run_id]
+                    if old(run) and (
+                        runs
+                        or through is None
+                        or through < run.version
+                        or (journal and journal[0].seq <= through)  # an interrupted prune
+                    ):
+                        marked.append(run.run_id)
+                        if len(marked) == batch:
+                            break
+                for run_id in marked:
+                    notes = self._notes.get(run_id, RunNotes())
+                    self._notes[run_id] = attrs.evolve(
+                        notes, pruned_through=self._runs[run_id].version, pruned_at=float(now)
+                    )
+            if not marked:
+                return PruneResult(pruned, removed, deleted, transactions)
+            pruned += len(marked)
+            transactions += 1
+            for run_id in marked:  # batch entries per hold of the lock
+                while True:
+                    with self._lock:
+                        transactions += 1
+                        journal = self._journal.get(run_id, [])
+                        through = self._notes.get(run_id, RunNotes()).pruned_through or 0
+                        gone = [entry for entry in journal[:batch] if entry.seq <= through]
+                        del journal[: len(gone)]
+                    removed += len(gone)
+                    if len(gone) < batch:
+                        break
+            if runs:
+                with self._lock:
+                    transactions += 1
+                    for run_id in marked:
+                        found = self._runs.get(run_id)
+                        notes = self._notes.get(run_id, RunNotes())
+                        if old(found) and found and notes.pruned_through == found.version:
+                            del self._runs[run_id], self._journal[run_id], self._notes[run_id]
+                            deleted += 1
+
+    def report_progress(
+        self, run_id: str, progress: Any, *, now: float, token: str | None = None
+    ) -> bool:
+        """Keep the run's progress document (see :meth:`Store.report_progress`)."""
+        text = dump_progress(progress)
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise unknown_run(run_id)
+            if token is not None and run.lease_token != token:
+                return False
+            notes = self._notes.get(run_id, RunNotes())
+            self._notes[run_id] = attrs.evolve(notes, progress=text, progress_at=float(now))
+        return True
+
+    def notes(self, run_id: str) -> RunNotes:
+        """Return the run's progress and prune mark (see :meth:`Store.notes`)."""
+        with self._lock:
+            if run_id not in self._runs:
+                raise unknown_run(run_id)
+            notes = self._notes.get(run_id, RunNotes())
+        return attrs.evolve(notes, progress=load_progress(notes.progress))

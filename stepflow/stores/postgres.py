@@ -31,14 +31,25 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
-from stepflow.stores._rules import check_save, dump_input, new_lease_token, run_exists, unknown_run
+from stepflow.stores._rules import (
+    check_prune,
+    check_save,
+    dump_input,
+    dump_progress,
+    load_progress,
+    new_lease_token,
+    run_exists,
+    unknown_run,
+)
 from stepflow.stores._schedules import POSTGRES_MIGRATION, PostgresSchedules
 from stepflow.stores.base import (
     RUN_COLUMNS,
     JournalEntry,
     Lease,
     LeaseHolder,
+    PruneResult,
     RunKey,
+    RunNotes,
     RunRecord,
     RunStatus,
     Save,
@@ -51,6 +62,19 @@ __all__ = ["INSTALL_HINT", "SCHEMA_VERSION", "PostgresStore"]
 
 #: How to install what :class:`PostgresStore` needs.
 INSTALL_HINT = "pip install 'stepflow[postgres]'"
+
+# Journal retention and progress (Store.prune, Store.report_progress): a run's last
+# progress report, and how far its journal was pruned; finished runs are found by
+# status and age. One step, named, so that renumbering it when another step lands
+# first is moving one line of _MIGRATIONS. Progress is text, not jsonb, so that its
+# size is the size checked.
+_RETENTION_AND_PROGRESS = (
+    "ALTER TABLE runs ADD COLUMN progress text",
+    "ALTER TABLE runs ADD COLUMN progress_at double precision",
+    "ALTER TABLE runs ADD COLUMN journal_pruned_seq bigint",
+    "ALTER TABLE runs ADD COLUMN journal_pruned_at double precision",
+    "CREATE INDEX runs_retention ON runs (status, updated_at, run_id)",
+)
 
 # Migration steps: _MIGRATIONS[n] takes the schema from version n to n + 1. Append
 # new steps; never edit a released one. Tables are found through search_path,
@@ -96,6 +120,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE runs ADD COLUMN parked_reason text",),
     # 4: schedules (stepflow.stores._schedules).
     POSTGRES_MIGRATION,
+    # 5: journal retention (prune) and progress documents.
+    _RETENTION_AND_PROGRESS,
 )
 
 #: The schema version this code creates and understands.
@@ -680,3 +706,140 @@ class PostgresStore(PostgresSchedules):
                 (prefix, None if limit is None else max(limit, 0)),
             )
             return [row[0] for row in cur.fetchall()]
+
+    def prune(
+        self,
+        older_than: float,
+        *,
+        now: float,
+        status: RunStatus | None = "completed",
+        runs: bool = False,
+        batch: int = 1000,
+    ) -> PruneResult:
+        """Remove old finished runs' journals, a batch at a time (see :meth:`Store.prune`).
+
+        Runs are found through the ``(status, updated_at, run_id)`` index by
+        keyset; each write is one short transaction (marking up to ``batch`` runs,
+        at most 500; removing ``batch`` journal entries; deleting the marked runs)
+        that locks only the rows it changes, all of finished runs, which no
+        worker saves.
+        """
+        statuses = check_prune(older_than, status, batch)
+        totals = PruneResult()
+        for one in statuses:
+            totals = self._prune_status(one, float(older_than), float(now), runs, batch, totals)
+        return totals
+
+    def _prune_status(
+        self,
+        status: str,
+        older_than: float,
+        now: float,
+        runs: bool,
+        batch: int,
+        totals: PruneResult,
+    ) -> PruneResult:
+        """Prune the runs of one status, walking the retention index by keyset."""
+        pruned, removed, deleted, transactions = attrs.astuple(totals)
+        pending = (
+            ""
+            if runs
+            else " AND (journal_pruned_seq IS NULL OR journal_pruned_seq < version"
+            " OR EXISTS (SELECT 1 FROM journal WHERE journal.run_id = runs.run_id"
+            " AND journal.seq <= runs.journal_pruned_seq))"
+        )
+        after: tuple[float, str] = (float("-inf"), "")
+        still_old = "run_id = ANY(%(ids)s::text[]) AND status = %(status)s AND updated_at < %(old)s"
+        while True:
+            with self._transaction() as cur:
+                cur.execute(
+                    "SELECT updated_at, run_id FROM runs WHERE status = %(status)s"
+                    " AND updated_at < %(old)s AND (updated_at, run_id) > (%(at)s, %(id)s::text)"
+                    f"{pending} ORDER BY updated_at, run_id LIMIT %(limit)s",
+                    {
+                        "status": status,
+                        "old": older_than,
+                        "at": after[0],
+                        "id": after[1],
+                        "limit": min(batch, 500),
+                    },
+                )
+                found = cur.fetchall()
+            if not found:
+                return PruneResult(pruned, removed, deleted, transactions)
+            after = (float(found[-1][0]), str(found[-1][1]))
+            params = {
+                "ids": [str(row[1]) for row in found],
+                "status": status,
+                "old": older_than,
+                "now": now,
+                "batch": batch,
+            }
+            with self._transaction() as cur:
+                cur.execute(
+                    "UPDATE runs SET journal_pruned_seq = version, journal_pruned_at = %(now)s"
+                    f" WHERE {still_old}",
+                    params,
+                )
+                pruned += cur.rowcount
+            transactions += 1
+            while True:
+                with self._transaction() as cur:
+                    cur.execute(
+                        "DELETE FROM journal WHERE (run_id, seq) IN ("
+                        "SELECT journal.run_id, journal.seq FROM journal"
+                        " JOIN runs ON runs.run_id = journal.run_id"
+                        " WHERE journal.run_id = ANY(%(ids)s::text[])"
+                        " AND journal.seq <= runs.journal_pruned_seq LIMIT %(batch)s)",
+                        params,
+                    )
+                    gone = cur.rowcount
+                transactions += 1
+                removed += gone
+                if gone < batch:
+                    break
+            if runs:
+                with self._transaction() as cur:
+                    cur.execute(
+                        f"DELETE FROM runs WHERE {still_old} AND journal_pruned_seq = version",
+                        params,
+                    )
+                    deleted += cur.rowcount
+                transactions += 1
+
+    def report_progress(
+        self, run_id: str, progress: Any, *, now: float, token: str | None = None
+    ) -> bool:
+        """Keep the run's progress document (see :meth:`Store.report_progress`).
+
+        One ``UPDATE`` of the two progress columns: the version, state and lease
+        are not touched, so the worker's compare-and-swap saves never see it.
+        """
+        text = dump_progress(progress)
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE runs SET progress = %(text)s, progress_at = %(now)s"
+                " WHERE run_id = %(run_id)s"
+                " AND (%(token)s::text IS NULL OR lease_token = %(token)s::text)",
+                {"text": text, "now": float(now), "run_id": run_id, "token": token},
+            )
+            written = cur.rowcount
+            if not written:
+                cur.execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,))
+                if cur.fetchone() is None:
+                    raise unknown_run(run_id)
+        return bool(written)
+
+    def notes(self, run_id: str) -> RunNotes:
+        """Return the run's progress and prune mark (see :meth:`Store.notes`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT progress, progress_at, journal_pruned_seq, journal_pruned_at"
+                " FROM runs WHERE run_id = %s",
+                (run_id,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise unknown_run(run_id)
+        progress, progress_at, through, pruned_at = row
+        return RunNotes(load_progress(progress), progress_at, through, pruned_at)

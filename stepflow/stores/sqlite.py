@@ -30,9 +30,12 @@ import attrs
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError, UnreadableRunError
 from stepflow.stores._rules import (
     apply_save,
+    check_prune,
     check_save,
     dump_input,
+    dump_progress,
     load_input,
+    load_progress,
     new_lease_token,
     run_exists,
     unknown_run,
@@ -43,7 +46,9 @@ from stepflow.stores.base import (
     JournalEntry,
     Lease,
     LeaseHolder,
+    PruneResult,
     RunKey,
+    RunNotes,
     RunRecord,
     RunStatus,
     Save,
@@ -60,6 +65,18 @@ _WAL_ATTEMPTS = 310
 
 # How long a statement waits for another connection's write lock before failing.
 _BUSY_TIMEOUT_S = 30.0
+
+# Journal retention and progress (Store.prune, Store.report_progress): a run's last
+# progress report, and how far its journal was pruned; finished runs are found by
+# status and age. One step, named, so that renumbering it when another step lands
+# first is moving one line of _MIGRATIONS.
+_RETENTION_AND_PROGRESS = (
+    "ALTER TABLE runs ADD COLUMN progress TEXT",
+    "ALTER TABLE runs ADD COLUMN progress_at REAL",
+    "ALTER TABLE runs ADD COLUMN journal_pruned_seq INTEGER",
+    "ALTER TABLE runs ADD COLUMN journal_pruned_at REAL",
+    "CREATE INDEX runs_retention ON runs (status, updated_at, run_id)",
+)
 
 # Migration steps: _MIGRATIONS[n] takes the schema from version n to n + 1. Append
 # new steps; never edit a released one.
@@ -103,6 +120,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE runs ADD COLUMN parked_reason TEXT",),
     # 4: schedules (stepflow.stores._schedules).
     SQLITE_MIGRATION,
+    # 5: journal retention (prune) and progress documents.
+    _RETENTION_AND_PROGRESS,
 )
 
 #: The schema version this code creates and understands.
@@ -112,6 +131,14 @@ _COLUMNS = ", ".join(RUN_COLUMNS)
 _SET_LEASE = (
     "UPDATE runs SET lease_owner = ?, lease_token = ?, lease_expires_at = ? WHERE run_id = ?"
 )
+
+# How a prune shares SQLite's one write lock: it holds it (in back-to-back short
+# transactions) for at most _PRUNE_BURST_S, then leaves it alone for _PRUNE_PAUSE_S.
+# A writer waiting on the lock sleeps in SQLite's busy handler, whose sleeps are at
+# most 25 ms in its first 100 ms of waiting: a pause that long always lets it in, so
+# a worker's save waits at most a burst and a pause (benchmarks/prune.py measures it).
+_PRUNE_BURST_S = 0.030
+_PRUNE_PAUSE_S = 0.025
 
 # Whether this SQLite has UPDATE ... RETURNING (3.35 and later).
 _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -707,6 +734,155 @@ class SQLiteStore(SQLiteSchedules):
                 (*params, -1 if limit is None else max(limit, 0)),
             ).fetchall()
         return [row[0] for row in rows]
+
+    def prune(
+        self,
+        older_than: float,
+        *,
+        now: float,
+        status: RunStatus | None = "completed",
+        runs: bool = False,
+        batch: int = 1000,
+    ) -> PruneResult:
+        """Remove old finished runs' journals, a batch at a time (see :meth:`Store.prune`).
+
+        Runs are found through the ``(status, updated_at, run_id)`` index, in that
+        order, outside any write transaction (WAL readers block no writer); each
+        write is one short ``BEGIN IMMEDIATE`` transaction: marking up to
+        ``batch`` runs (at most 500), removing ``batch`` journal entries, or
+        deleting the marked runs, so another connection's commit waits at most
+        for one of them.
+        """
+        statuses = check_prune(older_than, status, batch)
+        totals = PruneResult()
+        for one in statuses:
+            totals = self._prune_status(one, float(older_than), float(now), runs, batch, totals)
+        return totals
+
+    def _prune_status(
+        self,
+        status: str,
+        older_than: float,
+        now: float,
+        runs: bool,
+        batch: int,
+        totals: PruneResult,
+    ) -> PruneResult:
+        """Prune the runs of one status, walking the retention index by keyset."""
+        pruned, removed, deleted, transactions = attrs.astuple(totals)
+        pace = _Pace(self)
+        # Runs whose journal is whole, was saved to since its prune, or still holds
+        # entries a prune marked but did not remove (it was interrupted).
+        pending = (
+            ""
+            if runs
+            else " AND (journal_pruned_seq IS NULL OR journal_pruned_seq < version"
+            " OR EXISTS (SELECT 1 FROM journal WHERE journal.run_id = runs.run_id"
+            " AND journal.seq <= runs.journal_pruned_seq))"
+        )
+        after: tuple[float, str] = (float("-inf"), "")
+        while True:
+            with self._locked() as db:
+                found = db.execute(
+                    "SELECT updated_at, run_id FROM runs WHERE status = ? AND updated_at < ?"
+                    f" AND (updated_at, run_id) > (?, ?){pending}"
+                    " ORDER BY updated_at, run_id LIMIT ?",
+                    (status, older_than, *after, min(batch, 500)),
+                ).fetchall()
+            if not found:
+                return PruneResult(pruned, removed, deleted, transactions)
+            after = (float(found[-1][0]), str(found[-1][1]))
+            ids = [str(row[1]) for row in found]
+            listed = ", ".join("?" * len(ids))
+            # The age and status are checked again under the write lock: a run
+            # resumed since it was found is left alone.
+            still_old = f"run_id IN ({listed}) AND status = ? AND updated_at < ?"
+            with pace.transaction() as db:
+                pruned += db.execute(
+                    "UPDATE runs SET journal_pruned_seq = version, journal_pruned_at = ?"
+                    f" WHERE {still_old}",
+                    (now, *ids, status, older_than),
+                ).rowcount
+            transactions += 1
+            while True:
+                with pace.transaction() as db:
+                    gone = db.execute(
+                        "DELETE FROM journal WHERE rowid IN (SELECT journal.rowid FROM journal"
+                        " JOIN runs ON runs.run_id = journal.run_id"
+                        f" WHERE journal.run_id IN ({listed})"
+                        " AND journal.seq <= runs.journal_pruned_seq LIMIT ?)",
+                        (*ids, batch),
+                    ).rowcount
+                transactions += 1
+                removed += gone
+                if gone < batch:
+                    break
+            if runs:
+                with pace.transaction() as db:
+                    deleted += db.execute(
+                        f"DELETE FROM runs WHERE {still_old} AND journal_pruned_seq = version",
+                        (*ids, status, older_than),
+                    ).rowcount
+                transactions += 1
+
+    def report_progress(
+        self, run_id: str, progress: Any, *, now: float, token: str | None = None
+    ) -> bool:
+        """Keep the run's progress document (see :meth:`Store.report_progress`).
+
+        One ``UPDATE`` of the two progress columns: the version, state and lease
+        are not touched, so the worker's compare-and-swap saves never see it.
+        """
+        text = dump_progress(progress)
+        leased = "" if token is None else " AND lease_token = ?"
+        with self._transaction() as db:
+            written = db.execute(
+                f"UPDATE runs SET progress = ?, progress_at = ? WHERE run_id = ?{leased}",
+                (text, float(now), run_id, *(() if token is None else (token,))),
+            ).rowcount
+            if not written and self._find_id(db, run_id) is None:
+                raise unknown_run(run_id)
+        return bool(written)
+
+    @staticmethod
+    def _find_id(db: sqlite3.Connection, run_id: str) -> str | None:
+        row = db.execute("SELECT run_id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def notes(self, run_id: str) -> RunNotes:
+        """Return the run's progress and prune mark (see :meth:`Store.notes`)."""
+        with self._locked() as db:
+            rows, _ = _fetch(
+                db,
+                "SELECT progress, progress_at, journal_pruned_seq, journal_pruned_at"
+                " FROM runs WHERE run_id = ?",
+                (run_id,),
+            )
+        if not rows:
+            raise unknown_run(run_id)
+        progress, progress_at, through, pruned_at = rows[0]
+        return RunNotes(load_progress(progress), progress_at, through, pruned_at)
+
+
+class _Pace:
+    """A prune's write transactions, paced to let other writers in (see _PRUNE_BURST_S)."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+        self._since = time.perf_counter()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, after a pause if the lock was held for a burst."""
+        if time.perf_counter() - self._since >= _PRUNE_BURST_S:
+            # Fold the WAL back into the database meanwhile (PASSIVE: it takes no
+            # write lock), so a worker's commit does not meet a long checkpoint.
+            with self._store._locked() as db:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            time.sleep(_PRUNE_PAUSE_S)
+            self._since = time.perf_counter()
+        with self._store._transaction() as db:
+            yield db
 
 
 def _prefix_clause(id_prefix: str | None) -> str:
