@@ -448,12 +448,15 @@ def _rejection(state: State, effects: Sequence[Effect]) -> EffectError:
 def result_error(command: Command, value: Any) -> ErrorRecord | None:
     """Return the error a handler's return ``value`` is recorded as, or ``None`` if valid.
 
-    A ``do`` must return JSON data (or ``None``); a condition or ``on_error``
-    handler must return a real ``bool``. :func:`advance` records any other value
-    as this :class:`~stepflow.errors.HandlerResultError`, exactly as if the
-    handler had raised it, so a journal may store the equivalent
-    ``HandlerRaised`` instead of a value that JSON cannot hold.
+    A ``do`` must return JSON data (or ``None``), a map's ``items`` a JSON list;
+    a condition or ``on_error`` handler must return a real ``bool``.
+    :func:`advance` records any other value as this
+    :class:`~stepflow.errors.HandlerResultError`, exactly as if the handler had
+    raised it, so a journal may store the equivalent ``HandlerRaised`` instead of
+    a value that JSON cannot hold.
     """
+    if command.kind == "map":
+        return _items_error(command, value)
     if command.kind == "do":
         try:
             freeze_json(value)
@@ -471,6 +474,24 @@ def result_error(command: Command, value: Any) -> ErrorRecord | None:
     message = (
         f"the {what} {command.step!r} returned {value!r:.80} "
         f"({type(value).__name__}); it must return True or False"
+    )
+    return ErrorRecord.from_exception(HandlerResultError(message), command.step)
+
+
+def _items_error(command: Command, value: Any) -> ErrorRecord | None:
+    """Return the error a map's ``items`` returning ``value`` is recorded as (``None``: a list)."""
+    if type(value) is list:
+        try:
+            freeze_json(value)
+        except NotJSON as exc:
+            what = f"a list that is not JSON ({exc})"
+        else:
+            return None
+    else:
+        what = f"{value!r:.80} ({type(value).__name__})"
+    message = (
+        f"the items handler of map {command.step!r} returned {what}; it must return "
+        "a JSON list (of ids, names or small documents)"
     )
     return ErrorRecord.from_exception(HandlerResultError(message), command.step)
 

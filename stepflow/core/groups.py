@@ -81,6 +81,7 @@ from stepflow.core.advance import (
     answer,
     check_state,
     initial_state,
+    result_error,
 )
 from stepflow.core.definition import FlowDefinition, _Node, completed_event, start_event
 from stepflow.core.messages import CallHandler, Command, Effect, HandlerRaised, HandlerReturned
@@ -95,7 +96,7 @@ from stepflow.core.state import (
     GroupProgress,
     State,
 )
-from stepflow.errors import HandlerResultError, StateError
+from stepflow.errors import StateError
 
 __all__ = ["advance_groups", "command_times", "item_of", "resume_groups"]
 
@@ -472,29 +473,13 @@ class _Run:
                     else:
                         self.start_map(node, items, at)
                     return
-            error = _items_error(command, value)
+            error = cast(ErrorRecord, result_error(command, value))
         elif type(effect) is HandlerRaised:
             error = effect.error
         else:
             raise _wrong_answer(effect, command)
         moved, _ = _fail_step(self.definition, view, command, node, error, at)
         self.absorb(moved, node, at)
-
-
-def _items_error(command: Command, value: Any) -> ErrorRecord:
-    """Return the error recorded for a map's ``items`` returning ``value``, not a JSON list."""
-    if type(value) is list:
-        try:
-            freeze_json(value)
-        except NotJSON as exc:
-            what = f"a list that is not JSON ({exc})"
-    else:
-        what = f"{value!r:.80} ({type(value).__name__})"
-    message = (
-        f"the items handler of map {command.step!r} returned {what}; it must return "
-        "a JSON list (of ids, names or small documents)"
-    )
-    return ErrorRecord.from_exception(HandlerResultError(message), command.step)
 
 
 def _item_key(scope: str, path: str) -> str:

@@ -79,19 +79,22 @@ policies = st.builds(
 )
 
 
-def items(depth: int) -> st.SearchStrategy[Item]:
-    """One step of any kind; groups nest at most ``depth`` more levels."""
+def items(depth: int, *, fork: bool = True) -> st.SearchStrategy[Item]:
+    """One step of any kind; groups nest at most ``depth`` more levels.
+
+    With ``fork=False``, no ``parallel`` or ``map`` group: runs of one position.
+    """
     # (A composite keeps the strategy's repr short: the nested one_of's repr runs
     # to tens of kB, which hypothesis warns about whenever it reports an example.)
-    return _items(depth)
+    return _items(depth, fork)
 
 
 @st.composite
-def _items(draw: st.DrawFn, depth: int) -> Item:
-    return draw(_item_kinds(depth))
+def _items(draw: st.DrawFn, depth: int, fork: bool) -> Item:
+    return draw(_item_kinds(depth, fork))
 
 
-def _item_kinds(depth: int) -> st.SearchStrategy[Item]:
+def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
     leaves: list[st.SearchStrategy[Item]] = [
         st.builds(Do, step_names, st.just(_unused)),
         st.builds(
@@ -105,7 +108,7 @@ def _item_kinds(depth: int) -> st.SearchStrategy[Item]:
     ]
     if depth <= 0:
         return st.one_of(leaves)
-    body = bodies(depth - 1)
+    body = bodies(depth - 1, fork=fork)
     on_error = st.just(_unused)
     groups: list[st.SearchStrategy[Item]] = [
         st.builds(Case, step_names, st.just(_unused), body),
@@ -130,6 +133,8 @@ def _item_kinds(depth: int) -> st.SearchStrategy[Item]:
             st.integers(0, 1),
         ),
     ]
+    if not fork:
+        groups = groups[:-2]
     return st.one_of(*leaves, *groups)
 
 
@@ -137,20 +142,23 @@ def _first(pair: tuple[str, Any]) -> str:
     return pair[0]
 
 
-def bodies(depth: int, max_size: int = 3) -> st.SearchStrategy[Steps]:
+def bodies(depth: int, max_size: int = 3, *, fork: bool = True) -> st.SearchStrategy[Steps]:
     """Draw a group's steps, names unique in the scope after go-stepflow's suffixing."""
     return st.builds(
         Steps,
         st.just("steps"),
-        st.lists(items(depth), max_size=max_size, unique_by=scope_name).map(tuple),
+        st.lists(items(depth, fork=fork), max_size=max_size, unique_by=scope_name).map(tuple),
     )
 
 
 @st.composite
-def specs(draw: st.DrawFn, max_depth: int = 3) -> Steps:
-    """Draw a root spec: a random flow tree of every construct."""
+def specs(draw: st.DrawFn, max_depth: int = 3, *, fork: bool = True) -> Steps:
+    """Draw a root spec: a random flow tree of every construct.
+
+    With ``fork=False``, no ``parallel`` or ``map`` group: runs of one position.
+    """
     name = draw(_root_names)
-    children = draw(st.lists(items(max_depth), max_size=4, unique_by=scope_name))
+    children = draw(st.lists(items(max_depth, fork=fork), max_size=4, unique_by=scope_name))
     return Steps(name, tuple(children))
 
 
