@@ -258,11 +258,21 @@ def test_replay_refuses_an_outcome_for_another_command() -> None:
 # -- properties over random flows ---------------------------------------------
 
 
+def explorable() -> st.SearchStrategy[FlowDefinition]:
+    """Random flows of one position, whose whole state space a test explores.
+
+    These properties read a run's one position (``events[0]``); flows with
+    parallel and map groups, whose interleavings multiply the states, are
+    explored by the properties of tests/test_analysis_groups.py.
+    """
+    return definitions(fork=False)
+
+
 @given(st.data())
 def test_explore_finds_a_planted_violation_with_a_shortest_replayable_trace(
     data: st.DataObject,
 ) -> None:
-    definition = data.draw(definitions(), label="definition")
+    definition = data.draw(explorable(), label="definition")
     handlers = [t for t in definition.handler_transitions() if t.kind not in ("parallel", "join")]
     assume(handlers)
     target = data.draw(st.sampled_from(handlers), label="target")
@@ -306,7 +316,7 @@ def sibling_links(definition: FlowDefinition) -> list[tuple[str, str]]:
 def test_explore_reports_nothing_where_invariants_hold_by_construction(
     data: st.DataObject,
 ) -> None:
-    definition = data.draw(definitions(), label="definition")
+    definition = data.draw(explorable(), label="definition")
     links = sibling_links(definition)
     # A few links at a time: each monitor may double the states to explore.
     chosen = data.draw(st.lists(st.sampled_from(links), max_size=3) if links else st.just([]))
@@ -367,7 +377,7 @@ def resting(definition: FlowDefinition, event: str) -> str:
     return event
 
 
-@given(definitions())
+@given(explorable())
 def test_paths_reach_every_step_and_their_scripts_replay_to_the_target(
     definition: FlowDefinition,
 ) -> None:

@@ -162,9 +162,12 @@ def specs(draw: st.DrawFn, max_depth: int = 3, *, fork: bool = True) -> Steps:
     return Steps(name, tuple(children))
 
 
-def definitions(max_depth: int = 3) -> st.SearchStrategy[FlowDefinition]:
-    """Compiled random flows: every construct, nested up to ``max_depth``."""
-    return specs(max_depth).map(lambda s: new(s).definition)
+def definitions(max_depth: int = 3, *, fork: bool = True) -> st.SearchStrategy[FlowDefinition]:
+    """Compiled random flows: every construct, nested up to ``max_depth``.
+
+    With ``fork=False``, no ``parallel`` or ``map`` group: runs of one position.
+    """
+    return specs(max_depth, fork=fork).map(lambda s: new(s).definition)
 
 
 #: Random flows; the same strategy stepflow's own property tests use.
