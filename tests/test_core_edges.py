@@ -389,7 +389,7 @@ def test_a_command_waiting_at_the_end_of_the_flow_is_refused() -> None:
         advance(TWO_STEPS, _at(TWO_STEPS, "start:f/zz", unknown), (ok(unknown),))
 
 
-def test_a_do_that_returns_none_after_a_value_drops_its_earlier_output() -> None:
+def test_a_do_that_returns_none_after_a_value_keeps_its_earlier_output() -> None:
     flow = stepflow.new(
         named("l").loop_until("again", _noop, steps().do("a", _noop)).do("b", _noop)
     ).definition
@@ -398,8 +398,8 @@ def test_a_do_that_returns_none_after_a_value_drops_its_earlier_output() -> None
     assert state.outputs["l/againLoopUntil/steps/a"] == {"n": 1}
     state, (a,) = advance(flow, state, (ok(cond, False),))
     state, (cond,) = advance(flow, state, (ok(a, None),))
-    assert "l/againLoopUntil/steps/a" not in state.outputs
-    assert state.outputs == {}
+    # None keeps the latest non-None value (docs/concepts.md).
+    assert state.outputs == {"l/againLoopUntil/steps/a": {"n": 1}}
 
 
 def test_a_timeout_counts_from_the_first_timed_answer_when_the_wait_began_untimed() -> None:
@@ -452,7 +452,7 @@ def test_item_of_gives_the_innermost_map_item_the_state_holds_progress_of() -> N
     assert item_of(state, "f/aMap/steps[1]/bMap/steps[0]/x") == (1, {"r": "us"})
 
 
-def test_inside_a_group_a_do_that_returns_none_drops_its_output_but_not_its_branch_result() -> None:
+def test_inside_a_group_a_do_that_returns_none_keeps_its_output_and_its_branch_result() -> None:
     flow = stepflow.new(
         named("p").parallel(
             "g",
@@ -470,7 +470,7 @@ def test_inside_a_group_a_do_that_returns_none_drops_its_output_but_not_its_bran
     state, commands = advance(flow, state, (ok(cond, False),))
     a = by_step(commands)[path]
     state, commands = advance(flow, state, (ok(a, None),))
-    assert path not in state.outputs
+    assert state.outputs[path] == "first"  # None keeps the latest non-None value
     cond = by_step(commands)["p/gParallel/left/againLoopUntil"]
     state, _ = advance(flow, state, (ok(cond, True), ok(b, "b")))
     assert state.is_completed
