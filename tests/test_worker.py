@@ -790,7 +790,9 @@ def test_a_run_still_unreadable_at_its_retry_is_parked_again() -> None:
     clock = FakeClock(START)
     start_many(store, flow, 2, clock)
     _set_column(store, "run-001", "input", "[1, 2")
-    assert drive(store, [flow], clock=clock, park_seconds=10).parked == 1
+    # (On a virtual clock the worker jumps to each next due time: while it drives
+    # the other run it may reach the parked run's retry and park it once more.)
+    assert drive(store, [flow], clock=clock, park_seconds=10).parked >= 1
     first = store.load("run-001").wake_at
     assert first is not None
     clock.advance(11)
