@@ -473,3 +473,12 @@ def test_independent_branches_end_the_same_whatever_the_order_of_their_effects(
     assert state.outputs == reference.outputs
     assert state.seq == reference.seq
     assert state == reference
+
+
+def test_result_error_judges_a_maps_items_as_advance_does() -> None:
+    """The shell records a bad items value before journaling it: the same error as the core."""
+    state, (items,) = advance(MAP, None, now=T0)
+    assert stepflow.core.result_error(items, ["eu", {"id": 2}]) is None
+    recorded = stepflow.core.result_error(items, {"eu": 1})
+    failed, _ = advance(MAP, state, (ok(items, {"eu": 1}),))
+    assert recorded == failed.error
