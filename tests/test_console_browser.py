@@ -24,7 +24,7 @@ import pytest
 import uvicorn
 from console_flows import XSS, seed, shop
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -126,7 +126,10 @@ def guarded(store: Store, browser: WebDriver) -> Iterator[Console]:
 
 
 def _wait(browser: WebDriver, condition: Callable[[WebDriver], Any], timeout: float = 10) -> Any:
-    return WebDriverWait(browser, timeout).until(condition)
+    # A page being replaced (a form posted, a live update swapping a table) can
+    # leave a found element stale mid-condition: that is "not yet", not a failure.
+    waiting = WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,))
+    return waiting.until(condition)
 
 
 def _rows(browser: WebDriver) -> list[str]:
