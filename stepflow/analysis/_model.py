@@ -500,7 +500,10 @@ def entered_events(
         return tuple(out), tuple(taken)
     if after.status == "failed" or command.kind == "on_error":
         return (), ()  # failed, or an on_error handler declined: nothing entered
-    if _failing(outcome):
+    # A wait_event's timeout leads to its on_timeout steps, when it has some.
+    if _failing(outcome) and not (
+        command.kind == "wait_event" and definition._node(command.event).on_false
+    ):
         if concurrent:
             # The error may have ended a branch or item: its group goes on, or completes.
             path = _path(template)
@@ -524,7 +527,7 @@ def entered_events(
                 taken.append((template, destination))
                 _walk(definition, start_event(f"{group}/steps[{index}]"), before, after, taken, out)
             return tuple(out), tuple(taken)
-    elif outcome in ("returned", "fired", "true"):
+    elif outcome in ("returned", "fired", "true", "received"):
         destination = transition.destinations[0].event
     elif command.kind == "wait_for":
         # Polled false: the run stays where it is (the table's "poll again").
