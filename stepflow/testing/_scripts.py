@@ -189,6 +189,7 @@ class ScriptedWorld:
         self.script = script
         self._pending = {key: list(outs) for key, outs in script.items()}
         self._answers: dict[int, Effect] = {}
+        self._events: dict[int, Outcome] = {}  # a wait's scripted outcome, by command id
         self.clock = clock if clock is not None else FakeClock(START)
         self.handler_seconds = handler_seconds
         self.executed: list[Command] = []
@@ -236,12 +237,30 @@ class ScriptedWorld:
 
     def _event(self, command: AwaitEvent) -> Effect:
         """Send the event a ``wait_event`` waits for, or let it time out, as scripted."""
-        outcome = self._decide((command.kind, template_of(command.step)))
+        outcome = self._outcome(command)
         if isinstance(outcome, TimesOut) and command.at is not None:
             self.clock.set(max(command.at, self.clock.now()))
             return TimerFired(command.id, self.clock.now())
         value = outcome.value if isinstance(outcome, Returns) else None
         return EventReceived(command.name, value, self.clock.advance(self.handler_seconds))
+
+    def _outcome(self, command: AwaitEvent) -> Outcome:
+        if command.id not in self._events:
+            self._events[command.id] = self._decide((command.kind, template_of(command.step)))
+        return self._events[command.id]
+
+    def event_for(self, command: AwaitEvent) -> EventReceived | None:
+        """Return the event the script sends to the wait ``command``, or ``None`` if it times out.
+
+        Decided once per command id, as :meth:`execute` decides, without moving
+        the clock: for a driver that delivers events its own way (a store's
+        inbox), and lets its worker fire the timeout.
+        """
+        outcome = self._outcome(command)
+        if isinstance(outcome, TimesOut) and command.at is not None:
+            return None
+        value = outcome.value if isinstance(outcome, Returns) else None
+        return EventReceived(command.name, value, self.clock.now())
 
     def handler(self, kind: str, step: str) -> Callable[..., Any]:
         """Return a real handler for ``(kind, step)`` that plays the script (no crash memo)."""
