@@ -26,7 +26,9 @@ __all__ = [
     "Wake",
 ]
 
-CommandKind = Literal["do", "wait_for", "case", "loop_until", "on_error", "sleep", "map"]
+CommandKind = Literal[
+    "do", "wait_for", "case", "loop_until", "on_error", "sleep", "map", "switch"
+]
 
 
 class CallHandler(NamedTuple):
