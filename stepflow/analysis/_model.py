@@ -34,6 +34,7 @@ from pyrsistent import pmap
 
 from stepflow.core.advance import advance
 from stepflow.core.definition import (
+    FAILURE_REASONS,
     FlowDefinition,
     Transition,
     completed_event,
@@ -433,7 +434,7 @@ def _walk(
         if t.kind == "parallel":
             if _path(event) in after.groups:  # not stopped by a failed group around it
                 for d in t.destinations:
-                    if d.reason != "retry":
+                    if d.reason not in FAILURE_REASONS:
                         taken.append((template, d.event))
                         _walk(
                             definition, _conc(definition, d.event, event), before, after, taken, out

@@ -78,6 +78,8 @@ _INDEX = re.compile(r"\[(\d+)\]")
 
 #: Bumped when the canonical form that fingerprints are computed over changes.
 _FINGERPRINT_FORMAT = 1
+#: The reasons of the destinations a failure takes: to a retry, or to a catch's handler.
+FAILURE_REASONS = ("retry", "catch")
 
 
 def start_event(scope: str) -> str:
@@ -469,7 +471,7 @@ def _canonical(
 def _branches(t: Transition) -> tuple[str, ...]:
     if t.kind != "parallel":
         return ()
-    return tuple(d.event.partition(":")[2] for d in t.destinations if d.reason != "retry")
+    return tuple(d.event.partition(":")[2] for d in t.destinations if d.reason not in FAILURE_REASONS)
 
 
 def _inside(event: str, item_scopes: tuple[str, ...]) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from stepflow.core.compile import scope_name
 from stepflow.core.definition import FlowDefinition, RetryPolicy
 from stepflow.core.spec import (
     Case,
+    Catch,
     Do,
     Group,
     Item,
@@ -25,8 +26,10 @@ from stepflow.core.spec import (
     Retry,
     Sleep,
     Steps,
+    Switch,
     WaitFor,
 )
+from stepflow.core.choice import case_key
 from stepflow.flow import new
 from stepflow.testing._scripts import (
     HandlerKey,
@@ -39,6 +42,7 @@ from stepflow.testing._scripts import (
 
 __all__ = [
     "bodies",
+    "catch_errors",
     "definitions",
     "durations",
     "flows",
@@ -48,6 +52,7 @@ __all__ = [
     "outcomes",
     "outcomes_for",
     "policies",
+    "route_values",
     "specs",
     "step_names",
 ]
@@ -76,6 +81,16 @@ policies = st.builds(
     non_retryable=st.sampled_from(
         [(), ("RuntimeError",), ("stepflow.errors.HandlerResultError", "KeyError")]
     ),
+)
+
+
+#: The values switches are drawn with, as case values and route results: every
+#: JSON scalar type, with ``True``/``1``/``1.0`` to try type-aware matching.
+route_values = st.sampled_from(["a", "b", "1", 1, 1.0, 2.5, True, False, None])
+
+#: A catch's ``errors``: every error, the scripted ones, wrong results, or none.
+catch_errors = st.sampled_from(
+    [None, RuntimeError, "RuntimeError", ("HandlerResultError", "KeyError"), "KeyError"]
 )
 
 
@@ -116,6 +131,27 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
         st.builds(Retry, step_names, st.none() | on_error, body, policies),
         st.builds(LoopUntil, step_names, st.just(_unused), body),
         st.builds(Group, step_names, body),
+        st.builds(
+            Switch,
+            step_names,
+            st.just(_unused),
+            st.lists(
+                st.tuples(route_values, body), max_size=3, unique_by=lambda p: case_key(p[0])
+            ).map(tuple),
+            body,
+        )
+        | st.builds(
+            Switch,
+            step_names,
+            st.just(_unused),
+            st.lists(
+                st.tuples(route_values, body),
+                min_size=1,
+                max_size=3,
+                unique_by=lambda p: case_key(p[0]),
+            ).map(tuple),
+        ),
+        st.builds(Catch, step_names, body, body, catch_errors),
         st.builds(
             Parallel,
             step_names,
@@ -186,6 +222,8 @@ def outcomes_for(kind: str) -> st.SearchStrategy[Outcome]:
         value: st.SearchStrategy[Outcome] = st.builds(Returns, json_values)
     elif kind == "map":
         value = st.builds(Returns, st.lists(json_values, max_size=3))
+    elif kind == "switch":
+        value = st.builds(Returns, route_values)
     else:
         value = st.builds(Returns, st.booleans())
     failing: list[st.SearchStrategy[Outcome]] = [st.builds(Raises, st.text("xyz", max_size=3))]
