@@ -391,7 +391,7 @@ class _Compiler:
             dests.append(Destination(done, "no case matched"))
         else:
             bodies.append((f"{scope}/default", item.default))
-            dests.append(Destination(start_event(bodies[-1][0]), "no case matched: default"))
+            dests.append(Destination(start_event(bodies[-1][0]), "no case matched, default"))
         self.handler("switch", start, scope, tuple(dests), scopes, item.route, cases=keys)
         for body_scope, body in bodies:
             self.static(completed_event(body_scope), done)
