@@ -28,8 +28,8 @@ from stepflow.core.compile import HandlerKey, compile_spec
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.groups import command_times, item_of
 from stepflow.core.messages import Command, Wake
-from stepflow.core.spec import Steps
 from stepflow.core.scopes import handler_error
+from stepflow.core.spec import Steps
 from stepflow.core.state import COMPLETED, FAILED, RUNNING, ErrorRecord, State
 from stepflow.errors import DefinitionError, FlowFailed
 from stepflow.interpreter import Interpreter
@@ -110,7 +110,8 @@ class Flow:
 
     def _context(self, state: State, command: Command, ctx: Any) -> Any:
         """Return the context a handler gets: the caller's, with the item inside a map
-        and the error inside a catch's handler."""
+        and the error inside a catch's handler.
+        """
         if state.groups:
             found = item_of(state, command.step)
             if found is not None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import inspect
+import json
 import subprocess
 import sys
 import time

@@ -548,7 +548,9 @@ def entered_events(
     elif command.kind == "switch":
         key = case_key(json.loads(outcome.partition(":")[2]))
         cases = transition.cases
-        destination = transition.destinations[cases.index(key) if key in cases else len(cases)].event
+        destination = transition.destinations[
+            cases.index(key) if key in cases else len(cases)
+        ].event
     elif outcome in ("returned", "fired", "true"):
         destination = transition.destinations[0].event
     elif command.kind == "wait_for":

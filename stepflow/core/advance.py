@@ -50,7 +50,6 @@ from pyrsistent.typing import PMap
 
 from stepflow.core._json import NotJSON, freeze_json
 from stepflow.core.choice import choose, route_error
-from stepflow.core.scopes import catch
 from stepflow.core.definition import FlowDefinition, _Node, start_event, template_of
 from stepflow.core.messages import (
     CallHandler,
@@ -61,6 +60,7 @@ from stepflow.core.messages import (
     TimerFired,
     Wake,
 )
+from stepflow.core.scopes import catch
 from stepflow.core.state import (
     COMPLETED,
     EMPTY_ATTEMPTS,
@@ -457,8 +457,8 @@ def result_error(command: Command, value: Any) -> ErrorRecord | None:
     """Return the error a handler's return ``value`` is recorded as, or ``None`` if valid.
 
     A ``do`` must return JSON data (or ``None``), a map's ``items`` a JSON list,
-    a switch's ``route`` a JSON scalar; a condition or ``on_error`` handler must return a real ``bool``.
-    :func:`advance` records any other value as this
+    a switch's ``route`` a JSON scalar; a condition or ``on_error`` handler must
+    return a real ``bool``. :func:`advance` records any other value as this
     :class:`~stepflow.errors.HandlerResultError`, exactly as if the handler had
     raised it, so a journal may store the equivalent ``HandlerRaised`` instead of
     a value that JSON cannot hold.

@@ -41,6 +41,7 @@ from stepflow.core.definition import (
     start_event,
     to_seconds,
 )
+from stepflow.core.scopes import error_names
 from stepflow.core.spec import (
     Case,
     Catch,
@@ -56,7 +57,6 @@ from stepflow.core.spec import (
     Switch,
     WaitFor,
 )
-from stepflow.core.scopes import error_names
 from stepflow.errors import DefinitionError
 
 __all__ = ["HandlerKey", "compile_spec", "scope_name"]
@@ -197,7 +197,7 @@ def _check_item(item: object, parent: str, index: int) -> Item:
             )
     for attr in ("body", "handler"):
         body = getattr(item, attr, None)
-        if body is not None and not isinstance(body, Steps):
+        if (body is not None or isinstance(item, Catch)) and not isinstance(body, Steps):
             what = "handler" if attr == "handler" else "steps"
             raise DefinitionError(
                 f"the {what} of {path!r} are {body!r:.80}, not a spec; pass stepflow.steps()...",
@@ -247,7 +247,9 @@ class _Compiler:
         catches = self.catch_scopes
         if not catches:
             return scopes, ()
-        return tuple(s for s in scopes if s not in catches), tuple(s for s in scopes if s in catches)
+        return tuple(s for s in scopes if s not in catches), tuple(
+            s for s in scopes if s in catches
+        )
 
     def static(self, source: str, destination: str) -> None:
         self.transitions.append(

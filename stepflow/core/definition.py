@@ -471,7 +471,9 @@ def _canonical(
 def _branches(t: Transition) -> tuple[str, ...]:
     if t.kind != "parallel":
         return ()
-    return tuple(d.event.partition(":")[2] for d in t.destinations if d.reason not in FAILURE_REASONS)
+    return tuple(
+        d.event.partition(":")[2] for d in t.destinations if d.reason not in FAILURE_REASONS
+    )
 
 
 def _inside(event: str, item_scopes: tuple[str, ...]) -> tuple[str, ...]:

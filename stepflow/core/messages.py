@@ -26,9 +26,7 @@ __all__ = [
     "Wake",
 ]
 
-CommandKind = Literal[
-    "do", "wait_for", "case", "loop_until", "on_error", "sleep", "map", "switch"
-]
+CommandKind = Literal["do", "wait_for", "case", "loop_until", "on_error", "sleep", "map", "switch"]
 
 
 class CallHandler(NamedTuple):

@@ -331,7 +331,6 @@ class Steps:
         """
         return self._add(Map(name, items, steps, max_concurrency, max_failures))
 
-
     def switch(
         self,
         name: str,

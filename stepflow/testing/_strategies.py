@@ -12,6 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from stepflow.core.choice import case_key
 from stepflow.core.compile import scope_name
 from stepflow.core.definition import FlowDefinition, RetryPolicy
 from stepflow.core.spec import (
@@ -29,7 +30,6 @@ from stepflow.core.spec import (
     Switch,
     WaitFor,
 )
-from stepflow.core.choice import case_key
 from stepflow.flow import new
 from stepflow.testing._scripts import (
     HandlerKey,
