@@ -109,8 +109,9 @@ class Flow:
         return state, [c for c in commands if _due(state, c, now)]
 
     def _context(self, state: State, command: Command, ctx: Any) -> Any:
-        """Return the context a handler gets: the caller's, with the item inside a map
-        and the error inside a catch's handler.
+        """Return the context a handler gets: the caller's, wrapped inside a map or catch.
+
+        Inside a map item it carries ``ctx.item``; inside a catch's handler, ``ctx.error``.
         """
         if state.groups:
             found = item_of(state, command.step)
