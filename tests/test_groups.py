@@ -443,6 +443,7 @@ def _success(command: stepflow.Command, state: stepflow.State) -> stepflow.Effec
         "loop_until": True,
         "case": salt == 0,
         "map": list(range(salt)),
+        "switch": ["a", "b", 1][salt],
     }[command.kind]
     return HandlerReturned(command.id, value, at)
 
