@@ -16,8 +16,6 @@ from stepflow.codec import dumps, loads
 from stepflow.core.scopes import handler_error
 from stepflow.diagrams import to_json, to_mermaid
 from stepflow.errors import DefinitionError
-from stepflow.runtime import RunContext, Worker, start_run
-from stepflow.stores import MemoryStore
 
 
 class Declined(Exception):
@@ -216,23 +214,6 @@ def test_a_caught_state_survives_the_codec_and_resumes_with_ctx_error() -> None:
     assert error == ErrorRecord("KeyError", "k", "s/cCatch/steps/a")
     assert handler_error(flow.definition, again.outputs, "s/cCatch/steps/a") is None
     assert flow.run(again).outputs["s/cCatch/handler/h"] == ["KeyError", "k", "s/cCatch/steps/a"]
-
-
-def test_the_worker_gives_handlers_ctx_error() -> None:
-    seen: list[ErrorRecord | None] = []
-
-    def record(ctx: RunContext) -> None:
-        seen.append(ctx.error)
-
-    flow = stepflow.new(
-        named("w/v1")
-        .do("a", record)
-        .catch("c", steps().do("b", fail(Declined("x"))), steps().do("h", record))
-    )
-    store, clock = MemoryStore(), FakeClock(1000)
-    start_run(store, flow, {}, run_id="r1", clock=clock)
-    Worker(store, [flow], clock=clock).run_sync(until_idle=True, handle_signals=False)
-    assert seen == [None, ErrorRecord(f"{__name__}.Declined", "x", "w/v1/cCatch/steps/b")]
 
 
 @pytest.mark.parametrize("errors", [42, [], "", [1], [int], object(), [KeyError, None]])
