@@ -7,12 +7,14 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pyrsistent import pmap
 
 import stepflow
 from stepflow import ErrorRecord, RetryPolicy, named, steps
 from stepflow.analysis import explore, paths
 from stepflow.clock import FakeClock
 from stepflow.codec import dumps, loads
+from stepflow.core._json import freeze_json
 from stepflow.core.scopes import handler_error
 from stepflow.diagrams import to_json, to_mermaid
 from stepflow.errors import DefinitionError
@@ -325,3 +327,22 @@ def test_a_catch_takes_exactly_the_errors_it_names(raised: str, errors: list[str
     else:
         assert state.is_failed
         assert state.error == record
+
+
+def test_ctx_error_is_found_only_inside_a_catch_handler() -> None:
+    spec = named("h").catch(
+        "c",
+        steps().steps("handler", steps().do("x", print)).do("handlers", print),
+        steps().do("h", print),
+    )
+    definition = stepflow.new(spec).definition
+    record = {"error": {"type": "KeyError", "message": "k", "step": "h/cCatch/steps/handlers"}}
+    outputs = pmap({"h/cCatch": freeze_json(record)})
+    # A group named "handler" inside the steps, or a step named "handlers", is no handler.
+    assert handler_error(definition, outputs, "h/cCatch/steps/handler/x") is None
+    assert handler_error(definition, outputs, "h/cCatch/steps/handlers") is None
+    assert handler_error(definition, outputs, "h/cCatch/handler/h") == ErrorRecord(
+        "KeyError", "k", "h/cCatch/steps/handlers"
+    )
+    # A state made by hand (or migrated) in the handler with no record: no error.
+    assert handler_error(definition, pmap(), "h/cCatch/handler/h") is None
