@@ -6,8 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import run_state_machine_as_test
 
 import stepflow
 import stepflow.core
@@ -16,7 +17,8 @@ from stepflow.analysis import explore, paths, replay
 from stepflow.codec import dumps, loads
 from stepflow.core.choice import case_key
 from stepflow.diagrams import to_json, to_mermaid
-from stepflow.errors import DefinitionError
+from stepflow.errors import ConfigurationError, DefinitionError
+from stepflow.testing import FlowMachine, Returns, outcome_of
 from stepflow.versioning import diff
 
 
@@ -251,3 +253,20 @@ def test_the_routed_value_runs_exactly_its_case_or_the_default(
         assert outputs == {"p/sSwitch/default/miss": -1}
     else:
         assert outputs == {}
+
+
+def test_scripts_name_route_outcomes_by_their_json_value() -> None:
+    assert outcome_of('route:"eu"') == Returns("eu")
+    assert outcome_of("route:null") == Returns(None)
+    with pytest.raises(ConfigurationError, match="route:<JSON>"):
+        outcome_of("route:{")
+
+
+class RoutedMachine(FlowMachine):
+    """The hypothesis state machine answers switches with case values and others."""
+
+    flow = routed(lambda ctx: "eu")
+
+
+def test_the_flow_machine_answers_switches() -> None:
+    run_state_machine_as_test(RoutedMachine, settings=settings(max_examples=20, deadline=None))

@@ -356,7 +356,7 @@ class Steps:
         """
         pairs = cases.items() if isinstance(cases, Mapping) else cases
         try:
-            pairs = tuple(pairs)
+            pairs = tuple(tuple(p) if isinstance(p, list) else p for p in pairs)
             if not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
                 raise TypeError
         except TypeError:
