@@ -13,5 +13,6 @@ trap 'rm -rf "$(dirname "$data")"' EXIT
     -m pytest -q -p no:cacheprovider \
     tests/test_advance.py tests/test_definition.py tests/test_codec.py tests/test_go_parity.py \
     tests/test_flow.py tests/test_timers.py tests/test_batches.py tests/test_groups.py \
-    tests/test_purity.py tests/test_core_edges.py stepflow/core
+    tests/test_purity.py tests/test_core_edges.py tests/test_switch.py tests/test_catch.py \
+    stepflow/core
 "$python" -m coverage report --data-file="$data" -m --skip-covered --fail-under=100

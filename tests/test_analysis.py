@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 import time
@@ -357,6 +358,9 @@ def play(definition: FlowDefinition, case: PathCase) -> list[stepflow.State]:
                 effect = stepflow.HandlerReturned(command.id, None, at)
             elif outcome in ("true", "false"):
                 effect = stepflow.HandlerReturned(command.id, outcome == "true", at)
+            elif outcome.startswith("route:"):  # a switch's route returned that JSON scalar
+                value = json.loads(outcome.partition(":")[2])
+                effect = stepflow.HandlerReturned(command.id, value, at)
             elif outcome == "timed_out":
                 assert state.timeout_at is not None
                 effect = stepflow.HandlerReturned(command.id, False, max(at, state.timeout_at))

@@ -215,7 +215,7 @@ def _unbounded(definition: FlowDefinition) -> frozenset[str]:
 
 
 # Commands whose moves may commute with another branch's (see "Reduction").
-_LOCAL_KINDS = frozenset({"do", "wait_for", "case", "loop_until", "sleep"})
+_LOCAL_KINDS = frozenset({"do", "wait_for", "case", "loop_until", "sleep", "switch"})
 
 
 def _nested(a: str, b: str) -> bool:
@@ -621,7 +621,8 @@ def explore(
     its outcomes in turn (``do``: returned, raised; ``case``, ``loop_until``,
     ``on_error``: true, false, raised; ``wait_for``: true, false, raised, and
     timed_out when it has a timeout; ``sleep``: fired; a map's ``items``: 0 to
-    ``max_items`` items, raised) and the real :func:`stepflow.advance` computes
+    ``max_items`` items, raised; a ``switch``'s route: each case's value, a value
+    matching none, raised) and the real :func:`stepflow.advance` computes
     where that leads. Loops, false polls and restarts of retries without
     ``max_attempts`` are cut after ``max_loops`` (see :class:`Exploration`).
 

@@ -26,6 +26,7 @@ in a matcher or a :attr:`Trace.script`, stands for that step in every item.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Literal, NamedTuple
 
@@ -33,7 +34,9 @@ import attrs
 from pyrsistent import pmap
 
 from stepflow.core.advance import advance
+from stepflow.core.choice import case_key
 from stepflow.core.definition import (
+    FAILURE_REASONS,
     FlowDefinition,
     Transition,
     completed_event,
@@ -72,8 +75,11 @@ __all__ = [
 #: ``"timed_out"`` (a ``wait_for`` still false at its deadline), ``"fired"`` (a
 #: ``sleep``'s timer), ``"raised"`` (a generic ``Exception``),
 #: ``"raised:<type>"`` (an error of that recorded type, explored when an
-#: enclosing :class:`~stepflow.RetryPolicy` treats it as non-retryable) or
-#: ``"items:<n>"`` (a map's ``items`` handler returned a list of ``n`` items).
+#: enclosing :class:`~stepflow.RetryPolicy` treats it as non-retryable, or an
+#: enclosing ``catch`` takes it) or
+#: ``"items:<n>"`` (a map's ``items`` handler returned a list of ``n`` items) or
+#: ``"route:<JSON>"`` (a switch's route returned that scalar: each case's value,
+#: then one that matches no case).
 Outcome = str
 
 #: The type name recorded for a plain ``"raised"`` outcome.
@@ -259,6 +265,9 @@ def outcomes_for(
         options = [f"items:{n}" for n in range(max_items + 1)]
     elif kind == "do":
         options = ["returned"]
+    elif kind == "switch":
+        cases = definition.table[template_of(command.event)].cases
+        options = [f"route:{key}" for key in (*cases, _unmatched(cases))]
     elif kind == "wait_for":
         options = ["true"]
         deadline = command_times(state, command)[1]
@@ -273,16 +282,28 @@ def outcomes_for(
     return options
 
 
+def _unmatched(cases: tuple[str, ...]) -> str:
+    """Return the key of a JSON scalar that matches none of a switch's ``cases``."""
+    key, n = "null", 0
+    while key in cases:
+        n += 1
+        key = json.dumps("_" * n)
+    return key
+
+
 def _non_retryable(definition: FlowDefinition, command: Command) -> list[str]:
-    """Error types an enclosing policy refuses to retry: they take other paths."""
-    scopes = definition.enclosing_retries(template_of(command.event))
+    """Error types an enclosing policy refuses to retry, or a catch takes: other paths."""
+    scopes = definition.enclosing_failure_scopes(template_of(command.event))
     if command.kind == "on_error":
         scopes = scopes[scopes.index(template_of(command.step)) + 1 :]
     names: list[str] = []
     for scope in scopes:
-        policy = definition.retry_rule(scope).policy
-        if policy is not None:
-            names.extend(n for n in policy.non_retryable if n not in names)
+        if scope in definition._catches:
+            listed = definition.catch_rule(scope).errors or ()
+        else:
+            policy = definition.retry_rule(scope).policy
+            listed = () if policy is None else policy.non_retryable
+        names.extend(n for n in listed if n not in names)
     return names
 
 
@@ -315,6 +336,11 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
     deadline = command_times(state, command)[1]
     if outcome == "timed_out" and command.kind == "wait_for" and deadline is not None:
         return HandlerReturned(command.id, False, max(at, deadline))
+    if outcome.startswith("route:") and command.kind == "switch":
+        try:
+            return HandlerReturned(command.id, json.loads(outcome.partition(":")[2]), at)
+        except ValueError:
+            pass
     if outcome.startswith("items:") and command.kind == "map":
         count = outcome.partition(":")[2]
         if count.isdigit():
@@ -326,7 +352,7 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
         f"outcome {outcome!r} cannot answer the {command.kind} command of {command.step!r}; "
         "use returned (do), true/false (conditions, on_error), timed_out (wait_for with a "
         "timeout), fired (sleep), received/timed_out (wait_event), items:<n> (a map's items), "
-        "raised or raised:<type>"
+        "route:<JSON> (a switch), raised or raised:<type>"
     )
 
 
@@ -446,7 +472,7 @@ def _walk(
         if t.kind == "parallel":
             if _path(event) in after.groups:  # not stopped by a failed group around it
                 for d in t.destinations:
-                    if d.reason != "retry":
+                    if d.reason not in FAILURE_REASONS:
                         taken.append((template, d.event))
                         _walk(
                             definition, _conc(definition, d.event, event), before, after, taken, out
@@ -459,10 +485,10 @@ def _walk(
 
 
 def _restart_source(definition: FlowDefinition, command: Command, scope: str) -> str:
-    """Return the transition whose ``retry`` destination a restart of ``scope`` took."""
+    """Return the transition whose ``retry`` (or ``catch``) destination ``scope`` took."""
     template = template_of(command.event)
     transition = definition.table[template]
-    if scope in transition.retry_scopes:
+    if scope in transition.retry_scopes or scope in transition.catch_scopes:
         return template
     # The failure left a group (or several): the group's fork lists the retry.
     path = _path(template)
@@ -471,7 +497,7 @@ def _restart_source(definition: FlowDefinition, command: Command, scope: str) ->
         for t in definition.handler_transitions()
         if t.kind in ("parallel", "map")
         and path.startswith(str(t.step) + "/")
-        and scope in t.retry_scopes
+        and (scope in t.retry_scopes or scope in t.catch_scopes)
     ]
     return max(forks, key=lambda t: len(str(t.step))).source
 
@@ -497,6 +523,13 @@ def entered_events(
         pattern = template_of(scope)
         taken.append((_restart_source(definition, command, pattern), start_event(pattern)))
         _walk(definition, start_event(scope), before, after, taken, out)
+        return tuple(out), tuple(taken)
+    caught = _caught(definition, before, after)
+    if caught is not None:
+        pattern = template_of(caught)
+        handler = start_event(pattern + "/handler")
+        taken.append((_restart_source(definition, command, pattern), handler))
+        _walk(definition, start_event(caught + "/handler"), before, after, taken, out)
         return tuple(out), tuple(taken)
     if after.status == "failed" or command.kind == "on_error":
         return (), ()  # failed, or an on_error handler declined: nothing entered
@@ -527,6 +560,12 @@ def entered_events(
                 taken.append((template, destination))
                 _walk(definition, start_event(f"{group}/steps[{index}]"), before, after, taken, out)
             return tuple(out), tuple(taken)
+    elif command.kind == "switch":
+        key = case_key(json.loads(outcome.partition(":")[2]))
+        cases = transition.cases
+        destination = transition.destinations[
+            cases.index(key) if key in cases else len(cases)
+        ].event
     elif outcome in ("returned", "fired", "true", "received"):
         destination = transition.destinations[0].event
     elif command.kind == "wait_for":
@@ -552,6 +591,16 @@ def entered_events(
         if kind not in ("parallel", "join", None):
             out.pop()  # a position in a failed group stops instead of resting here
     return tuple(out), tuple(taken)
+
+
+def _caught(definition: FlowDefinition, before: State, after: State) -> str | None:
+    """Return the catch scope that took an error in the move from ``before`` to ``after``."""
+    if not definition._catches:
+        return None
+    for scope, record in after.outputs.items():
+        if template_of(scope) in definition._catches and record is not before.outputs.get(scope):
+            return str(scope)
+    return None
 
 
 def initial(definition: FlowDefinition, now: float = 0.0) -> tuple[State, Observation]:

@@ -85,7 +85,7 @@ _CHART_SPANS = 200
 # How long Graphviz may take to lay out one diagram.
 _DOT_TIMEOUT_S = 10.0
 # Scope-name suffixes go-stepflow adds to a step, dropped to show the name the user gave.
-_SUFFIXES = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
+_SUFFIXES = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil", "switch": "Switch"}
 
 
 def _cursor(run: RunRecord) -> str:

@@ -13,6 +13,7 @@ from stepflow.core.advance import result_error as result_error
 from stepflow.core.advance import resume as resume
 from stepflow.core.compile import HandlerKey as HandlerKey
 from stepflow.core.compile import compile_spec as compile_spec
+from stepflow.core.definition import CatchRule as CatchRule
 from stepflow.core.definition import Destination as Destination
 from stepflow.core.definition import FlowDefinition as FlowDefinition
 from stepflow.core.definition import RetryPolicy as RetryPolicy
@@ -41,6 +42,7 @@ from stepflow.core.state import Status as Status
 __all__ = [
     "AwaitEvent",
     "CallHandler",
+    "CatchRule",
     "Command",
     "CommandKind",
     "Destination",

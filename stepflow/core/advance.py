@@ -49,6 +49,7 @@ from typing import Any, cast
 from pyrsistent.typing import PMap
 
 from stepflow.core._json import NotJSON, freeze_json
+from stepflow.core.choice import choose, route_error
 from stepflow.core.definition import FlowDefinition, _Node, start_event, template_of
 from stepflow.core.events import take, with_events
 from stepflow.core.messages import (
@@ -63,6 +64,7 @@ from stepflow.core.messages import (
     Wake,
     answered_id,
 )
+from stepflow.core.scopes import catch
 from stepflow.core.state import (
     COMPLETED,
     EMPTY_ATTEMPTS,
@@ -253,6 +255,12 @@ def answer(
             target = definition._node(node[4])
         elif kind == "sleep":
             raise _wrong_answer(effect, command)
+        elif kind == "switch":  # the rules of stepflow.core.choice
+            chosen = choose(definition, node, value)
+            if chosen is None:
+                error = _bad_result(command, value)
+                return _fail_step(definition, state, command, node, error, _at(effect, now))
+            target = chosen
         elif value is True or value is False:
             if kind == "on_error":
                 if value:
@@ -500,15 +508,17 @@ def _rejection(state: State, effects: Sequence[Effect]) -> EffectError:
 def result_error(command: Command, value: Any) -> ErrorRecord | None:
     """Return the error a handler's return ``value`` is recorded as, or ``None`` if valid.
 
-    A ``do`` must return JSON data (or ``None``), a map's ``items`` a JSON list;
-    a condition or ``on_error`` handler must return a real ``bool``.
-    :func:`advance` records any other value as this
+    A ``do`` must return JSON data (or ``None``), a map's ``items`` a JSON list,
+    a switch's ``route`` a JSON scalar; a condition or ``on_error`` handler must
+    return a real ``bool``. :func:`advance` records any other value as this
     :class:`~stepflow.errors.HandlerResultError`, exactly as if the handler had
     raised it, so a journal may store the equivalent ``HandlerRaised`` instead of
     a value that JSON cannot hold.
     """
     if command.kind == "map":
         return _items_error(command, value)
+    if command.kind == "switch":
+        return route_error(command, value)
     if command.kind == "do" or command.kind == "wait_event":
         try:
             freeze_json(value)
@@ -562,20 +572,25 @@ def _fail_step(
     error: ErrorRecord,
     at: float | None,
 ) -> tuple[State, tuple[Command, ...]]:
-    """Hand ``error`` to the next enclosing retry that takes it, or fail the run.
+    """Hand ``error`` to the next enclosing retry or catch that takes it, or fail the run.
 
-    ``command`` is the failed one: a step's handler (start at the innermost retry)
-    or an ``on_error`` handler (start at the retry enclosing the one that
-    answered). A retry takes the error when its policy allows another attempt;
-    it then asks its ``on_error`` handler, or restarts at once if it has none.
+    ``command`` is the failed one: a step's handler (start at the innermost
+    scope) or an ``on_error`` handler (start at the scope enclosing the retry
+    that answered). A retry takes the error when its policy allows another
+    attempt; it then asks its ``on_error`` handler, or restarts at once if it
+    has none. A catch takes it when the error matches (stepflow.core.scopes).
     """
-    scopes = node.retry_scopes
+    scopes = node.failures
     index = scopes.index(command.step) + 1 if command.kind == "on_error" else 0
     attempts = state.attempts
     while index < len(scopes):
         scope = scopes[index]
-        rule = definition._rules[template_of(scope)]
-        if rule.policy is None or rule.policy.allows(attempts.get(scope, 0) + 1, error.type):
+        rule = definition._rules.get(template_of(scope))
+        if rule is None:  # a catch
+            caught = catch(definition, state, scope, error, at)
+            if caught is not None:
+                return caught
+        elif rule.policy is None or rule.policy.allows(attempts.get(scope, 0) + 1, error.type):
             if not rule.on_error:
                 return _restart(definition, state, scope, at)
             seq = state.seq + 1

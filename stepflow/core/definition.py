@@ -15,18 +15,27 @@ Two kinds of transition exist:
   answers. ``destinations[0]`` is where a returned value (``do``) or ``True``
   leads, ``destinations[1]`` where ``False`` leads; then one ``"retry"``
   destination per enclosing retry, innermost first.
+* a ``"switch"`` transition (handler) lists one destination per case, in
+  order (their values' canonical JSON keys in :attr:`Transition.cases`), then
+  the default group's start, or the switch's end when it has none; see
+  :mod:`stepflow.core.choice`.
 * **timer** transitions (``"sleep"``): the position waits at their source until
   the durable timer fires, then goes to ``destinations[0]``.
 * **event** transitions (``"wait_event"``): the position waits at their source
   for an event named ``awaits``, then goes to ``destinations[0]``; past its
   ``timeout`` it goes to ``destinations[1]`` (the ``on_timeout`` steps) when that
-  is not a ``"retry"`` destination, else it fails (see :mod:`stepflow.core.events`).
+  is not a failure destination, else it fails (see :mod:`stepflow.core.events`).
 * **group** transitions: a ``"parallel"`` fork lists the start of each branch; a
   ``"map"`` calls its ``items`` handler, then starts ``destinations[0]`` (the item
   group) once per item, or goes to ``destinations[1]`` when there are none; a
   ``"join"`` leaves the end of a branch or item group for the end of its group,
   taken once every branch or item has ended. Their rules are in
   :mod:`stepflow.core.groups`.
+
+A failure goes to the failure scopes enclosing the step, innermost first: retry
+scopes (``"retry"`` destinations) and catch scopes (a ``"catch"`` destination,
+the start of the catch's ``handler`` group; its :class:`CatchRule` is kept in
+:attr:`FlowDefinition.catches`, see :mod:`stepflow.core.scopes`).
 
 Time is data here too: a ``wait_for`` transition carries its poll interval
 (``delay``) and ``timeout``, a ``sleep`` its duration (``delay``), and each retry
@@ -52,6 +61,7 @@ import attrs
 from stepflow.errors import DefinitionError
 
 __all__ = [
+    "CatchRule",
     "Destination",
     "FlowDefinition",
     "RetryPolicy",
@@ -73,6 +83,7 @@ TransitionKind = Literal[
     "parallel",
     "map",
     "join",
+    "switch",
 ]
 #: The kinds of transition that fork or join positions.
 GROUP_KINDS = ("parallel", "map")
@@ -81,6 +92,8 @@ _INDEX = re.compile(r"\[(\d+)\]")
 
 #: Bumped when the canonical form that fingerprints are computed over changes.
 _FINGERPRINT_FORMAT = 1
+#: The reasons of the destinations a failure takes: to a retry, or to a catch's handler.
+FAILURE_REASONS = ("retry", "catch")
 
 
 def start_event(scope: str) -> str:
@@ -175,7 +188,7 @@ def to_seconds(value: object, what: str, path: str = "", *, allow_zero: bool = F
     return seconds
 
 
-def _type_names(types: Iterable[object]) -> tuple[str, ...]:
+def _type_names(types: Iterable[object], what: str = "non_retryable") -> tuple[str, ...]:
     names = []
     for t in types:
         if isinstance(t, str):
@@ -185,10 +198,22 @@ def _type_names(types: Iterable[object]) -> tuple[str, ...]:
             names.append(t.__qualname__ if module == "builtins" else f"{module}.{t.__qualname__}")
         else:
             raise DefinitionError(
-                f"non_retryable takes exception types or their qualified names, got {t!r}",
-                path="non_retryable",
+                f"{what} takes exception types or their qualified names, got {t!r}",
+                path=what,
             )
     return tuple(sorted(set(names)))
+
+
+def matches_type(names: tuple[str, ...], error_type: str) -> bool:
+    """Whether the recorded ``error_type`` is one of the type ``names``.
+
+    A name with a dot matches exactly; a short one by class name, whatever the module.
+
+    >>> [matches_type(("Fatal",), t) for t in ("__main__.Fatal", "a.NotFatal", "Fatal")]
+    [True, False, True]
+    """
+    # The last dotted part holds no dot, so only a short entry can equal it.
+    return error_type in names or error_type.rpartition(".")[2] in names
 
 
 @attrs.frozen
@@ -270,9 +295,7 @@ class RetryPolicy:
         ``error_type`` is the recorded (qualified) type name; see ``non_retryable``
         for how it is matched.
         """
-        names = self.non_retryable
-        # The last dotted part holds no dot, so only a short entry can equal it.
-        if names and (error_type in names or error_type.rpartition(".")[2] in names):
+        if self.non_retryable and matches_type(self.non_retryable, error_type):
             return False
         return self.max_attempts is None or attempt < self.max_attempts
 
@@ -320,6 +343,26 @@ class RetryRule:
 
 
 @attrs.frozen
+class CatchRule:
+    """Which errors a catch scope takes (see :mod:`stepflow.core.scopes`).
+
+    Attributes:
+        scope: The catch scope's path (``"deploy/v1/pushCatch"``).
+        errors: Recorded type names it takes, matched as
+            :attr:`RetryPolicy.non_retryable` is (a dotted name exactly, a short
+            one by class name); ``None`` takes every error.
+
+    """
+
+    scope: str
+    errors: tuple[str, ...] | None = None
+
+    def takes(self, error_type: str) -> bool:
+        """Whether this catch takes an error recorded as ``error_type``."""
+        return self.errors is None or matches_type(self.errors, error_type)
+
+
+@attrs.frozen
 class Transition:
     """One entry of the transition table.
 
@@ -331,7 +374,10 @@ class Transition:
         destinations: Every possible destination, in the order described in the
             module docstring.
         retry_scopes: Scope paths of the retries enclosing the step, innermost
-            first; a failure is handed to them in this order.
+            first.
+        catch_scopes: Scope paths of the catches enclosing the step, innermost
+            first. A failure is handed to the retries and catches in nesting
+            order (the innermost, whose path is the longest, first).
         delay: For ``wait_for``, seconds between polls; for ``sleep``, the
             duration. ``None`` otherwise.
         timeout: For ``wait_for``, seconds after which a condition still false
@@ -342,6 +388,8 @@ class Transition:
         max_failures: For ``parallel`` and ``map``, how many failed branches or
             items the group tolerates and still completes.
         awaits: For ``wait_event``, the name of the event it waits for.
+        cases: For ``switch``, the canonical JSON key of each case's value, in
+            the order of the case destinations (see :mod:`stepflow.core.choice`).
 
     """
 
@@ -354,6 +402,8 @@ class Transition:
     timeout: float | None = None
     max_concurrency: int | None = None
     max_failures: int = 0
+    catch_scopes: tuple[str, ...] = ()
+    cases: tuple[str, ...] = ()
     awaits: str | None = None
 
     @property
@@ -389,12 +439,17 @@ class _Node(NamedTuple):
     forks: tuple[str, ...] = ()
     limit: int | None = None
     tolerated: int = 0
+    # Retry and catch scopes around the node, innermost first: where a failure goes.
+    failures: tuple[str, ...] = ()
     # A wait_event's event name ("" otherwise).
     awaits: str = ""
 
 
 def _canonical(
-    name: str, transitions: tuple[Transition, ...], retries: tuple[RetryRule, ...]
+    name: str,
+    transitions: tuple[Transition, ...],
+    retries: tuple[RetryRule, ...],
+    catches: tuple[CatchRule, ...],
 ) -> str:
     rows: list[list[Any]] = []
     for t in transitions:
@@ -413,6 +468,11 @@ def _canonical(
             row.append({"max_concurrency": t.max_concurrency, "max_failures": t.max_failures})
         if t.awaits is not None:
             row.append({"awaits": t.awaits})
+        # Catches and cases join the row only when present: older flows keep their prints.
+        if t.catch_scopes:
+            row.append({"catch_scopes": list(t.catch_scopes)})
+        if t.kind == "switch":
+            row.append({"cases": list(t.cases)})
         rows.append(row)
     body: list[Any] = [_FINGERPRINT_FORMAT, name, rows]
     plain = [r for r in retries if r.policy is not None or not r.on_error]
@@ -423,13 +483,18 @@ def _canonical(
                 for r in plain
             ]
         )
+    if catches:
+        errors = [[c.scope, None if c.errors is None else list(c.errors)] for c in catches]
+        body.append({"catches": errors})
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def _branches(t: Transition) -> tuple[str, ...]:
     if t.kind != "parallel":
         return ()
-    return tuple(d.event.partition(":")[2] for d in t.destinations if d.reason != "retry")
+    return tuple(
+        d.event.partition(":")[2] for d in t.destinations if d.reason not in FAILURE_REASONS
+    )
 
 
 def _inside(event: str, item_scopes: tuple[str, ...]) -> tuple[str, ...]:
@@ -454,6 +519,7 @@ class FlowDefinition:
         retries: The :class:`RetryRule` of each retry scope that has a policy or
             no ``on_error`` handler; any other retry scope asks its ``on_error``
             handler, without limit or delay (go-stepflow's behaviour).
+        catches: The :class:`CatchRule` of each catch scope that has a step in it.
         table: Mapping of each source event to its one :class:`Transition`.
         fingerprint: ``"sha256:<hex>"`` of the definition's canonical form.
         start_event: The event a new run starts from.
@@ -468,6 +534,7 @@ class FlowDefinition:
     name: str
     transitions: tuple[Transition, ...]
     retries: tuple[RetryRule, ...] = ()
+    catches: tuple[CatchRule, ...] = ()
     table: Mapping[str, Transition] = attrs.field(init=False, eq=False, hash=False)
     fingerprint: str = attrs.field(init=False, eq=False, hash=False)
     start_event: str = attrs.field(init=False, eq=False, hash=False)
@@ -486,6 +553,8 @@ class FlowDefinition:
     _event_maps: dict[str, tuple[str, ...]] = attrs.field(init=False, eq=False, hash=False)
     # Retry scope -> its rule, for every retry scope of the flow.
     _rules: dict[str, RetryRule] = attrs.field(init=False, eq=False, hash=False)
+    # Catch scope -> its rule.
+    _catches: dict[str, CatchRule] = attrs.field(init=False, eq=False, hash=False)
     # Every name, event and step path -> itself: the codec makes loaded states
     # share these strings instead of holding copies of them.
     _strings: dict[str, str] = attrs.field(init=False, eq=False, hash=False)
@@ -524,7 +593,7 @@ class FlowDefinition:
             "fingerprint",
             "sha256:"
             + hashlib.sha256(
-                _canonical(self.name, self.transitions, self.retries).encode()
+                _canonical(self.name, self.transitions, self.retries, self.catches).encode()
             ).hexdigest(),
         )
         object.__setattr__(self, "start_event", start)
@@ -547,11 +616,18 @@ class FlowDefinition:
                 )
             rules[rule.scope] = rule
         object.__setattr__(self, "_rules", rules)
+        catches = {c.scope: c for c in self.catches}
+        listed = {s for t in self.transitions for s in t.catch_scopes}
+        for scope in sorted(listed ^ catches.keys()):
+            raise DefinitionError(
+                f"catch scope {scope!r} needs one CatchRule and a step inside it", path=scope
+            )
+        object.__setattr__(self, "_catches", catches)
         strings = {self.name: self.name, self.fingerprint: self.fingerprint}
         for node in nodes.values():
             strings[node.event] = node.event
             strings[node.step] = node.step
-            strings.update((scope, scope) for scope in node.retry_scopes)
+            strings.update((scope, scope) for scope in node.failures)
         object.__setattr__(self, "_strings", strings)
 
     def _compile_nodes(
@@ -600,8 +676,10 @@ class FlowDefinition:
             elif t.kind == "wait_event":
                 # on_false: the on_timeout steps, or "" when a timeout fails the step.
                 on_true = resolve(t.destinations[0].event)
-                later = [d for d in t.destinations[1:2] if d.reason != "retry"]
+                later = [d for d in t.destinations[1:2] if d.reason not in FAILURE_REASONS]
                 on_false = resolve(later[0].event) if later else ""
+            elif t.kind == "switch":  # its cases are chosen in stepflow.core.choice
+                on_true = on_false = resolve(t.destinations[len(t.cases)].event)
             else:
                 on_true = resolve(t.destinations[0].event)
                 two_way = t.kind not in ("do", "sleep", "join")
@@ -618,12 +696,14 @@ class FlowDefinition:
                 t.retry_scopes,
                 t.delay,
                 t.timeout,
-                t.kind in ("do", "wait_for", "case", "loop_until") and t.timeout is None,
+                t.kind in ("do", "wait_for", "case", "loop_until", "switch") and t.timeout is None,
                 tuple(g for g in groups if path.startswith(g + "/")),
                 event_maps.get(t.source, ()),
                 tuple(b.partition(path + "/")[2] for b in _branches(t)) if group else (),
                 t.max_concurrency,
                 t.max_failures,
+                # Scopes around a step are its ancestors: the innermost has the longest path.
+                tuple(sorted((*t.retry_scopes, *t.catch_scopes), key=len, reverse=True)),
                 t.awaits or "",
             )
         for event in table:
@@ -663,6 +743,7 @@ class FlowDefinition:
             on_true=c(base.on_true),
             on_false=c(base.on_false),
             retry_scopes=tuple(map(c, base.retry_scopes)),
+            failures=tuple(map(c, base.failures)),
             groups=tuple(map(c, base.groups)),
         )
         if len(self._concrete) >= _CONCRETE_CACHE:
@@ -672,7 +753,7 @@ class FlowDefinition:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The derived tables are rebuilt on load: only the data travels.
-        return (FlowDefinition, (self.name, self.transitions, self.retries))
+        return (FlowDefinition, (self.name, self.transitions, self.retries, self.catches))
 
     def __repr__(self) -> str:
         return (
@@ -721,6 +802,30 @@ class FlowDefinition:
 
         """
         return self._node(event).retry_scopes
+
+    def catch_scopes(self) -> tuple[str, ...]:
+        """Scope paths of every catch group that has a step inside it."""
+        return tuple(self._catches)
+
+    def catch_rule(self, scope: str) -> CatchRule:
+        """Return the :class:`CatchRule` of the catch scope ``scope``.
+
+        Raises:
+            KeyError: ``scope`` is not a catch scope of this flow.
+
+        """
+        return self._catches[scope]
+
+    def enclosing_failure_scopes(self, event: str) -> tuple[str, ...]:
+        """Retry and catch scopes around the position ``event``, innermost first.
+
+        A failure of the step at ``event`` is handed to them in this order.
+
+        Raises:
+            KeyError: ``event`` is not an event of this flow.
+
+        """
+        return self._node(event).failures
 
     def retry_rule(self, scope: str) -> RetryRule:
         """Return the :class:`RetryRule` of the retry scope ``scope``.

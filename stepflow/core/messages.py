@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 CommandKind = Literal[
-    "do", "wait_for", "case", "loop_until", "on_error", "sleep", "map", "wait_event"
+    "do", "wait_for", "case", "loop_until", "on_error", "sleep", "map", "wait_event", "switch"
 ]
 
 
@@ -43,9 +43,10 @@ class CallHandler(NamedTuple):
         id: Run-unique, deterministic id (the state's sequence number when it was
             issued). Re-issued commands keep their id.
         kind: ``"do"``, ``"wait_for"``, ``"case"``, ``"loop_until"``,
-            ``"on_error"`` or ``"map"``. It says which handler of the step to call
-            and what its result means: a JSON value for ``do``, a JSON list for a
-            map's ``items``, a ``bool`` for the others.
+            ``"on_error"``, ``"map"`` or ``"switch"``. It says which handler of
+            the step to call and what its result means: a JSON value for ``do``,
+            a JSON list for a map's ``items``, a JSON scalar for a switch's
+            ``route``, a ``bool`` for the others.
         step: Scope path of the step (``"deploy/v1/shouldDeployCase"``). For
             ``on_error`` it is the retry scope (``"deploy/v1/pushRetry"``).
         event: The state event the command belongs to (the position that waits

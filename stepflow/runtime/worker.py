@@ -73,6 +73,7 @@ from stepflow.codec import Batch, dumps, dumps_batch, loads, structure_state
 from stepflow.core.advance import advance
 from stepflow.core.groups import command_times, item_of
 from stepflow.core.messages import CallHandler, Command, Effect, HandlerRaised, TimerFired, Wake
+from stepflow.core.scopes import handler_error
 from stepflow.core.state import State
 from stepflow.errors import (
     ConfigurationError,
@@ -943,6 +944,7 @@ class Worker:
             command=command,
             index=index,
             item=item,
+            error=handler_error(flow.definition, state.outputs, command.step),
             reporter=functools.partial(self._report_progress, run_id),
         )
         async with self._slots:

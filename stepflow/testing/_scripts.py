@@ -9,6 +9,7 @@ every scripted run terminates.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -111,6 +112,11 @@ def outcome_of(name: Outcome | str) -> Outcome:
     kind, _, error_type = name.partition(":")
     if kind == "items" and error_type.isdigit():  # a map's items handler: n items
         return Returns(list(range(int(error_type))))
+    if kind == "route" and error_type:  # a switch's route: the JSON value it returned
+        try:
+            return Returns(json.loads(error_type))
+        except ValueError:
+            pass
     known: dict[str, Outcome] = {
         "returned": Returns(None),
         "true": Returns(True),
@@ -123,7 +129,7 @@ def outcome_of(name: Outcome | str) -> Outcome:
     if name not in known:
         raise ConfigurationError(
             f"unknown outcome {name!r}; use Returns/Raises/ReturnsWrongKind/TimesOut or one of "
-            f"{sorted(known)}, 'raised[:Type]' and 'items:N'"
+            f"{sorted(known)}, 'raised[:Type]', 'items:N' and 'route:<JSON>'"
         )
     return known[name]
 
@@ -138,6 +144,7 @@ EXIT_OUTCOMES: Mapping[str, Outcome] = {
     "on_error": Returns(False),
     "map": Returns([]),
     "wait_event": Returns(None),
+    "switch": Returns(None),
 }
 
 

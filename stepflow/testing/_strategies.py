@@ -12,10 +12,12 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from stepflow.core.choice import case_key
 from stepflow.core.compile import scope_name
 from stepflow.core.definition import FlowDefinition, RetryPolicy
 from stepflow.core.spec import (
     Case,
+    Catch,
     Do,
     Group,
     Item,
@@ -25,6 +27,7 @@ from stepflow.core.spec import (
     Retry,
     Sleep,
     Steps,
+    Switch,
     WaitEvent,
     WaitFor,
 )
@@ -41,6 +44,7 @@ from stepflow.testing._scripts import (
 
 __all__ = [
     "bodies",
+    "catch_errors",
     "definitions",
     "durations",
     "flows",
@@ -50,6 +54,7 @@ __all__ = [
     "outcomes",
     "outcomes_for",
     "policies",
+    "route_values",
     "specs",
     "step_names",
 ]
@@ -80,6 +85,16 @@ policies = st.builds(
     non_retryable=st.sampled_from(
         [(), ("RuntimeError",), ("stepflow.errors.HandlerResultError", "KeyError")]
     ),
+)
+
+
+#: The values switches are drawn with, as case values and route results: every
+#: JSON scalar type, with ``True``/``1``/``1.0`` to try type-aware matching.
+route_values = st.sampled_from(["a", "b", "1", 1, 1.0, 2.5, True, False, None])
+
+#: A catch's ``errors``: every error, the scripted ones, wrong results, or none.
+catch_errors = st.sampled_from(
+    [None, RuntimeError, "RuntimeError", ("HandlerResultError", "KeyError"), "KeyError"]
 )
 
 
@@ -123,6 +138,28 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
         st.builds(LoopUntil, step_names, st.just(_unused), body),
         st.builds(Group, step_names, body),
         st.builds(
+            Switch,
+            step_names,
+            st.just(_unused),
+            st.lists(
+                st.tuples(route_values, body), max_size=3, unique_by=lambda p: case_key(p[0])
+            ).map(tuple),
+            body,
+        )
+        | st.builds(
+            Switch,
+            step_names,
+            st.just(_unused),
+            st.lists(
+                st.tuples(route_values, body),
+                min_size=1,
+                max_size=3,
+                unique_by=lambda p: case_key(p[0]),
+            ).map(tuple),
+        ),
+        # (Its steps begin with a do, which can fail: the handler is always reachable.)
+        st.builds(Catch, step_names, body.map(_failing_first), body, catch_errors),
+        st.builds(
             Parallel,
             step_names,
             st.lists(st.tuples(step_names, body), min_size=1, max_size=3, unique_by=_first).map(
@@ -149,6 +186,10 @@ def _waits_with_timeout_steps(draw: st.DrawFn, depth: int, fork: bool) -> Item:
     # (A composite for a short repr, as _items.)
     on_timeout = draw(bodies(depth - 1, fork=fork))
     return WaitEvent(draw(_event_names), draw(durations), on_timeout)
+
+
+def _failing_first(body: Steps) -> Steps:
+    return Steps(body.name, (Do("try", _unused), *body.items))
 
 
 def _first(pair: tuple[str, Any]) -> str:
@@ -202,6 +243,8 @@ def outcomes_for(kind: str) -> st.SearchStrategy[Outcome]:
     elif kind == "wait_event":
         # An event (with a payload) comes, or the wait times out: nothing raises.
         return st.one_of(st.builds(Returns, json_values), st.just(TimesOut()))
+    if kind == "switch":
+        value = st.builds(Returns, route_values)
     else:
         value = st.builds(Returns, st.booleans())
     failing: list[st.SearchStrategy[Outcome]] = [st.builds(Raises, st.text("xyz", max_size=3))]
