@@ -66,6 +66,7 @@ from stepflow.errors import ScheduleExistsError as ScheduleExistsError
 from stepflow.errors import StaleWriteError as StaleWriteError
 from stepflow.errors import StateError as StateError
 from stepflow.errors import StepflowError as StepflowError
+from stepflow.errors import StepTimeoutError as StepTimeoutError
 from stepflow.errors import StoreError as StoreError
 from stepflow.errors import UnknownEffectError as UnknownEffectError
 from stepflow.errors import UnknownEventError as UnknownEventError
@@ -149,6 +150,7 @@ __all__ = [
     "State",
     "StateError",
     "Status",
+    "StepTimeoutError",
     "StepflowError",
     "Steps",
     "Store",

@@ -51,6 +51,7 @@ PUBLIC = [
     "State",
     "StateError",
     "Status",
+    "StepTimeoutError",
     "StepflowError",
     "Steps",
     "Store",

@@ -246,9 +246,11 @@ class _Compiler:
     def item(self, scope: str, item: Item, retries: tuple[str, ...]) -> None:
         start, done = start_event(scope), completed_event(scope)
         if isinstance(item, Do):
-            self.handler(
-                "do", start, scope, (Destination(done, "handler returned"),), retries, item.fn
-            )
+            limit = None
+            if item.timeout is not None:
+                limit = to_seconds(item.timeout, f"the timeout= of {scope!r}", scope)
+            returned = (Destination(done, "handler returned"),)
+            self.handler("do", start, scope, returned, retries, item.fn, None, limit)
         elif isinstance(item, WaitFor):
             every = to_seconds(item.every, f"the every= of {scope!r}", scope)
             timeout = (

@@ -322,7 +322,10 @@ class Transition:
         delay: For ``wait_for``, seconds between polls; for ``sleep``, the
             duration. ``None`` otherwise.
         timeout: For ``wait_for``, seconds after which a condition still false
-            fails the step with a ``WaitTimeoutError``; ``None``: no timeout.
+            fails the step with a ``WaitTimeoutError``; for ``do``, the
+            start-to-close limit of one execution of its handler, enforced by
+            the shell (``StepTimeoutError``), never read by the core; ``None``:
+            no timeout.
         max_concurrency: For ``map``, how many items may run at once
             (``None``: no limit).
         max_failures: For ``parallel`` and ``map``, how many failed branches or
@@ -592,8 +595,8 @@ class FlowDefinition:
                 on_false,
                 t.retry_scopes,
                 t.delay,
-                t.timeout,
-                t.kind in ("do", "wait_for", "case", "loop_until") and t.timeout is None,
+                None if t.kind == "do" else t.timeout,  # (a do's is the shell's)
+                t.kind == "do" or (t.kind in ("wait_for", "case", "loop_until") and not t.timeout),
                 tuple(g for g in groups if path.startswith(g + "/")),
                 event_maps.get(t.source, ()),
                 tuple(b.partition(path + "/")[2] for b in _branches(t)) if group else (),

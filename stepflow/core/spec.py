@@ -57,10 +57,11 @@ ItemsFn = Callable[[Any], Any]
 
 @attrs.frozen
 class Do:
-    """A step that calls ``fn(ctx)`` once."""
+    """A step that calls ``fn(ctx)`` once, within ``timeout`` seconds if one is given."""
 
     name: str
     fn: ActionFn
+    timeout: Duration | None = None
 
 
 @attrs.frozen
@@ -175,13 +176,20 @@ class Steps:
     def _add(self, item: Item) -> Steps:
         return Steps(self.name, (*self.items, item))
 
-    def do(self, name: str, fn: ActionFn) -> Steps:
+    def do(self, name: str, fn: ActionFn, *, timeout: Duration | None = None) -> Steps:
         """Add a step that calls ``fn(ctx)`` once.
 
         ``fn`` returns a JSON value (kept in the state's outputs under the step's
         path) or ``None``, and raises to fail.
+
+        With ``timeout`` (seconds or a ``timedelta``, > 0), a start-to-close
+        limit the shell enforces on each execution: past it, an ``async def``
+        handler is cancelled and a plain one is abandoned in its thread (its
+        late result is ignored and logged), and the step fails with
+        :class:`~stepflow.errors.StepTimeoutError`, which a ``retry`` retries
+        like any error. The timeout is part of the definition.
         """
-        return self._add(Do(name, fn))
+        return self._add(Do(name, fn, timeout))
 
     def wait_for(
         self,

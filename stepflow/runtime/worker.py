@@ -334,7 +334,15 @@ class Worker:
     # -- control ---------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the worker to stop: finish the steps in flight, save, release, return."""
+        """Ask the worker to stop: finish the steps in flight, save, release, return.
+
+        No new step starts. A step with a ``timeout=`` ends by its deadline (its
+        handler cancelled or abandoned, the step failed with
+        :class:`~stepflow.errors.StepTimeoutError` and saved), so the worker
+        never waits longer than the longest timeout of the steps in flight (plus
+        the saves). A step with no timeout is waited for, however long it takes:
+        give long or possibly hung handlers a ``timeout=``.
+        """
         self._stopping = True
         if self._wakeup is not None:
             self._wakeup.set()
@@ -946,7 +954,12 @@ class Worker:
             reporter=functools.partial(self._report_progress, run_id),
         )
         async with self._slots:
-            if self._on_loop.get((flow.name, command.kind, command.step), False):
+            # A step with a timeout is timed on the loop: an async handler is
+            # cancelled there, a plain one runs on a thread of its own that can
+            # be abandoned (a hung handler must not hold a pool thread forever).
+            if self._on_loop.get((flow.name, command.kind, command.step), False) or (
+                interpreter.timeout_of(command) is not None
+            ):
                 return await interpreter.execute_async(command, ctx)
             assert self._handler_pool is not None
             return await self._handler_pool.submit(
