@@ -239,7 +239,7 @@ def _time_fast(value: Any) -> float | None:
 
 
 EMPTY_STRINGS: Mapping[str, str] = MappingProxyType({})
-_KINDS = frozenset(("do", "wait_for", "case", "loop_until", "on_error", "map"))
+_KINDS = frozenset(("do", "wait_for", "case", "loop_until", "on_error", "map", "sleep_until"))
 _STATUSES = frozenset(("running", "completed", "failed"))
 
 

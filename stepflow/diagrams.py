@@ -8,7 +8,8 @@ in the definition's own order.
 Granularity
 -----------
 * **Nodes are resting events**: one node per handler transition (``do``,
-  ``wait_for``, ``case``, ``loop_until``) or timer (``sleep``), that is, every
+  ``wait_for``, ``case``, ``loop_until``) or timer (``sleep``, ``sleep_until``: its
+  ``when`` call and its timer rest at the same event), that is, every
   position a running :class:`~stepflow.core.state.State` can hold, plus a start
   and an end marker. A ``case`` node is its condition check, drawn inside the
   case's scope; a ``loop_until`` node is its check after each pass, drawn inside
@@ -578,6 +579,7 @@ _SHAPES = {
     "do": "box",
     "wait_for": "hexagon",
     "sleep": "octagon",
+    "sleep_until": "octagon",
     "case": "diamond",
     "loop_until": "diamond",
 }
@@ -599,7 +601,7 @@ def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
 
     Each scope is a ``subgraph cluster_<id>`` labelled with its name (retry
     clusters dashed, with their policy); each resting event a node whose shape
-    tells its kind (``box`` do, ``hexagon`` wait_for, ``octagon`` sleep,
+    tells its kind (``box`` do, ``hexagon`` wait_for, ``octagon`` sleep and sleep_until,
     ``diamond`` case and loop_until); edges carry their reasons, retry edges are
     dashed and do not constrain the layout. See the module docstring for what is
     drawn.

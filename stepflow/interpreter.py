@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import datetime
 import functools
 import inspect
 import logging
@@ -58,7 +59,7 @@ from stepflow.errors import InterpreterError, RecordedError, StepTimeoutError
 if TYPE_CHECKING:
     from stepflow.flow import Flow
 
-__all__ = ["Interpreter", "rebuild_exception"]
+__all__ = ["Interpreter", "epoch_seconds", "rebuild_exception"]
 
 #: How many live exceptions an interpreter remembers for on_error handlers.
 _LIVE_EXCEPTIONS = 256
@@ -110,6 +111,28 @@ def rebuild_exception(record: ErrorRecord) -> BaseException:
         except Exception:  # any constructor mismatch falls back to the record
             pass
     return RecordedError(record.type, record.message)
+
+
+def epoch_seconds(value: Any) -> Any:
+    """Return a ``sleep_until`` time as the core takes it: seconds since the epoch.
+
+    A ``datetime`` is converted; a naive one is read as UTC, so the time never
+    depends on the time zone of the worker that asked. Anything else passes
+    through unchanged, for the core to accept (a finite number) or refuse.
+
+    >>> epoch_seconds(datetime.datetime(1970, 1, 2))
+    86400.0
+    >>> two_hours_east = datetime.timezone(datetime.timedelta(hours=2))
+    >>> epoch_seconds(datetime.datetime(1970, 1, 2, 2, tzinfo=two_hours_east))
+    86400.0
+    >>> epoch_seconds(5)
+    5
+    """
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return value.timestamp()
+    return value
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
@@ -310,6 +333,8 @@ class Interpreter:
                 if limit is not None:
                     result = _within(result, limit, command)
                 result = self._run_awaitable(command, result)
+            if command[1] == "sleep_until":
+                result = epoch_seconds(result)
         except InterpreterError:
             raise
         except Exception as exc:  # a handler's failure is an effect, never an escape
@@ -386,6 +411,8 @@ class Interpreter:
                 result = await self._abandonable_async(handler, command, ctx, limit)
             if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                 result = await (result if limit is None else _within(result, limit, command))
+            if command[1] == "sleep_until":
+                result = epoch_seconds(result)
         except Exception as exc:  # a handler's failure is an effect, never an escape
             return self._raised(command, exc)
         return _new(HandlerReturned, (command[0], result, self.clock.now()))

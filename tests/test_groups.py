@@ -443,6 +443,7 @@ def _success(command: stepflow.Command, state: stepflow.State) -> stepflow.Effec
         "loop_until": True,
         "case": salt == 0,
         "map": list(range(salt)),
+        "sleep_until": T0 + salt,  # due at once or a little later, by position alone
     }[command.kind]
     return HandlerReturned(command.id, value, at)
 

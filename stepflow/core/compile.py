@@ -45,6 +45,7 @@ from stepflow.core.spec import (
     Parallel,
     Retry,
     Sleep,
+    SleepUntil,
     Steps,
     WaitFor,
 )
@@ -60,6 +61,7 @@ _SUFFIX: Mapping[type, str] = MappingProxyType(
         Do: "",
         Group: "",
         Sleep: "",
+        SleepUntil: "",
         WaitFor: "WaitFor",
         Case: "Case",
         Retry: "Retry",
@@ -68,7 +70,7 @@ _SUFFIX: Mapping[type, str] = MappingProxyType(
         Map: "Map",
     }
 )
-_ITEMS = (Do, WaitFor, Sleep, Case, Retry, LoopUntil, Group, Parallel, Map)
+_ITEMS = (Do, WaitFor, Sleep, SleepUntil, Case, Retry, LoopUntil, Group, Parallel, Map)
 # Characters a step or branch name may not hold: ':' and '/' build event strings,
 # '[' and ']' mark a map item's index in a position.
 _RESERVED = (":", "/", "[", "]")
@@ -159,7 +161,7 @@ def _check_item(item: object, parent: str, index: int) -> Item:
     path = f"{parent}/{scope_name(item)}"
     if isinstance(item, (Parallel, Map)):
         _check_group(item, path)
-    for attr in ("fn", "cond", "on_error", "items"):
+    for attr in ("fn", "cond", "on_error", "items", "when"):
         if not hasattr(item, attr):
             continue
         fn = getattr(item, attr)
@@ -278,6 +280,9 @@ class _Compiler:
             self.handler(
                 "sleep", start, scope, (Destination(done, "timer fired"),), retries, None, duration
             )
+        elif isinstance(item, SleepUntil):
+            fired = (Destination(done, "timer fired"),)
+            self.handler("sleep_until", start, scope, fired, retries, item.when)
         elif isinstance(item, Case):
             group = f"{scope}/steps"
             self.handler(

@@ -16,7 +16,10 @@ Two kinds of transition exist:
   leads, ``destinations[1]`` where ``False`` leads; then one ``"retry"``
   destination per enclosing retry, innermost first.
 * **timer** transitions (``"sleep"``): the position waits at their source until
-  the durable timer fires, then goes to ``destinations[0]``.
+  the durable timer fires, then goes to ``destinations[0]``. A ``"sleep_until"``
+  first asks its ``when`` handler for the time (so it lists its retries, as a
+  handler does), then waits for its timer in the same way (see
+  :mod:`stepflow.core.timers`).
 * **group** transitions: a ``"parallel"`` fork lists the start of each branch; a
   ``"map"`` calls its ``items`` handler, then starts ``destinations[0]`` (the item
   group) once per item, or goes to ``destinations[1]`` when there are none; a
@@ -59,7 +62,16 @@ __all__ = [
 ]
 
 TransitionKind = Literal[
-    "static", "do", "wait_for", "case", "loop_until", "sleep", "parallel", "map", "join"
+    "static",
+    "do",
+    "wait_for",
+    "case",
+    "loop_until",
+    "sleep",
+    "sleep_until",
+    "parallel",
+    "map",
+    "join",
 ]
 #: The kinds of transition that fork or join positions.
 GROUP_KINDS = ("parallel", "map")
@@ -582,7 +594,7 @@ class FlowDefinition:
                 on_true, on_false = t.destinations[0].event, resolve(t.destinations[1].event)
             else:
                 on_true = resolve(t.destinations[0].event)
-                two_way = t.kind not in ("do", "sleep", "join")
+                two_way = t.kind not in ("do", "sleep", "sleep_until", "join")
                 on_false = resolve(t.destinations[1].event) if two_way else on_true
             path = t.source.partition(":")[2]
             group = groups.get(path)

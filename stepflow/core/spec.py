@@ -34,6 +34,7 @@ __all__ = [
     "Parallel",
     "Retry",
     "Sleep",
+    "SleepUntil",
     "Steps",
     "WaitFor",
     "named",
@@ -53,6 +54,8 @@ ConditionFn = Callable[[Any], Any]
 ErrorHandlerFn = Callable[[Any, BaseException], Any]
 #: ``items(ctx) -> list``: the JSON items a ``map`` runs its steps for. May be ``async def``.
 ItemsFn = Callable[[Any], Any]
+#: ``when(ctx)``: a ``datetime`` (naive means UTC) or seconds since the epoch. May be ``async def``.
+WhenFn = Callable[[Any], Any]
 
 
 @attrs.frozen
@@ -84,6 +87,14 @@ class Sleep:
 
     name: str
     duration: Duration
+
+
+@attrs.frozen
+class SleepUntil:
+    """A durable timer at the time ``when(ctx)`` returns, computed once."""
+
+    name: str
+    when: WhenFn
 
 
 @attrs.frozen
@@ -153,7 +164,7 @@ class Map:
     max_failures: int = 0
 
 
-Item = Do | WaitFor | Sleep | Case | Retry | LoopUntil | Group | Parallel | Map
+Item = Do | WaitFor | Sleep | SleepUntil | Case | Retry | LoopUntil | Group | Parallel | Map
 
 
 @attrs.frozen
@@ -216,6 +227,19 @@ class Steps:
         state, so a restart never extends it. Its scope is ``<name>``.
         """
         return self._add(Sleep(name, duration))
+
+    def sleep_until(self, name: str, when: WhenFn) -> Steps:
+        """Add a durable timer at the time ``when(ctx)`` returns: no drift, across restarts.
+
+        ``when`` is called once, as its own command (it may read ``ctx``), and
+        returns a ``datetime`` (an aware one, or a naive one, read as UTC) or a
+        number of seconds since the epoch. The time is kept in the state's
+        outputs under the step's path (as epoch seconds), and the run resumes
+        then; a time already past fires at once. Any other value fails the step
+        with :class:`~stepflow.errors.HandlerResultError`. Its scope is
+        ``<name>``. See :mod:`stepflow.core.timers` for every rule.
+        """
+        return self._add(SleepUntil(name, when))
 
     def case(self, name: str, cond: ConditionFn, steps: Steps) -> Steps:
         """Add a group that runs only when ``cond(ctx)`` returns ``True``.

@@ -110,6 +110,7 @@ def outcome_of(name: Outcome | str) -> Outcome:
         "true": Returns(True),
         "false": Returns(False),
         "timed_out": TimesOut(),
+        "past": Returns(0),
     }
     if kind == "raised":
         return Raises("scripted failure", error_type or "RuntimeError")
@@ -130,6 +131,7 @@ EXIT_OUTCOMES: Mapping[str, Outcome] = {
     "loop_until": Returns(True),
     "on_error": Returns(False),
     "map": Returns([]),
+    "sleep_until": Returns(0),  # a time long past: the timer fires at once
 }
 
 

@@ -24,6 +24,7 @@ from stepflow.core.spec import (
     Parallel,
     Retry,
     Sleep,
+    SleepUntil,
     Steps,
     WaitFor,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "outcomes",
     "outcomes_for",
     "policies",
+    "sleep_until_times",
     "specs",
     "step_names",
 ]
@@ -105,6 +107,7 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
             st.none() | durations.map(lambda d: d * 2),
         ),
         st.builds(Sleep, step_names, st.just(0) | durations),
+        st.builds(SleepUntil, step_names, st.just(_unused)),
     ]
     if depth <= 0:
         return st.one_of(leaves)
@@ -173,6 +176,10 @@ def definitions(max_depth: int = 3, *, fork: bool = True) -> st.SearchStrategy[F
 #: Random flows; the same strategy stepflow's own property tests use.
 flows = definitions
 
+#: Times a ``sleep_until``'s ``when`` returns: long past, around the scripted
+#: worlds' start (:data:`~stepflow.testing.START`) and a little after.
+sleep_until_times = st.sampled_from([0, 999.5, 1000, 1001.5, 1004, 1010.0])
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.text("ab", max_size=2),
     lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text("kv", max_size=2), inner),
@@ -186,6 +193,8 @@ def outcomes_for(kind: str) -> st.SearchStrategy[Outcome]:
         value: st.SearchStrategy[Outcome] = st.builds(Returns, json_values)
     elif kind == "map":
         value = st.builds(Returns, st.lists(json_values, max_size=3))
+    elif kind == "sleep_until":  # a time past, at hand or ahead of the scripted clock
+        value = st.builds(Returns, sleep_until_times)
     else:
         value = st.builds(Returns, st.booleans())
     failing: list[st.SearchStrategy[Outcome]] = [st.builds(Raises, st.text("xyz", max_size=3))]
