@@ -98,6 +98,7 @@ from stepflow.runtime import resolve_run_id as resolve_run_id
 from stepflow.runtime import resume_run as resume_run
 from stepflow.runtime import resume_schedule as resume_schedule
 from stepflow.runtime import start_run as start_run
+from stepflow.runtime import wake as wake
 from stepflow.stores import Store as Store
 from stepflow.stores import open_store as open_store
 from stepflow.versioning import Migration as Migration
@@ -191,4 +192,5 @@ __all__ = [
     "resume_schedule",
     "start_run",
     "steps",
+    "wake",
 ]

@@ -486,8 +486,8 @@ def _structure_explained(obj: Any) -> State:
 
 #: What a journal entry records: the run's start, an effect batch, an operator's
 #: resume or cancel, or a migration to another version of the flow.
-BatchOp = Literal["start", "effects", "resume", "cancel", "migrate"]
-_OPS = ("start", "effects", "resume", "cancel", "migrate")
+BatchOp = Literal["start", "effects", "resume", "cancel", "migrate", "wake"]
+_OPS = ("start", "effects", "resume", "cancel", "migrate", "wake")
 
 
 @attrs.frozen
@@ -497,8 +497,10 @@ class Batch:
     Attributes:
         op: ``"start"`` (the run was created), ``"effects"`` (an effect batch
             given to :func:`stepflow.advance`), ``"resume"``
-            (:func:`stepflow.resume`), ``"cancel"``, or ``"migrate"`` (the run
-            was adopted by another version of its flow).
+            (:func:`stepflow.resume`), ``"cancel"``, ``"migrate"`` (the run
+            was adopted by another version of its flow), or ``"wake"`` (a worker
+            took in a :func:`stepflow.wake`; ``at`` is when it was asked: the
+            state is unchanged, its polls and backoffs are due at once).
         at: When it was applied (seconds since the epoch), or ``None``.
         effects: The effects applied, in order.
         answered: The commands in flight that the effects answered.

@@ -92,6 +92,7 @@ PUBLIC = [
     "resume_schedule",
     "start_run",
     "steps",
+    "wake",
 ]
 
 

@@ -691,13 +691,25 @@ class Worker:
                     exc = UnreadableRunError(run_id, "state", f"cannot be decoded: {exc}")
                 await self._park(run_id, record.flow, token, exc)
                 return
+            woken_at = record.woken_at
             # The record (with its state text) is not needed any more: with a thousand
             # runs in flight, keeping it would be most of the worker's memory.
             del lease, record
+            # Woken (stepflow.wake): journal the wake and take it in, then carry out
+            # at once every command that waits on a poll or a backoff (never a timer).
+            early = woken_at is not None
+            if woken_at is not None:
+                version = await self._take_wake(run_id, version, token, state, woken_at)
             while True:
                 now = self.clock.now()
                 state, commands = advance(flow.definition, state, now=now)
-                due = [c for c in commands if c[0] not in running and _due(state, c, now)]
+                due = [
+                    c
+                    for c in commands
+                    if c[0] not in running
+                    and (_due(state, c, now) or (early and type(c) is CallHandler))
+                ]
+                early = False
                 if not due and not running:
                     await self._save_last(run_id, version, self._token(run_id, token), state, now)
                     return
@@ -896,6 +908,22 @@ class Worker:
         wake_at = store_wake_at(state, now)
         save = Save(run_id, version, token, dumps(state), state.status, wake_at, _NOTHING, True)
         await self._save(save, now)
+
+    async def _take_wake(
+        self, run_id: str, version: int, token: str, state: State, woken_at: float
+    ) -> int:
+        """Journal a pending wake (op ``"wake"``, at when it was asked) and clear it.
+
+        The state is saved as it is; returns the run's new version.
+        """
+        now = self.clock.now()
+        batch = dumps_batch(Batch("wake", woken_at))
+        wake_at = store_wake_at(state, now)
+        token = self._token(run_id, token)
+        save = Save(run_id, version, token, dumps(state), state.status, wake_at, batch)
+        saved = await self._save(attrs.evolve(save, takes_wake=True), now)
+        log.info("run %s was woken: its polls and backoffs are due now", run_id)
+        return saved.version
 
     async def _park(self, run_id: str, flow: str, token: str, error: Exception) -> None:
         """Set a run this worker cannot drive aside, untouched, and release its lease."""
