@@ -112,6 +112,8 @@ __all__ = ["UsageProblem", "import_module", "load_flow", "main", "parse_json"]
 log = logging.getLogger("stepflow.cli")
 
 _STATUSES = ("running", "completed", "failed", "cancelled")
+# How journal entries other than effect batches read.
+_OP_NAMES = {"resume": "resumed", "cancel": "cancelled", "wake": "woken"}
 _STYLES = {
     "running": "cyan",
     "completed": "green",

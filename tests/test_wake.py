@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import db_args, ok, project, stepflow_cli  # noqa: F401 (a fixture)
-from test_worker import StoreMaker, make_store  # noqa: F401 (a fixture)
+import test_cli
+import test_worker
+from test_cli import db_args, ok, stepflow_cli
+from test_worker import StoreMaker
 
 import stepflow
 from stepflow import RetryPolicy, RunContext, Worker
@@ -23,6 +25,10 @@ from stepflow.codec import loads_batch
 from stepflow.errors import UnknownRunError
 from stepflow.runtime import start_run
 from stepflow.stores import Save, Store
+
+# The fixtures of the worker's and the CLI's tests: stores of every kind, a project.
+make_store = test_worker.make_store
+project = test_cli.project
 
 HOUR = 3600.0
 T0 = 1_700_000_000.0
@@ -235,7 +241,7 @@ def test_a_sleep_is_never_cut_short_by_a_wake() -> None:
 # -- the CLI -----------------------------------------------------------------------
 
 
-def test_cli_wake(project: Path) -> None:  # noqa: F811 (the fixture)
+def test_cli_wake(project: Path) -> None:
     db = db_args(project)
     start = ["start", "flows:hello", "--input", '{"name": "x"}', "--id", "wake-1", *db]
     ok(stepflow_cli(*start, cwd=project))
