@@ -206,3 +206,9 @@ def test_diagrams_draw_a_sleep_until() -> None:
     d = definition()
     assert "sleep_until" in to_mermaid(d)
     assert "octagon" in to_dot(d)
+
+
+def test_a_loop_that_sleeps_until_a_time_is_paced_not_hot() -> None:
+    body = stepflow.steps().sleep_until("at", never).do("send", never)
+    d = definition(stepflow.named("f").loop_until("daily", never, body))
+    assert [f.code for f in stepflow.analysis.check(d) if f.code == "hot-loop"] == []

@@ -14,6 +14,13 @@ lease, and for each claimed run start a task that
 4. goes on with the next command while the run is due, and releases the lease
    (in the same save) once it is finished or waits for a later ``wake_at``.
 
+A ``do`` with a ``timeout=`` is timed on the loop (an ``async def`` handler
+cancelled, a plain one abandoned on its own thread at the deadline; the step
+fails with ``StepTimeoutError``), so :meth:`Worker.stop` waits no longer than the
+longest timeout in flight. A run claimed with a pending wake (:func:`stepflow.wake`)
+has the wake journaled (op ``"wake"``) and taken in first; then its commands that
+wait on a poll interval or a backoff run at once (a timer keeps its time).
+
 When nothing is due it sleeps until the store's next ``wake_at`` (bounded by
 ``idle_interval`` on the system clock; a virtual clock, such as a
 :class:`~stepflow.clock.FakeClock`, jumps straight to it), so a waiting run

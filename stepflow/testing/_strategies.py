@@ -98,7 +98,7 @@ def _items(draw: st.DrawFn, depth: int, fork: bool) -> Item:
 
 def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
     leaves: list[st.SearchStrategy[Item]] = [
-        st.builds(Do, step_names, st.just(_unused)),
+        st.builds(Do, step_names, st.just(_unused), st.none() | durations),
         st.builds(
             WaitFor,
             step_names,
