@@ -33,7 +33,7 @@ from typing import Any
 
 from stepflow.core.definition import FlowDefinition, _Node
 from stepflow.core.messages import Command, Wake
-from stepflow.core.state import EMPTY_GROUPS, EMPTY_TIMES, RUNNING, ErrorRecord, State
+from stepflow.core.state import EMPTY_GROUPS, EMPTY_TIMES, ErrorRecord, State
 from stepflow.errors import HandlerResultError
 
 __all__ = ["fits", "rest_until", "time_error"]
@@ -74,10 +74,19 @@ def rest_until(
     when = float(value)
     seq = state.seq + 1
     issued: tuple[Command, ...] = (_new(Wake, (seq, "sleep", node.step, node.event, when)),)
-    outputs = state.outputs.set(command.step, when)
-    fields = (definition.name, definition.fingerprint, state.events, RUNNING, None, issued)
-    rest = (seq, outputs, when, None, state.attempts, state.run_id, EMPTY_TIMES, EMPTY_GROUPS)
-    return _new(State, (*fields, *rest)), issued
+    # (By name: whatever else a state holds is kept as it is.)
+    rested = state._replace(
+        flow=definition.name,
+        fingerprint=definition.fingerprint,
+        in_flight=issued,
+        seq=seq,
+        outputs=state.outputs.set(command.step, when),
+        wake_at=when,
+        timeout_at=None,
+        times=EMPTY_TIMES,
+        groups=EMPTY_GROUPS,
+    )
+    return rested, issued
 
 
 def fits(node: _Node, command: Command) -> bool:
