@@ -69,6 +69,7 @@ from stepflow.errors import ScheduleExistsError as ScheduleExistsError
 from stepflow.errors import StaleWriteError as StaleWriteError
 from stepflow.errors import StateError as StateError
 from stepflow.errors import StepflowError as StepflowError
+from stepflow.errors import StepTimeoutError as StepTimeoutError
 from stepflow.errors import StoreError as StoreError
 from stepflow.errors import UnknownEffectError as UnknownEffectError
 from stepflow.errors import UnknownEventError as UnknownEventError
@@ -100,6 +101,7 @@ from stepflow.runtime import resolve_run_id as resolve_run_id
 from stepflow.runtime import resume_run as resume_run
 from stepflow.runtime import resume_schedule as resume_schedule
 from stepflow.runtime import start_run as start_run
+from stepflow.runtime import wake as wake
 from stepflow.stores import Store as Store
 from stepflow.stores import open_store as open_store
 from stepflow.versioning import Migration as Migration
@@ -155,6 +157,7 @@ __all__ = [
     "State",
     "StateError",
     "Status",
+    "StepTimeoutError",
     "StepflowError",
     "Steps",
     "Store",
@@ -195,4 +198,5 @@ __all__ = [
     "resume_schedule",
     "start_run",
     "steps",
+    "wake",
 ]

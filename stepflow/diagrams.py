@@ -8,7 +8,8 @@ in the definition's own order.
 Granularity
 -----------
 * **Nodes are resting events**: one node per handler transition (``do``,
-  ``wait_for``, ``case``, ``loop_until``) or timer (``sleep``), that is, every
+  ``wait_for``, ``case``, ``loop_until``) or timer (``sleep``, ``sleep_until``: its
+  ``when`` call and its timer rest at the same event), that is, every
   position a running :class:`~stepflow.core.state.State` can hold, plus a start
   and an end marker. A ``case`` node is its condition check, drawn inside the
   case's scope; a ``loop_until`` node is its check after each pass, drawn inside
@@ -609,6 +610,7 @@ _SHAPES = {
     "wait_for": "hexagon",
     "sleep": "octagon",
     "wait_event": "cds",
+    "sleep_until": "octagon",
     "case": "diamond",
     "loop_until": "diamond",
     "switch": "diamond",
@@ -635,7 +637,8 @@ def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
 
     Each scope is a ``subgraph cluster_<id>`` labelled with its name (retry
     clusters dashed, with their policy); each resting event a node whose shape
-    tells its kind (``box`` do, ``hexagon`` wait_for, ``octagon`` sleep, ``cds`` wait_event,
+    tells its kind (``box`` do, ``hexagon`` wait_for, ``octagon`` sleep and sleep_until,
+    ``cds`` wait_event,
     ``diamond`` case and loop_until); edges carry their reasons, retry edges are
     dashed and do not constrain the layout. See the module docstring for what is
     drawn.

@@ -354,7 +354,7 @@ def replay(
                     history.initial, tuple(states), tuple(issued_log), tuple(divergences)
                 )
             issued = state.in_flight
-        else:  # start (only first), cancel: the state is unchanged
+        else:  # start (only first), cancel, wake: the state is unchanged
             issued = state.in_flight
         states.append(state)
         issued_log.append(issued)

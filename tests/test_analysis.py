@@ -356,6 +356,8 @@ def play(definition: FlowDefinition, case: PathCase) -> list[stepflow.State]:
             outcome = script[(command.kind, command.step)].pop(0)
             if outcome == "returned":
                 effect = stepflow.HandlerReturned(command.id, None, at)
+            elif outcome == "past":  # a sleep_until's when: a time long past
+                effect = stepflow.HandlerReturned(command.id, 0, at)
             elif outcome in ("true", "false"):
                 effect = stepflow.HandlerReturned(command.id, outcome == "true", at)
             elif outcome.startswith("route:"):  # a switch's route returned that JSON scalar

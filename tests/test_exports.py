@@ -54,6 +54,7 @@ PUBLIC = [
     "State",
     "StateError",
     "Status",
+    "StepTimeoutError",
     "StepflowError",
     "Steps",
     "Store",
@@ -94,6 +95,7 @@ PUBLIC = [
     "resume_schedule",
     "start_run",
     "steps",
+    "wake",
 ]
 
 

@@ -447,6 +447,7 @@ def _success(command: stepflow.Command, state: stepflow.State) -> stepflow.Effec
         # An answer carrying the payload, addressed to the wait itself: which
         # event a wait takes from a shared mailbox depends on order; this does not.
         "wait_event": command.step,
+        "sleep_until": T0 + salt,  # due at once or a little later, by position alone
     }[command.kind]
     return HandlerReturned(command.id, value, at)
 

@@ -73,7 +73,8 @@ __all__ = [
 #: What a handler (or timer) did, as the analysis explores it:
 #: ``"returned"`` (a ``do`` returned ``None``), ``"true"``, ``"false"``,
 #: ``"timed_out"`` (a ``wait_for`` still false at its deadline), ``"fired"`` (a
-#: ``sleep``'s timer), ``"raised"`` (a generic ``Exception``),
+#: ``sleep``'s timer), ``"past"`` (a ``sleep_until``'s ``when`` returned a time
+#: already past), ``"raised"`` (a generic ``Exception``),
 #: ``"raised:<type>"`` (an error of that recorded type, explored when an
 #: enclosing :class:`~stepflow.RetryPolicy` treats it as non-retryable, or an
 #: enclosing ``catch`` takes it) or
@@ -268,6 +269,8 @@ def outcomes_for(
     elif kind == "switch":
         cases = definition.table[template_of(command.event)].cases
         options = [f"route:{key}" for key in (*cases, _unmatched(cases))]
+    elif kind == "sleep_until":
+        options = ["past"]  # a time already past: its timer is due at once
     elif kind == "wait_for":
         options = ["true"]
         deadline = command_times(state, command)[1]
@@ -331,6 +334,8 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
     assert isinstance(command, CallHandler)
     if outcome == "returned" and command.kind == "do":
         return HandlerReturned(command.id, None, at)
+    if outcome == "past" and command.kind == "sleep_until":
+        return HandlerReturned(command.id, 0, at)
     if outcome in ("true", "false") and command.kind != "do":
         return HandlerReturned(command.id, outcome == "true", at)
     deadline = command_times(state, command)[1]
@@ -351,8 +356,8 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
     raise AnalysisError(
         f"outcome {outcome!r} cannot answer the {command.kind} command of {command.step!r}; "
         "use returned (do), true/false (conditions, on_error), timed_out (wait_for with a "
-        "timeout), fired (sleep), received/timed_out (wait_event), items:<n> (a map's items), "
-        "route:<JSON> (a switch), raised or raised:<type>"
+        "timeout), fired (sleep), past (sleep_until), received/timed_out (wait_event), "
+        "items:<n> (a map's items), route:<JSON> (a switch), raised or raised:<type>"
     )
 
 
@@ -571,6 +576,8 @@ def entered_events(
     elif command.kind == "wait_for":
         # Polled false: the run stays where it is (the table's "poll again").
         return (), ((template, transition.destinations[1].event),)
+    elif command.kind == "sleep_until":
+        return (), ()  # its time is known: it stays where it is, for its timer
     else:
         destination = transition.destinations[1].event
     taken.append((template, destination))

@@ -499,7 +499,7 @@ def _journal_row(entry: JournalEntry, batch: Batch, flow: str) -> JournalRow:
     elif batch.op == "migrate" and batch.state is not None:
         lines.append(("other", f"migrated to {batch.state.flow}"))
     else:
-        text = {"resume": "resumed", "cancel": "cancelled"}.get(batch.op, batch.op)
+        text = {"resume": "resumed", "cancel": "cancelled", "wake": "woken"}.get(batch.op, batch.op)
         lines.append(("other", text))
     return JournalRow(entry.seq, entry.at, batch.op, tuple(lines))
 

@@ -76,6 +76,7 @@ from stepflow.core.state import (
     ErrorRecord,
     State,
 )
+from stepflow.core.timers import fits, rest_until, time_error
 from stepflow.errors import (
     DuplicateEffectError,
     EffectError,
@@ -261,6 +262,8 @@ def answer(
                 error = _bad_result(command, value)
                 return _fail_step(definition, state, command, node, error, _at(effect, now))
             target = chosen
+        elif kind == "sleep_until":  # the time to sleep until (stepflow.core.timers)
+            return rest_until(definition, state, command, node, value, _at(effect, now))
         elif value is True or value is False:
             if kind == "on_error":
                 if value:
@@ -519,6 +522,8 @@ def result_error(command: Command, value: Any) -> ErrorRecord | None:
         return _items_error(command, value)
     if command.kind == "switch":
         return route_error(command, value)
+    if command.kind == "sleep_until":
+        return time_error(command, value)
     if command.kind == "do" or command.kind == "wait_event":
         try:
             freeze_json(value)
@@ -734,7 +739,7 @@ def check_state(definition: FlowDefinition, state: State) -> State:
         elif command.kind == "on_error":
             if command.step not in node.retry_scopes:
                 missing.append(f"on_error of {command.step} around {command.event}")
-        elif node.kind != command.kind or node.step != command.step:
+        elif not fits(node, command) or node.step != command.step:
             missing.append(f"{command.kind} of {command.step} at {command.event}")
     # Retries around a position, through the groups it is in (a group's branches
     # count the attempts of the retries around the group).

@@ -55,6 +55,7 @@ from stepflow.core.spec import (
     Parallel,
     Retry,
     Sleep,
+    SleepUntil,
     Steps,
     Switch,
     WaitEvent,
@@ -72,6 +73,7 @@ _SUFFIX: Mapping[type, str] = MappingProxyType(
         Do: "",
         Group: "",
         Sleep: "",
+        SleepUntil: "",
         WaitFor: "WaitFor",
         WaitEvent: "WaitEvent",
         Case: "Case",
@@ -96,6 +98,7 @@ _ITEMS = (
     Map,
     Switch,
     Catch,
+    SleepUntil,
 )
 # Characters a step or branch name may not hold: ':' and '/' build event strings,
 # '[' and ']' mark a map item's index in a position.
@@ -189,7 +192,7 @@ def _check_item(item: object, parent: str, index: int) -> Item:
         _check_group(item, path)
     if isinstance(item, Switch):
         _check_switch(item, path)
-    for attr in ("fn", "cond", "on_error", "items", "route"):
+    for attr in ("fn", "cond", "on_error", "items", "route", "when"):
         if not hasattr(item, attr):
             continue
         fn = getattr(item, attr)
@@ -333,9 +336,11 @@ class _Compiler:
     def item(self, scope: str, item: Item, scopes: tuple[str, ...]) -> None:
         start, done = start_event(scope), completed_event(scope)
         if isinstance(item, Do):
-            self.handler(
-                "do", start, scope, (Destination(done, "handler returned"),), scopes, item.fn
-            )
+            limit = None
+            if item.timeout is not None:
+                limit = to_seconds(item.timeout, f"the timeout= of {scope!r}", scope)
+            returned = (Destination(done, "handler returned"),)
+            self.handler("do", start, scope, returned, scopes, item.fn, None, limit)
         elif isinstance(item, WaitFor):
             every = to_seconds(item.every, f"the every= of {scope!r}", scope)
             timeout = (
@@ -365,6 +370,9 @@ class _Compiler:
             self.handler(
                 "sleep", start, scope, (Destination(done, "timer fired"),), scopes, None, duration
             )
+        elif isinstance(item, SleepUntil):
+            fired = (Destination(done, "timer fired"),)
+            self.handler("sleep_until", start, scope, fired, scopes, item.when)
         elif isinstance(item, Case):
             group = f"{scope}/steps"
             self.handler(

@@ -20,7 +20,10 @@ Two kinds of transition exist:
   the default group's start, or the switch's end when it has none; see
   :mod:`stepflow.core.choice`.
 * **timer** transitions (``"sleep"``): the position waits at their source until
-  the durable timer fires, then goes to ``destinations[0]``.
+  the durable timer fires, then goes to ``destinations[0]``. A ``"sleep_until"``
+  first asks its ``when`` handler for the time (so it lists its retries, as a
+  handler does), then waits for its timer in the same way (see
+  :mod:`stepflow.core.timers`).
 * **event** transitions (``"wait_event"``): the position waits at their source
   for an event named ``awaits``, then goes to ``destinations[0]``; past its
   ``timeout`` it goes to ``destinations[1]`` (the ``on_timeout`` steps) when that
@@ -84,6 +87,7 @@ TransitionKind = Literal[
     "map",
     "join",
     "switch",
+    "sleep_until",
 ]
 #: The kinds of transition that fork or join positions.
 GROUP_KINDS = ("parallel", "map")
@@ -382,7 +386,10 @@ class Transition:
             duration. ``None`` otherwise.
         timeout: For ``wait_for``, seconds after which a condition still false
             fails the step with a ``WaitTimeoutError``; for ``wait_event``, after
-            which the wait times out. ``None``: no timeout.
+            which the wait times out; for ``do``, the
+            start-to-close limit of one execution of its handler, enforced by
+            the shell (``StepTimeoutError``), never read by the core; ``None``:
+            no timeout.
         max_concurrency: For ``map``, how many items may run at once
             (``None``: no limit).
         max_failures: For ``parallel`` and ``map``, how many failed branches or
@@ -682,7 +689,7 @@ class FlowDefinition:
                 on_true = on_false = resolve(t.destinations[len(t.cases)].event)
             else:
                 on_true = resolve(t.destinations[0].event)
-                two_way = t.kind not in ("do", "sleep", "join")
+                two_way = t.kind not in ("do", "sleep", "sleep_until", "join")
                 on_false = resolve(t.destinations[1].event) if two_way else on_true
             path = t.source.partition(":")[2]
             group = groups.get(path)
@@ -695,8 +702,9 @@ class FlowDefinition:
                 on_false,
                 t.retry_scopes,
                 t.delay,
-                t.timeout,
-                t.kind in ("do", "wait_for", "case", "loop_until", "switch") and t.timeout is None,
+                None if t.kind == "do" else t.timeout,  # (a do's is the shell's)
+                t.kind == "do"
+                or (t.kind in ("wait_for", "case", "loop_until", "switch") and not t.timeout),
                 tuple(g for g in groups if path.startswith(g + "/")),
                 event_maps.get(t.source, ()),
                 tuple(b.partition(path + "/")[2] for b in _branches(t)) if group else (),

@@ -35,6 +35,7 @@ __all__ = [
     "Parallel",
     "Retry",
     "Sleep",
+    "SleepUntil",
     "Steps",
     "Switch",
     "WaitEvent",
@@ -58,14 +59,17 @@ ErrorHandlerFn = Callable[[Any, BaseException], Any]
 RouteFn = Callable[[Any], Any]
 #: ``items(ctx) -> list``: the JSON items a ``map`` runs its steps for. May be ``async def``.
 ItemsFn = Callable[[Any], Any]
+#: ``when(ctx)``: a ``datetime`` (naive means UTC) or seconds since the epoch. May be ``async def``.
+WhenFn = Callable[[Any], Any]
 
 
 @attrs.frozen
 class Do:
-    """A step that calls ``fn(ctx)`` once."""
+    """A step that calls ``fn(ctx)`` once, within ``timeout`` seconds if one is given."""
 
     name: str
     fn: ActionFn
+    timeout: Duration | None = None
 
 
 @attrs.frozen
@@ -101,6 +105,14 @@ class Sleep:
 
     name: str
     duration: Duration
+
+
+@attrs.frozen
+class SleepUntil:
+    """A durable timer at the time ``when(ctx)`` returns, computed once."""
+
+    name: str
+    when: WhenFn
 
 
 @attrs.frozen
@@ -211,6 +223,7 @@ Item = (
     | Map
     | Switch
     | Catch
+    | SleepUntil
 )
 
 
@@ -234,13 +247,20 @@ class Steps:
     def _add(self, item: Item) -> Steps:
         return Steps(self.name, (*self.items, item))
 
-    def do(self, name: str, fn: ActionFn) -> Steps:
+    def do(self, name: str, fn: ActionFn, *, timeout: Duration | None = None) -> Steps:
         """Add a step that calls ``fn(ctx)`` once.
 
         ``fn`` returns a JSON value (kept in the state's outputs under the step's
         path) or ``None``, and raises to fail.
+
+        With ``timeout`` (seconds or a ``timedelta``, > 0), a start-to-close
+        limit the shell enforces on each execution: past it, an ``async def``
+        handler is cancelled and a plain one is abandoned in its thread (its
+        late result is ignored and logged), and the step fails with
+        :class:`~stepflow.errors.StepTimeoutError`, which a ``retry`` retries
+        like any error. The timeout is part of the definition.
         """
-        return self._add(Do(name, fn))
+        return self._add(Do(name, fn, timeout))
 
     def wait_for(
         self,
@@ -293,6 +313,19 @@ class Steps:
         state, so a restart never extends it. Its scope is ``<name>``.
         """
         return self._add(Sleep(name, duration))
+
+    def sleep_until(self, name: str, when: WhenFn) -> Steps:
+        """Add a durable timer at the time ``when(ctx)`` returns: no drift, across restarts.
+
+        ``when`` is called once, as its own command (it may read ``ctx``), and
+        returns a ``datetime`` (an aware one, or a naive one, read as UTC) or a
+        number of seconds since the epoch. The time is kept in the state's
+        outputs under the step's path (as epoch seconds), and the run resumes
+        then; a time already past fires at once. Any other value fails the step
+        with :class:`~stepflow.errors.HandlerResultError`. Its scope is
+        ``<name>``. See :mod:`stepflow.core.timers` for every rule.
+        """
+        return self._add(SleepUntil(name, when))
 
     def case(self, name: str, cond: ConditionFn, steps: Steps) -> Steps:
         """Add a group that runs only when ``cond(ctx)`` returns ``True``.

@@ -14,6 +14,13 @@ lease, and for each claimed run start a task that
 4. goes on with the next command while the run is due, and releases the lease
    (in the same save) once it is finished or waits for a later ``wake_at``.
 
+A ``do`` with a ``timeout=`` is timed on the loop (an ``async def`` handler
+cancelled, a plain one abandoned on its own thread at the deadline; the step
+fails with ``StepTimeoutError``), so :meth:`Worker.stop` waits no longer than the
+longest timeout in flight. A run claimed with a pending wake (:func:`stepflow.wake`)
+has the wake journaled (op ``"wake"``) and taken in first; then its commands that
+wait on a poll interval or a backoff run at once (a timer keeps its time).
+
 When nothing is due it sleeps until the store's next ``wake_at`` (bounded by
 ``idle_interval`` on the system clock; a virtual clock, such as a
 :class:`~stepflow.clock.FakeClock`, jumps straight to it), so a waiting run
@@ -335,7 +342,15 @@ class Worker:
     # -- control ---------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the worker to stop: finish the steps in flight, save, release, return."""
+        """Ask the worker to stop: finish the steps in flight, save, release, return.
+
+        No new step starts. A step with a ``timeout=`` ends by its deadline (its
+        handler cancelled or abandoned, the step failed with
+        :class:`~stepflow.errors.StepTimeoutError` and saved), so the worker
+        never waits longer than the longest timeout of the steps in flight (plus
+        the saves). A step with no timeout is waited for, however long it takes:
+        give long or possibly hung handlers a ``timeout=``.
+        """
         self._stopping = True
         if self._wakeup is not None:
             self._wakeup.set()
@@ -684,13 +699,25 @@ class Worker:
                     exc = UnreadableRunError(run_id, "state", f"cannot be decoded: {exc}")
                 await self._park(run_id, record.flow, token, exc)
                 return
+            woken_at = record.woken_at
             # The record (with its state text) is not needed any more: with a thousand
             # runs in flight, keeping it would be most of the worker's memory.
             del lease, record
+            # Woken (stepflow.wake): journal the wake and take it in, then carry out
+            # at once every command that waits on a poll or a backoff (never a timer).
+            early = woken_at is not None
+            if woken_at is not None:
+                version = await self._take_wake(run_id, version, token, state, woken_at)
             while True:
                 now = self.clock.now()
                 state, commands = advance(flow.definition, state, now=now)
-                due = [c for c in commands if c[0] not in running and _due(state, c, now)]
+                due = [
+                    c
+                    for c in commands
+                    if c[0] not in running
+                    and (_due(state, c, now) or (early and type(c) is CallHandler))
+                ]
+                early = False
                 if not due and not running:
                     await self._save_last(run_id, version, self._token(run_id, token), state, now)
                     return
@@ -890,6 +917,22 @@ class Worker:
         save = Save(run_id, version, token, dumps(state), state.status, wake_at, _NOTHING, True)
         await self._save(save, now)
 
+    async def _take_wake(
+        self, run_id: str, version: int, token: str, state: State, woken_at: float
+    ) -> int:
+        """Journal a pending wake (op ``"wake"``, at when it was asked) and clear it.
+
+        The state is saved as it is; returns the run's new version.
+        """
+        now = self.clock.now()
+        batch = dumps_batch(Batch("wake", woken_at))
+        wake_at = store_wake_at(state, now)
+        token = self._token(run_id, token)
+        save = Save(run_id, version, token, dumps(state), state.status, wake_at, batch)
+        saved = await self._save(attrs.evolve(save, takes_wake=True), now)
+        log.info("run %s was woken: its polls and backoffs are due now", run_id)
+        return saved.version
+
     async def _park(self, run_id: str, flow: str, token: str, error: Exception) -> None:
         """Set a run this worker cannot drive aside, untouched, and release its lease."""
         until = self.clock.now() + self.park_seconds
@@ -948,7 +991,12 @@ class Worker:
             reporter=functools.partial(self._report_progress, run_id),
         )
         async with self._slots:
-            if self._on_loop.get((flow.name, command.kind, command.step), False):
+            # A step with a timeout is timed on the loop: an async handler is
+            # cancelled there, a plain one runs on a thread of its own that can
+            # be abandoned (a hung handler must not hold a pool thread forever).
+            if self._on_loop.get((flow.name, command.kind, command.step), False) or (
+                interpreter.timeout_of(command) is not None
+            ):
                 return await interpreter.execute_async(command, ctx)
             assert self._handler_pool is not None
             return await self._handler_pool.submit(

@@ -32,6 +32,7 @@ import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
 from stepflow.stores._rules import (
+    WAKEABLE,
     check_prune,
     check_save,
     dump_input,
@@ -122,6 +123,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     POSTGRES_MIGRATION,
     # 5: journal retention (prune) and progress documents.
     _RETENTION_AND_PROGRESS,
+    # 6: a wake pending until a worker takes it in (Store.wake).
+    ("ALTER TABLE runs ADD COLUMN woken_at double precision",),
 )
 
 #: The schema version this code creates and understands.
@@ -136,7 +139,12 @@ _FLOWS = "(%(flows)s::text[] IS NULL OR flow = ANY(%(flows)s::text[]))"
 _SAVE = f"""
 WITH saved AS (
     UPDATE runs SET
-        state = %(state)s, status = %(status)s, wake_at = %(wake_at)s,
+        state = %(state)s, status = %(status)s,
+        wake_at = CASE WHEN %(wake_at)s::double precision IS NULL OR %(takes_wake)s
+                            OR woken_at IS NULL THEN %(wake_at)s::double precision
+                       ELSE LEAST(%(wake_at)s::double precision, woken_at) END,
+        woken_at = CASE WHEN %(wake_at)s::double precision IS NULL OR %(takes_wake)s
+                        THEN NULL ELSE woken_at END,
         version = version + 1, updated_at = %(now)s,
         lease_owner = CASE WHEN %(keep_lease)s THEN lease_owner END,
         lease_token = CASE WHEN %(keep_lease)s THEN lease_token END,
@@ -163,9 +171,11 @@ WITH given AS (
     SELECT * FROM unnest(
         %(run_id)b::text[], %(expected_version)b::bigint[], %(lease_token)b::text[],
         %(state)b::text[], %(status)b::text[], %(wake_at)b::double precision[],
-        %(batch)b::text[], %(keep_lease)b::boolean[], %(flow)b::text[]
+        %(batch)b::text[], %(keep_lease)b::boolean[], %(flow)b::text[],
+        %(takes_wake)b::boolean[]
     ) AS given (
-        run_id, expected_version, lease_token, state, status, wake_at, batch, keep_lease, flow
+        run_id, expected_version, lease_token, state, status, wake_at, batch, keep_lease, flow,
+        takes_wake
     )
 ), locked AS MATERIALIZED (
     SELECT given.* FROM runs JOIN given
@@ -174,7 +184,10 @@ WITH given AS (
     FOR UPDATE OF runs
 ), saved AS (
     UPDATE runs SET
-        state = s.state, status = s.status, wake_at = s.wake_at,
+        state = s.state, status = s.status,
+        wake_at = CASE WHEN s.wake_at IS NULL OR s.takes_wake OR runs.woken_at IS NULL
+                       THEN s.wake_at ELSE LEAST(s.wake_at, runs.woken_at) END,
+        woken_at = CASE WHEN s.wake_at IS NULL OR s.takes_wake THEN NULL ELSE runs.woken_at END,
         version = runs.version + 1, updated_at = %(now)s,
         lease_owner = CASE WHEN s.keep_lease THEN runs.lease_owner END,
         lease_token = CASE WHEN s.keep_lease THEN runs.lease_token END,
@@ -207,6 +220,7 @@ def _params(save: Save, now: float) -> dict[str, Any]:
         "keep_lease": save.lease_token is not None and not save.release,
         "batch": save.batch,
         "flow": save.flow,
+        "takes_wake": save.takes_wake,
     }
 
 
@@ -360,7 +374,7 @@ class PostgresStore(PostgresSchedules):
         with self._transaction() as cur:
             cur.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s, NULL, NULL, NULL, NULL)"
+                " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s, NULL, NULL, NULL, NULL, NULL)"
                 f" ON CONFLICT (run_id) DO NOTHING RETURNING {_COLUMNS}",
                 (run_id, flow, status, state, wake_at, text, now, now),
             )
@@ -503,6 +517,7 @@ class PostgresStore(PostgresSchedules):
                         save.lease_token is not None and not save.release for save in saves
                     ],
                     "flow": [save.flow for save in saves],
+                    "takes_wake": [save.takes_wake for save in saves],
                     "now": now,
                 },
             )
@@ -536,6 +551,21 @@ class PostgresStore(PostgresSchedules):
                 (now + lease_seconds, [run_id for run_id, _ in leases], [t for _, t in leases]),
             )
             return {row[0] for row in cur.fetchall()}
+
+    def wake(self, run_id: str, *, now: float) -> bool:
+        """Make a resting run due at ``now`` (see :meth:`Store.wake`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE runs SET woken_at = %(now)s, wake_at = CASE"
+                " WHEN wake_at IS NULL OR wake_at > %(now)s THEN %(now)s ELSE wake_at END"
+                " WHERE run_id = %(run_id)s AND status = ANY(%(statuses)s::text[])",
+                {"now": float(now), "run_id": run_id, "statuses": list(WAKEABLE)},
+            )
+            if cur.rowcount:
+                return True
+            if self._find(cur, run_id) is None:
+                raise unknown_run(run_id)
+        return False
 
     def release(self, run_id: str, token: str) -> None:
         """Give up a lease, if still held (see :meth:`Store.release`)."""

@@ -29,6 +29,7 @@ import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError, UnreadableRunError
 from stepflow.stores._rules import (
+    WAKEABLE,
     apply_save,
     check_prune,
     check_save,
@@ -122,6 +123,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SQLITE_MIGRATION,
     # 5: journal retention (prune) and progress documents.
     _RETENTION_AND_PROGRESS,
+    # 6: a wake pending until a worker takes it in (Store.wake).
+    ("ALTER TABLE runs ADD COLUMN woken_at REAL",),
 )
 
 #: The schema version this code creates and understands.
@@ -145,10 +148,14 @@ _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 # The compare-and-swap: the rule of stepflow.stores._rules.check_save and apply_save,
 # in SQL. Parameters: state, status, wake_at, now, keep_lease, run_id,
-# expected_version, lease_token, flow.
+# expected_version, lease_token, flow, takes_wake. (The right-hand sides read the
+# row as it was: a pending wake keeps wake_at no later than itself.)
 _SAVE = f"""
 UPDATE runs SET
-    state = ?1, status = ?2, wake_at = ?3, version = version + 1, updated_at = ?4,
+    state = ?1, status = ?2, version = version + 1, updated_at = ?4,
+    wake_at = CASE WHEN ?3 IS NULL OR ?10 OR woken_at IS NULL THEN ?3
+                   ELSE MIN(?3, woken_at) END,
+    woken_at = CASE WHEN ?3 IS NULL OR ?10 THEN NULL ELSE woken_at END,
     flow = COALESCE(?9, flow), parked_reason = NULL,
     lease_owner = CASE WHEN ?5 THEN lease_owner END,
     lease_token = CASE WHEN ?5 THEN lease_token END,
@@ -381,7 +388,7 @@ class SQLiteStore(SQLiteSchedules):
         with self._transaction() as db:
             inserted = db.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
-                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL)"
+                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL)"
                 " ON CONFLICT (run_id) DO NOTHING",
                 (run_id, flow, status, state, wake_at, text, now, now),
             ).rowcount
@@ -486,6 +493,7 @@ class SQLiteStore(SQLiteSchedules):
                 save.expected_version,
                 save.lease_token,
                 save.flow,
+                save.takes_wake,
             ),
         ).fetchone()
         if row is None:
@@ -507,7 +515,7 @@ class SQLiteStore(SQLiteSchedules):
         db.execute(
             "UPDATE runs SET state = ?, status = ?, wake_at = ?, version = ?, updated_at = ?,"
             " lease_owner = ?, lease_token = ?, lease_expires_at = ?, flow = ?,"
-            " parked_reason = NULL WHERE run_id = ?",
+            " parked_reason = NULL, woken_at = ? WHERE run_id = ?",
             (
                 new.state,
                 new.status,
@@ -518,6 +526,7 @@ class SQLiteStore(SQLiteSchedules):
                 new.lease_token,
                 new.lease_expires_at,
                 new.flow,
+                new.woken_at,
                 new.run_id,
             ),
         )
@@ -568,6 +577,20 @@ class SQLiteStore(SQLiteSchedules):
                     (now + lease_seconds, run_id, token),
                 ).rowcount
             }
+
+    def wake(self, run_id: str, *, now: float) -> bool:
+        """Make a resting run due at ``now`` (see :meth:`Store.wake`)."""
+        statuses = ", ".join(f"'{status}'" for status in WAKEABLE)
+        with self._transaction() as db:
+            woke = db.execute(
+                "UPDATE runs SET woken_at = ?1,"
+                " wake_at = CASE WHEN wake_at IS NULL OR wake_at > ?1 THEN ?1 ELSE wake_at END"
+                f" WHERE run_id = ?2 AND status IN ({statuses})",
+                (float(now), run_id),
+            ).rowcount
+            if not woke and self._find_id(db, run_id) is None:
+                raise unknown_run(run_id)
+        return bool(woke)
 
     def release(self, run_id: str, token: str) -> None:
         """Give up a lease, if still held (see :meth:`Store.release`)."""

@@ -115,6 +115,15 @@ class FlowMachine(RuleBasedStateMachine):
         value = data.draw(st.sampled_from(values) | scalars if values else scalars)
         self.apply(HandlerReturned(command.id, value, self._tick()))
 
+    @precondition(lambda self: self._kind() == "sleep_until")
+    @rule(offset=st.sampled_from([-10.0, 0.0, 2.5]))
+    def when_returns(self, offset: float) -> None:
+        """Answer a ``sleep_until``'s ``when``: a time ``offset`` from now (past, now, ahead)."""
+        command = self.command
+        assert command is not None
+        at = self._tick()
+        self.apply(HandlerReturned(command.id, at + offset, at))
+
     @precondition(lambda self: self._kind() not in (None, "sleep"))
     @rule(message=st.text("xyz", max_size=3))
     def handler_raises(self, message: str) -> None:

@@ -26,6 +26,7 @@ from stepflow.core.spec import (
     Parallel,
     Retry,
     Sleep,
+    SleepUntil,
     Steps,
     Switch,
     WaitEvent,
@@ -55,6 +56,7 @@ __all__ = [
     "outcomes_for",
     "policies",
     "route_values",
+    "sleep_until_times",
     "specs",
     "step_names",
 ]
@@ -115,7 +117,7 @@ def _items(draw: st.DrawFn, depth: int, fork: bool) -> Item:
 
 def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
     leaves: list[st.SearchStrategy[Item]] = [
-        st.builds(Do, step_names, st.just(_unused)),
+        st.builds(Do, step_names, st.just(_unused), st.none() | durations),
         st.builds(
             WaitFor,
             step_names,
@@ -125,6 +127,7 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
         ),
         st.builds(Sleep, step_names, st.just(0) | durations),
         st.builds(WaitEvent, _event_names, st.none() | durations),
+        st.builds(SleepUntil, step_names, st.just(_unused)),
     ]
     if depth <= 0:
         return st.one_of(leaves)
@@ -227,6 +230,10 @@ def definitions(max_depth: int = 3, *, fork: bool = True) -> st.SearchStrategy[F
 #: Random flows; the same strategy stepflow's own property tests use.
 flows = definitions
 
+#: Times a ``sleep_until``'s ``when`` returns: long past, around the scripted
+#: worlds' start (:data:`~stepflow.testing.START`) and a little after.
+sleep_until_times = st.sampled_from([0, 999.5, 1000, 1001.5, 1004, 1010.0])
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.text("ab", max_size=2),
     lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text("kv", max_size=2), inner),
@@ -245,6 +252,8 @@ def outcomes_for(kind: str) -> st.SearchStrategy[Outcome]:
         return st.one_of(st.builds(Returns, json_values), st.just(TimesOut()))
     if kind == "switch":
         value = st.builds(Returns, route_values)
+    elif kind == "sleep_until":  # a time past, at hand or ahead of the scripted clock
+        value = st.builds(Returns, sleep_until_times)
     else:
         value = st.builds(Returns, st.booleans())
     failing: list[st.SearchStrategy[Outcome]] = [st.builds(Raises, st.text("xyz", max_size=3))]
