@@ -347,3 +347,18 @@ def test_a_version_5_database_is_upgraded_with_its_runs(durable: Backend) -> Non
     assert again.load("old").inbox == 0
     assert again.send_event("old", "go", None, now=3.0)
     assert [e.name for e in again.pending_events("old", limit=5)] == ["go"]
+
+
+def test_a_save_with_a_full_mailbox_leaves_the_run_at_its_own_wake_at(store: Store) -> None:
+    create(store)
+    store.send_event("r1", "go", None, now=2.0)
+    (lease,) = claim(store, now=20.0)
+    full = attrs.evolve(save_of(lease.run, token=lease.token, wake_at=70.0), mailbox_full=True)
+    saved = store.save(full, now=21.0)
+    assert (saved.inbox, saved.wake_at) == (1, 70.0)
+    (result,) = store.save_many([attrs.evolve(full, expected_version=2)], now=22.0)
+    assert not isinstance(result, BaseException)
+    assert result.wake_at == 70.0
+    # A later send makes it due all the same.
+    store.send_event("r1", "go", None, now=23.0)
+    assert store.load("r1").wake_at == 23.0

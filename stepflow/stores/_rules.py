@@ -168,7 +168,9 @@ def apply_save(run: RunRecord, save: Save, now: float, delivered: int = 0) -> Ru
         flow=save.flow if save.flow is not None else run.flow,
         state=save.state,
         status=save.status,
-        wake_at=inbox_wake_at(save.status, save.wake_at, inbox, now),
+        wake_at=save.wake_at
+        if save.mailbox_full
+        else inbox_wake_at(save.status, save.wake_at, inbox, now),
         inbox=inbox,
         version=run.version + 1,
         updated_at=now,

@@ -252,6 +252,10 @@ class Save:
             delivered (see :meth:`Store.pending_events`), or ``None``. The
             run's undelivered events up to it are marked delivered in the same
             transaction, and its ``inbox`` count goes down by as many.
+        mailbox_full: The new state's mailbox can take no more events: the
+            events still undelivered do not make the run due by this save (a
+            later send still does). Otherwise a running run that still has
+            undelivered events after the save is due by the save's time.
 
     """
 
@@ -265,6 +269,7 @@ class Save:
     release: bool = False
     flow: str | None = None
     delivered: int | None = None
+    mailbox_full: bool = False
 
 
 @attrs.frozen

@@ -164,6 +164,7 @@ WITH saved AS (
     UPDATE runs SET
         state = %(state)s, status = %(status)s,
         wake_at = CASE WHEN inbox - %(delivered)s > 0 AND %(status)s = 'running'
+                            AND NOT %(mailbox_full)s
                        THEN LEAST(COALESCE(%(wake_at)s, %(now)s), %(now)s) ELSE %(wake_at)s END,
         inbox = inbox - %(delivered)s,
         version = version + 1, updated_at = %(now)s,
@@ -193,10 +194,10 @@ WITH given AS (
         %(run_id)b::text[], %(expected_version)b::bigint[], %(lease_token)b::text[],
         %(state)b::text[], %(status)b::text[], %(wake_at)b::double precision[],
         %(batch)b::text[], %(keep_lease)b::boolean[], %(flow)b::text[],
-        %(delivered)b::bigint[]
+        %(delivered)b::bigint[], %(mailbox_full)b::boolean[]
     ) AS given (
         run_id, expected_version, lease_token, state, status, wake_at, batch, keep_lease, flow,
-        delivered
+        delivered, mailbox_full
     )
 ), locked AS MATERIALIZED (
     SELECT given.* FROM runs JOIN given
@@ -207,6 +208,7 @@ WITH given AS (
     UPDATE runs SET
         state = s.state, status = s.status,
         wake_at = CASE WHEN runs.inbox - s.delivered > 0 AND s.status = 'running'
+                            AND NOT s.mailbox_full
                        THEN LEAST(COALESCE(s.wake_at, %(now)s), %(now)s) ELSE s.wake_at END,
         inbox = runs.inbox - s.delivered,
         version = runs.version + 1, updated_at = %(now)s,
@@ -232,6 +234,7 @@ def _params(save: Save, now: float, delivered: int = 0) -> dict[str, Any]:
     """Return the parameters of :data:`_SAVE` for ``save`` (delivering ``delivered`` events)."""
     return {
         "delivered": delivered,
+        "mailbox_full": save.mailbox_full,
         "run_id": save.run_id,
         "expected_version": save.expected_version,
         "lease_token": save.lease_token,
@@ -540,6 +543,7 @@ class PostgresStore(Listeners, PostgresSchedules):
                 _SAVE_MANY,
                 {
                     "delivered": [counts.get(save.run_id, 0) for save in saves],
+                    "mailbox_full": [save.mailbox_full for save in saves],
                     "run_id": [save.run_id for save in saves],
                     "expected_version": [save.expected_version for save in saves],
                     "lease_token": [save.lease_token for save in saves],

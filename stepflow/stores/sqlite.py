@@ -169,12 +169,13 @@ _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 # The compare-and-swap: the rule of stepflow.stores._rules.check_save and apply_save,
 # in SQL. Parameters: state, status, wake_at, now, keep_lease, run_id,
-# expected_version, lease_token, flow, and how many inbox events the save delivers
-# (a running run with events left is due by now: stepflow.stores._inbox.inbox_wake_at).
+# expected_version, lease_token, flow, how many inbox events the save delivers, and
+# mailbox_full (a running run with events left is due by now, unless its mailbox is
+# full: stepflow.stores._inbox.inbox_wake_at).
 _SAVE = f"""
 UPDATE runs SET
     state = ?1, status = ?2, version = version + 1, updated_at = ?4,
-    wake_at = CASE WHEN inbox - ?10 > 0 AND ?2 = 'running'
+    wake_at = CASE WHEN inbox - ?10 > 0 AND ?2 = 'running' AND NOT ?11
                    THEN MIN(COALESCE(?3, ?4), ?4) ELSE ?3 END,
     inbox = inbox - ?10,
     flow = COALESCE(?9, flow), parked_reason = NULL,
@@ -529,6 +530,7 @@ class SQLiteStore(Listeners, SQLiteSchedules):
                 save.lease_token,
                 save.flow,
                 delivered,
+                save.mailbox_full,
             ),
         ).fetchone()
         if row is None:
