@@ -10,6 +10,7 @@
     stepflow flows MODULE [--json]
     stepflow resume RUN --flow MODULE:FLOW
     stepflow cancel RUN
+    stepflow send RUN NAME [--data JSON|@FILE] [--key K] [--json]
     stepflow history RUN [--flow MODULE:FLOW]
     stepflow export RUN > run.json
     stepflow replay MODULE:FLOW [--status S] [--json] [FILE...]
@@ -1334,6 +1335,52 @@ def cancel(run_id: str, db: str | None) -> None:
         run_id = stepflow.resolve_run_id(store, run_id)
         record = stepflow.cancel_run(store, run_id)
     click.echo(f"Cancelled run {run_id} at {_position(record)}.")
+
+
+# -- events -------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN")
+@click.argument("name", metavar="NAME")
+@click.option(
+    "--data", "data", metavar="JSON|@FILE",
+    help="The event's payload: JSON, or @FILE to read it from a file (@- standard input); "
+    "default null.",
+)  # fmt: skip
+@click.option(
+    "--key", metavar="K",
+    help="An idempotency key: a second send with the same key to the run changes nothing.",
+)  # fmt: skip
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/cli.md).")
+def send(
+    run_ref: str, name: str, data: str | None, key: str | None, db: str | None, as_json: bool
+) -> None:
+    """Send the event NAME to a run; its wait_event step takes it.
+
+    The event is stored at once, whatever the run is doing (a step running
+    included), and the run is made due: a worker serving its flow delivers it
+    (see stepflow.send_event). With --key, sending the same key again changes
+    nothing and says so (exit status 0). A run that is unknown or finished, a
+    name that is empty or holds ':', or a payload over 64 KiB is refused with
+    exit status 1; --data that is not JSON, with status 2.
+    """
+    if data is None:
+        payload = None
+    elif data.startswith("@"):
+        payload = parse_json(_read_text(data[1:], "--data file"), f"--data {data}")
+    else:
+        payload = parse_json(data, "--data")
+    with _store(db, create=False) as store:
+        run_id = stepflow.resolve_run_id(store, run_ref)
+        sent = stepflow.send_event(store, run_id, name, payload, key=key)
+    if as_json:
+        click.echo(json.dumps({"run": run_id, "name": name, "key": key, "sent": sent}, indent=2))
+    elif sent:
+        click.echo(f"Sent event {name} to run {run_id}; a worker will deliver it.")
+    else:
+        click.echo(f"duplicate key: nothing changed (key {key!r} was sent to run {run_id} before).")
 
 
 # -- schedules ----------------------------------------------------------------------

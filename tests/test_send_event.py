@@ -314,3 +314,93 @@ def test_history_and_show_print_a_delivered_event(tmp_path: Path) -> None:
     assert events == [{"outcome": "event", "name": "approved", "payload": {"by": "ann"}}]
     view = read_run(SQLiteStore(tmp_path / "runs.db"), "r1")
     assert view.record.inbox == 0
+
+
+# -- stepflow send ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_store(tmp_path: Path) -> Iterator[tuple[str, SQLiteStore]]:
+    """A SQLite store holding one run resting at its wait, and its URL."""
+    store = SQLiteStore(tmp_path / "runs.db")
+    flow = Seen().flow()
+    clock = FakeClock(START)
+    start_run(store, flow, run_id="order-17", clock=clock)
+    start_run(store, flow, run_id="done-1", clock=clock)
+    stepflow.send_event(store, "done-1", "approved", None, clock=clock)
+    drain(store, flow, clock)
+    yield f"sqlite:///{tmp_path / 'runs.db'}", store
+    store.close()
+
+
+def send(db: str, *args: str, stdin: str | None = None) -> Any:
+    from click.testing import CliRunner
+
+    from stepflow.cli import main
+
+    return CliRunner().invoke(main, ["send", *args, "--db", db], input=stdin)
+
+
+def test_stepflow_send_sends_an_event_by_run_prefix(
+    cli_store: tuple[str, SQLiteStore], tmp_path: Path
+) -> None:
+    db, store = cli_store
+    result = send(db, "order", "approved", "--data", '{"by": "ann"}')
+    assert (result.exit_code, result.output) == (
+        0,
+        "Sent event approved to run order-17; a worker will deliver it.\n",
+    )
+    (tmp_path / "payload.json").write_text('["from", "a", "file"]')
+    assert (
+        send(db, "order-17", "approved", "--data", f"@{tmp_path / 'payload.json'}").exit_code == 0
+    )
+    assert send(db, "order-17", "approved", "--data", "@-", stdin="7").exit_code == 0
+    assert send(db, "order-17", "approved").exit_code == 0
+    assert [e.payload for e in store.pending_events("order-17", limit=10)] == [
+        {"by": "ann"},
+        ["from", "a", "file"],
+        7,
+        None,
+    ]
+
+
+def test_stepflow_send_with_a_key_twice_changes_nothing(cli_store: tuple[str, SQLiteStore]) -> None:
+    db, store = cli_store
+    first = send(db, "order-17", "approved", "--key", "k1", "--json")
+    assert first.exit_code == 0
+    assert json.loads(first.output) == {
+        "run": "order-17",
+        "name": "approved",
+        "key": "k1",
+        "sent": True,
+    }
+    again = send(db, "order-17", "approved", "--key", "k1")
+    assert again.exit_code == 0
+    assert again.output.startswith("duplicate key: nothing changed")
+    assert (
+        json.loads(send(db, "order-17", "approved", "--key", "k1", "--json").output)["sent"]
+        is False
+    )
+    assert store.load("order-17").inbox == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (["nope", "approved"], 1, "no run has id 'nope'"),
+        (["done-1", "approved"], 1, "run 'done-1' is completed: it takes no more events"),
+        (["order-17", "a:b"], 1, "non-empty str without ':'"),
+        (["order-17", "approved", "--data", '"' + "x" * 70000 + '"'], 1, "more than the 65536"),
+        (["order-17", "approved", "--data", "{nope"], 2, "--data is not JSON"),
+        (["order-17", "approved", "--data", "NaN"], 2, "NaN is not a number JSON can hold"),
+    ],
+)
+def test_stepflow_send_refuses_on_one_line(
+    cli_store: tuple[str, SQLiteStore], args: list[str], status: int, message: str
+) -> None:
+    db, store = cli_store
+    result = send(db, *args)
+    assert result.exit_code == status, result.output
+    assert result.output.startswith("Error: ")
+    assert message in result.output
+    assert store.load("order-17").inbox == 0
