@@ -362,3 +362,33 @@ def test_a_save_with_a_full_mailbox_leaves_the_run_at_its_own_wake_at(store: Sto
     # A later send makes it due all the same.
     store.send_event("r1", "go", None, now=23.0)
     assert store.load("r1").wake_at == 23.0
+
+
+def test_postgres_listeners_hear_the_sends_of_other_store_objects(
+    postgres_dsn: str, postgres_schema: str
+) -> None:
+    from stepflow.stores import PostgresStore
+
+    listening = PostgresStore(postgres_dsn, schema=postgres_schema)
+    sender = PostgresStore(postgres_dsn, schema=postgres_schema)
+    create(sender)
+    heard = threading.Event()
+    runs: list[str] = []
+
+    def listener(run_id: str) -> None:
+        runs.append(run_id)
+        heard.set()
+
+    stop = listening.subscribe(listener)
+    try:
+        # The listening connection may not be up yet: send until it hears one.
+        for attempt in range(50):
+            sender.send_event("r1", "go", attempt, now=2.0)
+            if heard.wait(0.2):
+                break
+        assert heard.is_set(), "no notice reached the other store object"
+        assert set(runs) == {"r1"}
+    finally:
+        stop()
+        listening.close()
+        sender.close()

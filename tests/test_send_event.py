@@ -144,7 +144,11 @@ def test_a_run_resting_at_an_untimed_wait_costs_nothing_until_an_event(store: St
 
 
 def test_a_send_wakes_an_idle_worker_at_once(make_store: Callable[[], Store]) -> None:
-    """The worker sleeps for a minute between looks: only the send's notice can wake it."""
+    """The worker sleeps for a minute between looks: only the send's notice can wake it.
+
+    On PostgreSQL the send goes through another store object (another connection,
+    as from another process): its notice comes through LISTEN/NOTIFY.
+    """
     store = make_store()
     done = threading.Event()
     seen = Seen()
@@ -163,7 +167,9 @@ def test_a_send_wakes_an_idle_worker_at_once(make_store: Callable[[], Store]) ->
     thread.start()
     try:
         assert rested.wait(30)
-        stepflow.send_event(store, "r1", "approved", "now")
+        # The same store object (memory, SQLite), or another one on PostgreSQL.
+        sender = make_store() if isinstance(store, PostgresStore) else store
+        stepflow.send_event(sender, "r1", "approved", "now")
         assert done.wait(30), "the send did not wake the worker"
     finally:
         worker.stop()

@@ -20,8 +20,11 @@ What holds:
 * **At once in the same process.** A worker listening on the same store object
   (as every :class:`~stepflow.Worker` does) is woken by the send and starts the
   run's next step in a few milliseconds (``benchmarks/runtime.py`` measures it).
-  A worker in another process finds the run due at its next look at the store,
-  at most its ``idle_interval`` later.
+  On PostgreSQL, workers in other processes are woken too (``LISTEN/NOTIFY``,
+  see :meth:`PostgresStore.subscribe
+  <stepflow.stores.postgres.PostgresStore.subscribe>`); on SQLite, a worker in
+  another process finds the run due at its next look, at most its
+  ``idle_interval`` later.
 """
 
 from __future__ import annotations

@@ -650,7 +650,8 @@ class Store(ScheduleStore, Protocol):
         For a worker in the same process to wake at once instead of at its
         next poll. The listener runs on the sender's thread: it must be quick
         and thread-safe (``loop.call_soon_threadsafe``). Other processes'
-        sends are not seen (they wake their workers' runs by ``wake_at``).
+        sends are heard only where the database can tell (PostgreSQL's
+        ``LISTEN/NOTIFY``); elsewhere their runs are found due by ``wake_at``.
 
         Returns:
             A function that removes the listener.

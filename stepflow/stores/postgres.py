@@ -23,8 +23,10 @@ back, since whether it committed is unknown.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +63,8 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["INSTALL_HINT", "SCHEMA_VERSION", "PostgresStore"]
+
+log = logging.getLogger("stepflow.stores")
 
 #: How to install what :class:`PostgresStore` needs.
 INSTALL_HINT = "pip install 'stepflow[postgres]'"
@@ -286,6 +290,10 @@ class PostgresStore(Listeners, PostgresSchedules):
             ) from exc
         self.dsn = dsn
         self.schema = schema
+        # Sends are announced on this channel (NOTIFY) to the store objects of other
+        # processes that listen (see subscribe); a hash keeps it a short identifier.
+        self._channel = "stepflow_events_" + hashlib.sha256(schema.encode()).hexdigest()[:16]
+        self._listening: threading.Event | None = None
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         try:
@@ -696,6 +704,7 @@ class PostgresStore(Listeners, PostgresSchedules):
 
     def close(self) -> None:
         """Close the connection; a later call would open a new one."""
+        self._stop_listening()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -938,6 +947,7 @@ class PostgresStore(Listeners, PostgresSchedules):
                 " %(key)s, %(now)s FROM inbox WHERE run_id = %(run_id)s",
                 {"run_id": run_id, "name": name, "payload": text, "key": key, "now": float(now)},
             )
+            cur.execute("SELECT pg_notify(%s, %s)", (self._channel, run_id))  # at commit
             cur.execute(
                 "UPDATE runs SET inbox = inbox + 1, wake_at = CASE WHEN status = 'running'"
                 " THEN LEAST(COALESCE(wake_at, %(now)s), %(now)s) ELSE wake_at END"
@@ -946,6 +956,59 @@ class PostgresStore(Listeners, PostgresSchedules):
             )
         self._tell(run_id)
         return True
+
+    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(run_id)`` after each send commits, from any process.
+
+        Besides the sends through this object (see :meth:`Store.subscribe`),
+        the sends of other processes to this schema are heard: each send
+        notifies a channel (``pg_notify``, delivered at its commit), and while
+        this object has listeners, a thread of its own holds a connection that
+        listens on it (``LISTEN``). A send through this object may be heard twice.
+        Notices sent while that connection is down (it reconnects) are lost:
+        workers still find their runs due at their next look.
+        """
+        remove = Listeners.subscribe(self, listener)
+        with self._listeners_lock:
+            if self._listening is None:
+                self._listening = threading.Event()
+                threading.Thread(
+                    target=self._listen,
+                    args=(self._listening,),
+                    name=f"stepflow-listen-{self.schema}",
+                    daemon=True,
+                ).start()
+
+        def unsubscribe() -> None:
+            remove()
+            if not self._listeners:
+                self._stop_listening()
+
+        return unsubscribe
+
+    def _stop_listening(self) -> None:
+        with self._listeners_lock:
+            if self._listening is not None:
+                self._listening.set()
+                self._listening = None
+
+    def _listen(self, stop: threading.Event) -> None:
+        """Tell the listeners of each send notified on the channel, until ``stop``."""
+        import psycopg
+        from psycopg import sql
+
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    while not stop.is_set():
+                        for notice in conn.notifies(timeout=0.5):
+                            self._tell(notice.payload)
+            except psycopg.Error as exc:  # noqa: PERF203 - a reconnection, rare
+                if stop.is_set():
+                    return
+                log.warning("listening for sent events failed (%s); listening again", exc)
+                stop.wait(1.0)
 
     def pending_events(self, run_id: str, *, limit: int) -> list[InboxEvent]:
         """Return the run's undelivered events, oldest first (see :meth:`Store.pending_events`)."""
