@@ -929,6 +929,7 @@ def _run_json(run_id: str, record: RunRecord | None, unreadable: str | None) -> 
         "version": record.version,
         "lease_owner": record.lease_owner,
         "lease_expires_at": record.lease_expires_at,
+        "inbox": record.inbox,
         "input": record.input,
         "unreadable": unreadable,
     }
@@ -945,6 +946,7 @@ _RUN_FIELDS = (
     "version",
     "lease_owner",
     "lease_expires_at",
+    "inbox",
     "input",
     "unreadable",
 )
@@ -1229,6 +1231,9 @@ def _show_view(shown: _Shown, now: float) -> RenderableType:
     if record.lease_owner is not None:
         expiry = _relative(record.lease_expires_at, now)
         facts.add_row("leased by", escape(f"{record.lease_owner} (expires {expiry})"))
+    if record.inbox:
+        noun = "event waits" if record.inbox == 1 else "events wait"
+        facts.add_row("inbox", f"{record.inbox} {noun} to be delivered")
     facts.add_row("input", escape(_json(record.input, limit=2000)))
     for step, value in sorted((state.get("outputs") or {}).items()):
         facts.add_row("output", escape(f"{_step(step, record.flow)} = {_json(value, 2000)}"))

@@ -368,6 +368,17 @@ def test_stepflow_send_sends_an_event_by_run_prefix(
         7,
         None,
     ]
+    from click.testing import CliRunner
+
+    from stepflow.cli import main
+
+    shown = CliRunner().invoke(main, ["show", "order", "--db", db])
+    assert "4 events wait to be delivered" in shown.output
+    listed = CliRunner().invoke(main, ["runs", "--json", "--db", db])
+    assert {run["id"]: run["inbox"] for run in json.loads(listed.output)["runs"]} == {
+        "order-17": 4,
+        "done-1": 0,
+    }
 
 
 def test_stepflow_send_with_a_key_twice_changes_nothing(cli_store: tuple[str, SQLiteStore]) -> None:
