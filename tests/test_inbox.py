@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_stores import Backend, _backend, claim, create, save_of
 
 from stepflow.errors import (
@@ -22,7 +24,7 @@ from stepflow.errors import (
     StaleWriteError,
     UnknownRunError,
 )
-from stepflow.stores import Store
+from stepflow.stores import MemoryStore, Store
 from stepflow.stores import postgres as postgres_module
 from stepflow.stores import sqlite as sqlite_module
 from stepflow.stores.base import INBOX_LIMIT, MAX_EVENT_BYTES, InboxEvent
@@ -392,3 +394,57 @@ def test_postgres_listeners_hear_the_sends_of_other_store_objects(
         stop()
         listening.close()
         sender.close()
+
+
+# -- a property: whatever the interleaving, each event is delivered once, in order -----------
+
+_SEND = st.tuples(st.just("send"), st.sampled_from([None, "k1", "k2", "k3"]))
+_DELIVER = st.tuples(st.just("deliver"), st.integers(0, 4), st.booleans())
+
+
+@given(operations=st.lists(st.one_of(_SEND, _DELIVER), max_size=25))
+def test_every_event_sent_is_delivered_once_in_the_order_sent(
+    operations: list[tuple[Any, ...]],
+) -> None:
+    """Sends (some with keys used before), deliveries of a few at a time, stale saves.
+
+    Stale saves (a lost lease) deliver nothing; what the model says is pending
+    is what the store says, with its count; at the end, the delivered events are
+    every accepted send, once each, in the order sent.
+    """
+    store = MemoryStore()
+    run = create(store)
+    (lease,) = claim(store, now=20.0)
+    model: list[int] = []  # the payloads pending, oldest first
+    delivered: list[int] = []
+    accepted: list[int] = []
+    keys: set[str] = set()
+    for number, operation in enumerate(operations):
+        if operation[0] == "send":
+            key = operation[1]
+            sent = store.send_event("r1", "e", number, key=key, now=21.0)
+            assert sent is (key is None or key not in keys)
+            if sent:
+                model.append(number)
+                accepted.append(number)
+                if key is not None:
+                    keys.add(key)
+        else:
+            _, count, stale = operation
+            events = store.pending_events("r1", limit=count)
+            assert [e.payload for e in events] == model[:count]
+            if not events:
+                continue
+            save = attrs.evolve(
+                save_of(run, token="lost" if stale else lease.token), delivered=events[-1].seq
+            )
+            if stale:
+                with pytest.raises(StaleWriteError):
+                    store.save(save, now=22.0)
+                continue
+            run = store.save(save, now=22.0)
+            delivered += [e.payload for e in events]
+            del model[: len(events)]
+        assert store.load("r1").inbox == len(model)
+        assert [e.payload for e in store.pending_events("r1", limit=100)] == model
+    assert delivered + model == accepted
