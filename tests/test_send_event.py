@@ -421,3 +421,32 @@ def test_stepflow_send_refuses_on_one_line(
     assert result.output.startswith("Error: ")
     assert message in result.output
     assert store.load("order-17").inbox == 0
+
+
+def test_a_full_mailbox_keeps_the_rest_in_the_inbox_without_spinning(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events the state cannot hold yet stay in the inbox; the run sleeps on, then takes them."""
+    from stepflow.core import events as core_events
+    from stepflow.runtime import worker as worker_module
+
+    monkeypatch.setattr(core_events, "MAILBOX_LIMIT", 2)
+    monkeypatch.setattr(worker_module, "MAILBOX_LIMIT", 2)
+    taken: list[Any] = []
+    spec = stepflow.named("batch/v1").sleep("pause", 3600)
+    for n in range(4):
+        spec = spec.steps(f"take{n}", stepflow.steps().wait_event("go"))
+    spec = spec.do("record", lambda ctx: taken.extend(sorted(ctx.outputs.items())))
+    flow = stepflow.new(spec)
+    clock = FakeClock(START)
+    start_run(store, flow, run_id="r1", clock=clock)
+    for n in range(4):
+        stepflow.send_event(store, "r1", "go", n, clock=clock)
+    worker = Worker(store, [flow], clock=clock)
+    stats = worker.run_sync(until_idle=True, handle_signals=False)
+    assert store.load("r1").status == "completed"
+    assert [value for _, value in taken if isinstance(value, int)] == [0, 1, 2, 3]
+    # Two deliveries (two, then the two left once the waits made room), no spinning.
+    assert [len(b) for b in event_batches(store, "r1")] == [2, 2]
+    assert stats.events == 4
+    assert len(store.history("r1")) < 12
