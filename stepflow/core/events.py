@@ -75,7 +75,8 @@ MAILBOX_LIMIT = 100
 def mailbox_room(state: State) -> int:
     """Return how many more events ``state``'s mailbox can take in one batch.
 
-    >>> from stepflow import initial_state, named, new
+    >>> from stepflow import named, new
+    >>> from stepflow.core.advance import initial_state
     >>> mailbox_room(initial_state(new(named("f").wait_event("go")).definition))
     100
     """

@@ -20,8 +20,10 @@ from stepflow.core.advance import advance, initial_state
 from stepflow.core.definition import FlowDefinition, template_of
 from stepflow.core.groups import command_times
 from stepflow.core.messages import (
+    AwaitEvent,
     Command,
     Effect,
+    EventReceived,
     HandlerRaised,
     HandlerReturned,
     TimerFired,
@@ -63,7 +65,7 @@ START = 1_000.0
 
 @attrs.frozen
 class Returns:
-    """The handler returns ``value``."""
+    """The handler returns ``value``; for a ``wait_event``, its event arrives with ``value``."""
 
     value: Any
 
@@ -78,7 +80,11 @@ class Raises:
 
 @attrs.frozen
 class TimesOut:
-    """A ``wait_for`` condition is still false at its deadline: the step times out."""
+    """A ``wait_for`` condition is still false at its deadline: the step times out.
+
+    For a ``wait_event``, no event comes before its timeout (one with no
+    timeout gets its event, with no payload, instead).
+    """
 
 
 @attrs.frozen
@@ -110,6 +116,7 @@ def outcome_of(name: Outcome | str) -> Outcome:
         "true": Returns(True),
         "false": Returns(False),
         "timed_out": TimesOut(),
+        "received": Returns(None),
     }
     if kind == "raised":
         return Raises("scripted failure", error_type or "RuntimeError")
@@ -130,6 +137,7 @@ EXIT_OUTCOMES: Mapping[str, Outcome] = {
     "loop_until": Returns(True),
     "on_error": Returns(False),
     "map": Returns([]),
+    "wait_event": Returns(None),
 }
 
 
@@ -205,6 +213,8 @@ class ScriptedWorld:
         return self._answers[command.id]
 
     def _answer(self, command: Command, wake_at: float | None, timeout_at: float | None) -> Effect:
+        if type(command) is AwaitEvent:
+            return self._event(command)
         if wake_at is not None and wake_at > self.clock.now():
             self.clock.set(wake_at)
         if type(command) is Wake:
@@ -223,6 +233,15 @@ class ScriptedWorld:
             error = ErrorRecord(outcome.type, outcome.message, command.step)
             return HandlerRaised(command.id, error, None, at)
         return HandlerReturned(command.id, WrongKind(), at)
+
+    def _event(self, command: AwaitEvent) -> Effect:
+        """Send the event a ``wait_event`` waits for, or let it time out, as scripted."""
+        outcome = self._decide((command.kind, template_of(command.step)))
+        if isinstance(outcome, TimesOut) and command.at is not None:
+            self.clock.set(max(command.at, self.clock.now()))
+            return TimerFired(command.id, self.clock.now())
+        value = outcome.value if isinstance(outcome, Returns) else None
+        return EventReceived(command.name, value, self.clock.advance(self.handler_seconds))
 
     def handler(self, kind: str, step: str) -> Callable[..., Any]:
         """Return a real handler for ``(kind, step)`` that plays the script (no crash memo)."""
