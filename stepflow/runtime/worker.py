@@ -1039,10 +1039,8 @@ class Worker:
         self, flow: Flow, run_id: str, run_input: Any, state: State, command: Command
     ) -> Effect:
         interpreter = self._interpreters[flow.name]
-        if type(command) is Wake:
-            return interpreter.fire(command)
-        if type(command) is AwaitEvent:
-            return _time_out(command, self.clock.now())
+        if type(command) is Wake or type(command) is AwaitEvent:
+            return interpreter.fire(command)  # a timer, or a wait for an event timing out
         assert type(command) is CallHandler
         assert self._slots is not None
         attempt = _attempt(flow, state, command)
@@ -1161,16 +1159,6 @@ def _due(state: State, command: Command, now: float) -> bool:
         return False
     wake_at = command_times(state, command)[0]
     return wake_at is None or wake_at <= now
-
-
-def _time_out(command: AwaitEvent, now: float) -> TimerFired:
-    """Answer a timed wait for an event whose timeout came (``_due`` said so)."""
-    if command.at is None or now < command.at:
-        raise InterpreterError(
-            f"the wait of {command.step!r} times out at {command.at!r}, and the clock reads "
-            f"{now!r}; wait until the state's wake_at before answering it"
-        )
-    return TimerFired(command.id, now)
 
 
 def _times(effects: list[Effect]) -> list[float]:
