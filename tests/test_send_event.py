@@ -450,3 +450,43 @@ def test_a_full_mailbox_keeps_the_rest_in_the_inbox_without_spinning(
     assert [len(b) for b in event_batches(store, "r1")] == [2, 2]
     assert stats.events == 4
     assert len(store.history("r1")) < 12
+
+
+def test_a_delivery_is_journaled_with_the_wait_it_answered_and_replays(store: Store) -> None:
+    reports: list[tuple[str, Any]] = []
+    seen = Seen()
+    flow = seen.flow()
+    clock = FakeClock(START)
+    start_run(store, flow, run_id="r1", clock=clock)
+    worker = Worker(
+        store,
+        [flow],
+        clock=clock,
+        on_step=lambda report: reports.append((report.command.kind, report.effect)),
+    )
+    worker.run_sync(until_idle=True, handle_signals=False)
+    stepflow.send_event(store, "r1", "approved", "ok", clock=clock)
+    worker.run_sync(until_idle=True, handle_signals=False)
+    # The wait is reported as a step ended by the event, between the two do steps.
+    assert reports == [
+        ("do", reports[0][1]),
+        ("wait_event", EventReceived("approved", "ok", START)),
+        ("do", reports[2][1]),
+    ]
+    (delivery,) = [
+        b
+        for b in (loads_batch(e.batch) for e in store.history("r1"))
+        if b.answered and b.answered[0].kind == "wait_event"
+    ]
+    assert delivery.answered[0].step == WAIT
+    recorded = stepflow.history(store, "r1")
+    assert stepflow.replay(flow.definition, recorded).ok
+    # A definition that waits for something else there diverges at that batch.
+    other = stepflow.new(
+        stepflow.named("approval/v1")
+        .do("ask", lambda ctx: None)
+        .wait_event("signed")
+        .do("record", lambda ctx: None)
+    )
+    result = stepflow.replay(other.definition, recorded)
+    assert [d.step for d in result.divergences] == [WAIT]

@@ -81,7 +81,7 @@ import orjson
 from stepflow.clock import Clock, SystemClock
 from stepflow.codec import Batch, dumps, dumps_batch, loads, structure_state
 from stepflow.core.advance import advance
-from stepflow.core.events import MAILBOX_LIMIT, mailbox_room, untimed_wait
+from stepflow.core.events import MAILBOX_LIMIT, mailbox_room, untimed_wait, with_events
 from stepflow.core.groups import command_times, item_of
 from stepflow.core.messages import (
     AwaitEvent,
@@ -212,7 +212,9 @@ class Worker:
             (default: ``min(concurrency, 32)``).
         on_step: Called on the event loop after every saved step with a
             :class:`StepReport` (the run, the command, its effect, the state
-            saved). It must be quick and must not block: it runs between steps.
+            saved); a ``wait_event`` step that a delivered event answers is
+            reported with its ``AwaitEvent`` and the ``EventReceived``. It must
+            be quick and must not block: it runs between steps.
             An exception it raises is logged, never stops the run.
         owner: This worker's name in leases, as given (default: ``HOST:PID:RANDOM``,
             or ``ID@HOST:PID:START`` with ``worker_id``).
@@ -988,6 +990,11 @@ class Worker:
             return None
         effects = tuple(EventReceived(e.name, e.payload, e.sent_at) for e in events)
         new_state, _ = advance(flow.definition, state, effects)
+        # The waits the events answer are recorded as answered, as a handler's
+        # command is: a replay against a definition that no longer waits there
+        # diverges at this batch.
+        taken = {answer[0] for answer in with_events(flow.definition, state, effects, None)[1]}
+        answered = tuple(c for c in state.in_flight if c[0] in taken)
         now = self.clock.now()
         wake_at = store_wake_at(new_state, now)
         release = not running and (self._stopping or wake_at is None or wake_at > now)
@@ -999,7 +1006,7 @@ class Worker:
             dumps(new_state),
             new_state.status,
             wake_at,
-            dumps_batch(Batch("effects", at, effects)),
+            dumps_batch(Batch("effects", at, effects, answered)),
             release,
             delivered=events[-1].seq,
             mailbox_full=len(new_state.mailbox) >= MAILBOX_LIMIT,
@@ -1007,7 +1014,30 @@ class Worker:
         saved = await self._save(save, now)
         self.stats.events += len(effects)
         self._count_finish(new_state)
+        if self.on_step is not None:
+            self._report_waits(run_id, flow, answered, new_state, effects)
         return new_state, saved.version, saved.inbox, release
+
+    def _report_waits(
+        self,
+        run_id: str,
+        flow: Flow,
+        answered: tuple[Command, ...],
+        new_state: State,
+        effects: tuple[EventReceived, ...],
+    ) -> None:
+        """Report each wait the delivered events answered as a step (``on_step``).
+
+        Its effect is the event of its name delivered first (the one it took,
+        unless the mailbox held an older one).
+        """
+        unused = list(effects)
+        for command in answered:
+            assert type(command) is AwaitEvent  # events answer waits only
+            event = next((e for e in unused if e.name == command.name), effects[0])
+            if event in unused:
+                unused.remove(event)
+            self._report(StepReport(run_id, flow.name, command, event, new_state))
 
     async def _park(self, run_id: str, flow: str, token: str, error: Exception) -> None:
         """Set a run this worker cannot drive aside, untouched, and release its lease."""
