@@ -42,6 +42,11 @@ TARGET_MAP = 0.8  # steps/s of one run's map >= 0.8x the same steps as separate 
 
 POSTGRES_ENV = "STEPFLOW_BENCH_POSTGRES_DSN"
 
+EVENT_SENDS, EVENT_SENDS_QUICK = 200, 50  # events sent to resting runs, one at a time
+TARGET_EVENT_MS = 50.0  # send_event -> the run's next step started, median and p99
+EVENT_IDLE_S = 5.0  # the worker's idle_interval then: far above the target, so a poll
+# could never meet it; only the send's in-process notice can
+
 _now = time.perf_counter
 
 
@@ -284,6 +289,56 @@ def map_vs_runs(bench: SQLiteBench) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+def event_latency(bench: SQLiteBench, sends: int) -> list[float]:
+    """Seconds from ``send_event`` to a resting run until its next step starts, per send.
+
+    ``sends`` runs rest at a ``wait_event`` with no timeout (nothing is due, the
+    idle worker sleeps ``EVENT_IDLE_S`` between looks); each is sent its event
+    from another thread, one at a time, and timed from just before the send (its
+    commit included) to the moment the handler of the step after the wait starts.
+    """
+    started: dict[str, float] = {}
+    arrived = asyncio.Event()
+
+    async def mark(ctx: stepflow.RunContext) -> None:
+        started[ctx.run_id] = _now()
+        arrived.set()
+
+    flow = stepflow.new(stepflow.named("bench/event/v1").wait_event("go").do("mark", mark))
+    with bench.store() as store:
+        start_runs(store, flow, sends)  # each rests at once: its wait has no timeout
+        worker = stepflow.Worker(store, [flow], idle_interval=EVENT_IDLE_S)
+
+        async def measure() -> list[float]:
+            running = asyncio.create_task(worker.run())
+            latencies = []
+            try:
+                await asyncio.sleep(0.2)  # let the worker settle into its idle sleep
+                for i in range(sends):
+                    run_id = f"run{i:06d}"
+                    arrived.clear()
+                    sent = _now()
+                    await asyncio.to_thread(stepflow.send_event, store, run_id, "go", i)
+                    await asyncio.wait_for(arrived.wait(), timeout=30)
+                    latencies.append(started[run_id] - sent)
+                    await asyncio.sleep(0.005)  # the worker finishes the run and idles again
+            finally:
+                worker.stop()
+                await running
+            return latencies
+
+        latencies = asyncio.run(measure())
+        done = store.count(status="completed")
+    _expect(done == sends, f"{sends} completed runs", done)
+    _expect(worker.stats.events == sends, f"{sends} events delivered", worker.stats.events)
+    return latencies
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
 def _expect(ok: bool, what: str, got: object) -> None:
     # Not assert: the checks must hold under ``python -O`` too.
     if not ok:
@@ -471,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         peak, current, handler = memory_per_run(benches[0].store(), runs)
         assert isinstance(benches[0], SQLiteBench)
         map_rate, runs_rate = map_vs_runs(benches[0])
+        latencies = event_latency(benches[0], EVENT_SENDS_QUICK if args.quick else EVENT_SENDS)
     finally:
         for bench in benches:
             bench.close()
@@ -522,6 +578,22 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio {map_ratio:.2f}x"
     )
     print(f"  {'PASS' if map_ok else 'MISS'}  >= {TARGET_MAP:g}x")
+    print()
+    median_ms = _percentile(latencies, 0.5) * 1000
+    p99_ms = _percentile(latencies, 0.99) * 1000
+    for label, value in (("median", median_ms), ("p99", p99_ms)):
+        results.append(
+            (f"send_event to next step, {label} < {TARGET_EVENT_MS:g} ms", value < TARGET_EVENT_MS,
+             f"{value:.1f} ms")
+        )  # fmt: skip
+    print(
+        f"events (SQLite): send_event to a run resting at a wait_event, until its next step "
+        f"starts, {len(latencies)} sends one at a time, idle worker (idle_interval "
+        f"{EVENT_IDLE_S:g} s): median {median_ms:.1f} ms, p99 {p99_ms:.1f} ms, "
+        f"max {max(latencies) * 1000:.1f} ms"
+    )
+    ok_events = median_ms < TARGET_EVENT_MS and p99_ms < TARGET_EVENT_MS
+    print(f"  {'PASS' if ok_events else 'MISS'}  < {TARGET_EVENT_MS:g} ms (median and p99)")
     print()
     print("targets")
     for text, ok, got in results:

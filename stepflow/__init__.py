@@ -53,9 +53,11 @@ from stepflow.errors import CorruptStateError as CorruptStateError
 from stepflow.errors import DefinitionError as DefinitionError
 from stepflow.errors import DuplicateEffectError as DuplicateEffectError
 from stepflow.errors import EffectError as EffectError
+from stepflow.errors import EventError as EventError
 from stepflow.errors import FlowFailed as FlowFailed
 from stepflow.errors import FlowMismatchError as FlowMismatchError
 from stepflow.errors import HandlerResultError as HandlerResultError
+from stepflow.errors import InboxFullError as InboxFullError
 from stepflow.errors import IncompatibleDefinition as IncompatibleDefinition
 from stepflow.errors import InterpreterError as InterpreterError
 from stepflow.errors import JournalPrunedError as JournalPrunedError
@@ -64,6 +66,7 @@ from stepflow.errors import MailboxFullError as MailboxFullError
 from stepflow.errors import ProgressError as ProgressError
 from stepflow.errors import RecordedError as RecordedError
 from stepflow.errors import RunExistsError as RunExistsError
+from stepflow.errors import RunFinishedError as RunFinishedError
 from stepflow.errors import ScheduleError as ScheduleError
 from stepflow.errors import ScheduleExistsError as ScheduleExistsError
 from stepflow.errors import StaleWriteError as StaleWriteError
@@ -100,6 +103,7 @@ from stepflow.runtime import read_run as read_run
 from stepflow.runtime import resolve_run_id as resolve_run_id
 from stepflow.runtime import resume_run as resume_run
 from stepflow.runtime import resume_schedule as resume_schedule
+from stepflow.runtime import send_event as send_event
 from stepflow.runtime import start_run as start_run
 from stepflow.runtime import wake as wake
 from stepflow.stores import Store as Store
@@ -126,6 +130,7 @@ __all__ = [
     "Effect",
     "EffectError",
     "ErrorRecord",
+    "EventError",
     "EventReceived",
     "FakeClock",
     "Flow",
@@ -136,6 +141,7 @@ __all__ = [
     "HandlerResultError",
     "HandlerReturned",
     "History",
+    "InboxFullError",
     "IncompatibleDefinition",
     "Interpreter",
     "InterpreterError",
@@ -150,6 +156,7 @@ __all__ = [
     "RetryPolicy",
     "RunContext",
     "RunExistsError",
+    "RunFinishedError",
     "Schedule",
     "ScheduleError",
     "ScheduleExistsError",
@@ -196,6 +203,7 @@ __all__ = [
     "resume",
     "resume_run",
     "resume_schedule",
+    "send_event",
     "start_run",
     "steps",
     "wake",

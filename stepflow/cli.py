@@ -11,6 +11,7 @@
     stepflow resume RUN --flow MODULE:FLOW
     stepflow cancel RUN
     stepflow wake RUN
+    stepflow send RUN NAME [--data JSON|@FILE] [--key K] [--json]
     stepflow history RUN [--flow MODULE:FLOW]
     stepflow export RUN > run.json
     stepflow replay MODULE:FLOW [--status S] [--json] [FILE...]
@@ -937,6 +938,7 @@ def _run_json(run_id: str, record: RunRecord | None, unreadable: str | None) -> 
         "version": record.version,
         "lease_owner": record.lease_owner,
         "lease_expires_at": record.lease_expires_at,
+        "inbox": record.inbox,
         "input": record.input,
         "unreadable": unreadable,
     }
@@ -953,6 +955,7 @@ _RUN_FIELDS = (
     "version",
     "lease_owner",
     "lease_expires_at",
+    "inbox",
     "input",
     "unreadable",
 )
@@ -1237,6 +1240,9 @@ def _show_view(shown: _Shown, now: float) -> RenderableType:
     if record.lease_owner is not None:
         expiry = _relative(record.lease_expires_at, now)
         facts.add_row("leased by", escape(f"{record.lease_owner} (expires {expiry})"))
+    if record.inbox:
+        noun = "event waits" if record.inbox == 1 else "events wait"
+        facts.add_row("inbox", f"{record.inbox} {noun} to be delivered")
     facts.add_row("input", escape(_json(record.input, limit=2000)))
     for step, value in sorted((state.get("outputs") or {}).items()):
         facts.add_row("output", escape(f"{_step(step, record.flow)} = {_json(value, 2000)}"))
@@ -1362,6 +1368,52 @@ def wake(run_id: str, db: str | None) -> None:
             click.echo(f"Run {run_id} is {status}: nothing to wake.")
             return
     click.echo(f"Woke run {run_id}; a worker will poll it now.")
+
+
+# -- events -------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN")
+@click.argument("name", metavar="NAME")
+@click.option(
+    "--data", "data", metavar="JSON|@FILE",
+    help="The event's payload: JSON, or @FILE to read it from a file (@- standard input); "
+    "default null.",
+)  # fmt: skip
+@click.option(
+    "--key", metavar="K",
+    help="An idempotency key: a second send with the same key to the run changes nothing.",
+)  # fmt: skip
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document (docs/cli.md).")
+def send(
+    run_ref: str, name: str, data: str | None, key: str | None, db: str | None, as_json: bool
+) -> None:
+    """Send the event NAME to a run; its wait_event step takes it.
+
+    The event is stored at once, whatever the run is doing (a step running
+    included), and the run is made due: a worker serving its flow delivers it
+    (see stepflow.send_event). With --key, sending the same key again changes
+    nothing and says so (exit status 0). A run that is unknown or finished, a
+    name that is empty or holds ':', or a payload over 64 KiB is refused with
+    exit status 1; --data that is not JSON, with status 2.
+    """
+    if data is None:
+        payload = None
+    elif data.startswith("@"):
+        payload = parse_json(_read_text(data[1:], "--data file"), f"--data {data}")
+    else:
+        payload = parse_json(data, "--data")
+    with _store(db, create=False) as store:
+        run_id = stepflow.resolve_run_id(store, run_ref)
+        sent = stepflow.send_event(store, run_id, name, payload, key=key)
+    if as_json:
+        click.echo(json.dumps({"run": run_id, "name": name, "key": key, "sent": sent}, indent=2))
+    elif sent:
+        click.echo(f"Sent event {name} to run {run_id}; a worker will deliver it.")
+    else:
+        click.echo(f"duplicate key: nothing changed (key {key!r} was sent to run {run_id} before).")
 
 
 # -- schedules ----------------------------------------------------------------------

@@ -23,9 +23,11 @@ __all__ = [
     "DefinitionError",
     "DuplicateEffectError",
     "EffectError",
+    "EventError",
     "FlowFailed",
     "FlowMismatchError",
     "HandlerResultError",
+    "InboxFullError",
     "IncompatibleDefinition",
     "InterpreterError",
     "JournalPrunedError",
@@ -34,6 +36,7 @@ __all__ = [
     "ProgressError",
     "RecordedError",
     "RunExistsError",
+    "RunFinishedError",
     "ScheduleError",
     "ScheduleExistsError",
     "StaleWriteError",
@@ -397,3 +400,63 @@ class ProgressError(StepflowError, ValueError):
 
     Nothing was stored: the run keeps its previous progress document.
     """
+
+
+# -- events sent to runs (stepflow.send_event, Store.send_event) ----------------------------
+
+
+class EventError(StepflowError, ValueError):
+    """An event cannot be sent as given: its name, or its payload.
+
+    The name must be a non-empty str without ``:``; the payload JSON data (no NaN
+    or infinity) of at most :data:`~stepflow.stores.base.MAX_EVENT_BYTES` bytes.
+    Nothing was stored.
+    """
+
+
+class RunFinishedError(StoreError, ValueError):
+    """An event was sent to a run that is finished (completed, failed or cancelled).
+
+    Nothing was stored: no step of a finished run can take it.
+
+    Attributes:
+        run_id: The run.
+        status: Its status.
+
+    """
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(
+            f"run {run_id!r} is {status}: it takes no more events; nothing was sent "
+            "(resume a failed run first if it should go on)"
+        )
+        self.run_id = run_id
+        self.status = status
+
+    def __reduce__(self) -> tuple[type[RunFinishedError], tuple[str, str]]:
+        return (type(self), (self.run_id, self.status))
+
+
+class InboxFullError(StoreError):
+    """A run already holds as many undelivered events as its store keeps for it.
+
+    Nothing was stored. The run takes its events when it is driven: send again
+    once a worker has delivered some (see :data:`~stepflow.stores.base.INBOX_LIMIT`).
+
+    Attributes:
+        run_id: The run.
+        limit: How many undelivered events a run may hold.
+
+    """
+
+    def __init__(self, run_id: str, limit: int) -> None:
+        super().__init__(
+            f"run {run_id!r} already holds {limit} events no worker has delivered yet, the "
+            "most a store keeps for one run: nothing was sent; check that a worker serves "
+            "its flow, and send again once it has taken some"
+        )
+        self.run_id = run_id
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[type[InboxFullError], tuple[str, int]]:
+        return (type(self), (self.run_id, self.limit))

@@ -142,6 +142,7 @@ RUN_FIELDS = [
     "version",
     "lease_owner",
     "lease_expires_at",
+    "inbox",
     "input",
     "unreadable",
 ]

@@ -3,12 +3,14 @@
 This is the shell around the pure core that keeps runs in a
 :class:`~stepflow.stores.base.Store`, executes their commands and saves every
 step: :class:`Worker`, :func:`start_run`, :func:`resume_run`, :func:`cancel_run`,
-:func:`wake` and :func:`read_run`; :class:`Schedule` and its operations
+:func:`wake` and :func:`read_run`; :func:`send_event`, which sends events to runs
+(:mod:`stepflow.runtime.events`); :class:`Schedule` and its operations
 (:mod:`stepflow.runtime.schedules`); and what a worker reports as it runs
 (:mod:`stepflow.runtime.metrics`: :class:`WorkerMetrics`, :class:`PrometheusMetrics`).
 """
 
 from stepflow.runtime.context import RunContext as RunContext
+from stepflow.runtime.events import send_event as send_event
 from stepflow.runtime.metrics import PrometheusMetrics as PrometheusMetrics
 from stepflow.runtime.metrics import WorkerMetrics as WorkerMetrics
 from stepflow.runtime.runs import RunView as RunView
@@ -49,6 +51,7 @@ __all__ = [
     "resolve_run_id",
     "resume_run",
     "resume_schedule",
+    "send_event",
     "start_run",
     "store_wake_at",
     "wake",

@@ -18,6 +18,7 @@ import orjson
 from stepflow.clock import Clock, SystemClock
 from stepflow.codec import Batch, dumps, dumps_batch, loads, loads_batch
 from stepflow.core.advance import advance, initial_state, resume
+from stepflow.core.events import resting
 from stepflow.core.state import RUNNING, State
 from stepflow.errors import AmbiguousRunError, ConfigurationError, StateError, UnknownRunError
 from stepflow.flow import Flow
@@ -47,10 +48,17 @@ __all__ = [
 
 
 def store_wake_at(state: State, now: float) -> float | None:
-    """When a store should hand ``state``'s run to a worker next (``None``: never)."""
+    """When a store should hand ``state``'s run to a worker next (``None``: never).
+
+    A run resting at ``wait_event`` steps without timeouts has nothing to do
+    until an event comes: ``None`` too (a send makes it due; see
+    :func:`stepflow.send_event`).
+    """
     if state.status != RUNNING:
         return None
-    return state.wake_at if state.wake_at is not None else now
+    if state.wake_at is not None:
+        return state.wake_at
+    return None if resting(state) else now
 
 
 def non_finite_path(value: Any, path: str = "$") -> str | None:

@@ -21,6 +21,16 @@ longest timeout in flight. A run claimed with a pending wake (:func:`stepflow.wa
 has the wake journaled (op ``"wake"``) and taken in first; then its commands that
 wait on a poll interval or a backoff run at once (a timer keeps its time).
 
+Events sent to a run (:func:`stepflow.send_event`) wait in its store's inbox;
+the store counts them on the run's row and makes the run due. A task driving a
+run with events waiting delivers them before its next command: one save applies
+them (an effects batch of :class:`~stepflow.core.messages.EventReceived`, in the
+journal) and marks them delivered, in the same transaction. A wait for an event
+(:class:`~stepflow.core.messages.AwaitEvent`) is never executed; a timed one is
+answered with ``TimerFired`` once its timeout is due, as a ``sleep`` is. The
+worker listens to its store object's sends (``Store.subscribe``), so a send in
+the same process wakes it at once instead of at its next look.
+
 When nothing is due it sleeps until the store's next ``wake_at`` (bounded by
 ``idle_interval`` on the system clock; a virtual clock, such as a
 :class:`~stepflow.clock.FakeClock`, jumps straight to it), so a waiting run
@@ -78,10 +88,20 @@ import orjson
 from stepflow.clock import Clock, SystemClock
 from stepflow.codec import Batch, dumps, dumps_batch, loads, structure_state
 from stepflow.core.advance import advance
+from stepflow.core.events import MAILBOX_LIMIT, mailbox_room, untimed_wait, with_events
 from stepflow.core.groups import command_times, item_of
-from stepflow.core.messages import CallHandler, Command, Effect, HandlerRaised, TimerFired, Wake
+from stepflow.core.messages import (
+    AwaitEvent,
+    CallHandler,
+    Command,
+    Effect,
+    EventReceived,
+    HandlerRaised,
+    TimerFired,
+    Wake,
+)
 from stepflow.core.scopes import handler_error
-from stepflow.core.state import State
+from stepflow.core.state import RUNNING, State
 from stepflow.errors import (
     ConfigurationError,
     CorruptStateError,
@@ -152,6 +172,7 @@ class WorkerStats:
         parked: Runs parked because the worker could not drive them.
         taken_back: Runs whose leases, held under this worker's ``worker_id`` by
             a process that is gone, were taken back at once.
+        events: Events delivered to runs (see :func:`stepflow.send_event`).
 
     """
 
@@ -163,6 +184,7 @@ class WorkerStats:
     commits: int = 0
     parked: int = 0
     taken_back: int = 0
+    events: int = 0
 
 
 class _Stop(Exception):
@@ -198,7 +220,9 @@ class Worker:
             (default: ``min(concurrency, 32)``).
         on_step: Called on the event loop after every saved step with a
             :class:`StepReport` (the run, the command, its effect, the state
-            saved). It must be quick and must not block: it runs between steps.
+            saved); a ``wait_event`` step that a delivered event answers is
+            reported with its ``AwaitEvent`` and the ``EventReceived``. It must
+            be quick and must not block: it runs between steps.
             An exception it raises is logged, never stops the run.
         owner: This worker's name in leases, as given (default: ``HOST:PID:RANDOM``,
             or ``ID@HOST:PID:START`` with ``worker_id``).
@@ -381,6 +405,7 @@ class Worker:
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
+        stop_listening = self._listen(loop)
         helpers = [asyncio.create_task(self._renew_leases())]
         if self.metrics is not None:
             helpers.append(asyncio.create_task(self._count_runs()))
@@ -409,6 +434,8 @@ class Worker:
             if handle_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(signum)
+            if stop_listening is not None:
+                stop_listening()
             self._store_pool.close()
             self._handler_pool.close()
             stats = self.stats
@@ -421,6 +448,26 @@ class Worker:
                 stats.parked,
             )
         return self.stats
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None] | None:
+        """Wake the loop whenever an event is sent through this store object.
+
+        Returns the function that stops listening (``None``: the store cannot
+        tell; its runs are then found due at the next look).
+        """
+        subscribe = getattr(self.store, "subscribe", None)
+        if subscribe is None:
+            return None
+        wakeup = self._wakeup
+        assert wakeup is not None
+
+        def heard(run_id: str) -> None:
+            # On the sender's thread: the event is set on the loop's.
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(wakeup.set)
+
+        stop: Callable[[], None] = subscribe(heard)
+        return stop
 
     async def _loop(self, until_idle: bool) -> None:
         assert self._wakeup is not None
@@ -700,6 +747,7 @@ class Worker:
                 await self._park(run_id, record.flow, token, exc)
                 return
             woken_at = record.woken_at
+            inbox = record.inbox  # events waiting to be delivered
             # The record (with its state text) is not needed any more: with a thousand
             # runs in flight, keeping it would be most of the worker's memory.
             del lease, record
@@ -709,6 +757,13 @@ class Worker:
             if woken_at is not None:
                 version = await self._take_wake(run_id, version, token, state, woken_at)
             while True:
+                if inbox and state.status == RUNNING:
+                    delivered = await self._deliver(flow, run_id, token, version, state, running)
+                    inbox = 0
+                    if delivered is not None:
+                        state, version, inbox, released = delivered
+                        if released:
+                            return
                 now = self.clock.now()
                 state, commands = advance(flow.definition, state, now=now)
                 due = [
@@ -765,6 +820,7 @@ class Worker:
                         wake_at,
                         batch,
                         release,
+                        mailbox_full=len(new_state.mailbox) >= MAILBOX_LIMIT,
                     )
                     saved = await self._save(save, now)
                     saved_effects = effects
@@ -772,6 +828,7 @@ class Worker:
                     if watched:
                         self._watched(flow, watching, answered, saved_effects)
                 version = saved.version
+                inbox = saved.inbox
                 state = new_state
                 for command, effect in zip(answered, effects, strict=True):
                     self._count(new_state)
@@ -897,6 +954,9 @@ class Worker:
 
     def _count(self, state: State) -> None:
         self.stats.steps += 1
+        self._count_finish(state)
+
+    def _count_finish(self, state: State) -> None:
         if state.status == "completed":
             self.stats.completed += 1
         elif state.status == "failed":
@@ -914,7 +974,18 @@ class Worker:
         The journal gets an empty batch, so its sequence stays contiguous.
         """
         wake_at = store_wake_at(state, now)
-        save = Save(run_id, version, token, dumps(state), state.status, wake_at, _NOTHING, True)
+        full = len(state.mailbox) >= MAILBOX_LIMIT
+        save = Save(
+            run_id,
+            version,
+            token,
+            dumps(state),
+            state.status,
+            wake_at,
+            _NOTHING,
+            True,
+            mailbox_full=full,
+        )
         await self._save(save, now)
 
     async def _take_wake(
@@ -932,6 +1003,85 @@ class Worker:
         saved = await self._save(attrs.evolve(save, takes_wake=True), now)
         log.info("run %s was woken: its polls and backoffs are due now", run_id)
         return saved.version
+
+    async def _deliver(
+        self,
+        flow: Flow,
+        run_id: str,
+        token: str,
+        version: int,
+        state: State,
+        running: dict[int, asyncio.Task[Effect]],
+    ) -> tuple[State, int, int, bool] | None:
+        """Deliver the events waiting in the run's inbox to its state, in one save.
+
+        As many as the state's mailbox has room for, oldest first, as one
+        journaled batch of ``EventReceived`` effects; the save marks them
+        delivered. The lease is released in the same save when the run has
+        nothing left to do now (as after a step).
+
+        Returns:
+            The new state, its version, how many events still wait, and whether
+            the lease was released; ``None`` when none could be delivered (none
+            waits any more, or the mailbox is full).
+
+        """
+        room = mailbox_room(state)
+        if room <= 0:
+            return None
+        events = await self._store(self.store.pending_events, run_id, limit=room)
+        if not events:
+            return None
+        effects = tuple(EventReceived(e.name, e.payload, e.sent_at) for e in events)
+        new_state, _ = advance(flow.definition, state, effects)
+        # The waits the events answer are recorded as answered, as a handler's
+        # command is: a replay against a definition that no longer waits there
+        # diverges at this batch.
+        taken = {answer[0] for answer in with_events(flow.definition, state, effects, None)[1]}
+        answered = tuple(c for c in state.in_flight if c[0] in taken)
+        now = self.clock.now()
+        wake_at = store_wake_at(new_state, now)
+        release = not running and (self._stopping or wake_at is None or wake_at > now)
+        at = max(event.sent_at for event in events)
+        save = Save(
+            run_id,
+            version,
+            self._token(run_id, token),
+            dumps(new_state),
+            new_state.status,
+            wake_at,
+            dumps_batch(Batch("effects", at, effects, answered)),
+            release,
+            delivered=events[-1].seq,
+            mailbox_full=len(new_state.mailbox) >= MAILBOX_LIMIT,
+        )
+        saved = await self._save(save, now)
+        self.stats.events += len(effects)
+        self._count_finish(new_state)
+        if self.on_step is not None:
+            self._report_waits(run_id, flow, answered, new_state, effects)
+        return new_state, saved.version, saved.inbox, release
+
+    def _report_waits(
+        self,
+        run_id: str,
+        flow: Flow,
+        answered: tuple[Command, ...],
+        new_state: State,
+        effects: tuple[EventReceived, ...],
+    ) -> None:
+        """Report each wait the delivered events answered as a step (``on_step``).
+
+        Its effect is the event of its name delivered first (the one it took,
+        unless the mailbox held an older one).
+        """
+        unused = list(effects)
+        for command in answered:
+            assert type(command) is AwaitEvent  # events answer waits only
+            event = next((e for e in unused if e.name == command.name), effects[0])
+            if event in unused:
+                unused.remove(event)
+            self._report(StepReport(run_id, flow.name, command, event, new_state))
 
     async def _park(self, run_id: str, flow: str, token: str, error: Exception) -> None:
         """Set a run this worker cannot drive aside, untouched, and release its lease."""
@@ -963,8 +1113,8 @@ class Worker:
         self, flow: Flow, run_id: str, run_input: Any, state: State, command: Command
     ) -> Effect:
         interpreter = self._interpreters[flow.name]
-        if type(command) is Wake:
-            return interpreter.fire(command)
+        if type(command) is Wake or type(command) is AwaitEvent:
+            return interpreter.fire(command)  # a timer, or a wait for an event timing out
         assert type(command) is CallHandler
         assert self._slots is not None
         attempt = _attempt(flow, state, command)
@@ -1081,7 +1231,12 @@ class Worker:
 
 
 def _due(state: State, command: Command, now: float) -> bool:
-    """Whether ``command`` may be carried out at ``now``: its position's ``wake_at`` came."""
+    """Whether ``command`` may be carried out at ``now``: its position's ``wake_at`` came.
+
+    A wait for an event without a timeout never is: only an event moves it.
+    """
+    if untimed_wait(command):
+        return False
     wake_at = command_times(state, command)[0]
     return wake_at is None or wake_at <= now
 

@@ -28,6 +28,7 @@ from stepflow.errors import (
     UnknownRunError,
     UnreadableRunError,
 )
+from stepflow.stores._inbox import inbox_wake_at
 from stepflow.stores.base import (
     FINISHED_STATUSES,
     MAX_PROGRESS_BYTES,
@@ -163,10 +164,12 @@ def check_save(run: RunRecord | None, save: Save, now: float) -> StoreError | No
     return None
 
 
-def apply_save(run: RunRecord, save: Save, now: float) -> RunRecord:
+def apply_save(run: RunRecord, save: Save, now: float, delivered: int = 0) -> RunRecord:
     """Return ``run`` after ``save`` (which :func:`check_save` accepted).
 
-    The version goes up by one. The lease is given up when the save asks for it
+    The version goes up by one. ``delivered`` events leave the run's inbox; a
+    running run that still has some is due by ``now`` (see
+    :func:`~stepflow.stores._inbox.inbox_wake_at`). The lease is given up when the save asks for it
     (``release``), and cleared by a save made without a lease (any lease left on the
     run had expired, or the save would have been refused). A parked run's mark is
     cleared: whoever saved it could read it. A pending wake (``woken_at``) is
@@ -179,6 +182,9 @@ def apply_save(run: RunRecord, save: Save, now: float) -> RunRecord:
         woken_at = None  # finished, or the wake is taken in
     elif woken_at is not None:
         wake_at = min(wake_at, woken_at)  # a pending wake keeps the run due
+    inbox = run.inbox - delivered
+    if not save.mailbox_full:
+        wake_at = inbox_wake_at(save.status, wake_at, inbox, now)
     return attrs.evolve(
         run,
         flow=save.flow if save.flow is not None else run.flow,
@@ -186,6 +192,7 @@ def apply_save(run: RunRecord, save: Save, now: float) -> RunRecord:
         status=save.status,
         wake_at=wake_at,
         woken_at=woken_at,
+        inbox=inbox,
         version=run.version + 1,
         updated_at=now,
         lease_owner=run.lease_owner if keep_lease else None,

@@ -29,6 +29,13 @@ Rules every implementation keeps:
   that is not JSON, text that is not UTF-8) never fails a call about other runs:
   the run's record comes back with ``unreadable`` set to an
   :class:`~stepflow.errors.UnreadableRunError`, and a worker parks it.
+* **Events wait in an inbox.** :meth:`Store.send_event` keeps an event for a
+  run beside it (never touching its state, version or lease, so it never meets
+  a :class:`~stepflow.errors.StaleWriteError`), counts it in the run's
+  ``inbox`` and makes a running run due at once; a worker delivers it in a save
+  naming it (``Save.delivered``), which marks it delivered in the same
+  transaction. A run saved while events wait for it stays due (its ``wake_at``
+  is at most the save's time), so no event is stranded.
 * **Parked runs wait aside.** :meth:`Store.park` sets a run's status to
   ``"parked"`` with a reason, out of the way until a later ``wake_at``, and
   releases its lease, changing neither its state nor its version. A parked run
@@ -41,7 +48,7 @@ never reads a clock, so tests can drive it with a fake one.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
@@ -51,8 +58,11 @@ from stepflow.stores._schedules import ScheduleStore
 
 __all__ = [
     "FINISHED_STATUSES",
+    "INBOX_LIMIT",
+    "MAX_EVENT_BYTES",
     "MAX_PROGRESS_BYTES",
     "RUN_COLUMNS",
+    "InboxEvent",
     "JournalEntry",
     "Lease",
     "LeaseHolder",
@@ -75,6 +85,13 @@ FINISHED_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled")
 
 #: The largest progress document a store keeps, in bytes of compact UTF-8 JSON.
 MAX_PROGRESS_BYTES = 4096
+
+#: The most events a run may hold undelivered; :meth:`Store.send_event` refuses
+#: more with :class:`~stepflow.errors.InboxFullError`.
+INBOX_LIMIT = 1000
+
+#: The largest event payload a store keeps, in bytes of compact UTF-8 JSON.
+MAX_EVENT_BYTES = 64 * 1024
 
 #: Where a run sits in the newest-first order of :meth:`Store.page_runs`: its
 #: ``(created_at, run_id)``. A page's last run's key asks for the page after it.
@@ -127,6 +144,8 @@ class RunRecord:
             ``None``.
         woken_at: When :meth:`Store.wake` last woke the run, until a worker
             takes the wake in (see :attr:`Save.takes_wake`); ``None`` otherwise.
+        inbox: How many events sent to the run wait to be delivered (see
+            :meth:`Store.send_event`).
         unreadable: Why a column of the row cannot be read, or ``None``: the
             record is then incomplete (an unreadable input reads as ``None``).
             Not a column; never part of equality.
@@ -147,6 +166,7 @@ class RunRecord:
     lease_expires_at: float | None = None
     parked_reason: str | None = None
     woken_at: float | None = None
+    inbox: int = 0
     unreadable: UnreadableRunError | None = attrs.field(default=None, eq=False)
 
 
@@ -236,6 +256,14 @@ class Save:
             other save of a running run keeps a pending wake, and its
             ``wake_at`` is then no later than ``woken_at`` (see
             :meth:`Store.wake`).
+        delivered: The ``seq`` of the last inbox event this save's batch
+            delivered (see :meth:`Store.pending_events`), or ``None``. The
+            run's undelivered events up to it are marked delivered in the same
+            transaction, and its ``inbox`` count goes down by as many.
+        mailbox_full: The new state's mailbox can take no more events: the
+            events still undelivered do not make the run due by this save (a
+            later send still does). Otherwise a running run that still has
+            undelivered events after the save is due by the save's time.
 
     """
 
@@ -249,6 +277,28 @@ class Save:
     release: bool = False
     flow: str | None = None
     takes_wake: bool = False
+    delivered: int | None = None
+    mailbox_full: bool = False
+
+
+@attrs.frozen
+class InboxEvent:
+    """An event sent to a run and not delivered yet (see :meth:`Store.pending_events`).
+
+    Attributes:
+        seq: Its place in the run's inbox: 1, 2, ... in the order sent.
+        name: The event's name.
+        payload: Its JSON payload.
+        key: The sender's idempotency key, or ``None``.
+        sent_at: When it was sent.
+
+    """
+
+    seq: int
+    name: str
+    payload: Any
+    key: str | None
+    sent_at: float
 
 
 @attrs.frozen
@@ -583,6 +633,58 @@ class Store(ScheduleStore, Protocol):
 
         Raises:
             UnknownRunError: no run has this id.
+
+        """
+        ...
+
+    # -- events sent to runs (stepflow.send_event) --------------------------------
+
+    def send_event(
+        self, run_id: str, name: str, payload: Any, *, key: str | None = None, now: float
+    ) -> bool:
+        """Keep an event for the run until a worker delivers it; make the run due now.
+
+        It is accepted whatever the run is doing, leased or not: it touches
+        neither the run's state, nor its version, nor its lease, only its
+        ``inbox`` count and, for a running run, its ``wake_at`` (which becomes
+        ``now`` unless earlier), in one transaction. With ``key``, a second send
+        of the same key to the same run changes nothing, even once the first
+        was delivered or the run finished. Listeners (see :meth:`subscribe`)
+        are told after the commit.
+
+        Returns:
+            ``True`` when the event was kept; ``False`` for a duplicate ``key``.
+
+        Raises:
+            UnknownRunError: no run has this id.
+            RunFinishedError: the run is completed, failed or cancelled.
+            InboxFullError: the run holds :data:`INBOX_LIMIT` undelivered events.
+            EventError: the name is empty or holds ``:``, or the payload is not
+                JSON data or takes more than :data:`MAX_EVENT_BYTES`.
+
+        """
+        ...
+
+    def pending_events(self, run_id: str, *, limit: int) -> list[InboxEvent]:
+        """Return up to ``limit`` of the run's undelivered events, oldest first.
+
+        Raises:
+            UnknownRunError: no run has this id.
+
+        """
+        ...
+
+    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(run_id)`` after each event sent through this store object commits.
+
+        For a worker in the same process to wake at once instead of at its
+        next poll. The listener runs on the sender's thread: it must be quick
+        and thread-safe (``loop.call_soon_threadsafe``). Other processes'
+        sends are heard only where the database can tell (PostgreSQL's
+        ``LISTEN/NOTIFY``); elsewhere their runs are found due by ``wake_at``.
+
+        Returns:
+            A function that removes the listener.
 
         """
         ...

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from stepflow.errors import StoreError
+from stepflow.stores._inbox import Listeners, dump_event, inbox_wake_at, load_payload, refusal
 from stepflow.stores._rules import (
     WAKEABLE,
     apply_save,
@@ -31,6 +32,7 @@ from stepflow.stores._rules import (
 )
 from stepflow.stores._schedules import MemorySchedules
 from stepflow.stores.base import (
+    InboxEvent,
     JournalEntry,
     Lease,
     LeaseHolder,
@@ -50,7 +52,15 @@ def _due_order(run: RunRecord) -> tuple[float, str]:
     return (run.wake_at, run.run_id)
 
 
-class MemoryStore(MemorySchedules):
+@attrs.define
+class _Sent:
+    """An event in a memory store's inbox (its payload as JSON text)."""
+
+    event: InboxEvent
+    delivered_at: float | None = None
+
+
+class MemoryStore(Listeners, MemorySchedules):
     """A :class:`~stepflow.stores.base.Store` in process memory, for tests and trials.
 
     It keeps the same rules as the durable stores (compare-and-swap, leases, an
@@ -66,6 +76,9 @@ class MemoryStore(MemorySchedules):
         self._journal: dict[str, list[JournalEntry]] = {}
         # Progress (as JSON text) and prune marks, by run id; absent: none yet.
         self._notes: dict[str, RunNotes] = {}
+        # Each run's inbox, in seq order (seq = place + 1), and its keys' seqs.
+        self._inbox: dict[str, list[_Sent]] = {}
+        self._keys: dict[tuple[str, str], int] = {}
 
     @staticmethod
     def _out(run: RunRecord) -> RunRecord:
@@ -157,7 +170,11 @@ class MemoryStore(MemorySchedules):
         if error is not None:
             return error
         assert run is not None  # check_save refuses a missing run
-        new = apply_save(run, save, float(now))
+        sent = self._inbox.get(run.run_id, ()) if save.delivered is not None else ()
+        delivered = [one for one in sent[: save.delivered] if one.delivered_at is None]
+        new = apply_save(run, save, float(now), len(delivered))
+        for one in delivered:
+            one.delivered_at = float(now)
         self._runs[run.run_id] = new
         if save.batch is not None:
             self._journal[run.run_id].append(
@@ -387,6 +404,7 @@ class MemoryStore(MemorySchedules):
                     self._notes[run_id] = attrs.evolve(
                         notes, pruned_through=self._runs[run_id].version, pruned_at=float(now)
                     )
+                    self._forget_inbox(run_id)
             if not marked:
                 return PruneResult(pruned, removed, deleted, transactions)
             pruned += len(marked)
@@ -434,3 +452,50 @@ class MemoryStore(MemorySchedules):
                 raise unknown_run(run_id)
             notes = self._notes.get(run_id, RunNotes())
         return attrs.evolve(notes, progress=load_progress(notes.progress))
+
+    # -- events sent to runs ----------------------------------------------------
+
+    def send_event(
+        self, run_id: str, name: str, payload: Any, *, key: str | None = None, now: float
+    ) -> bool:
+        """Keep an event for the run; make it due now (see :meth:`Store.send_event`)."""
+        text = dump_event(name, payload)
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise unknown_run(run_id)
+            if key is not None and (run_id, key) in self._keys:
+                return False
+            error = refusal(run_id, run.status, run.inbox)
+            if error is not None:
+                raise error
+            sent = self._inbox.setdefault(run_id, [])
+            event = InboxEvent(len(sent) + 1, name, text, key, float(now))
+            sent.append(_Sent(event))
+            if key is not None:
+                self._keys[(run_id, key)] = event.seq
+            inbox = run.inbox + 1
+            wake_at = inbox_wake_at(run.status, run.wake_at, inbox, float(now))
+            self._runs[run_id] = attrs.evolve(run, inbox=inbox, wake_at=wake_at)
+        self._tell(run_id)
+        return True
+
+    def pending_events(self, run_id: str, *, limit: int) -> list[InboxEvent]:
+        """Return the run's undelivered events, oldest first (see :meth:`Store.pending_events`)."""
+        with self._lock:
+            if run_id not in self._runs:
+                raise unknown_run(run_id)
+            waiting = [one.event for one in self._inbox.get(run_id, ()) if one.delivered_at is None]
+        return [
+            attrs.evolve(event, payload=load_payload(event.payload))
+            for event in waiting[: max(limit, 0)]
+        ]
+
+    def _forget_inbox(self, run_id: str) -> None:
+        """Drop a pruned run's inbox (the caller holds the lock)."""
+        for one in self._inbox.pop(run_id, ()):
+            if one.event.key is not None:
+                self._keys.pop((run_id, one.event.key), None)
+        run = self._runs.get(run_id)
+        if run is not None and run.inbox:
+            self._runs[run_id] = attrs.evolve(run, inbox=0)

@@ -23,14 +23,17 @@ back, since whether it committed is unknown.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
+from stepflow.stores._inbox import Listeners, dump_event, load_payload, refusal
 from stepflow.stores._rules import (
     WAKEABLE,
     check_prune,
@@ -45,6 +48,7 @@ from stepflow.stores._rules import (
 from stepflow.stores._schedules import POSTGRES_MIGRATION, PostgresSchedules
 from stepflow.stores.base import (
     RUN_COLUMNS,
+    InboxEvent,
     JournalEntry,
     Lease,
     LeaseHolder,
@@ -61,6 +65,8 @@ if TYPE_CHECKING:
 
 __all__ = ["INSTALL_HINT", "SCHEMA_VERSION", "PostgresStore"]
 
+log = logging.getLogger("stepflow.stores")
+
 #: How to install what :class:`PostgresStore` needs.
 INSTALL_HINT = "pip install 'stepflow[postgres]'"
 
@@ -75,6 +81,26 @@ _RETENTION_AND_PROGRESS = (
     "ALTER TABLE runs ADD COLUMN journal_pruned_seq bigint",
     "ALTER TABLE runs ADD COLUMN journal_pruned_at double precision",
     "CREATE INDEX runs_retention ON runs (status, updated_at, run_id)",
+)
+
+# Events sent to runs (Store.send_event): each run's inbox, numbered per run, a key
+# unique per run (NULL keys never clash), the undelivered ones found through a
+# partial index; and the count of undelivered events on the run's row, which a save
+# reads for free. One named step, as above.
+_INBOX = (
+    "ALTER TABLE runs ADD COLUMN inbox bigint NOT NULL DEFAULT 0",
+    """CREATE TABLE inbox (
+            run_id text NOT NULL,
+            seq bigint NOT NULL,
+            name text NOT NULL,
+            payload text NOT NULL,
+            key text,
+            sent_at double precision NOT NULL,
+            delivered_at double precision,
+            PRIMARY KEY (run_id, seq)
+        )""",
+    "CREATE UNIQUE INDEX inbox_key ON inbox (run_id, key)",
+    "CREATE INDEX inbox_pending ON inbox (run_id, seq) WHERE delivered_at IS NULL",
 )
 
 # Migration steps: _MIGRATIONS[n] takes the schema from version n to n + 1. Append
@@ -125,6 +151,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _RETENTION_AND_PROGRESS,
     # 6: a wake pending until a worker takes it in (Store.wake).
     ("ALTER TABLE runs ADD COLUMN woken_at double precision",),
+    # 7: events sent to runs.
+    _INBOX,
 )
 
 #: The schema version this code creates and understands.
@@ -135,16 +163,23 @@ _FLOWS = "(%(flows)s::text[] IS NULL OR flow = ANY(%(flows)s::text[]))"
 
 # The compare-and-swap: the same rule as stepflow.stores._rules.check_save and
 # apply_save, in SQL, with the journal entry written from the row it returns (the
-# statement is atomic by itself, so it needs no explicit transaction).
+# statement is atomic by itself, so it needs no explicit transaction). ``delivered``
+# is how many inbox events the save delivers; a running run with events left is due
+# by now (stepflow.stores._inbox.inbox_wake_at). Otherwise a pending wake
+# (``woken_at``) keeps ``wake_at`` no later than itself until a save takes it in.
 _SAVE = f"""
 WITH saved AS (
     UPDATE runs SET
         state = %(state)s, status = %(status)s,
-        wake_at = CASE WHEN %(wake_at)s::double precision IS NULL OR %(takes_wake)s
-                            OR woken_at IS NULL THEN %(wake_at)s::double precision
-                       ELSE LEAST(%(wake_at)s::double precision, woken_at) END,
+        wake_at = CASE
+            WHEN inbox - %(delivered)s > 0 AND %(status)s = 'running' AND NOT %(mailbox_full)s
+                THEN LEAST(COALESCE(%(wake_at)s::double precision, %(now)s), %(now)s)
+            WHEN %(wake_at)s::double precision IS NULL OR %(takes_wake)s OR woken_at IS NULL
+                THEN %(wake_at)s::double precision
+            ELSE LEAST(%(wake_at)s::double precision, woken_at) END,
         woken_at = CASE WHEN %(wake_at)s::double precision IS NULL OR %(takes_wake)s
                         THEN NULL ELSE woken_at END,
+        inbox = inbox - %(delivered)s,
         version = version + 1, updated_at = %(now)s,
         lease_owner = CASE WHEN %(keep_lease)s THEN lease_owner END,
         lease_token = CASE WHEN %(keep_lease)s THEN lease_token END,
@@ -172,10 +207,10 @@ WITH given AS (
         %(run_id)b::text[], %(expected_version)b::bigint[], %(lease_token)b::text[],
         %(state)b::text[], %(status)b::text[], %(wake_at)b::double precision[],
         %(batch)b::text[], %(keep_lease)b::boolean[], %(flow)b::text[],
-        %(takes_wake)b::boolean[]
+        %(takes_wake)b::boolean[], %(delivered)b::bigint[], %(mailbox_full)b::boolean[]
     ) AS given (
         run_id, expected_version, lease_token, state, status, wake_at, batch, keep_lease, flow,
-        takes_wake
+        takes_wake, delivered, mailbox_full
     )
 ), locked AS MATERIALIZED (
     SELECT given.* FROM runs JOIN given
@@ -185,9 +220,13 @@ WITH given AS (
 ), saved AS (
     UPDATE runs SET
         state = s.state, status = s.status,
-        wake_at = CASE WHEN s.wake_at IS NULL OR s.takes_wake OR runs.woken_at IS NULL
-                       THEN s.wake_at ELSE LEAST(s.wake_at, runs.woken_at) END,
+        wake_at = CASE
+            WHEN runs.inbox - s.delivered > 0 AND s.status = 'running' AND NOT s.mailbox_full
+                THEN LEAST(COALESCE(s.wake_at, %(now)s), %(now)s)
+            WHEN s.wake_at IS NULL OR s.takes_wake OR runs.woken_at IS NULL THEN s.wake_at
+            ELSE LEAST(s.wake_at, runs.woken_at) END,
         woken_at = CASE WHEN s.wake_at IS NULL OR s.takes_wake THEN NULL ELSE runs.woken_at END,
+        inbox = runs.inbox - s.delivered,
         version = runs.version + 1, updated_at = %(now)s,
         lease_owner = CASE WHEN s.keep_lease THEN runs.lease_owner END,
         lease_token = CASE WHEN s.keep_lease THEN runs.lease_token END,
@@ -207,9 +246,11 @@ WITH given AS (
 SELECT {_COLUMNS} FROM saved"""
 
 
-def _params(save: Save, now: float) -> dict[str, Any]:
-    """Return the parameters of :data:`_SAVE` for ``save``."""
+def _params(save: Save, now: float, delivered: int = 0) -> dict[str, Any]:
+    """Return the parameters of :data:`_SAVE` for ``save`` (delivering ``delivered`` events)."""
     return {
+        "delivered": delivered,
+        "mailbox_full": save.mailbox_full,
         "run_id": save.run_id,
         "expected_version": save.expected_version,
         "lease_token": save.lease_token,
@@ -239,7 +280,7 @@ def _flows(flows: Collection[str] | None) -> list[str] | None:
     return None if flows is None else sorted(flows)
 
 
-class PostgresStore(PostgresSchedules):
+class PostgresStore(Listeners, PostgresSchedules):
     """A :class:`~stepflow.stores.base.Store` in a PostgreSQL schema.
 
     Args:
@@ -262,6 +303,10 @@ class PostgresStore(PostgresSchedules):
             ) from exc
         self.dsn = dsn
         self.schema = schema
+        # Sends are announced on this channel (NOTIFY) to the store objects of other
+        # processes that listen (see subscribe); a hash keeps it a short identifier.
+        self._channel = "stepflow_events_" + hashlib.sha256(schema.encode()).hexdigest()[:16]
+        self._listening: threading.Event | None = None
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         try:
@@ -374,7 +419,8 @@ class PostgresStore(PostgresSchedules):
         with self._transaction() as cur:
             cur.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s, NULL, NULL, NULL, NULL, NULL)"
+                " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s,"
+                " NULL, NULL, NULL, NULL, NULL, 0)"
                 f" ON CONFLICT (run_id) DO NOTHING RETURNING {_COLUMNS}",
                 (run_id, flow, status, state, wake_at, text, now, now),
             )
@@ -470,17 +516,30 @@ class PostgresStore(PostgresSchedules):
     def _save(
         self, cur: psycopg.Cursor[tuple[Any, ...]], save: Save, now: float
     ) -> RunRecord | StoreError:
-        """Apply ``save``, or return why it may not be applied (writing nothing)."""
-        cur.execute(_SAVE, _params(save, now))
+        """Apply ``save``, or return why it may not be applied (writing nothing).
+
+        A save that delivers inbox events must run inside a transaction: they are
+        counted first, and marked delivered once the save went through.
+        """
+        delivered = 0
+        if save.delivered is not None:
+            delivered = _undelivered(cur, [save])[save.run_id]
+        cur.execute(_SAVE, _params(save, now, delivered))
         row = cur.fetchone()
         if row is None:
             (error,) = self._explain(cur, [save], now)
             return error
+        if delivered:
+            _mark_delivered(cur, [save], now)
         return RunRecord(*row)
 
     def save(self, save: Save, *, now: float) -> RunRecord:
-        """Apply one compare-and-swap save in its own transaction (see :meth:`Store.save`)."""
-        with self._transaction(autocommit=True) as cur:
+        """Apply one compare-and-swap save in its own transaction (see :meth:`Store.save`).
+
+        One statement in autocommit, but for a save delivering inbox events: then
+        one transaction of three (count, save, mark).
+        """
+        with self._transaction(autocommit=save.delivered is None) as cur:
             result = self._save(cur, save, now)
         if isinstance(result, StoreError):
             raise result
@@ -501,9 +560,12 @@ class PostgresStore(PostgresSchedules):
         if len({save.run_id for save in saves}) < len(saves):
             return self._save_each(saves, now)
         with self._transaction() as cur:
+            counts = _undelivered(cur, [save for save in saves if save.delivered is not None])
             cur.execute(
                 _SAVE_MANY,
                 {
+                    "delivered": [counts.get(save.run_id, 0) for save in saves],
+                    "mailbox_full": [save.mailbox_full for save in saves],
                     "run_id": [save.run_id for save in saves],
                     "expected_version": [save.expected_version for save in saves],
                     "lease_token": [save.lease_token for save in saves],
@@ -522,6 +584,11 @@ class PostgresStore(PostgresSchedules):
                 },
             )
             saved = {row[0]: RunRecord(*row) for row in cur.fetchall()}
+            _mark_delivered(
+                cur,
+                [save for save in saves if counts.get(save.run_id) and save.run_id in saved],
+                now,
+            )
             refused = [save for save in saves if save.run_id not in saved]
             errors = self._explain(cur, refused, now) if refused else []
         explained = {save.run_id: error for save, error in zip(refused, errors, strict=True)}
@@ -667,6 +734,7 @@ class PostgresStore(PostgresSchedules):
 
     def close(self) -> None:
         """Close the connection; a later call would open a new one."""
+        self._stop_listening()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
@@ -807,11 +875,16 @@ class PostgresStore(PostgresSchedules):
             }
             with self._transaction() as cur:
                 cur.execute(
-                    "UPDATE runs SET journal_pruned_seq = version, journal_pruned_at = %(now)s"
-                    f" WHERE {still_old}",
+                    "UPDATE runs SET journal_pruned_seq = version, journal_pruned_at = %(now)s,"
+                    f" inbox = 0 WHERE {still_old}",
                     params,
                 )
                 pruned += cur.rowcount
+                cur.execute(
+                    "DELETE FROM inbox WHERE run_id IN (SELECT run_id FROM runs"
+                    f" WHERE {still_old})",
+                    params,
+                )
             transactions += 1
             while True:
                 with self._transaction() as cur:
@@ -873,3 +946,141 @@ class PostgresStore(PostgresSchedules):
             raise unknown_run(run_id)
         progress, progress_at, through, pruned_at = row
         return RunNotes(load_progress(progress), progress_at, through, pruned_at)
+
+    # -- events sent to runs ----------------------------------------------------
+
+    def send_event(
+        self, run_id: str, name: str, payload: Any, *, key: str | None = None, now: float
+    ) -> bool:
+        """Keep an event for the run; make it due now (see :meth:`Store.send_event`).
+
+        The run's row is locked (``FOR UPDATE``) before the event is numbered, so
+        sends to one run are serialized and their ``seq`` follows commit order.
+        A worker's save of the run waits for the lock, never fails on it.
+        """
+        text = dump_event(name, payload)
+        with self._transaction() as cur:
+            cur.execute("SELECT status, inbox FROM runs WHERE run_id = %s FOR UPDATE", (run_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise unknown_run(run_id)
+            if key is not None:
+                cur.execute("SELECT 1 FROM inbox WHERE run_id = %s AND key = %s", (run_id, key))
+                if cur.fetchone() is not None:
+                    return False
+            error = refusal(run_id, row[0], row[1])
+            if error is not None:
+                raise error
+            cur.execute(
+                "INSERT INTO inbox (run_id, seq, name, payload, key, sent_at)"
+                " SELECT %(run_id)s, COALESCE(max(seq), 0) + 1, %(name)s, %(payload)s,"
+                " %(key)s, %(now)s FROM inbox WHERE run_id = %(run_id)s",
+                {"run_id": run_id, "name": name, "payload": text, "key": key, "now": float(now)},
+            )
+            cur.execute("SELECT pg_notify(%s, %s)", (self._channel, run_id))  # at commit
+            cur.execute(
+                "UPDATE runs SET inbox = inbox + 1, wake_at = CASE WHEN status = 'running'"
+                " THEN LEAST(COALESCE(wake_at, %(now)s), %(now)s) ELSE wake_at END"
+                " WHERE run_id = %(run_id)s",
+                {"run_id": run_id, "now": float(now)},
+            )
+        self._tell(run_id)
+        return True
+
+    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(run_id)`` after each send commits, from any process.
+
+        Besides the sends through this object (see :meth:`Store.subscribe`),
+        the sends of other processes to this schema are heard: each send
+        notifies a channel (``pg_notify``, delivered at its commit), and while
+        this object has listeners, a thread of its own holds a connection that
+        listens on it (``LISTEN``). A send through this object may be heard twice.
+        Notices sent while that connection is down (it reconnects) are lost:
+        workers still find their runs due at their next look.
+        """
+        remove = Listeners.subscribe(self, listener)
+        with self._listeners_lock:
+            if self._listening is None:
+                self._listening = threading.Event()
+                threading.Thread(
+                    target=self._listen,
+                    args=(self._listening,),
+                    name=f"stepflow-listen-{self.schema}",
+                    daemon=True,
+                ).start()
+
+        def unsubscribe() -> None:
+            remove()
+            if not self._listeners:
+                self._stop_listening()
+
+        return unsubscribe
+
+    def _stop_listening(self) -> None:
+        with self._listeners_lock:
+            if self._listening is not None:
+                self._listening.set()
+                self._listening = None
+
+    def _listen(self, stop: threading.Event) -> None:
+        """Tell the listeners of each send notified on the channel, until ``stop``."""
+        import psycopg
+        from psycopg import sql
+
+        while not stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    while not stop.is_set():
+                        for notice in conn.notifies(timeout=0.5):
+                            self._tell(notice.payload)
+            except psycopg.Error as exc:  # noqa: PERF203 - a reconnection, rare
+                if stop.is_set():
+                    return
+                log.warning("listening for sent events failed (%s); listening again", exc)
+                stop.wait(1.0)
+
+    def pending_events(self, run_id: str, *, limit: int) -> list[InboxEvent]:
+        """Return the run's undelivered events, oldest first (see :meth:`Store.pending_events`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT seq, name, payload, key, sent_at FROM inbox"
+                " WHERE run_id = %s AND delivered_at IS NULL ORDER BY seq LIMIT %s",
+                (run_id, max(limit, 0)),
+            )
+            rows = cur.fetchall()
+            if not rows:
+                cur.execute("SELECT 1 FROM runs WHERE run_id = %s", (run_id,))
+                if cur.fetchone() is None:
+                    raise unknown_run(run_id)
+        return [
+            InboxEvent(int(seq), name, load_payload(payload), key, float(sent_at))
+            for seq, name, payload, key, sent_at in rows
+        ]
+
+
+def _undelivered(cur: psycopg.Cursor[tuple[Any, ...]], saves: Sequence[Save]) -> dict[str, int]:
+    """Count each save's run's undelivered inbox events up to its ``delivered``."""
+    if not saves:
+        return {}
+    cur.execute(
+        "SELECT given.run_id, count(inbox.seq) FROM unnest(%s::text[], %s::bigint[])"
+        " AS given (run_id, upto) LEFT JOIN inbox ON inbox.run_id = given.run_id"
+        " AND inbox.seq <= given.upto AND inbox.delivered_at IS NULL GROUP BY given.run_id",
+        ([save.run_id for save in saves], [save.delivered for save in saves]),
+    )
+    return {str(run_id): int(count) for run_id, count in cur.fetchall()}
+
+
+def _mark_delivered(
+    cur: psycopg.Cursor[tuple[Any, ...]], saves: Sequence[Save], now: float
+) -> None:
+    """Mark the inbox events ``saves`` delivered (in their transaction)."""
+    if not saves:
+        return
+    cur.execute(
+        "UPDATE inbox SET delivered_at = %s FROM unnest(%s::text[], %s::bigint[])"
+        " AS given (run_id, upto) WHERE inbox.run_id = given.run_id"
+        " AND inbox.seq <= given.upto AND inbox.delivered_at IS NULL",
+        (now, [save.run_id for save in saves], [save.delivered for save in saves]),
+    )

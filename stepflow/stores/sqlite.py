@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError, UnreadableRunError
+from stepflow.stores._inbox import Listeners, dump_event, load_payload, refusal
 from stepflow.stores._rules import (
     WAKEABLE,
     apply_save,
@@ -44,6 +45,7 @@ from stepflow.stores._rules import (
 from stepflow.stores._schedules import SQLITE_MIGRATION, SQLiteSchedules
 from stepflow.stores.base import (
     RUN_COLUMNS,
+    InboxEvent,
     JournalEntry,
     Lease,
     LeaseHolder,
@@ -77,6 +79,26 @@ _RETENTION_AND_PROGRESS = (
     "ALTER TABLE runs ADD COLUMN journal_pruned_seq INTEGER",
     "ALTER TABLE runs ADD COLUMN journal_pruned_at REAL",
     "CREATE INDEX runs_retention ON runs (status, updated_at, run_id)",
+)
+
+# Events sent to runs (Store.send_event): each run's inbox, numbered per run, a key
+# unique per run (NULL keys never clash), the undelivered ones found through a
+# partial index; and the count of undelivered events on the run's row, which a save
+# reads for free. One named step, as above.
+_INBOX = (
+    "ALTER TABLE runs ADD COLUMN inbox INTEGER NOT NULL DEFAULT 0",
+    """CREATE TABLE inbox (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            key TEXT,
+            sent_at REAL NOT NULL,
+            delivered_at REAL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+    "CREATE UNIQUE INDEX inbox_key ON inbox (run_id, key)",
+    "CREATE INDEX inbox_pending ON inbox (run_id, seq) WHERE delivered_at IS NULL",
 )
 
 # Migration steps: _MIGRATIONS[n] takes the schema from version n to n + 1. Append
@@ -125,6 +147,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _RETENTION_AND_PROGRESS,
     # 6: a wake pending until a worker takes it in (Store.wake).
     ("ALTER TABLE runs ADD COLUMN woken_at REAL",),
+    # 7: events sent to runs.
+    _INBOX,
 )
 
 #: The schema version this code creates and understands.
@@ -148,14 +172,21 @@ _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 # The compare-and-swap: the rule of stepflow.stores._rules.check_save and apply_save,
 # in SQL. Parameters: state, status, wake_at, now, keep_lease, run_id,
-# expected_version, lease_token, flow, takes_wake. (The right-hand sides read the
-# row as it was: a pending wake keeps wake_at no later than itself.)
+# expected_version, lease_token, flow, takes_wake, how many inbox events the save
+# delivers, and mailbox_full. (The right-hand sides read the row as it was.) A
+# pending wake keeps wake_at no later than itself; a running run with events left
+# in its inbox is due by now, unless its mailbox is full
+# (stepflow.stores._inbox.inbox_wake_at).
 _SAVE = f"""
 UPDATE runs SET
     state = ?1, status = ?2, version = version + 1, updated_at = ?4,
-    wake_at = CASE WHEN ?3 IS NULL OR ?10 OR woken_at IS NULL THEN ?3
-                   ELSE MIN(?3, woken_at) END,
+    wake_at = CASE
+        WHEN inbox - ?11 > 0 AND ?2 = 'running' AND NOT ?12
+            THEN MIN(COALESCE(?3, ?4), ?4)
+        WHEN ?3 IS NULL OR ?10 OR woken_at IS NULL THEN ?3
+        ELSE MIN(?3, woken_at) END,
     woken_at = CASE WHEN ?3 IS NULL OR ?10 THEN NULL ELSE woken_at END,
+    inbox = inbox - ?11,
     flow = COALESCE(?9, flow), parked_reason = NULL,
     lease_owner = CASE WHEN ?5 THEN lease_owner END,
     lease_token = CASE WHEN ?5 THEN lease_token END,
@@ -271,7 +302,7 @@ def _wal(db: sqlite3.Connection) -> None:
             time.sleep(0.01 * min(attempt + 1, 10))
 
 
-class SQLiteStore(SQLiteSchedules):
+class SQLiteStore(Listeners, SQLiteSchedules):
     """A :class:`~stepflow.stores.base.Store` in one SQLite file.
 
     Args:
@@ -388,7 +419,7 @@ class SQLiteStore(SQLiteSchedules):
         with self._transaction() as db:
             inserted = db.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
-                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL)"
+                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, 0)"
                 " ON CONFLICT (run_id) DO NOTHING",
                 (run_id, flow, status, state, wake_at, text, now, now),
             ).rowcount
@@ -478,9 +509,23 @@ class SQLiteStore(SQLiteSchedules):
         )
 
     def _update(self, db: sqlite3.Connection, save: Save, now: float) -> RunRecord | StoreError:
-        """Apply ``save`` to the run's row but write no journal entry, or return why not."""
+        """Apply ``save`` to the run's row but write no journal entry, or return why not.
+
+        The inbox events it delivers are marked delivered with it.
+        """
+        delivered = 0 if save.delivered is None else _undelivered(db, save)
         if not _HAS_RETURNING:
-            return self._update_checked(db, save, now)
+            result = self._update_checked(db, save, now, delivered)
+        else:
+            result = self._update_returning(db, save, now, delivered)
+        if delivered and not isinstance(result, StoreError):
+            _mark_delivered(db, save, now)
+        return result
+
+    def _update_returning(
+        self, db: sqlite3.Connection, save: Save, now: float, delivered: int
+    ) -> RunRecord | StoreError:
+        """:meth:`_update`'s one ``UPDATE ... RETURNING``."""
         row = db.execute(
             _SAVE,
             (
@@ -494,6 +539,8 @@ class SQLiteStore(SQLiteSchedules):
                 save.lease_token,
                 save.flow,
                 save.takes_wake,
+                delivered,
+                save.mailbox_full,
             ),
         ).fetchone()
         if row is None:
@@ -501,7 +548,7 @@ class SQLiteStore(SQLiteSchedules):
         return _record(row)
 
     def _update_checked(
-        self, db: sqlite3.Connection, save: Save, now: float
+        self, db: sqlite3.Connection, save: Save, now: float, delivered: int
     ) -> RunRecord | StoreError:
         """:meth:`_update` for SQLite before 3.35: read, check in Python, write."""
         # BEGIN IMMEDIATE holds the write lock: the row cannot change between the
@@ -511,11 +558,11 @@ class SQLiteStore(SQLiteSchedules):
         if error is not None:
             return error
         assert run is not None  # check_save refuses a missing run
-        new = apply_save(run, save, now)
+        new = apply_save(run, save, now, delivered)
         db.execute(
             "UPDATE runs SET state = ?, status = ?, wake_at = ?, version = ?, updated_at = ?,"
             " lease_owner = ?, lease_token = ?, lease_expires_at = ?, flow = ?,"
-            " parked_reason = NULL, woken_at = ? WHERE run_id = ?",
+            " parked_reason = NULL, woken_at = ?, inbox = ? WHERE run_id = ?",
             (
                 new.state,
                 new.status,
@@ -527,6 +574,7 @@ class SQLiteStore(SQLiteSchedules):
                 new.lease_expires_at,
                 new.flow,
                 new.woken_at,
+                new.inbox,
                 new.run_id,
             ),
         )
@@ -822,10 +870,15 @@ class SQLiteStore(SQLiteSchedules):
             still_old = f"run_id IN ({listed}) AND status = ? AND updated_at < ?"
             with pace.transaction() as db:
                 pruned += db.execute(
-                    "UPDATE runs SET journal_pruned_seq = version, journal_pruned_at = ?"
-                    f" WHERE {still_old}",
+                    "UPDATE runs SET journal_pruned_seq = version, journal_pruned_at = ?,"
+                    f" inbox = 0 WHERE {still_old}",
                     (now, *ids, status, older_than),
                 ).rowcount
+                db.execute(
+                    "DELETE FROM inbox WHERE run_id IN"
+                    f" (SELECT run_id FROM runs WHERE {still_old})",
+                    (*ids, status, older_than),
+                )
             transactions += 1
             while True:
                 with pace.transaction() as db:
@@ -885,6 +938,80 @@ class SQLiteStore(SQLiteSchedules):
             raise unknown_run(run_id)
         progress, progress_at, through, pruned_at = rows[0]
         return RunNotes(load_progress(progress), progress_at, through, pruned_at)
+
+    # -- events sent to runs ----------------------------------------------------
+
+    def send_event(
+        self, run_id: str, name: str, payload: Any, *, key: str | None = None, now: float
+    ) -> bool:
+        """Keep an event for the run; make it due now (see :meth:`Store.send_event`).
+
+        ``BEGIN IMMEDIATE`` holds SQLite's write lock: the run's row and its inbox
+        cannot change between the checks and the writes, and the event's ``seq``
+        follows commit order.
+        """
+        text = dump_event(name, payload)
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT status, inbox FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise unknown_run(run_id)
+            if (
+                key is not None
+                and db.execute(
+                    "SELECT 1 FROM inbox WHERE run_id = ? AND key = ?", (run_id, key)
+                ).fetchone()
+            ):
+                return False
+            error = refusal(run_id, row[0], row[1])
+            if error is not None:
+                raise error
+            db.execute(
+                "INSERT INTO inbox (run_id, seq, name, payload, key, sent_at)"
+                " SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM inbox"
+                " WHERE run_id = ?1",
+                (run_id, name, text, key, float(now)),
+            )
+            db.execute(
+                "UPDATE runs SET inbox = inbox + 1, wake_at = CASE WHEN status = 'running'"
+                " THEN MIN(COALESCE(wake_at, ?1), ?1) ELSE wake_at END WHERE run_id = ?2",
+                (float(now), run_id),
+            )
+        self._tell(run_id)
+        return True
+
+    def pending_events(self, run_id: str, *, limit: int) -> list[InboxEvent]:
+        """Return the run's undelivered events, oldest first (see :meth:`Store.pending_events`)."""
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT seq, name, payload, key, sent_at FROM inbox"
+                " WHERE run_id = ? AND delivered_at IS NULL ORDER BY seq LIMIT ?",
+                (run_id, max(limit, 0)),
+            ).fetchall()
+            if not rows and self._find_id(db, run_id) is None:
+                raise unknown_run(run_id)
+        return [
+            InboxEvent(seq, name, load_payload(payload), key, sent_at)
+            for seq, name, payload, key, sent_at in rows
+        ]
+
+
+def _undelivered(db: sqlite3.Connection, save: Save) -> int:
+    """Count the run's undelivered inbox events up to ``save.delivered`` (the lock is held)."""
+    (count,) = db.execute(
+        "SELECT COUNT(*) FROM inbox WHERE run_id = ? AND seq <= ? AND delivered_at IS NULL",
+        (save.run_id, save.delivered),
+    ).fetchone()
+    return int(count)
+
+
+def _mark_delivered(db: sqlite3.Connection, save: Save, now: float) -> None:
+    """Mark the inbox events ``save`` delivered (in its transaction)."""
+    db.execute(
+        "UPDATE inbox SET delivered_at = ? WHERE run_id = ? AND seq <= ? AND delivered_at IS NULL",
+        (now, save.run_id, save.delivered),
+    )
 
 
 class _Pace:

@@ -1,0 +1,133 @@
+"""The inbox rules every store shares: checking an event, refusing a send, waking a run.
+
+Events sent to a run (:meth:`Store.send_event <stepflow.stores.base.Store.send_event>`)
+wait in an inbox beside it until a worker delivers them. The stores keep these
+rules alike:
+
+* **A send is checked before anything is written** (:func:`dump_event`): a bad
+  name or payload is an :class:`~stepflow.errors.EventError`, then the run's
+  refusals (:func:`refusal`), after a duplicate ``key``, which is never an error.
+* **Sequence numbers are per run and follow commit order**: a send takes the
+  run's row lock (SQLite's write lock, PostgreSQL's ``FOR UPDATE``) before it
+  numbers its event, so once a worker has read event ``n``, no event below ``n``
+  can still appear, and ``Save.delivered = n`` marks exactly the events read.
+* **A running run with undelivered events is due** (:func:`inbox_wake_at`): a
+  send makes it due now; a save that leaves events undelivered keeps it due.
+* **In-process listeners** (:class:`Listeners`) hear of each send after its
+  commit, so an idle worker in the same process starts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from stepflow.errors import EventError, InboxFullError, RunFinishedError, StoreError
+from stepflow.stores.base import FINISHED_STATUSES, INBOX_LIMIT, MAX_EVENT_BYTES
+
+__all__ = ["Listeners", "check_name", "dump_event", "inbox_wake_at", "load_payload", "refusal"]
+
+log = logging.getLogger("stepflow.stores")
+
+
+def check_name(name: object) -> str:
+    """Return ``name`` if it can name an event, else raise :class:`EventError`."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise EventError(
+            f"an event name must be a non-empty str without ':', got {name!r:.80}; "
+            "use the name its wait_event step waits for"
+        )
+    return name
+
+
+def dump_event(name: object, payload: Any) -> str:
+    """Check an event's name and payload; return the payload as compact JSON text.
+
+    Raises:
+        EventError: the name is empty, not a str or holds ``:``; the payload is
+            not JSON data, holds NaN or an infinity, or takes more than
+            :data:`~stepflow.stores.base.MAX_EVENT_BYTES`.
+
+    """
+    check_name(name)
+    try:
+        text = json.dumps(payload, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise EventError(
+            f"the payload of event {name!r} must be JSON data (dict, list, str, int, finite "
+            f"float, bool, None); got {payload!r:.80} ({exc})"
+        ) from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise EventError(
+            f"the payload of event {name!r} holds a lone surrogate, which is not UTF-8 text"
+        ) from None
+    if size > MAX_EVENT_BYTES:
+        raise EventError(
+            f"the payload of event {name!r} takes {size} bytes of JSON, more than the "
+            f"{MAX_EVENT_BYTES} an event may carry: send a reference (an id, a URL) to data "
+            "kept in your own store"
+        )
+    return text
+
+
+def load_payload(text: Any) -> Any:
+    """Decode a stored payload (``dump_event`` wrote it; a hand-edited one reads as text)."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return text
+
+
+def refusal(run_id: str, status: str, inbox: int) -> StoreError | None:
+    """Return why a run of ``status`` holding ``inbox`` undelivered events refuses one more."""
+    if status in FINISHED_STATUSES:
+        return RunFinishedError(run_id, status)
+    if inbox >= INBOX_LIMIT:
+        return InboxFullError(run_id, INBOX_LIMIT)
+    return None
+
+
+def inbox_wake_at(status: str, wake_at: float | None, inbox: int, now: float) -> float | None:
+    """Return a run's ``wake_at`` once ``inbox`` events wait for it: due by ``now`` if running.
+
+    >>> inbox_wake_at("running", None, 1, 5.0), inbox_wake_at("running", 9.0, 0, 5.0)
+    (5.0, 9.0)
+    """
+    if inbox > 0 and status == "running":
+        return now if wake_at is None else min(wake_at, now)
+    return wake_at
+
+
+class Listeners:
+    """The in-process listeners of a store's sends (see ``Store.subscribe``).
+
+    The set is replaced, never changed in place, so telling the listeners needs
+    no lock and a listener may unsubscribe while being told.
+    """
+
+    _listeners: tuple[Callable[[str], None], ...] = ()
+    _listeners_lock = threading.Lock()
+
+    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(run_id)`` after each send commits; return its remover."""
+        with self._listeners_lock:
+            self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            with self._listeners_lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return unsubscribe
+
+    def _tell(self, run_id: str) -> None:
+        """Tell every listener that an event for ``run_id`` committed."""
+        for listener in self._listeners:
+            try:
+                listener(run_id)
+            except Exception:  # noqa: PERF203 - the event is stored: not the sender's failure
+                log.exception("a listener of sent events failed on run %s", run_id)
