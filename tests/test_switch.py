@@ -143,7 +143,7 @@ def test_pairs_keep_true_and_1_apart() -> None:
     spec = named("p").switch(
         "s",
         lambda ctx: True,
-        [(True, steps().do("yes", lambda c: 1)), (1, steps().do("one", lambda c: 1))],
+        [(True, steps().do("yes", lambda c: 1)), [1, steps().do("one", lambda c: 1)]],
     )
     state = stepflow.new(spec).run(None)
     assert list(state.outputs) == ["p/sSwitch/case0/yes"]
@@ -179,7 +179,7 @@ def test_bad_switches_are_refused_at_build_time_with_the_path(
 
 def test_a_route_that_is_not_callable_is_refused() -> None:
     with pytest.raises(DefinitionError, match="route of step 'f/sSwitch'"):
-        stepflow.new(named("f").switch("s", "route", {"a": steps()}))
+        stepflow.new(named("f").switch("s", "route", {"a": steps()}))  # type: ignore[arg-type]
 
 
 def test_empty_cases_with_a_default_always_run_the_default() -> None:
@@ -226,6 +226,10 @@ def test_diagrams_and_analysis_see_every_case() -> None:
     assert trace.states[-1].events == ("start:r/v1/regionSwitch/case2/none",)
 
 
+def _returns(value: int) -> Any:
+    return lambda ctx: value
+
+
 scalars = (
     st.none()
     | st.booleans()
@@ -239,7 +243,7 @@ scalars = (
 def test_the_routed_value_runs_exactly_its_case_or_the_default(
     values: list[Any], routed_value: Any, default: bool
 ) -> None:
-    cases = [(v, steps().do("hit", lambda ctx, i=i: i)) for i, v in enumerate(values)]
+    cases = [(v, steps().do("hit", _returns(i))) for i, v in enumerate(values)]
     if not cases and not default:
         return
     other = steps().do("miss", lambda ctx: -1) if default else None

@@ -1153,10 +1153,11 @@ def test_the_worker_gives_handlers_ctx_error() -> None:
 
     flow = stepflow.new(
         stepflow.named("w/v1")
-        .do("a", record)
+        .switch("s", lambda ctx: 1, {1: stepflow.steps().do("a", record)})
         .catch("c", stepflow.steps().do("b", _raise_lookup), stepflow.steps().do("h", record))
     )
     store, clock = MemoryStore(), FakeClock(1000)
     start_run(store, flow, {}, run_id="r1", clock=clock)
     Worker(store, [flow], clock=clock).run_sync(until_idle=True, handle_signals=False)
     assert seen == [None, stepflow.ErrorRecord("LookupError", "x", "w/v1/cCatch/steps/b")]
+    assert store.load("r1").status == "completed"

@@ -421,7 +421,7 @@ class Steps:
         self,
         name: str,
         route: RouteFn,
-        cases: Mapping[Any, Steps] | Iterable[tuple[Any, Steps]],
+        cases: Mapping[Any, Steps] | Iterable[tuple[Any, Steps] | list[Any]],
         default: Steps | None = None,
     ) -> Steps:
         """Add a choice: the steps of the case whose value ``route(ctx)`` returns run.
@@ -440,9 +440,11 @@ class Steps:
         Its scope is ``<name>Switch``; case ``i`` (in the order given) runs in
         the child scope ``case<i>``, the default in ``default``.
         """
-        pairs = cases.items() if isinstance(cases, Mapping) else cases
+        given = cases.items() if isinstance(cases, Mapping) else cases
         try:
-            pairs = tuple(tuple(p) if isinstance(p, list) else p for p in pairs)
+            pairs: tuple[tuple[Any, Steps], ...] = tuple(
+                tuple(p) if isinstance(p, list) else p for p in given
+            )
             if not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
                 raise TypeError
         except TypeError:
