@@ -61,7 +61,14 @@ from stepflow.codec import Batch, dumps_batch
 from stepflow.core.choice import case_key
 from stepflow.core.compile import scope_name
 from stepflow.core.definition import completed_event, start_event
-from stepflow.core.messages import Command, Effect, HandlerReturned, TimerFired
+from stepflow.core.messages import (
+    AwaitEvent,
+    Command,
+    Effect,
+    EventReceived,
+    HandlerReturned,
+    TimerFired,
+)
 from stepflow.core.spec import Case, Do, Group, Item, LoopUntil, Retry, Steps
 from stepflow.demo import Systems, demo_inputs
 from stepflow.demo import flow as demo_flow
@@ -95,14 +102,29 @@ def record(
     world = World(script, FakeClock(START))
     flow = scripted_flow(definition, world)
     store = MemoryStore()
-    start_run(store, flow, None, run_id=run_id, clock=world.clock)
+    first = start_run(store, flow, None, run_id=run_id, clock=world.clock)
     saved: list[State] = []
+    asked: set[int] = set()
+
+    def send_scripted(state: State) -> None:
+        # A run reaching a wait for an event is sent the event, as scripted (a
+        # timed wait scripted to time out gets none: the worker times it out).
+        for command in state.in_flight:
+            if type(command) is AwaitEvent and command.id not in asked:
+                asked.add(command.id)
+                answer = world.execute(command)
+                if type(answer) is EventReceived:
+                    stepflow.send_event(
+                        store, run_id, answer.name, answer.payload, clock=world.clock
+                    )
 
     def on_step(report: StepReport) -> None:
         # One report per effect; a batch answering several commands saves one state.
         if not saved or saved[-1] is not report.state:
             saved.append(report.state)
+        send_scripted(report.state)
 
+    send_scripted(loads(first.state, definition))
     worker = Worker(store, [flow], clock=world.clock, concurrency=1, on_step=on_step)
     worker.run_sync(until_idle=True, handle_signals=False)
     return store, saved
