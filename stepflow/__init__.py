@@ -32,9 +32,11 @@ from stepflow.core.definition import Destination as Destination
 from stepflow.core.definition import FlowDefinition as FlowDefinition
 from stepflow.core.definition import RetryPolicy as RetryPolicy
 from stepflow.core.definition import Transition as Transition
+from stepflow.core.messages import AwaitEvent as AwaitEvent
 from stepflow.core.messages import CallHandler as CallHandler
 from stepflow.core.messages import Command as Command
 from stepflow.core.messages import Effect as Effect
+from stepflow.core.messages import EventReceived as EventReceived
 from stepflow.core.messages import HandlerRaised as HandlerRaised
 from stepflow.core.messages import HandlerReturned as HandlerReturned
 from stepflow.core.messages import TimerFired as TimerFired
@@ -58,6 +60,7 @@ from stepflow.errors import IncompatibleDefinition as IncompatibleDefinition
 from stepflow.errors import InterpreterError as InterpreterError
 from stepflow.errors import JournalPrunedError as JournalPrunedError
 from stepflow.errors import LateEffectError as LateEffectError
+from stepflow.errors import MailboxFullError as MailboxFullError
 from stepflow.errors import ProgressError as ProgressError
 from stepflow.errors import RecordedError as RecordedError
 from stepflow.errors import RunExistsError as RunExistsError
@@ -110,6 +113,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "FORMAT_VERSION",
     "AmbiguousRunError",
+    "AwaitEvent",
     "CallHandler",
     "Clock",
     "Command",
@@ -122,6 +126,7 @@ __all__ = [
     "Effect",
     "EffectError",
     "ErrorRecord",
+    "EventReceived",
     "FakeClock",
     "Flow",
     "FlowDefinition",
@@ -136,6 +141,7 @@ __all__ = [
     "InterpreterError",
     "JournalPrunedError",
     "LateEffectError",
+    "MailboxFullError",
     "Migration",
     "ProgressError",
     "RecordedError",

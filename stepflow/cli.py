@@ -78,9 +78,11 @@ from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
     Command,
     Effect,
+    EventReceived,
     HandlerRaised,
     HandlerReturned,
     TimerFired,
+    answered_id,
 )
 from stepflow.core.state import State
 from stepflow.errors import (
@@ -531,7 +533,13 @@ def _effect_lines(batch: Batch, flow: str) -> list[Text]:
     commands: dict[int, Command] = {c.id: c for c in batch.answered}
     lines = []
     for effect in batch.effects:
-        command = commands.get(effect[0])
+        if type(effect) is EventReceived:
+            line = Text("event ", style="cyan")
+            line.append(effect.name)
+            line.append(f" -> {_json(effect.payload)}", style="dim")
+            lines.append(line)
+            continue
+        command = commands.get(answered_id(effect))
         where = f"{command.kind} {_step(command.step, flow)}" if command else f"#{effect[0]}"
         if type(effect) is HandlerReturned:
             line = Text("returned ", style="green")
@@ -1153,6 +1161,8 @@ def _read_shown(store: Store, run_id: str) -> _Shown:
 
 
 def _effect_json(effect: Effect, command: Command | None) -> dict[str, Any]:
+    if type(effect) is EventReceived:
+        return {"outcome": "event", "name": effect.name, "payload": effect.payload}
     body: dict[str, Any] = {
         "command": effect[0],
         "kind": None if command is None else command.kind,
@@ -1196,7 +1206,7 @@ def _show_document(shown: _Shown) -> dict[str, Any]:
         journal = []
         for entry, batch in shown.journal:
             commands = {c.id: c for c in batch.answered}
-            effects = [_effect_json(e, commands.get(e[0])) for e in batch.effects]
+            effects = [_effect_json(e, commands.get(answered_id(e))) for e in batch.effects]
             journal.append({"seq": entry.seq, "at": entry.at, "op": batch.op, "effects": effects})
         body["journal"] = journal
     return body
@@ -1605,7 +1615,8 @@ def _outcome(effect: Effect) -> Text:
         return Text(f"raised {effect.error.type}: {effect.error.message}", style="red")
     if type(effect) is TimerFired:
         return Text("timer fired", style="magenta")
-    return Text(repr(effect))  # pragma: no cover - Effect has no other member
+    event = cast(EventReceived, effect)
+    return Text(f"event {event.name} -> {_json(event.payload)}", style="cyan")
 
 
 def _replayable(definition: FlowDefinition, run: History) -> tuple[History, int]:
@@ -1703,9 +1714,10 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
         if batch.op == "effects":
             commands = {c.id: c for c in batch.answered}
             for effect in batch.effects:
-                command = commands.get(effect[0])
+                command = commands.get(answered_id(effect))
                 if command is None:
-                    rows.append((f"#{effect[0]}", _outcome(effect), "", ""))
+                    what = effect[0] if type(effect) is EventReceived else f"#{effect[0]}"
+                    rows.append((what, _outcome(effect), "", ""))
                     continue
                 key = (command.kind, command.step)
                 answers[key] = answers.get(key, 0) + 1

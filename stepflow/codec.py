@@ -35,14 +35,17 @@ from stepflow.core._json import NotJSON, freeze_json, thaw_json
 from stepflow.core.advance import check_state, result_error
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
+    AwaitEvent,
     CallHandler,
     Command,
     CommandKind,
     Effect,
+    EventReceived,
     HandlerRaised,
     HandlerReturned,
     TimerFired,
     Wake,
+    answered_id,
 )
 from stepflow.core.state import (
     COMPLETED,
@@ -70,12 +73,15 @@ __all__ = [
     "unstructure_state",
 ]
 
-#: Version of the envelope format written by :func:`dumps`. Format 3 adds, for runs
-#: of several positions only, ``times`` and ``groups`` (absent when empty). Formats
-#: 1 (before timers: no ``wake_at``, ``timeout_at``, ``attempts`` or ``run_id``) and
-#: 2 (no ``times`` or ``groups``) are still read.
-FORMAT_VERSION = 3
-_READABLE = (1, 2, 3)
+#: Version of the envelope format written by :func:`dumps`. Format 4 adds, for runs
+#: holding events no step has taken yet, ``mailbox`` (absent when empty). Format 3
+#: added, for runs of several positions only, ``times`` and ``groups`` (absent when
+#: empty). Formats 1 (before timers: no ``wake_at``, ``timeout_at``, ``attempts`` or
+#: ``run_id``), 2 (no ``times`` or ``groups``) and 3 (no ``mailbox``) are still read.
+#: A state is written in the oldest format that can hold it.
+FORMAT_VERSION = 4
+_READABLE = (1, 2, 3, 4)
+_GROUPS_FORMAT = 3
 # A state without times or groups is written exactly as format 2 wrote it, so runs of
 # flows without groups keep their saved text (and journals) byte for byte.
 _ONE_POSITION_FORMAT = 2
@@ -100,6 +106,7 @@ class _WireCommand:
     event: str
     error: _WireError | None = None
     at: float | None = None
+    name: str | None = None
 
 
 @attrs.frozen
@@ -127,6 +134,7 @@ class _WireState:
     run_id: str = ""
     times: dict[str, tuple[float | None, float | None]] = attrs.Factory(dict)
     groups: dict[str, _WireGroup] = attrs.Factory(dict)
+    mailbox: list[tuple[str, Any]] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -165,6 +173,9 @@ def _unstructure_error(error: ErrorRecord | None) -> dict[str, str] | None:
 def _unstructure_command(c: Command) -> dict[str, Any]:
     if type(c) is Wake:
         return {"id": c[0], "kind": c[1], "step": c[2], "event": c[3], "at": float(c[4])}
+    if type(c) is AwaitEvent:
+        at = None if c[4] is None else float(c[4])
+        return {"id": c[0], "kind": c[1], "step": c[2], "event": c[3], "at": at, "name": c[5]}
     return {
         "id": c[0],
         "kind": c[1],
@@ -190,12 +201,17 @@ def _unstructure_group(group: GroupProgress) -> dict[str, Any]:
 def _unstructure_state(state: State) -> dict[str, Any]:
     (
         flow, fingerprint, events, status, error, in_flight, seq, outputs,
-        wake, until, tries, run, times, groups,
+        wake, until, tries, run, times, groups, mailbox,
     ) = state  # fmt: skip
+    if mailbox:
+        envelope = _unstructure_state(state._replace(mailbox=()))
+        envelope["format"] = FORMAT_VERSION
+        envelope["state"]["mailbox"] = [[name, thaw_json(payload)] for name, payload in mailbox]
+        return envelope
     # (Identity tests, not truth: a pmap's truth is a Python-level __len__ call.)
     if (times is not EMPTY_TIMES and times) or (groups is not EMPTY_GROUPS and groups):
         envelope = _unstructure_state(state._replace(times=EMPTY_TIMES, groups=EMPTY_GROUPS))
-        envelope["format"] = FORMAT_VERSION
+        envelope["format"] = _GROUPS_FORMAT
         body = envelope["state"]
         if times:
             body["times"] = {event: [w, t] for event, (w, t) in times.items()}
@@ -240,6 +256,7 @@ def _time_fast(value: Any) -> float | None:
 
 EMPTY_STRINGS: Mapping[str, str] = MappingProxyType({})
 _KINDS = frozenset(("do", "wait_for", "case", "loop_until", "on_error", "map", "sleep_until"))
+_EMPTY_MAILBOX: tuple[tuple[str, Any], ...] = ()
 _STATUSES = frozenset(("running", "completed", "failed"))
 
 
@@ -253,6 +270,11 @@ def _command_fast(c: dict[str, Any], strings: Mapping[str, str] = EMPTY_STRINGS)
         if len(c) != 5 or at is None:
             raise TypeError
         return _new(Wake, (cid, kind, step, event, at))
+    if kind == "wait_event":
+        at, name = _time_fast(c["at"]), c["name"]
+        if len(c) != 6 or type(name) is not str:
+            raise TypeError
+        return _new(AwaitEvent, (cid, kind, step, event, at, strings.get(name, name)))
     if len(c) != 5 or kind not in _KINDS:
         raise TypeError
     cerror = c["error"]
@@ -324,7 +346,8 @@ def _state_fast(obj: dict[str, Any], definition: FlowDefinition | None = None) -
     frozen = freeze_json(outputs) if outputs else EMPTY_OUTPUTS
     error = None if error is None else _error_fast(error)
     fields = (flow, fingerprint, position, status, error, commands, seq, frozen)
-    return _new(State, (*fields, wake_at, timeout_at, attempts, run_id, times, groups))
+    rest = (wake_at, timeout_at, attempts, run_id, times, groups, _EMPTY_MAILBOX)
+    return _new(State, (*fields, *rest))
 
 
 def _from_wire(env: _Envelope) -> State:
@@ -339,6 +362,13 @@ def _from_wire(env: _Envelope) -> State:
                     problems=("$.state.in_flight: sleep command without 'at'",),
                 )
             return Wake(c.id, "sleep", c.step, c.event, c.at)
+        if c.kind == "wait_event":
+            if c.name is None:
+                raise CorruptStateError(
+                    f"wait_event command {c.id} has no event name",
+                    problems=("$.state.in_flight: wait_event command without 'name'",),
+                )
+            return AwaitEvent(c.id, "wait_event", c.step, c.event, c.at, c.name)
         return CallHandler(c.id, c.kind, c.step, c.event, err(c.error))
 
     def group(g: _WireGroup) -> GroupProgress:
@@ -351,6 +381,11 @@ def _from_wire(env: _Envelope) -> State:
         raise CorruptStateError(
             f"a format {env.format} state cannot hold 'times' or 'groups' (format 3 added them)",
             problems=("$.format: 'times' and 'groups' need format 3",),
+        )
+    if env.format < 4 and s.mailbox:
+        raise CorruptStateError(
+            f"a format {env.format} state cannot hold a 'mailbox' (format 4 added it)",
+            problems=("$.format: 'mailbox' needs format 4",),
         )
     commands = tuple(command(c) for c in s.in_flight)
     outputs = freeze_json(s.outputs) if s.outputs else EMPTY_OUTPUTS
@@ -372,6 +407,7 @@ def _from_wire(env: _Envelope) -> State:
         s.run_id,
         times,
         groups,
+        tuple((name, freeze_json(payload)) for name, payload in s.mailbox),
     )
 
 
@@ -524,6 +560,9 @@ def _time(at: float | None) -> float | None:
 
 
 def _unstructure_effect(effect: Effect, command: Command | None) -> dict[str, Any]:
+    if type(effect) is EventReceived:
+        payload = thaw_json(freeze_json(effect.payload))
+        return {"type": "event", "name": effect.name, "payload": payload, "at": _time(effect.at)}
     if type(effect) is TimerFired:
         return {"type": "timer", "command": effect.command_id, "at": _time(effect.at)}
     if type(effect) is HandlerReturned:
@@ -569,7 +608,7 @@ def dumps_batch(batch: Batch) -> str:
     body = {
         "op": batch.op,
         "at": _time(batch.at),
-        "effects": [_unstructure_effect(e, by_id.get(e[0])) for e in batch.effects],
+        "effects": [_unstructure_effect(e, by_id.get(answered_id(e))) for e in batch.effects],
         "answered": [_unstructure_command(c) for c in batch.answered],
     }
     if batch.state is not None:
@@ -578,6 +617,11 @@ def dumps_batch(batch: Batch) -> str:
 
 
 def _structure_effect(raw: Any) -> Effect:
+    if raw["type"] == "event":
+        name = raw["name"]
+        if type(name) is not str or len(raw) != 4:
+            raise TypeError(f"malformed event {raw!r:.80}")
+        return EventReceived(name, raw["payload"], _time_fast(raw["at"]))
     kind, command_id, at = raw["type"], raw["command"], _time_fast(raw["at"])
     if type(command_id) is not int:
         raise TypeError(f"command id {command_id!r} is not an int")

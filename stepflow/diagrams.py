@@ -82,6 +82,7 @@ _END = "end"
 _ROOT = "flow"
 # Scope-name suffixes go-stepflow adds; stripped to show the name the user gave.
 _SUFFIX = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
+_SUFFIX["wait_event"] = "WaitEvent"
 _SUFFIX.update({"parallel": "Parallel", "map": "Map"})
 # Kinds of handler transition whose step path is a scope drawn around their node.
 _GROUP_KINDS = frozenset({"case", "loop_until", "parallel", "map", "join"})
@@ -199,9 +200,14 @@ def _retry_detail(definition: FlowDefinition, scope: str) -> str:
     return ", ".join(parts)
 
 
+def _timeout_steps(t: Transition) -> bool:
+    """Whether ``t`` is a ``wait_event`` with ``on_timeout`` steps: drawn as a scope."""
+    return t.kind == "wait_event" and any(d.reason == "timed out" for d in t.destinations)
+
+
 def _node_scope(t: Transition) -> str:
     assert t.step is not None
-    if t.kind in _GROUP_KINDS:
+    if t.kind in _GROUP_KINDS or _timeout_steps(t):
         return t.step
     return t.step.rpartition("/")[0]
 
@@ -209,12 +215,12 @@ def _node_scope(t: Transition) -> str:
 def _build(definition: FlowDefinition, state: State | None) -> _Graph:
     flow = definition.name
     handlers = [t for t in definition.transitions if not t.is_static]
-    leaves = {t.step for t in handlers if t.kind not in _GROUP_KINDS}
+    leaves = {t.step for t in handlers if t.kind not in _GROUP_KINDS and not _timeout_steps(t)}
     retries = set(definition.retry_scopes())
     group_steps: dict[str, str] = {}
     for t in handlers:
         assert t.step is not None
-        if t.kind in ("case", "loop_until", "parallel", "map"):
+        if t.kind in ("case", "loop_until", "parallel", "map") or _timeout_steps(t):
             group_steps[t.step] = t.kind
         if t.kind == "parallel":
             for d in t.destinations:
@@ -426,6 +432,8 @@ def _node_detail(node: _Node) -> str:
         timing.append(f"every {_seconds(node.delay)}")
     if node.kind == "sleep" and node.delay is not None:
         timing.append(_seconds(node.delay))
+    if node.kind == "wait_event":
+        timing.append("for an event")
     if node.timeout is not None:
         timing.append(f"timeout {_seconds(node.timeout)}")
     return node.kind + (f" ({', '.join(timing)})" if timing else "")
@@ -580,6 +588,7 @@ _SHAPES = {
     "wait_for": "hexagon",
     "sleep": "octagon",
     "sleep_until": "octagon",
+    "wait_event": "cds",
     "case": "diamond",
     "loop_until": "diamond",
 }
@@ -588,6 +597,7 @@ _CLUSTER_STYLES = {
     "retry": ("dashed", "#b45309"),
     "case": ("solid", "#1d4ed8"),
     "loop_until": ("solid", "#7c3aed"),
+    "wait_event": ("solid", "#0369a1"),
     "steps": ("dotted", "#64748b"),
     "parallel": ("solid", "#0f766e"),
     "branch": ("dotted", "#0f766e"),
@@ -602,6 +612,7 @@ def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
     Each scope is a ``subgraph cluster_<id>`` labelled with its name (retry
     clusters dashed, with their policy); each resting event a node whose shape
     tells its kind (``box`` do, ``hexagon`` wait_for, ``octagon`` sleep and sleep_until,
+    ``cds`` wait_event,
     ``diamond`` case and loop_until); edges carry their reasons, retry edges are
     dashed and do not constrain the layout. See the module docstring for what is
     drawn.

@@ -30,6 +30,7 @@ __all__ = [
     "InterpreterError",
     "JournalPrunedError",
     "LateEffectError",
+    "MailboxFullError",
     "ProgressError",
     "RecordedError",
     "RunExistsError",
@@ -218,6 +219,15 @@ class FlowFailed(StepflowError, RuntimeError):
         )
         self.state = state
         self.error = error
+
+
+class MailboxFullError(EffectError):
+    """A batch would put more events in a run's mailbox than it holds.
+
+    Nothing is changed; deliver at most
+    :func:`~stepflow.core.events.mailbox_room` events in one batch, and the rest
+    once a ``wait_event`` step has taken some.
+    """
 
 
 class WaitTimeoutError(StepflowError, TimeoutError):

@@ -26,8 +26,9 @@ from stepflow.clock import Clock, SystemClock
 from stepflow.core.advance import advance
 from stepflow.core.compile import HandlerKey, compile_spec
 from stepflow.core.definition import FlowDefinition
+from stepflow.core.events import resting, untimed_wait
 from stepflow.core.groups import command_times, item_of
-from stepflow.core.messages import Command, Wake
+from stepflow.core.messages import AwaitEvent, Command, EventReceived, Wake
 from stepflow.core.spec import Steps
 from stepflow.core.state import COMPLETED, FAILED, RUNNING, State
 from stepflow.errors import DefinitionError, FlowFailed
@@ -102,9 +103,10 @@ class Flow:
             # One position: its command runs now (the caller honours wake_at),
             # unless it is a timer not yet due.
             command = commands[0]
-            if type(command) is Wake and command.at > now:
-                return state, []
-            return state, [command]
+            if type(command) is not Wake and type(command) is not AwaitEvent:
+                return state, [command]
+            due = command.at
+            return state, ([] if due is None or due > now else [command])
         return state, [c for c in commands if _due(state, c, now)]
 
     def _context(self, state: State, command: Command, ctx: Any) -> Any:
@@ -163,13 +165,39 @@ class Flow:
             due = self._after(before, state, commands)
         return state
 
+    def send(self, state: State | None, name: str, payload: Any = None) -> State:
+        """Deliver the event ``name`` with its JSON ``payload`` to the run; return the new state.
+
+        The event is stamped with the flow's clock. A ``wait_event`` step of
+        that name that waits takes it (the run then rests at its next step,
+        whose command :meth:`apply` or :meth:`run` carries out); otherwise it
+        waits in the run's mailbox for one (see :mod:`stepflow.core.events`).
+
+        >>> import stepflow
+        >>> flow = stepflow.new(stepflow.named("ok/v1").wait_event("approved"))
+        >>> state = flow.send(flow.run(), "approved", {"by": "ana"})
+        >>> state.status, state.outputs["ok/v1/approvedWaitEvent"]["by"]
+        ('completed', 'ana')
+
+        Raises:
+            EffectError: the run is finished, the event's name or payload is
+                not valid, or its mailbox is full (:class:`~stepflow.MailboxFullError`).
+
+        """
+        now = self.clock.now()
+        new, _ = advance(self.definition, state, [EventReceived(name, payload, now)], now=now)
+        return new
+
     def run(self, state: State | None = None, ctx: Any = None) -> State:
         """Drive a run to its end in this process, sleeping until each ``wake_at``.
 
         With a :class:`~stepflow.clock.FakeClock`, the waits take no real time.
+        A run that only an event can move on (every position waits at a
+        ``wait_event`` with no timeout) is returned as it is, still running:
+        deliver the event with :meth:`send`, then call ``run`` again.
 
         Returns:
-            The completed state.
+            The completed state, or a running one resting until an event.
 
         Raises:
             FlowFailed: as for :meth:`apply`.
@@ -180,7 +208,7 @@ class Flow:
     async def run_async(self, state: State | None = None, ctx: Any = None) -> State:
         """Like :meth:`run`, on the running event loop."""
         state = await self.apply_async(state, ctx)
-        while state.status == RUNNING:
+        while state.status == RUNNING and not resting(state):
             if state.wake_at is not None:
                 await self.clock.sleep(state.wake_at - self.clock.now())
             state = await self.apply_async(state, ctx)
@@ -189,6 +217,8 @@ class Flow:
 
 def _due(state: State, command: Command, now: float) -> bool:
     """Whether ``command`` may be carried out at ``now`` (its position's ``wake_at`` came)."""
+    if untimed_wait(command):
+        return False
     wake_at = command_times(state, command)[0]
     return wake_at is None or wake_at <= now
 

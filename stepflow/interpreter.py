@@ -39,12 +39,13 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from stepflow.clock import Clock, SystemClock
 from stepflow.core.compile import HandlerKey
 from stepflow.core.definition import template_of
 from stepflow.core.messages import (
+    AwaitEvent,
     CallHandler,
     Command,
     Effect,
@@ -256,14 +257,22 @@ class Interpreter:
         limit = self._timeouts.get(command[2])
         return self._timeouts.get(template_of(command[2])) if limit is None else limit
 
-    def fire(self, command: Wake) -> TimerFired:
-        """Answer a due :class:`Wake` with ``TimerFired`` at the clock's time.
+    def fire(self, command: Wake | AwaitEvent) -> TimerFired:
+        """Answer a due :class:`Wake` (or a timed-out :class:`AwaitEvent`) with ``TimerFired``.
+
+        The effect carries the clock's time.
 
         Raises:
-            InterpreterError: the timer is not due yet.
+            InterpreterError: the timer is not due yet, or the command waits for
+                an event with no timeout (only an event answers it).
 
         """
         now = self.clock.now()
+        if command.at is None:
+            raise InterpreterError(
+                f"step {command.step!r} waits for an event {command[5]!r} with no timeout; "
+                "nothing executes it: deliver the event (stepflow.send_event, Flow.send)"
+            )
         if now < command.at:
             raise InterpreterError(
                 f"the timer of {command.step!r} fires at {command.at!r}, and the clock reads "
@@ -311,7 +320,7 @@ class Interpreter:
 
         An ``async def`` handler is run to completion on a new event loop; from
         inside a running loop, use :meth:`execute_async`. A :class:`Wake` is
-        answered with :meth:`fire`.
+        answered with :meth:`fire`, as is a timed-out :class:`AwaitEvent`.
 
         Raises:
             InterpreterError: no handler is bound for the command, an async
@@ -319,9 +328,8 @@ class Interpreter:
                 is not due.
 
         """
-        if type(command) is Wake:
-            return self.fire(command)
-        assert type(command) is CallHandler
+        if type(command) is not CallHandler:
+            return self.fire(cast(Wake | AwaitEvent, command))
         handler = self._handler(command)
         limit = self.timeout_of(command) if self._timeouts else None
         try:
@@ -399,9 +407,8 @@ class Interpreter:
                 not due.
 
         """
-        if type(command) is Wake:
-            return self.fire(command)
-        assert type(command) is CallHandler
+        if type(command) is not CallHandler:
+            return self.fire(cast(Wake | AwaitEvent, command))
         handler = self._handler(command)
         limit = self.timeout_of(command) if self._timeouts else None
         try:

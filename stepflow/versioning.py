@@ -25,7 +25,7 @@ from pyrsistent import pmap
 
 from stepflow.core.advance import check_state
 from stepflow.core.definition import FlowDefinition
-from stepflow.core.messages import CallHandler, Command, Wake
+from stepflow.core.messages import AwaitEvent, CallHandler, Command, Wake
 from stepflow.core.state import ErrorRecord, State
 from stepflow.errors import FlowMismatchError
 
@@ -100,6 +100,9 @@ def migrate(definition: FlowDefinition, state: State, migration: Migration) -> S
         if type(c) is Wake:
             node_step = _step_at(definition, event)
             return Wake(c.id, "sleep", node_step or rename(c.step), event, c.at)
+        if type(c) is AwaitEvent:
+            node_step = _step_at(definition, event)
+            return AwaitEvent(c.id, c.kind, node_step or rename(c.step), event, c.at, c.name)
         assert type(c) is CallHandler
         step = rename(c.step)
         if c.kind != "on_error":

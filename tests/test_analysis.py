@@ -343,6 +343,14 @@ def play(definition: FlowDefinition, case: PathCase) -> list[stepflow.State]:
         effect: stepflow.Effect
         if isinstance(command, stepflow.Wake):
             effect = stepflow.TimerFired(command.id, max(at, command.at))
+        elif isinstance(command, stepflow.AwaitEvent):
+            outcome = script[(command.kind, command.step)].pop(0)
+            if outcome == "received":
+                effect = stepflow.EventReceived(command.name, None, at)
+            else:
+                assert outcome == "timed_out"
+                assert command.at is not None
+                effect = stepflow.TimerFired(command.id, max(at, command.at))
         else:
             outcome = script[(command.kind, command.step)].pop(0)
             if outcome == "returned":

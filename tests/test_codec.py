@@ -23,7 +23,7 @@ def test_dumps_writes_a_versioned_envelope_with_sorted_keys_and_no_spaces() -> N
     envelope = json.loads(text)
     # One position: written exactly as format 2 wrote it; format 3 adds times and groups.
     assert envelope["format"] == 2
-    assert stepflow.FORMAT_VERSION == 3
+    assert stepflow.FORMAT_VERSION == 4  # 3 added times and groups, 4 the mailbox
     assert envelope["flow"] == "deploy/v1"
     assert envelope["fingerprint"] == DEFINITION.fingerprint
     assert envelope["state"]["in_flight"] == [

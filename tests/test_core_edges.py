@@ -838,9 +838,10 @@ def test_a_state_holding_one_position_twice_is_refused() -> None:
 
 def test_several_positions_outside_any_group_are_refused_in_a_flow_with_groups() -> None:
     definition = stepflow.new(
-        stepflow.named("t").do("a", print).do("b", print).parallel(
-            "p", {"x": stepflow.steps().do("c", print)}
-        )
+        stepflow.named("t")
+        .do("a", print)
+        .do("b", print)
+        .parallel("p", {"x": stepflow.steps().do("c", print)})
     ).definition
     state, (a,) = stepflow.advance(definition, None, now=0.0)
     b = stepflow.CallHandler(a.id + 1, "do", "t/b", "start:t/b", None)

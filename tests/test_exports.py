@@ -10,6 +10,7 @@ import stepflow.core
 PUBLIC = [
     "FORMAT_VERSION",
     "AmbiguousRunError",
+    "AwaitEvent",
     "CallHandler",
     "Clock",
     "Command",
@@ -22,6 +23,7 @@ PUBLIC = [
     "Effect",
     "EffectError",
     "ErrorRecord",
+    "EventReceived",
     "FakeClock",
     "Flow",
     "FlowDefinition",
@@ -36,6 +38,7 @@ PUBLIC = [
     "InterpreterError",
     "JournalPrunedError",
     "LateEffectError",
+    "MailboxFullError",
     "Migration",
     "ProgressError",
     "RecordedError",

@@ -128,6 +128,16 @@ def test_a_run_driven_by_flow_apply_ends_as_one_driven_by_advance(
     flow = stepflow.Flow(definition, handlers, world.clock)
     state = None
     for _ in range(10_000):
+        waiting = state.in_flight[0] if state is not None and state.in_flight else None
+        if type(waiting) is stepflow.AwaitEvent:
+            # The outside world decides: its event comes (delivered with send), or
+            # the wait's timer is left to fire.
+            effect = world.execute(waiting)
+            if type(effect) is stepflow.EventReceived:
+                state = flow.send(state, effect.name, effect.payload)
+                if flow.is_completed(state):
+                    break
+                continue
         if state is not None and state.wake_at is not None and state.wake_at > world.clock.now():
             world.clock.set(state.wake_at)  # a go-style caller's scheduler
         try:
@@ -181,6 +191,13 @@ def test_every_event_and_every_outcome_is_handled(definition: stepflow.FlowDefin
         answers = [stepflow.HandlerReturned(command.id, v, START) for v in _PROBES] + [raised]
         fired = [stepflow.TimerFired(command.id, state.wake_at or START)]
         good, bad = (fired, answers) if transition.kind == "sleep" else (answers, fired)
+        if transition.kind == "wait_event":
+            # An event (or an answer carrying its payload) moves it; a timer only
+            # when it has a timeout; nothing executes it, so nothing raises.
+            assert isinstance(command, stepflow.AwaitEvent)
+            received = stepflow.EventReceived(command.name, {"k": 1}, START)
+            good = [*answers[:-1], received] + (fired if command.at is not None else [])
+            bad = [raised] + (fired if command.at is None else [])
         for effect in good:
             after, commands = stepflow.advance(definition, state, (effect,))
             assert after.status in ("running", "completed", "failed")

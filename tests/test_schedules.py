@@ -360,9 +360,7 @@ def test_schedules_of_flows_another_worker_serves_are_left_to_it() -> None:
 def test_a_worker_on_a_fake_clock_fires_a_minutely_schedule_for_an_hour() -> None:
     store = MemoryStore()
     clock = FakeClock(T0)
-    worker = Worker(
-        store, [quick], clock=clock, schedules=[Schedule("m", quick, cron="* * * * *")]
-    )
+    worker = Worker(store, [quick], clock=clock, schedules=[Schedule("m", quick, cron="* * * * *")])
 
     async def drive() -> None:
         task = asyncio.create_task(worker.run())

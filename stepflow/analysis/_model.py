@@ -44,9 +44,11 @@ from stepflow.core.definition import (
 )
 from stepflow.core.groups import command_times
 from stepflow.core.messages import (
+    AwaitEvent,
     CallHandler,
     Command,
     Effect,
+    EventReceived,
     HandlerRaised,
     HandlerReturned,
     TimerFired,
@@ -252,6 +254,8 @@ def outcomes_for(
     kind = command.kind
     if kind == "sleep":
         return ["fired"]
+    if kind == "wait_event":
+        return ["received"] if command[4] is None else ["received", "timed_out"]
     if kind == "map":
         options = [f"items:{n}" for n in range(max_items + 1)]
     elif kind == "do":
@@ -298,6 +302,14 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
             raise AnalysisError(f"a sleep's timer can only be 'fired', not {outcome!r}")
         assert isinstance(command, Wake)
         return TimerFired(command.id, max(at, command.at))
+    if isinstance(command, AwaitEvent):
+        if outcome == "received":
+            return EventReceived(command.name, None, at)
+        if outcome == "timed_out" and command.at is not None:
+            return TimerFired(command.id, max(at, command.at))
+        raise AnalysisError(
+            f"a wait_event can only be 'received' (or 'timed_out', with a timeout), not {outcome!r}"
+        )
     assert isinstance(command, CallHandler)
     if outcome == "returned" and command.kind == "do":
         return HandlerReturned(command.id, None, at)
@@ -318,8 +330,8 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
     raise AnalysisError(
         f"outcome {outcome!r} cannot answer the {command.kind} command of {command.step!r}; "
         "use returned (do), true/false (conditions, on_error), timed_out (wait_for with a "
-        "timeout), fired (sleep), past (sleep_until), items:<n> (a map's items), raised or "
-        "raised:<type>"
+        "timeout), fired (sleep), past (sleep_until), received/timed_out (wait_event), "
+        "items:<n> (a map's items), raised or raised:<type>"
     )
 
 
@@ -493,7 +505,10 @@ def entered_events(
         return tuple(out), tuple(taken)
     if after.status == "failed" or command.kind == "on_error":
         return (), ()  # failed, or an on_error handler declined: nothing entered
-    if _failing(outcome):
+    # A wait_event's timeout leads to its on_timeout steps, when it has some.
+    if _failing(outcome) and not (
+        command.kind == "wait_event" and definition._node(command.event).on_false
+    ):
         if concurrent:
             # The error may have ended a branch or item: its group goes on, or completes.
             path = _path(template)
@@ -517,7 +532,7 @@ def entered_events(
                 taken.append((template, destination))
                 _walk(definition, start_event(f"{group}/steps[{index}]"), before, after, taken, out)
             return tuple(out), tuple(taken)
-    elif outcome in ("returned", "fired", "true"):
+    elif outcome in ("returned", "fired", "true", "received"):
         destination = transition.destinations[0].event
     elif command.kind == "wait_for":
         # Polled false: the run stays where it is (the table's "poll again").

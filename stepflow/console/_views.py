@@ -36,7 +36,15 @@ import orjson
 
 from stepflow.codec import Batch, loads
 from stepflow.core.definition import FlowDefinition
-from stepflow.core.messages import Command, HandlerRaised, HandlerReturned, TimerFired, Wake
+from stepflow.core.messages import (
+    Command,
+    EventReceived,
+    HandlerRaised,
+    HandlerReturned,
+    TimerFired,
+    Wake,
+    answered_id,
+)
 from stepflow.core.state import State
 from stepflow.diagrams import to_dot, to_json
 from stepflow.errors import StepflowError
@@ -465,6 +473,8 @@ def _outcome(effect: Any) -> tuple[str, str]:
         return "raised", f"{effect.error.type}: {effect.error.message}"
     if type(effect) is TimerFired:
         return "timer", "timer fired"
+    if type(effect) is EventReceived:
+        return "event", f"{effect.name}: {inline(effect.payload)}"
     return "other", repr(effect)
 
 
@@ -473,7 +483,7 @@ def _journal_row(entry: JournalEntry, batch: Batch, flow: str) -> JournalRow:
     if batch.op == "effects":
         commands = {c.id: c for c in batch.answered}
         for effect in batch.effects:
-            command = commands.get(effect[0])
+            command = commands.get(answered_id(effect))
             where = (
                 f"{command.kind} {_step(command.kind, command.step, flow)}"
                 if command
@@ -554,7 +564,7 @@ def timeline(
         if batch.op == "effects":
             commands = {c.id: c for c in batch.answered}
             for effect in batch.effects:
-                command = commands.get(effect[0])
+                command = commands.get(answered_id(effect))
                 if command is None:
                     continue
                 key = (command.kind, command.step)

@@ -21,10 +21,12 @@ from stepflow.core.definition import Transition as Transition
 from stepflow.core.definition import TransitionKind as TransitionKind
 from stepflow.core.definition import completed_event as completed_event
 from stepflow.core.definition import start_event as start_event
+from stepflow.core.messages import AwaitEvent as AwaitEvent
 from stepflow.core.messages import CallHandler as CallHandler
 from stepflow.core.messages import Command as Command
 from stepflow.core.messages import CommandKind as CommandKind
 from stepflow.core.messages import Effect as Effect
+from stepflow.core.messages import EventReceived as EventReceived
 from stepflow.core.messages import HandlerRaised as HandlerRaised
 from stepflow.core.messages import HandlerReturned as HandlerReturned
 from stepflow.core.messages import TimerFired as TimerFired
@@ -37,12 +39,14 @@ from stepflow.core.state import State as State
 from stepflow.core.state import Status as Status
 
 __all__ = [
+    "AwaitEvent",
     "CallHandler",
     "Command",
     "CommandKind",
     "Destination",
     "Effect",
     "ErrorRecord",
+    "EventReceived",
     "FlowDefinition",
     "HandlerKey",
     "HandlerRaised",

@@ -50,14 +50,18 @@ from pyrsistent.typing import PMap
 
 from stepflow.core._json import NotJSON, freeze_json
 from stepflow.core.definition import FlowDefinition, _Node, start_event, template_of
+from stepflow.core.events import take, with_events
 from stepflow.core.messages import (
+    AwaitEvent,
     CallHandler,
     Command,
     Effect,
+    EventReceived,
     HandlerRaised,
     HandlerReturned,
     TimerFired,
     Wake,
+    answered_id,
 )
 from stepflow.core.state import (
     COMPLETED,
@@ -118,6 +122,7 @@ def initial_state(definition: FlowDefinition, run_id: str = "") -> State:
             run_id,
             EMPTY_TIMES,
             EMPTY_GROUPS,
+            (),
         ),
     )
 
@@ -169,7 +174,7 @@ def advance(
         state = initial_state(definition)
     elif state[1] is not fingerprint and (state[1] != fingerprint or state[0] != name):
         state = check_state(definition, state)
-    _, _, events, status, _, in_flight, seq, outputs, _, _, attempts, run_id, _, _ = state
+    _, _, events, status, _, in_flight, seq, outputs, _, _, attempts, run_id, _, _, mail = state
     if not effects:
         if in_flight or status != RUNNING:
             return state, in_flight
@@ -184,6 +189,9 @@ def advance(
         or effect_type not in _EFFECTS
         or effect[0] != in_flight[0][0]
     ):
+        if any(type(e) is EventReceived for e in effects):
+            state, effects = with_events(definition, check_state(definition, state), effects, now)
+            return advance(definition, state, effects, now=now)
         raise _rejection(state, effects)
     command = in_flight[0]
     node = nodes.get(command[3])
@@ -204,7 +212,7 @@ def advance(
             return _fail_step(definition, state, command, node, error, _at(effect, now))
     target = nodes[node[4]]
     # (Identity first: a pmap's truth is a Python-level __len__ call.)
-    if not target[9] or (attempts is not EMPTY_ATTEMPTS and attempts):
+    if not target[9] or (attempts is not EMPTY_ATTEMPTS and attempts) or mail:
         return _enter(definition, state, target, outputs, attempts, _at(effect, now), None)
     # The common case, _enter inlined: rest at a plain handler step, issue its command.
     seq += 1
@@ -212,7 +220,7 @@ def advance(
     # One tuple literal: building the 14 fields in one go is the cheapest way.
     fields = (
         name, fingerprint, target[1], RUNNING, None, commands, seq, outputs,
-        None, None, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS,
+        None, None, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS, mail,
     )  # fmt: skip
     return _new(State, fields), commands
 
@@ -236,7 +244,7 @@ def answer(
     outputs, attempts = state[7], state[10]
     if effect_type is HandlerReturned:
         value = effect[1]
-        if kind == "do":
+        if kind == "do" or kind == "wait_event":
             if value is not None:  # None keeps the step's earlier output
                 try:
                     outputs = outputs.set(command[2], freeze_json(value))
@@ -260,22 +268,43 @@ def answer(
         else:
             error = _bad_result(command, value)
             return _fail_step(definition, state, command, node, error, _at(effect, now))
-    elif (effect_type is TimerFired) != (kind == "sleep"):
+    elif (effect_type is TimerFired) != (kind == "sleep" or kind == "wait_event"):
         raise _wrong_answer(effect, command)
     elif effect_type is HandlerRaised:
         error = cast(ErrorRecord, effect[1])
         return _fail_step(definition, state, command, node, error, _at(effect, now))
     else:  # a timer, due or early
         at = _at(effect, now)
-        if at is None or at < cast(float, command[4]):
+        due = cast(float | None, command[4])
+        if at is None or due is None or at < due:
             raise EffectError(
                 f"the timer of step {command[2]!r} fires at {command[4]!r}, not at {at!r}; "
-                "answer a Wake with TimerFired only once its time has come",
+                "answer a Wake (or a timed AwaitEvent) with TimerFired only once its time "
+                "has come",
                 command_id=command[0],
             )
+        if kind == "wait_event":
+            return _timed_out(definition, state, command, node, at)
         target = definition._node(node[4])
         return _enter(definition, state, target, outputs, attempts, at, None)
     return _enter(definition, state, target, outputs, attempts, _at(effect, now), None)
+
+
+def _timed_out(
+    definition: FlowDefinition, state: State, command: Command, node: _Node, at: float
+) -> tuple[State, tuple[Command, ...]]:
+    """Run the ``on_timeout`` steps of a ``wait_event`` that timed out at ``at``, or fail it."""
+    if node.on_false:
+        target = definition._node(node.on_false)
+        return _enter(definition, state, target, state.outputs, state.attempts, at, None)
+    error = ErrorRecord.from_exception(
+        WaitTimeoutError(
+            f"no event {node.awaits!r} reached {node.step!r} by {command[4]!r}, the end of its "
+            "timeout; give it on_timeout= steps to go on without it"
+        ),
+        node.step,
+    )
+    return _fail_step(definition, state, command, node, error, at)
 
 
 def _at(effect: Effect, now: float | None) -> float | None:
@@ -313,14 +342,25 @@ def _enter(
         for scope in attempts:
             if scope not in scopes:
                 attempts = attempts.discard(scope)
-    seq = state[6]
+    seq, mail = state[6], state[14]
     if node.kind is None:
         done = (name, fingerprint, node.events, COMPLETED, None, (), seq, outputs)
-        return _new(State, (*done, None, None, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS)), ()
+        ended = (None, None, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS, mail)
+        return _new(State, (*done, *ended)), ()
     if node.kind == "parallel" or node.kind == "join":
         # A fork or a join: no command; stepflow.core.groups takes it from here.
         fork = (name, fingerprint, node.events, RUNNING, None, (), seq, outputs)
-        return _new(State, (*fork, None, None, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS)), ()
+        forked = (None, None, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS, mail)
+        return _new(State, (*fork, *forked)), ()
+    if node.kind == "wait_event" and mail:
+        found = take(mail, node.awaits)
+        if found is not None:  # the event came first: take it and go on (events rule 4)
+            payload, mail = found
+            if payload is not None:
+                outputs = outputs.set(node.step, payload)
+            target = definition._node(node.on_true)
+            taken = state._replace(mailbox=mail)
+            return _enter(definition, taken, target, outputs, attempts, at, None)
     seq += 1
     start = at if not_before is None else not_before
     timeout_at = None
@@ -335,6 +375,18 @@ def _enter(
         assert node.delay is not None
         wake_at: float | None = start + node.delay
         command = _new(Wake, (seq, "sleep", node.step, node.event, wake_at))
+    elif node.kind == "wait_event":
+        wake_at = None
+        if node.timeout is not None:
+            if start is None:
+                raise EffectError(
+                    f"the run reached wait_event step {node.step!r}, whose timeout needs the "
+                    "time it was reached, and no time is known; pass now= to advance, or "
+                    "stamp effects with their time (at=)",
+                    command_id=-1,
+                )
+            wake_at = start + node.timeout
+        command = _new(AwaitEvent, (seq, "wait_event", node.step, node.event, wake_at, node.awaits))
     else:
         wake_at = not_before
         if node.timeout is not None and start is not None:
@@ -342,7 +394,7 @@ def _enter(
         command = _new(CallHandler, (seq, node.kind, node.step, node.event, None))
     issued: tuple[Command, ...] = (command,)
     fields = (name, fingerprint, node.events, RUNNING, None, issued, seq, outputs)
-    rest = (wake_at, timeout_at, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS)
+    rest = (wake_at, timeout_at, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS, mail)
     return _new(State, (*fields, *rest)), issued
 
 
@@ -377,7 +429,7 @@ def _poll_again(
     commands = (_new(CallHandler, (seq, "wait_for", node.step, node.event, None)),)
     fields = (definition.name, definition.fingerprint, state.events, RUNNING, None, commands, seq)
     rest = (state.outputs, wake_at, timeout_at, state.attempts, state.run_id)
-    return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS)), commands
+    return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS, state.mailbox)), commands
 
 
 def _restart(
@@ -417,7 +469,7 @@ def _rejection(state: State, effects: Sequence[Effect]) -> EffectError:
                 "TimerFired values (Interpreter.execute makes them)",
                 command_id=-1,
             )
-        command_id = effect[0]
+        command_id = answered_id(effect)
         if command_id in seen:
             return DuplicateEffectError(
                 f"two effects in one batch answer command {command_id}; "
@@ -462,12 +514,12 @@ def result_error(command: Command, value: Any) -> ErrorRecord | None:
         return _items_error(command, value)
     if command.kind == "sleep_until":
         return time_error(command, value)
-    if command.kind == "do":
+    if command.kind == "do" or command.kind == "wait_event":
         try:
             freeze_json(value)
         except NotJSON as exc:
             message = (
-                f"do step {command.step!r} returned a value that is not JSON ({exc}); "
+                f"{command.kind} step {command.step!r} returned a value that is not JSON ({exc}); "
                 "return dict, list, str, int, float, bool or None, "
                 "or keep the object elsewhere and return its id"
             )
@@ -535,7 +587,8 @@ def _fail_step(
             ask = _new(CallHandler, (seq, "on_error", scope, command.event, error))
             fields = (definition.name, definition.fingerprint, state.events, RUNNING, None, (ask,))
             rest = (seq, state.outputs, None, None, attempts, state.run_id)
-            return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS)), (ask,)
+            state_rest = (EMPTY_TIMES, EMPTY_GROUPS, state.mailbox)
+            return _new(State, (*fields, *rest, *state_rest)), (ask,)
         index += 1
     return state._replace(
         flow=definition.name,
@@ -614,7 +667,7 @@ def check_state(definition: FlowDefinition, state: State) -> State:
                 and node.event == command[3] == events[0]
                 and node.kind == command[1]
                 and node.step == command[2]
-                and (command[4] is None or type(command) is Wake)
+                and (command[4] is None or type(command) is not CallHandler)
             ):
                 return state
     if state.flow != definition.name:

@@ -6,6 +6,8 @@ Scopes and events follow go-stepflow character for character:
   ``Retry`` or ``LoopUntil`` for those items (``do`` and ``.steps`` add none);
 * ``case`` and ``loop_until`` run their group in a child scope ``steps``; a
   retry's group *is* its ``<name>Retry`` scope;
+* ``wait_event`` (suffix ``WaitEvent``) runs its ``on_timeout`` steps in the
+  child scope ``onTimeout``;
 * ``parallel`` (suffix ``Parallel``) runs branch ``b`` in the child scope ``b``;
   ``map`` (suffix ``Map``) runs its item group in the child scope ``steps``, which
   a position of item ``i`` carries as ``steps[i]`` (see :mod:`stepflow.core.groups`).
@@ -47,6 +49,7 @@ from stepflow.core.spec import (
     Sleep,
     SleepUntil,
     Steps,
+    WaitEvent,
     WaitFor,
 )
 from stepflow.errors import DefinitionError
@@ -63,6 +66,7 @@ _SUFFIX: Mapping[type, str] = MappingProxyType(
         Sleep: "",
         SleepUntil: "",
         WaitFor: "WaitFor",
+        WaitEvent: "WaitEvent",
         Case: "Case",
         Retry: "Retry",
         LoopUntil: "LoopUntil",
@@ -70,7 +74,7 @@ _SUFFIX: Mapping[type, str] = MappingProxyType(
         Map: "Map",
     }
 )
-_ITEMS = (Do, WaitFor, Sleep, SleepUntil, Case, Retry, LoopUntil, Group, Parallel, Map)
+_ITEMS = (Do, WaitFor, WaitEvent, Sleep, SleepUntil, Case, Retry, LoopUntil, Group, Parallel, Map)
 # Characters a step or branch name may not hold: ':' and '/' build event strings,
 # '[' and ']' mark a map item's index in a position.
 _RESERVED = (":", "/", "[", "]")
@@ -184,6 +188,19 @@ def _check_item(item: object, parent: str, index: int) -> Item:
             raise DefinitionError(
                 f"the policy of retry {path!r} is {item.policy!r}, not a RetryPolicy", path=path
             )
+    if isinstance(item, WaitEvent) and item.on_timeout is not None:
+        if not isinstance(item.on_timeout, Steps):
+            raise DefinitionError(
+                f"the on_timeout of {path!r} is {item.on_timeout!r:.80}, not a spec; "
+                "pass stepflow.steps()...",
+                path=path,
+            )
+        if item.timeout is None:
+            raise DefinitionError(
+                f"wait_event {path!r} has on_timeout steps but no timeout=; say after how "
+                "long they run (seconds or a timedelta)",
+                path=path,
+            )
     body = getattr(item, "body", None)
     if body is not None and not isinstance(body, Steps):
         raise DefinitionError(
@@ -273,6 +290,8 @@ class _Compiler:
                 every,
                 timeout,
             )
+        elif isinstance(item, WaitEvent):
+            self.wait_event(scope, item, retries)
         elif isinstance(item, Sleep):
             duration = to_seconds(
                 item.duration, f"the duration of sleep {scope!r}", scope, allow_zero=True
@@ -325,6 +344,35 @@ class _Compiler:
             self.group(scope, item, retries)
         else:
             self.steps(scope, item.body, retries)
+
+    def wait_event(self, scope: str, item: WaitEvent, retries: tuple[str, ...]) -> None:
+        """Compile a wait for an event: it leads on when one comes, or after its timeout.
+
+        ``destinations[1]`` is the start of the ``on_timeout`` steps, if any; a
+        wait without them fails on timeout, so it lists its retries instead.
+        """
+        start, done = start_event(scope), completed_event(scope)
+        timeout = (
+            None
+            if item.timeout is None
+            else to_seconds(item.timeout, f"the timeout= of {scope!r}", scope)
+        )
+        dests: tuple[Destination, ...] = (Destination(done, f"event {item.name!r} received"),)
+        if item.on_timeout is not None:
+            group = f"{scope}/onTimeout"
+            dests += (Destination(start_event(group), "timed out"),)
+        # Only a wait that can fail (by timing out) lists its retries.
+        failing = retries if item.on_timeout is None and timeout is not None else ()
+        retry_dests = tuple(Destination(start_event(r), _RETRY) for r in failing)
+        self.transitions.append(
+            Transition(
+                start, "wait_event", scope, dests + retry_dests, retries,
+                timeout=timeout, awaits=item.name,
+            )
+        )  # fmt: skip
+        if item.on_timeout is not None:
+            self.static(completed_event(group), done)
+            self.steps(group, item.on_timeout, retries)
 
     def group(self, scope: str, item: Parallel | Map, retries: tuple[str, ...]) -> None:
         """Compile a fork: its start, each branch (or the item group), and their joins.

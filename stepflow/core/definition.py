@@ -20,6 +20,10 @@ Two kinds of transition exist:
   first asks its ``when`` handler for the time (so it lists its retries, as a
   handler does), then waits for its timer in the same way (see
   :mod:`stepflow.core.timers`).
+* **event** transitions (``"wait_event"``): the position waits at their source
+  for an event named ``awaits``, then goes to ``destinations[0]``; past its
+  ``timeout`` it goes to ``destinations[1]`` (the ``on_timeout`` steps) when that
+  is not a ``"retry"`` destination, else it fails (see :mod:`stepflow.core.events`).
 * **group** transitions: a ``"parallel"`` fork lists the start of each branch; a
   ``"map"`` calls its ``items`` handler, then starts ``destinations[0]`` (the item
   group) once per item, or goes to ``destinations[1]`` when there are none; a
@@ -69,6 +73,7 @@ TransitionKind = Literal[
     "loop_until",
     "sleep",
     "sleep_until",
+    "wait_event",
     "parallel",
     "map",
     "join",
@@ -334,14 +339,15 @@ class Transition:
         delay: For ``wait_for``, seconds between polls; for ``sleep``, the
             duration. ``None`` otherwise.
         timeout: For ``wait_for``, seconds after which a condition still false
-            fails the step with a ``WaitTimeoutError``; for ``do``, the
-            start-to-close limit of one execution of its handler, enforced by
-            the shell (``StepTimeoutError``), never read by the core; ``None``:
-            no timeout.
+            fails the step with a ``WaitTimeoutError``; for ``wait_event``, after
+            which the wait times out; for ``do``, the start-to-close limit of one
+            execution of its handler, enforced by the shell
+            (``StepTimeoutError``), never read by the core. ``None``: no timeout.
         max_concurrency: For ``map``, how many items may run at once
             (``None``: no limit).
         max_failures: For ``parallel`` and ``map``, how many failed branches or
             items the group tolerates and still completes.
+        awaits: For ``wait_event``, the name of the event it waits for.
 
     """
 
@@ -354,6 +360,7 @@ class Transition:
     timeout: float | None = None
     max_concurrency: int | None = None
     max_failures: int = 0
+    awaits: str | None = None
 
     @property
     def is_static(self) -> bool:
@@ -388,6 +395,8 @@ class _Node(NamedTuple):
     forks: tuple[str, ...] = ()
     limit: int | None = None
     tolerated: int = 0
+    # A wait_event's event name ("" otherwise).
+    awaits: str = ""
 
 
 def _canonical(
@@ -408,6 +417,8 @@ def _canonical(
             row.append([t.delay, t.timeout])
         if t.kind in GROUP_KINDS:
             row.append({"max_concurrency": t.max_concurrency, "max_failures": t.max_failures})
+        if t.awaits is not None:
+            row.append({"awaits": t.awaits})
         rows.append(row)
     body: list[Any] = [_FINGERPRINT_FORMAT, name, rows]
     plain = [r for r in retries if r.policy is not None or not r.on_error]
@@ -592,6 +603,11 @@ class FlowDefinition:
             elif t.kind == "map":
                 # An item's start is concretized per item (see stepflow.core.groups).
                 on_true, on_false = t.destinations[0].event, resolve(t.destinations[1].event)
+            elif t.kind == "wait_event":
+                # on_false: the on_timeout steps, or "" when a timeout fails the step.
+                on_true = resolve(t.destinations[0].event)
+                later = [d for d in t.destinations[1:2] if d.reason != "retry"]
+                on_false = resolve(later[0].event) if later else ""
             else:
                 on_true = resolve(t.destinations[0].event)
                 two_way = t.kind not in ("do", "sleep", "sleep_until", "join")
@@ -614,6 +630,7 @@ class FlowDefinition:
                 tuple(b.partition(path + "/")[2] for b in _branches(t)) if group else (),
                 t.max_concurrency,
                 t.max_failures,
+                t.awaits or "",
             )
         for event in table:
             if event not in nodes:

@@ -84,7 +84,17 @@ from stepflow.core.advance import (
     result_error,
 )
 from stepflow.core.definition import FlowDefinition, _Node, completed_event, start_event
-from stepflow.core.messages import CallHandler, Command, Effect, HandlerRaised, HandlerReturned
+from stepflow.core.events import untimed_wait, with_events
+from stepflow.core.messages import (
+    AwaitEvent,
+    CallHandler,
+    Command,
+    Effect,
+    EventReceived,
+    HandlerRaised,
+    HandlerReturned,
+    answered_id,
+)
 from stepflow.core.state import (
     COMPLETED,
     EMPTY_ATTEMPTS,
@@ -149,6 +159,7 @@ class _Run:
         "error",
         "filling",
         "groups",
+        "mailbox",
         "outputs",
         "positions",
         "seq",
@@ -170,6 +181,7 @@ class _Run:
         self.groups = state.groups
         self.status = state.status
         self.error = state.error
+        self.mailbox = state.mailbox
         # Groups whose items are being started: an item that ends at once must
         # not start the next one itself (that would recurse once per item).
         self.filling: set[str] = set()
@@ -185,14 +197,14 @@ class _Run:
         if self.status == RUNNING:
             in_flight = tuple(cast(Command, c) for c in self.positions.values())
             times = self.times
-            wake_at, timeout_at = _earliest(events, times)
+            wake_at, timeout_at = _earliest(events, times, in_flight)
         # Empty maps are the shared empties: the codec writes them as format 2 did.
         times = times if times else EMPTY_TIMES
         groups = self.groups if self.groups else EMPTY_GROUPS
         attempts = self.attempts if self.attempts else EMPTY_ATTEMPTS
         fields = (definition.name, definition.fingerprint, events, self.status, self.error)
         rest = (in_flight, self.seq, self.outputs, wake_at, timeout_at, attempts)
-        return _new(State, (*fields, *rest, state.run_id, times, groups))
+        return _new(State, (*fields, *rest, state.run_id, times, groups, self.mailbox))
 
     # ------------------------------------------------------------------ one position
 
@@ -207,12 +219,13 @@ class _Run:
         fields = (definition.name, definition.fingerprint, (event,), RUNNING, None)
         issued = () if command is None else (command,)
         rest = (issued, self.seq, self.outputs, wake_at, timeout_at, attempts, self.state.run_id)
-        return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS))
+        return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS, self.mailbox))
 
     def absorb(self, view: State, origin: _Node, at: float | None) -> None:
         """Take the outcome of one position's move (``view``) into the run."""
         self.seq = view.seq
         self.outputs = view.outputs
+        self.mailbox = view.mailbox
         attempts = self.attempts
         for scope in origin.retry_scopes:
             if scope in attempts:
@@ -363,7 +376,10 @@ class _Run:
             for event, command in self.positions.items()
             if event.startswith(inside)
             and cast(Command, command).id not in self.answering
-            and (self.times.get(event, _NO_TIMES)[0] or at) > at
+            and (
+                (self.times.get(event, _NO_TIMES)[0] or at) > at
+                or type(command) is AwaitEvent  # a wait for an event: nothing executes it
+            )
         ]
         self.filling.add(scope)  # settle once, after the last drop
         for event in dropped:
@@ -497,16 +513,21 @@ def _item_scope(scope: str, kind: str, key: str) -> str:
 
 
 def _earliest(
-    events: tuple[str, ...], times: PMap[str, tuple[float | None, float | None]]
+    events: tuple[str, ...],
+    times: PMap[str, tuple[float | None, float | None]],
+    in_flight: tuple[Command, ...],
 ) -> tuple[float | None, float | None]:
-    """Return the run's ``wake_at`` (``None``: a command is due at once) and ``timeout_at``."""
+    """Return the run's ``wake_at`` (``None``: a command is due at once) and ``timeout_at``.
+
+    A wait for an event with no timeout is never due: it does not count.
+    """
     wake_at: float | None = None
     timeout_at: float | None = None
     due_now = False
-    for event in events:
+    for event, command in zip(events, in_flight, strict=True):
         wake, timeout = times.get(event, _NO_TIMES)
         if wake is None:
-            due_now = True
+            due_now = due_now or not untimed_wait(command)
         elif wake_at is None or wake < wake_at:
             wake_at = wake
         if timeout is not None and (timeout_at is None or timeout < timeout_at):
@@ -556,18 +577,21 @@ def _advance(
     seen: set[int] = set()
     for effect in effects:
         if type(effect) not in _EFFECTS or effect[0] not in by_id or effect[0] in seen:
+            if any(type(e) is EventReceived for e in effects):
+                state, effects = with_events(definition, state, effects, now)
+                return _advance(definition, state, effects, now)
             raise _rejection(state, effects)
-        seen.add(effect[0])
+        seen.add(answered_id(effect))
     run = _Run(definition, state)
     run.answering = seen
-    for effect in sorted(effects, key=lambda e: e[0]):
-        command = by_id[effect[0]]
+    for effect in sorted(effects, key=answered_id):
+        command = by_id[answered_id(effect)]
         if command.event not in run.positions:  # dropped by a failure earlier in the batch
             raise _rejection(run.build(), (effect,))
         run.apply(command, effect, now)
         if run.status != RUNNING:
             # A finished run answers nothing more: the rest of the batch is refused.
-            rest = [e for e in effects if e[0] > effect[0]]
+            rest = [e for e in effects if answered_id(e) > command[0]]
             if rest:
                 raise _rejection(run.build(), rest)
     new = run.build()

@@ -1,33 +1,46 @@
 """Commands and effects: what the core asks for, and what happened.
 
-Commands are imperative (:class:`CallHandler`, :class:`Wake`): the core asks the
-shell to call a handler, or to wake the run at a time. Effects are past tense
-(:class:`HandlerReturned`, :class:`HandlerRaised`, :class:`TimerFired`): the shell
-reports the outcome, addressed to the command's id, stamped with the time it was
-observed (``at``, seconds since the epoch, read from the shell's clock: the core
+Commands are imperative (:class:`CallHandler`, :class:`Wake`, :class:`AwaitEvent`):
+the core asks the shell to call a handler, to wake the run at a time, or to deliver
+an event when one comes. Effects are past tense (:class:`HandlerReturned`,
+:class:`HandlerRaised`, :class:`TimerFired`, :class:`EventReceived`): the shell
+reports the outcome, addressed to the command's id (an event is addressed to the
+run: see :mod:`stepflow.core.events`), stamped with the time it was observed
+(``at``, seconds since the epoch, read from the shell's clock: the core
 never reads one). Both are frozen data; they are ``NamedTuple`` subclasses
 because they are made on every step, and each compares equal only to its own type.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 from stepflow.core.state import ErrorRecord
 
 __all__ = [
+    "AwaitEvent",
     "CallHandler",
     "Command",
     "CommandKind",
     "Effect",
+    "EventReceived",
     "HandlerRaised",
     "HandlerReturned",
     "TimerFired",
     "Wake",
+    "answered_id",
 ]
 
 CommandKind = Literal[
-    "do", "wait_for", "case", "loop_until", "on_error", "sleep", "map", "sleep_until"
+    "do",
+    "wait_for",
+    "case",
+    "loop_until",
+    "on_error",
+    "sleep",
+    "map",
+    "wait_event",
+    "sleep_until",
 ]
 
 
@@ -117,8 +130,50 @@ class Wake(NamedTuple):
         return f"{self.step}#{self.id}"
 
 
+class AwaitEvent(NamedTuple):
+    """Wait for an event named ``name``: a ``wait_event`` step's position rests here.
+
+    The shell executes nothing for it. An :class:`EventReceived` of that name,
+    applied to the run, answers it (see :mod:`stepflow.core.events`); so may a
+    :class:`HandlerReturned` addressed to its id, carrying the payload. With a
+    timeout, ``at`` is when it expires: answer it then with :class:`TimerFired`,
+    as a :class:`Wake`. Its first fields line up with :class:`Wake`'s.
+
+    Attributes:
+        id: Run-unique, deterministic id, as for :class:`CallHandler`.
+        kind: Always ``"wait_event"``.
+        step: Scope path of the ``wait_event`` step.
+        event: The state event the command belongs to.
+        at: When the wait times out (seconds since the epoch), or ``None``: only
+            an event ends it.
+        name: The name of the event it waits for.
+
+    """
+
+    id: int
+    kind: Literal["wait_event"]
+    step: str
+    event: str
+    at: float | None
+    name: str
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is AwaitEvent and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
+
+    @property
+    def key(self) -> str:
+        """Idempotency key, as for :attr:`CallHandler.key`."""
+        return f"{self.step}#{self.id}"
+
+
 #: Every command the core can issue.
-Command = CallHandler | Wake
+Command = CallHandler | Wake | AwaitEvent
 
 
 class HandlerReturned(NamedTuple):
@@ -202,5 +257,42 @@ class TimerFired(NamedTuple):
         return tuple.__hash__(self)
 
 
+class EventReceived(NamedTuple):
+    """An event named ``name`` reached the run, carrying the JSON ``payload``.
+
+    Unlike the other effects it answers no command: it is addressed to the run,
+    kept in the state's mailbox until a ``wait_event`` step of that name takes
+    it (see :mod:`stepflow.core.events` for the rules).
+
+    Attributes:
+        name: The event's name (non-empty, without ``:``).
+        payload: Its JSON payload (``None`` for none).
+        at: When it was sent (seconds since the epoch), or ``None``.
+
+    """
+
+    name: str
+    payload: Any = None
+    at: float | None = None
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is EventReceived and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((EventReceived, self.name, repr(self.payload), self.at))
+
+
 #: Every effect the core accepts.
-Effect = HandlerReturned | HandlerRaised | TimerFired
+Effect = HandlerReturned | HandlerRaised | TimerFired | EventReceived
+
+
+def answered_id(effect: Effect) -> int:
+    """Return the id of the command ``effect`` answers; ``-1`` for an event, which answers none.
+
+    >>> answered_id(TimerFired(3, 0.0)), answered_id(EventReceived("approved"))
+    (3, -1)
+    """
+    return -1 if type(effect) is EventReceived else cast(int, effect[0])

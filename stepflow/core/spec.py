@@ -36,6 +36,7 @@ __all__ = [
     "Sleep",
     "SleepUntil",
     "Steps",
+    "WaitEvent",
     "WaitFor",
     "named",
     "steps",
@@ -79,6 +80,19 @@ class WaitFor:
     cond: ConditionFn
     every: Duration = DEFAULT_POLL_INTERVAL
     timeout: Duration | None = None
+
+
+@attrs.frozen
+class WaitEvent:
+    """A step that rests until an event named ``name`` is received.
+
+    Past ``timeout``, the ``on_timeout`` steps run, or, without them, the step
+    fails with :class:`~stepflow.errors.WaitTimeoutError`.
+    """
+
+    name: str
+    timeout: Duration | None = None
+    on_timeout: Steps | None = None
 
 
 @attrs.frozen
@@ -164,7 +178,19 @@ class Map:
     max_failures: int = 0
 
 
-Item = Do | WaitFor | Sleep | SleepUntil | Case | Retry | LoopUntil | Group | Parallel | Map
+Item = (
+    Do
+    | WaitFor
+    | WaitEvent
+    | Sleep
+    | SleepUntil
+    | Case
+    | Retry
+    | LoopUntil
+    | Group
+    | Parallel
+    | Map
+)
 
 
 @attrs.frozen
@@ -219,6 +245,32 @@ class Steps:
         an enclosing ``retry`` can catch. Its scope is ``<name>WaitFor``.
         """
         return self._add(WaitFor(name, cond, every, timeout))
+
+    def wait_event(
+        self,
+        name: str,
+        *,
+        timeout: Duration | None = None,
+        on_timeout: Steps | None = None,
+    ) -> Steps:
+        """Add a step that rests until an event named ``name`` is received.
+
+        Events come from outside the run (:func:`stepflow.send_event`, ``stepflow
+        send``, or an :class:`~stepflow.EventReceived` effect). One received
+        before the run gets here waits in the run's mailbox and is taken at
+        once, first in first out per name. The event's JSON payload is kept in
+        ``outputs`` under the step's path (a ``None`` payload keeps the earlier
+        one). While it rests, the run issues no command to execute and costs
+        nothing: no poll, no journal entry.
+
+        With ``timeout`` (seconds or a ``timedelta``, counted from when the step
+        is reached), a wait still unanswered then runs the ``on_timeout`` steps
+        and the flow goes on after them, or, without ``on_timeout``, fails with
+        :class:`~stepflow.errors.WaitTimeoutError`, which an enclosing ``retry``
+        may catch. Its scope is ``<name>WaitEvent``; the ``on_timeout`` steps run
+        in the child scope ``onTimeout``. See :mod:`stepflow.core.events`.
+        """
+        return self._add(WaitEvent(name, timeout, on_timeout))
 
     def sleep(self, name: str, duration: Duration) -> Steps:
         """Add a durable timer: the run resumes ``duration`` seconds after reaching it.

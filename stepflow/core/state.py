@@ -160,6 +160,9 @@ class State(NamedTuple):
             ``timeout_at`` above then hold the earliest of them. Empty otherwise.
         groups: The :class:`GroupProgress` of each running group, keyed by the
             group's scope path (with its item indices). Empty otherwise.
+        mailbox: The events received and not yet taken by a ``wait_event`` step,
+            as ``(name, payload)`` pairs in arrival order (see
+            :mod:`stepflow.core.events`).
 
     """
 
@@ -177,6 +180,7 @@ class State(NamedTuple):
     run_id: str = ""
     times: PMap[str, tuple[float | None, float | None]] = EMPTY_TIMES
     groups: PMap[str, GroupProgress] = EMPTY_GROUPS
+    mailbox: tuple[tuple[str, Any], ...] = ()
 
     def __eq__(self, other: object) -> bool:
         return type(other) is State and tuple.__eq__(self, other)

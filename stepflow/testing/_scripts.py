@@ -20,8 +20,10 @@ from stepflow.core.advance import advance, initial_state
 from stepflow.core.definition import FlowDefinition, template_of
 from stepflow.core.groups import command_times
 from stepflow.core.messages import (
+    AwaitEvent,
     Command,
     Effect,
+    EventReceived,
     HandlerRaised,
     HandlerReturned,
     TimerFired,
@@ -63,7 +65,7 @@ START = 1_000.0
 
 @attrs.frozen
 class Returns:
-    """The handler returns ``value``."""
+    """The handler returns ``value``; for a ``wait_event``, its event arrives with ``value``."""
 
     value: Any
 
@@ -78,7 +80,11 @@ class Raises:
 
 @attrs.frozen
 class TimesOut:
-    """A ``wait_for`` condition is still false at its deadline: the step times out."""
+    """A ``wait_for`` condition is still false at its deadline: the step times out.
+
+    For a ``wait_event``, no event comes before its timeout (one with no
+    timeout gets its event, with no payload, instead).
+    """
 
 
 @attrs.frozen
@@ -111,6 +117,7 @@ def outcome_of(name: Outcome | str) -> Outcome:
         "false": Returns(False),
         "timed_out": TimesOut(),
         "past": Returns(0),
+        "received": Returns(None),
     }
     if kind == "raised":
         return Raises("scripted failure", error_type or "RuntimeError")
@@ -132,6 +139,7 @@ EXIT_OUTCOMES: Mapping[str, Outcome] = {
     "on_error": Returns(False),
     "map": Returns([]),
     "sleep_until": Returns(0),  # a time long past: the timer fires at once
+    "wait_event": Returns(None),
 }
 
 
@@ -183,6 +191,7 @@ class ScriptedWorld:
         self.script = script
         self._pending = {key: list(outs) for key, outs in script.items()}
         self._answers: dict[int, Effect] = {}
+        self._events: dict[int, Outcome] = {}  # a wait's scripted outcome, by command id
         self.clock = clock if clock is not None else FakeClock(START)
         self.handler_seconds = handler_seconds
         self.executed: list[Command] = []
@@ -207,6 +216,8 @@ class ScriptedWorld:
         return self._answers[command.id]
 
     def _answer(self, command: Command, wake_at: float | None, timeout_at: float | None) -> Effect:
+        if type(command) is AwaitEvent:
+            return self._event(command)
         if wake_at is not None and wake_at > self.clock.now():
             self.clock.set(wake_at)
         if type(command) is Wake:
@@ -225,6 +236,33 @@ class ScriptedWorld:
             error = ErrorRecord(outcome.type, outcome.message, command.step)
             return HandlerRaised(command.id, error, None, at)
         return HandlerReturned(command.id, WrongKind(), at)
+
+    def _event(self, command: AwaitEvent) -> Effect:
+        """Send the event a ``wait_event`` waits for, or let it time out, as scripted."""
+        outcome = self._outcome(command)
+        if isinstance(outcome, TimesOut) and command.at is not None:
+            self.clock.set(max(command.at, self.clock.now()))
+            return TimerFired(command.id, self.clock.now())
+        value = outcome.value if isinstance(outcome, Returns) else None
+        return EventReceived(command.name, value, self.clock.advance(self.handler_seconds))
+
+    def _outcome(self, command: AwaitEvent) -> Outcome:
+        if command.id not in self._events:
+            self._events[command.id] = self._decide((command.kind, template_of(command.step)))
+        return self._events[command.id]
+
+    def event_for(self, command: AwaitEvent) -> EventReceived | None:
+        """Return the event the script sends to the wait ``command``, or ``None`` if it times out.
+
+        Decided once per command id, as :meth:`execute` decides, without moving
+        the clock: for a driver that delivers events its own way (a store's
+        inbox), and lets its worker fire the timeout.
+        """
+        outcome = self._outcome(command)
+        if isinstance(outcome, TimesOut) and command.at is not None:
+            return None
+        value = outcome.value if isinstance(outcome, Returns) else None
+        return EventReceived(command.name, value, self.clock.now())
 
     def handler(self, kind: str, step: str) -> Callable[..., Any]:
         """Return a real handler for ``(kind, step)`` that plays the script (no crash memo)."""

@@ -26,6 +26,7 @@ from stepflow.core.spec import (
     Sleep,
     SleepUntil,
     Steps,
+    WaitEvent,
     WaitFor,
 )
 from stepflow.flow import new
@@ -35,6 +36,7 @@ from stepflow.testing._scripts import (
     Raises,
     Returns,
     ReturnsWrongKind,
+    TimesOut,
     handler_keys,
 )
 
@@ -60,6 +62,8 @@ def _unused(*_: Any) -> Any:
 
 
 step_names = st.text(alphabet="abcdxyz-_.0", min_size=1, max_size=4)
+# Few event names, so that several waits (and mailboxes) share them.
+_event_names = st.sampled_from(["go", "ok", "x"])
 _root_names = st.sampled_from(["f", "steps", "deploy/v1", "a.b/c-d_e/v2"])
 
 #: Durations in seconds: small, so timeouts and backoffs interleave with the
@@ -108,10 +112,12 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
         ),
         st.builds(Sleep, step_names, st.just(0) | durations),
         st.builds(SleepUntil, step_names, st.just(_unused)),
+        st.builds(WaitEvent, _event_names, st.none() | durations),
     ]
     if depth <= 0:
         return st.one_of(leaves)
     body = bodies(depth - 1, fork=fork)
+    leaves.append(_waits_with_timeout_steps(depth, fork))
     on_error = st.just(_unused)
     groups: list[st.SearchStrategy[Item]] = [
         st.builds(Case, step_names, st.just(_unused), body),
@@ -139,6 +145,13 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
     if not fork:
         groups = groups[:-2]
     return st.one_of(*leaves, *groups)
+
+
+@st.composite
+def _waits_with_timeout_steps(draw: st.DrawFn, depth: int, fork: bool) -> Item:
+    # (A composite for a short repr, as _items.)
+    on_timeout = draw(bodies(depth - 1, fork=fork))
+    return WaitEvent(draw(_event_names), draw(durations), on_timeout)
 
 
 def _first(pair: tuple[str, Any]) -> str:
@@ -195,6 +208,9 @@ def outcomes_for(kind: str) -> st.SearchStrategy[Outcome]:
         value = st.builds(Returns, st.lists(json_values, max_size=3))
     elif kind == "sleep_until":  # a time past, at hand or ahead of the scripted clock
         value = st.builds(Returns, sleep_until_times)
+    elif kind == "wait_event":
+        # An event (with a payload) comes, or the wait times out: nothing raises.
+        return st.one_of(st.builds(Returns, json_values), st.just(TimesOut()))
     else:
         value = st.builds(Returns, st.booleans())
     failing: list[st.SearchStrategy[Outcome]] = [st.builds(Raises, st.text("xyz", max_size=3))]
