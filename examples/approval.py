@@ -14,8 +14,8 @@ The flow, ``expense/v1``:
 3. Past the window, ``escalate`` asks the manager, and ``managerDecision`` waits
    for the event ``manager_decision``; past *its* window, ``reject_unanswered``
    rejects the report, so no report waits forever.
-4. ``approved`` (a ``case`` on the decision that came) pays; else the report is
-   rejected by ``notify_rejected``.
+4. ``outcome`` (a ``switch`` on the decision that came: one command) pays the
+   report, or tells the submitter it was rejected.
 
 Events come from outside the run: a web handler would call
 ``stepflow.send_event(store, run_id, "decision", {"approve": True, "by": "ana"},
@@ -94,9 +94,9 @@ def decision(ctx: RunContext) -> dict[str, Any]:
     raise RuntimeError("no decision was recorded")  # pragma: no cover - the flow forbids it
 
 
-def is_approved(ctx: RunContext) -> bool:
-    """Whether the decision approves the report."""
-    return bool(decision(ctx).get("approve"))
+def outcome(ctx: RunContext) -> str:
+    """Route the report: ``"pay"`` when the decision approves it, else ``"reject"``."""
+    return "pay" if decision(ctx).get("approve") else "reject"
 
 
 def pay(ctx: RunContext) -> dict[str, Any]:
@@ -108,11 +108,6 @@ def pay(ctx: RunContext) -> dict[str, Any]:
 def notify_rejected(ctx: RunContext) -> dict[str, Any]:
     """Tell the submitter why the report was rejected."""
     return {"rejected_by": decision(ctx)["by"]}
-
-
-def is_rejected(ctx: RunContext) -> bool:
-    """Whether the decision rejects the report."""
-    return not is_approved(ctx)
 
 
 def build_flow() -> stepflow.Flow:
@@ -130,9 +125,80 @@ def build_flow() -> stepflow.Flow:
         stepflow.named(FLOW_NAME)
         .do("submit", submit)
         .wait_event("decision", timeout=APPROVER_WINDOW, on_timeout=escalation)
-        .case("approved", is_approved, stepflow.steps().do("pay", pay))
-        .case("rejected", is_rejected, stepflow.steps().do("notify", notify_rejected))
+        .switch(
+            "outcome",
+            outcome,
+            {
+                "pay": stepflow.steps().do("pay", pay),
+                "reject": stepflow.steps().do("notify", notify_rejected),
+            },
+        )
     )
 
 
 flow = build_flow()
+
+#: The demo's three reports: approved at once, approved by the manager, never answered.
+REPORTS = (
+    {"id": "exp-1", "amount": 120, "approver": "ana", "manager": "bo"},
+    {"id": "exp-2", "amount": 980, "approver": "cy", "manager": "bo"},
+    {"id": "exp-3", "amount": 45, "approver": "dee", "manager": "bo"},
+)
+
+
+def result(state: stepflow.State) -> str:
+    """Say how a finished report ended, on one line."""
+    pay_step, notify_step = (
+        f"{FLOW_NAME}/outcomeSwitch/case0/pay",
+        f"{FLOW_NAME}/outcomeSwitch/case1/notify",
+    )
+    if pay_step in state.outputs:
+        return f"paid, approved by {state.outputs[pay_step]['approved_by']}"
+    if notify_step in state.outputs:
+        return f"rejected by {state.outputs[notify_step]['rejected_by']}"
+    return state.status
+
+
+async def run_reports(store: stepflow.Store, inbox: Inbox) -> dict[str, stepflow.State]:
+    """Start the three reports, answer two of them as people would, and wait for all three.
+
+    ``exp-1`` is approved before its run even reaches the wait (the event waits in
+    the run's mailbox); ``exp-2``'s approver never answers, so the manager is
+    asked and approves; nobody answers ``exp-3``, which is rejected.
+    """
+    for report in REPORTS:
+        stepflow.start_run(store, flow, report, run_id=report["id"])
+    approval = {"approve": True, "by": "ana"}
+    stepflow.send_event(store, "exp-1", "decision", approval, key="mail-4711")
+    stepflow.send_event(store, "exp-1", "decision", approval, key="mail-4711")  # a retry: no-op
+    worker = stepflow.Worker(store, [flow], context=inbox, idle_interval=0.05)
+    running = asyncio.create_task(worker.run())
+    while ("bo", "exp-2") not in inbox.asked:  # the escalation reached the manager
+        await asyncio.sleep(0.01)
+    stepflow.send_event(store, "exp-2", "manager_decision", {"approve": True, "by": "bo"})
+    ids = [report["id"] for report in REPORTS]
+    while any(store.load(run_id).status == "running" for run_id in ids):
+        await asyncio.sleep(0.02)
+    worker.stop()
+    await running
+    return {run_id: stepflow.read_run(store, run_id, flow).state for run_id in ids}
+
+
+def main() -> int:
+    """Run the three reports on a SQLite file; print how each ended."""
+    inbox = Inbox()
+    with tempfile.TemporaryDirectory() as directory:
+        store = stepflow.open_store(f"sqlite:///{Path(directory) / 'approval.db'}")
+        try:
+            states = asyncio.run(run_reports(store, inbox))
+        finally:
+            store.close()
+    for run_id, state in states.items():
+        asked = ", ".join(person for person, report in inbox.asked if report == run_id)
+        print(f"{run_id}: {result(state)} (asked: {asked})")
+    print(f"payments made: {len(inbox.paid)}, total {sum(inbox.paid.values())}")
+    return 0 if all(state.status == "completed" for state in states.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
