@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ from stepflow.demo_v1 import flow as demo_v1_flow
 from stepflow.runtime.runs import cancel_run, resume_run, start_run
 from stepflow.runtime.worker import StepReport
 from stepflow.stores import MemoryStore
-from stepflow.stores.base import Save
+from stepflow.stores.base import RunRecord, Save
 from stepflow.testing import scripted_flow
 
 Script = dict[HandlerKey, tuple[Outcome, ...]]
@@ -101,9 +101,9 @@ def record(
     """
     world = World(script, FakeClock(START))
     flow = scripted_flow(definition, world)
-    store = MemoryStore()
-    first = start_run(store, flow, None, run_id=run_id, clock=world.clock)
     saved: list[State] = []
+    store = _DeliveriesSeen(definition, saved)
+    first = start_run(store, flow, None, run_id=run_id, clock=world.clock)
     asked: set[int] = set()
 
     def send_scripted(state: State) -> None:
@@ -120,7 +120,10 @@ def record(
 
     def on_step(report: StepReport) -> None:
         # One report per effect; a batch answering several commands saves one state.
-        if not saved or saved[-1] is not report.state:
+        # (The states that deliveries of events saved were seen as they were saved.)
+        if type(report.effect) is not EventReceived and (
+            not saved or saved[-1] is not report.state
+        ):
             saved.append(report.state)
         send_scripted(report.state)
 
@@ -128,6 +131,25 @@ def record(
     worker = Worker(store, [flow], clock=world.clock, concurrency=1, on_step=on_step)
     worker.run_sync(until_idle=True, handle_signals=False)
     return store, saved
+
+
+class _DeliveriesSeen(MemoryStore):
+    """A memory store that adds each state a delivery of events saved to ``saved``.
+
+    A delivery that only fills the mailbox (its wait was dropped meanwhile)
+    answers no command, so ``on_step`` cannot report it.
+    """
+
+    def __init__(self, definition: FlowDefinition, saved: list[State]) -> None:
+        super().__init__()
+        self._definition, self._saved = definition, saved
+
+    def save_many(self, saves: Sequence[Save], *, now: float) -> list[RunRecord | BaseException]:
+        results = super().save_many(saves, now=now)
+        for save, result in zip(saves, results, strict=True):
+            if save.delivered is not None and not isinstance(result, BaseException):
+                self._saved.append(loads(save.state, self._definition))
+        return results
 
 
 def stored_state(store: MemoryStore, definition: FlowDefinition, run_id: str = RUN) -> State:
