@@ -449,9 +449,6 @@ def _success(command: stepflow.Command, state: stepflow.State) -> stepflow.Effec
         "case": salt == 0,
         "map": list(range(salt)),
         "switch": ["a", "b", 1][salt],
-        # An answer carrying the payload, addressed to the wait itself: which
-        # event a wait takes from a shared mailbox depends on order; this does not.
-        "wait_event": command.step,
         "sleep_until": T0 + salt,  # due at once or a little later, by position alone
     }[command.kind]
     return HandlerReturned(command.id, value, at)
