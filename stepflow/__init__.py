@@ -30,7 +30,6 @@ from stepflow.core.advance import advance as advance
 from stepflow.core.advance import resume as resume
 from stepflow.core.definition import Destination as Destination
 from stepflow.core.definition import FlowDefinition as FlowDefinition
-from stepflow.core.definition import RetryPolicy as RetryPolicy
 from stepflow.core.definition import Transition as Transition
 from stepflow.core.messages import AwaitEvent as AwaitEvent
 from stepflow.core.messages import CallHandler as CallHandler
@@ -41,6 +40,7 @@ from stepflow.core.messages import HandlerRaised as HandlerRaised
 from stepflow.core.messages import HandlerReturned as HandlerReturned
 from stepflow.core.messages import TimerFired as TimerFired
 from stepflow.core.messages import Wake as Wake
+from stepflow.core.policies import RetryPolicy as RetryPolicy
 from stepflow.core.spec import Steps as Steps
 from stepflow.core.spec import named as named
 from stepflow.core.spec import steps as steps

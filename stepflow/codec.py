@@ -32,7 +32,8 @@ from cattrs.errors import BaseValidationError
 from pyrsistent import pmap
 
 from stepflow.core._json import NotJSON, freeze_json, thaw_json
-from stepflow.core.advance import check_state, result_error
+from stepflow.core.advance import result_error
+from stepflow.core.checks import check_state
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
     AwaitEvent,

@@ -29,7 +29,8 @@ from stepflow.codec import (
     structure_state,
     unstructure_state,
 )
-from stepflow.core.advance import advance, check_state, initial_state, resume
+from stepflow.core.advance import advance, initial_state, resume
+from stepflow.core.checks import check_state
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import Command
 from stepflow.core.state import State

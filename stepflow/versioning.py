@@ -23,7 +23,7 @@ from types import MappingProxyType
 import attrs
 from pyrsistent import pmap
 
-from stepflow.core.advance import check_state
+from stepflow.core.checks import check_state
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import AwaitEvent, CallHandler, Command, Wake
 from stepflow.core.state import ErrorRecord, State

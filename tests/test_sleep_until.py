@@ -12,7 +12,8 @@ import stepflow
 from stepflow import FakeClock, RetryPolicy, Worker
 from stepflow.analysis import explore, paths
 from stepflow.codec import loads_batch
-from stepflow.core.advance import check_state, result_error
+from stepflow.core.advance import result_error
+from stepflow.core.checks import check_state
 from stepflow.core.messages import CallHandler, HandlerRaised, HandlerReturned, TimerFired, Wake
 from stepflow.diagrams import to_dot, to_mermaid
 from stepflow.errors import DefinitionError, EffectError, FlowFailed, UnknownEventError

@@ -32,17 +32,14 @@ from typing import Any
 
 from stepflow.core.choice import case_keys
 from stepflow.core.definition import (
-    CatchRule,
     Destination,
     FlowDefinition,
-    RetryPolicy,
-    RetryRule,
     Transition,
     TransitionKind,
     completed_event,
     start_event,
-    to_seconds,
 )
+from stepflow.core.policies import CatchRule, RetryPolicy, RetryRule, to_seconds
 from stepflow.core.scopes import error_names
 from stepflow.core.spec import (
     Case,

@@ -50,8 +50,9 @@ from typing import Any
 from pyrsistent.typing import PMap
 
 from stepflow.core._json import freeze_json, thaw_json
-from stepflow.core.definition import FlowDefinition, _type_names, start_event, template_of
+from stepflow.core.definition import FlowDefinition, start_event, template_of
 from stepflow.core.messages import Command
+from stepflow.core.policies import type_names
 from stepflow.core.state import ErrorRecord, State
 from stepflow.errors import DefinitionError
 
@@ -74,7 +75,7 @@ def error_names(errors: Any, path: str) -> tuple[str, ...] | None:
         return None
     listed = (errors,) if isinstance(errors, (str, type)) else errors
     try:
-        names = _type_names(tuple(listed), "errors")
+        names = type_names(tuple(listed), "errors")
     except (TypeError, DefinitionError):
         names = ()
     if not names or not all(names):

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from stepflow.core.definition import RetryPolicy
+from stepflow.core.policies import RetryPolicy
 from stepflow.errors import DefinitionError
 
 __all__ = [

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from stepflow.core.choice import case_key
 from stepflow.core.compile import scope_name
-from stepflow.core.definition import FlowDefinition, RetryPolicy
+from stepflow.core.definition import FlowDefinition
+from stepflow.core.policies import RetryPolicy
 from stepflow.core.spec import (
     Case,
     Catch,
