@@ -26,6 +26,7 @@ from stepflow import (
     new,
     steps,
 )
+from stepflow.core.advance import initial_state
 from stepflow.core.events import MAILBOX_LIMIT, mailbox_room, resting
 from stepflow.testing import Returns, TimesOut, simulate
 
@@ -352,3 +353,38 @@ def test_an_event_is_never_lost_and_never_taken_twice(before: list[str], after: 
     assert sorted(taken, key=lambda t: t[1]) == sorted(sent, key=lambda t: t[1])
     for name in ("x", "y"):
         assert [p for n, p in taken if n == name] == [p for n, p in sent if n == name]
+
+
+def test_a_timed_wait_reached_with_no_time_known_asks_for_one() -> None:
+    flow = new(named("t/v1").wait_event("go", timeout=5))
+    with pytest.raises(EffectError, match="no time is known"):
+        advance(flow.definition, None)
+
+
+def test_a_finished_run_is_not_resting() -> None:
+    state, _ = advance(UNTIMED.definition, None, [EventReceived("go", None, T0)], now=T0)
+    (after,) = state.in_flight
+    done, _ = advance(UNTIMED.definition, state, [HandlerReturned(after.id, None, T0)])
+    assert not resting(done)
+    assert not resting(initial_state(UNTIMED.definition))
+
+
+def test_an_event_without_a_time_takes_the_callers() -> None:
+    state, _ = _at_wait()
+    after, (ship,) = advance(APPROVAL.definition, state, [EventReceived("approved", 1)], now=T0 + 9)
+    assert ship.step == "approve/v1/ship"
+    assert after.outputs[WAIT] == 1
+
+
+def test_waits_and_events_compare_by_type_and_value() -> None:
+    wait = AwaitEvent(1, "wait_event", "f/goWaitEvent", "start:f/goWaitEvent", None, "go")
+    same = AwaitEvent(1, "wait_event", "f/goWaitEvent", "start:f/goWaitEvent", None, "go")
+    assert wait == same
+    assert wait.__ne__(same) is False  # (!= on equal waits)
+    assert hash(wait) == hash(same)
+    assert wait != tuple(wait)
+    event = EventReceived("go", {"a": [1]}, 2.0)
+    assert event == EventReceived("go", {"a": [1]}, 2.0)
+    assert event != EventReceived("go", {"a": [2]}, 2.0)
+    assert hash(event) == hash(EventReceived("go", {"a": [1]}, 2.0))
+    assert event != ("go", {"a": [1]}, 2.0)
