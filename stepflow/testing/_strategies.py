@@ -235,9 +235,13 @@ flows = definitions
 #: worlds' start (:data:`~stepflow.testing.START`) and a little after.
 sleep_until_times = st.sampled_from([0, 999.5, 1000, 1001.5, 1004, 1010.0])
 
+def _json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=2) | st.dictionaries(st.text("kv", max_size=2), inner)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.text("ab", max_size=2),
-    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text("kv", max_size=2), inner),
+    _json_containers,
     max_leaves=4,
 )
 
