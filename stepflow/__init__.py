@@ -30,7 +30,6 @@ from stepflow.core.advance import advance as advance
 from stepflow.core.advance import resume as resume
 from stepflow.core.definition import Destination as Destination
 from stepflow.core.definition import FlowDefinition as FlowDefinition
-from stepflow.core.definition import RetryPolicy as RetryPolicy
 from stepflow.core.definition import Transition as Transition
 from stepflow.core.messages import AwaitEvent as AwaitEvent
 from stepflow.core.messages import CallHandler as CallHandler
@@ -41,6 +40,7 @@ from stepflow.core.messages import HandlerRaised as HandlerRaised
 from stepflow.core.messages import HandlerReturned as HandlerReturned
 from stepflow.core.messages import TimerFired as TimerFired
 from stepflow.core.messages import Wake as Wake
+from stepflow.core.policies import RetryPolicy as RetryPolicy
 from stepflow.core.spec import Steps as Steps
 from stepflow.core.spec import named as named
 from stepflow.core.spec import steps as steps
@@ -72,6 +72,7 @@ from stepflow.errors import ScheduleExistsError as ScheduleExistsError
 from stepflow.errors import StaleWriteError as StaleWriteError
 from stepflow.errors import StateError as StateError
 from stepflow.errors import StepflowError as StepflowError
+from stepflow.errors import StepTimeoutError as StepTimeoutError
 from stepflow.errors import StoreError as StoreError
 from stepflow.errors import UnknownEffectError as UnknownEffectError
 from stepflow.errors import UnknownEventError as UnknownEventError
@@ -104,6 +105,7 @@ from stepflow.runtime import resume_run as resume_run
 from stepflow.runtime import resume_schedule as resume_schedule
 from stepflow.runtime import send_event as send_event
 from stepflow.runtime import start_run as start_run
+from stepflow.runtime import wake as wake
 from stepflow.stores import Store as Store
 from stepflow.stores import open_store as open_store
 from stepflow.versioning import Migration as Migration
@@ -162,6 +164,7 @@ __all__ = [
     "State",
     "StateError",
     "Status",
+    "StepTimeoutError",
     "StepflowError",
     "Steps",
     "Store",
@@ -203,4 +206,5 @@ __all__ = [
     "send_event",
     "start_run",
     "steps",
+    "wake",
 ]

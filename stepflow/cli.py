@@ -10,6 +10,7 @@
     stepflow flows MODULE [--json]
     stepflow resume RUN --flow MODULE:FLOW
     stepflow cancel RUN
+    stepflow wake RUN
     stepflow send RUN NAME [--data JSON|@FILE] [--key K] [--json]
     stepflow history RUN [--flow MODULE:FLOW]
     stepflow export RUN > run.json
@@ -114,6 +115,8 @@ __all__ = ["UsageProblem", "import_module", "load_flow", "main", "parse_json"]
 log = logging.getLogger("stepflow.cli")
 
 _STATUSES = ("running", "completed", "failed", "cancelled")
+# How journal entries other than effect batches read.
+_OP_NAMES = {"resume": "resumed", "cancel": "cancelled", "wake": "woken"}
 _STYLES = {
     "running": "cyan",
     "completed": "green",
@@ -521,7 +524,13 @@ def _step(step: str, flow: str) -> str:
 def _effect_lines(batch: Batch, flow: str) -> list[Text]:
     """One line per effect of a journal entry: what happened, at which step."""
     if batch.op != "effects":
-        return [Text({"resume": "resumed", "cancel": "cancelled"}.get(batch.op, batch.op))]
+        return [
+            Text(
+                {"resume": "resumed", "cancel": "cancelled", "wake": "woken"}.get(
+                    batch.op, batch.op
+                )
+            )
+        ]
     commands: dict[int, Command] = {c.id: c for c in batch.answered}
     lines = []
     for effect in batch.effects:
@@ -1342,6 +1351,25 @@ def cancel(run_id: str, db: str | None) -> None:
     click.echo(f"Cancelled run {run_id} at {_position(record)}.")
 
 
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@_db_option
+def wake(run_id: str, db: str | None) -> None:
+    """Make a resting run due now: its wait_for polls now, its retry backoff ends now.
+
+    A sleep's timer is never cut short. A worker holding the run takes the wake
+    when it next lets the run go. A finished run has nothing to wake (exit 0).
+    """
+    with _store(db, create=False) as store:
+        run_id = stepflow.resolve_run_id(store, run_id)
+        woken = stepflow.wake(store, run_id)
+        if not woken:
+            status = store.load(run_id).status
+            click.echo(f"Run {run_id} is {status}: nothing to wake.")
+            return
+    click.echo(f"Woke run {run_id}; a worker will poll it now.")
+
+
 # -- events -------------------------------------------------------------------------
 
 
@@ -1761,7 +1789,9 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
         elif batch.op == "migrate" and batch.state is not None:
             rows.append(("-", Text(f"migrated to {batch.state.flow}", style="cyan"), "", ""))
         else:
-            text = {"resume": "resumed", "cancel": "cancelled"}.get(batch.op, batch.op)
+            text = {"resume": "resumed", "cancel": "cancelled", "wake": "woken"}.get(
+                batch.op, batch.op
+            )
             rows.append(("-", Text(text, style="yellow"), "", ""))
         for i, (step, outcome, n, attempt) in enumerate(rows):
             cells: list[str | Text] = [*(first if i == 0 else blank), escape(step), outcome, n]

@@ -32,7 +32,8 @@ from cattrs.errors import BaseValidationError
 from pyrsistent import pmap
 
 from stepflow.core._json import NotJSON, freeze_json, thaw_json
-from stepflow.core.advance import check_state, result_error
+from stepflow.core.advance import result_error
+from stepflow.core.checks import check_state
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
     AwaitEvent,
@@ -255,7 +256,9 @@ def _time_fast(value: Any) -> float | None:
 
 
 EMPTY_STRINGS: Mapping[str, str] = MappingProxyType({})
-_KINDS = frozenset(("do", "wait_for", "case", "loop_until", "on_error", "map"))
+_KINDS = frozenset(
+    ("do", "wait_for", "case", "loop_until", "on_error", "map", "switch", "sleep_until")
+)
 _EMPTY_MAILBOX: tuple[tuple[str, Any], ...] = ()
 _STATUSES = frozenset(("running", "completed", "failed"))
 
@@ -522,8 +525,8 @@ def _structure_explained(obj: Any) -> State:
 
 #: What a journal entry records: the run's start, an effect batch, an operator's
 #: resume or cancel, or a migration to another version of the flow.
-BatchOp = Literal["start", "effects", "resume", "cancel", "migrate"]
-_OPS = ("start", "effects", "resume", "cancel", "migrate")
+BatchOp = Literal["start", "effects", "resume", "cancel", "migrate", "wake"]
+_OPS = ("start", "effects", "resume", "cancel", "migrate", "wake")
 
 
 @attrs.frozen
@@ -533,8 +536,10 @@ class Batch:
     Attributes:
         op: ``"start"`` (the run was created), ``"effects"`` (an effect batch
             given to :func:`stepflow.advance`), ``"resume"``
-            (:func:`stepflow.resume`), ``"cancel"``, or ``"migrate"`` (the run
-            was adopted by another version of its flow).
+            (:func:`stepflow.resume`), ``"cancel"``, ``"migrate"`` (the run
+            was adopted by another version of its flow), or ``"wake"`` (a worker
+            took in a :func:`stepflow.wake`; ``at`` is when it was asked: the
+            state is unchanged, its polls and backoffs are due at once).
         at: When it was applied (seconds since the epoch), or ``None``.
         effects: The effects applied, in order.
         answered: The commands in flight that the effects answered.

@@ -8,7 +8,8 @@ in the definition's own order.
 Granularity
 -----------
 * **Nodes are resting events**: one node per handler transition (``do``,
-  ``wait_for``, ``case``, ``loop_until``) or timer (``sleep``), that is, every
+  ``wait_for``, ``case``, ``loop_until``) or timer (``sleep``, ``sleep_until``: its
+  ``when`` call and its timer rest at the same event), that is, every
   position a running :class:`~stepflow.core.state.State` can hold, plus a start
   and an end marker. A ``case`` node is its condition check, drawn inside the
   case's scope; a ``loop_until`` node is its check after each pass, drawn inside
@@ -22,8 +23,14 @@ Granularity
 * **Retry edges are drawn per step**, as in the table: each step inside a retry
   scope gets one ``retry`` edge per enclosing retry (innermost first), to the
   first resting event of that retry's group. Mermaid labels them with the prefix
-  ``⟲``; DOT draws them dashed. A failure with no retry left fails the run; that
-  path is not drawn.
+  ``⟲``; DOT draws them dashed. **Catch edges** likewise: each step inside a
+  catch's steps gets a ``catch`` edge to the first resting event of the catch's
+  handler (Mermaid's prefix ``↳``, DOT dashed red). A failure with no retry or
+  catch left fails the run; that path is not drawn.
+* **A switch** is one node (a diamond), drawn inside its ``switch`` scope, with
+  one edge per case (``route returned "eu"``) to the first step of that case's
+  scope (``case0``...), and one for no match, to the ``default`` scope or past
+  the switch. A ``catch`` scope holds its ``steps`` and its ``handler`` scope.
 * **Scopes are nested groups** (Mermaid composite states, DOT clusters): the
   flow's root, ``retry``, ``case``, ``loop_until`` and ``steps`` groups (the
   ``steps`` child of a case or loop, and named ``.steps(...)`` groups). A retry
@@ -64,6 +71,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from stepflow.core.definition import (
+    FAILURE_REASONS,
     FlowDefinition,
     Transition,
     completed_event,
@@ -81,10 +89,10 @@ _END = "end"
 _ROOT = "flow"
 # Scope-name suffixes go-stepflow adds; stripped to show the name the user gave.
 _SUFFIX = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
-_SUFFIX["wait_event"] = "WaitEvent"
-_SUFFIX.update({"parallel": "Parallel", "map": "Map"})
+_SUFFIX.update({"wait_event": "WaitEvent", "parallel": "Parallel", "map": "Map"})
+_SUFFIX["switch"] = "Switch"
 # Kinds of handler transition whose step path is a scope drawn around their node.
-_GROUP_KINDS = frozenset({"case", "loop_until", "parallel", "map", "join"})
+_GROUP_KINDS = frozenset({"case", "loop_until", "parallel", "map", "join", "switch"})
 # Node kinds drawn as bars (fork and join of a group).
 _BARS = frozenset({"parallel", "join"})
 
@@ -219,14 +227,17 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
     group_steps: dict[str, str] = {}
     for t in handlers:
         assert t.step is not None
-        if t.kind in ("case", "loop_until", "parallel", "map") or _timeout_steps(t):
+        if t.kind in ("case", "loop_until", "parallel", "map", "switch") or _timeout_steps(t):
             group_steps[t.step] = t.kind
         if t.kind == "parallel":
             for d in t.destinations:
-                if d.reason != "retry":
+                if d.reason not in FAILURE_REASONS:
                     group_steps[_path(d.event)] = "branch"
         elif t.kind == "map":
             group_steps[t.step + "/steps"] = "item"
+    for scope in definition.catch_scopes():
+        group_steps[scope] = "catch"
+        group_steps[scope + "/handler"] = "handler"
 
     # Scopes, in the order their events first appear: a pre-order of the tree.
     paths: dict[str, int] = {}
@@ -260,6 +271,9 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
             kind = group_steps.get(path) or ("retry" if path in retries else "steps")
             if kind == "retry":
                 detail = _retry_detail(definition, path)
+            elif kind == "catch":
+                errors = definition.catch_rule(path).errors
+                detail = "catch" + ("" if errors is None else " " + ", ".join(errors))
             elif kind in ("parallel", "map", "item"):
                 detail = _group_detail(definition, kind, path)
             else:
@@ -305,16 +319,23 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
             if source in left:
                 continue  # the group's join node leaves once
             left.add(source)
-        # Retry destinations go back to their retry scope's start (timers have none).
+        # Retry destinations go back to their retry scope's start (timers have none),
+        # catch destinations to their catch's handler.
         edges.extend(
             _Edge(source, target(d.event), d.reason, t.kind, None)
             for d in t.destinations
-            if d.reason != "retry"
+            if d.reason not in FAILURE_REASONS
         )
         edges.extend(
-            _Edge(source, target(d.event), d.reason, "retry", d.event.partition(":")[2])
+            _Edge(
+                source,
+                target(d.event),
+                d.reason,
+                d.reason,
+                _path(d.event).removesuffix("/handler") if d.reason == "catch" else _path(d.event),
+            )
             for d in t.destinations
-            if d.reason == "retry"
+            if d.reason in FAILURE_REASONS
         )
 
     items: dict[str, int] = {}
@@ -517,7 +538,7 @@ def to_mermaid(definition: FlowDefinition, state: State | None = None) -> str:
             label = scope.detail
         else:
             label = _mermaid_text(scope.name)
-            if scope.detail and scope.detail != "steps":
+            if scope.detail and scope.detail not in ("steps", scope.name):
                 label += f" ({scope.detail})"
         error = _bar_failure(graph, children, scope)
         if error is not None:
@@ -555,10 +576,12 @@ def to_mermaid(definition: FlowDefinition, state: State | None = None) -> str:
         if edge.kind == "start":
             lines.append(f"    {source} --> {target}")
             continue
-        label = edge.reason
+        # (A switch's reason holds its case value: a ':' or ';' would end the label.)
+        label = re.sub(r"[:;\n]", "_", edge.reason)
         if edge.retry_scope is not None:
             name = edge.retry_scope.rpartition("/")[2]
-            label = f"⟲ {label} {_mermaid_edge_text(name)}"
+            mark = "↳" if edge.kind == "catch" else "⟲"
+            label = f"{mark} {label} {_mermaid_edge_text(name)}"
         lines.append(f"    {source} --> {target} : {label}")
     marked = sorted(graph.current - {_START, _END})
     if marked:
@@ -587,8 +610,10 @@ _SHAPES = {
     "wait_for": "hexagon",
     "sleep": "octagon",
     "wait_event": "cds",
+    "sleep_until": "octagon",
     "case": "diamond",
     "loop_until": "diamond",
+    "switch": "diamond",
 }
 _CLUSTER_STYLES = {
     "flow": ("solid", "#334155"),
@@ -601,6 +626,9 @@ _CLUSTER_STYLES = {
     "branch": ("dotted", "#0f766e"),
     "map": ("solid", "#be185d"),
     "item": ("dashed,bold", "#be185d"),
+    "switch": ("solid", "#0369a1"),
+    "catch": ("dashed", "#b91c1c"),
+    "handler": ("dotted", "#b91c1c"),
 }
 
 
@@ -609,7 +637,8 @@ def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
 
     Each scope is a ``subgraph cluster_<id>`` labelled with its name (retry
     clusters dashed, with their policy); each resting event a node whose shape
-    tells its kind (``box`` do, ``hexagon`` wait_for, ``octagon`` sleep, ``cds`` wait_event,
+    tells its kind (``box`` do, ``hexagon`` wait_for, ``octagon`` sleep and sleep_until,
+    ``cds`` wait_event,
     ``diamond`` case and loop_until); edges carry their reasons, retry edges are
     dashed and do not constrain the layout. See the module docstring for what is
     drawn.
@@ -730,8 +759,9 @@ def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
             if edge.retry_scope is not None:
                 label += " " + edge.retry_scope.rpartition("/")[2]
             pairs.append(("label", _dot(label)))
-        if edge.kind == "retry":
-            pairs += [("style", "dashed"), ("color", _dot("#b45309")), ("constraint", "false")]
+        if edge.kind in ("retry", "catch"):
+            color = "#b45309" if edge.kind == "retry" else "#b91c1c"
+            pairs += [("style", "dashed"), ("color", _dot(color)), ("constraint", "false")]
         attrs = f" {_attrs(pairs)}" if pairs else ""
         lines.append(f"    {_dot(edge.source)} -> {_dot(edge.target)}{attrs};")
     lines.append("}")
@@ -753,8 +783,9 @@ def to_json(definition: FlowDefinition, state: State | None = None) -> dict[str,
          "edges": [{"source", "target", "reason", "kind"}]}
 
     Scope kinds are ``flow``, ``retry``, ``case``, ``loop_until``, ``steps``,
-    ``parallel``, ``branch`` (one branch of a parallel), ``map`` and ``item``
-    (the scope each item of a map runs in);
+    ``parallel``, ``branch`` (one branch of a parallel), ``map``, ``item``
+    (the scope each item of a map runs in), ``switch`` (its cases and default
+    are ``steps``), ``catch`` and ``handler`` (a catch's handler);
     every scope is listed, drawn or not. Node kinds are ``start``, ``end`` and the
     transition kinds (``parallel`` is a group's fork, ``join`` its join, ``map``
     the command that asks for a map's items); a node's ``scope`` is the path of
@@ -762,7 +793,7 @@ def to_json(definition: FlowDefinition, state: State | None = None) -> dict[str,
     at the node, as the state holds them (map item indices included, so a node
     inside a map lists one per item there); ``current`` says whether there is one.
     Edge kinds are ``start`` (the static hops to the first resting event),
-    ``retry``, or the kind of the transition the edge leaves by. ``status`` and
+    ``retry``, ``catch``, or the kind of the transition the edge leaves by. ``status`` and
     ``error`` (``{"type", "message", "step"}``) come from ``state``, else ``None``.
 
     Args:

@@ -41,6 +41,7 @@ __all__ = [
     "ScheduleExistsError",
     "StaleWriteError",
     "StateError",
+    "StepTimeoutError",
     "StepflowError",
     "StoreError",
     "UnknownEffectError",
@@ -237,6 +238,18 @@ class WaitTimeoutError(StepflowError, TimeoutError):
 
     It is recorded in the state like any handler failure, so an enclosing
     ``retry`` can catch it.
+    """
+
+
+class StepTimeoutError(StepflowError, TimeoutError):
+    """A ``do`` step's handler ran past its ``timeout=`` (start to close).
+
+    The shell enforces it (:class:`stepflow.Interpreter`, the
+    :class:`stepflow.Flow` drivers, the :class:`stepflow.Worker`): an
+    ``async def`` handler is cancelled at the deadline, a plain one is abandoned
+    in its thread (a late result is ignored and logged). The step then fails
+    with this error, recorded like any handler failure: an enclosing ``retry``
+    retries it unless its policy names it ``non_retryable``.
     """
 
 

@@ -29,8 +29,9 @@ from stepflow.core.definition import FlowDefinition
 from stepflow.core.events import resting, untimed_wait
 from stepflow.core.groups import command_times, item_of
 from stepflow.core.messages import AwaitEvent, Command, EventReceived, Wake
+from stepflow.core.scopes import handler_error
 from stepflow.core.spec import Steps
-from stepflow.core.state import COMPLETED, FAILED, RUNNING, State
+from stepflow.core.state import COMPLETED, FAILED, RUNNING, ErrorRecord, State
 from stepflow.errors import DefinitionError, FlowFailed
 from stepflow.interpreter import Interpreter
 from stepflow.versioning import Migration
@@ -110,12 +111,16 @@ class Flow:
         return state, [c for c in commands if _due(state, c, now)]
 
     def _context(self, state: State, command: Command, ctx: Any) -> Any:
-        """Return the context a handler gets: the caller's, with the item inside a map."""
+        """Return the context a handler gets: the caller's, wrapped inside a map or catch.
+
+        Inside a map item it carries ``ctx.item``; inside a catch's handler, ``ctx.error``.
+        """
         if state.groups:
             found = item_of(state, command.step)
             if found is not None:
-                return ItemContext(ctx, *found)
-        return ctx
+                ctx = ItemContext(ctx, *found)
+        error = handler_error(self.definition, state.outputs, command.step)
+        return ctx if error is None else ErrorContext(ctx, error)
 
     def apply(self, state: State | None = None, ctx: Any = None) -> State:
         """Run one step of the flow from ``state`` (``None`` starts a run).
@@ -253,6 +258,32 @@ class ItemContext:
             f"ItemContext(index={self.index!r}, item={self.item!r:.60}, "
             f"wrapped={self.wrapped!r:.60})"
         )
+
+
+class ErrorContext:
+    """The caller's context seen from inside a ``catch`` handler: ``ctx.error``.
+
+    Like :class:`ItemContext`, it forwards every other attribute to the
+    caller's object (``wrapped``). ``error`` is the
+    :class:`~stepflow.ErrorRecord` the catch took.
+
+    >>> from stepflow import ErrorRecord
+    >>> ctx = ErrorContext(None, ErrorRecord("KeyError", "k", "f/aCatch/steps/x"))
+    >>> ctx.error.type
+    'KeyError'
+    """
+
+    __slots__ = ("error", "wrapped")
+
+    def __init__(self, wrapped: Any, error: ErrorRecord) -> None:
+        self.wrapped = wrapped
+        self.error = error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+    def __repr__(self) -> str:
+        return f"ErrorContext(error={self.error!r}, wrapped={self.wrapped!r:.60})"
 
 
 def new(spec: Steps, *, clock: Clock | None = None, migrations: Iterable[Migration] = ()) -> Flow:

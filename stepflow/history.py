@@ -29,7 +29,8 @@ from stepflow.codec import (
     structure_state,
     unstructure_state,
 )
-from stepflow.core.advance import advance, check_state, initial_state, resume
+from stepflow.core.advance import advance, initial_state, resume
+from stepflow.core.checks import check_state
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import Command
 from stepflow.core.state import State
@@ -354,7 +355,7 @@ def replay(
                     history.initial, tuple(states), tuple(issued_log), tuple(divergences)
                 )
             issued = state.in_flight
-        else:  # start (only first), cancel: the state is unchanged
+        else:  # start (only first), cancel, wake: the state is unchanged
             issued = state.in_flight
         states.append(state)
         issued_log.append(issued)

@@ -11,13 +11,30 @@ by a handler becomes a :class:`HandlerRaised` effect; it never escapes. A due
 interpreter keeps the live exception objects of recent failures for that; when
 the failure was loaded from storage (another process, a restart), it rebuilds one
 from the error record instead (see :func:`rebuild_exception`).
+
+Step timeouts (``.do(name, fn, timeout=)``) are enforced here, in the shell: the
+core never reads a clock. The limit is start-to-close, measured in real time
+(whatever the interpreter's clock, which may be a virtual one), from the moment
+the handler is called:
+
+* an ``async def`` handler runs as a task that is cancelled at the deadline;
+* a plain handler runs in a thread of its own (a thread cannot be stopped from
+  outside), which is abandoned at the deadline: whatever it returns or raises
+  later is ignored and logged at WARNING;
+
+either way the effect is a ``HandlerRaised`` carrying a
+:class:`~stepflow.errors.StepTimeoutError`, stamped at the deadline's clock time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import datetime
+import functools
 import inspect
+import logging
 import sys
 import threading
 from collections import OrderedDict
@@ -38,12 +55,12 @@ from stepflow.core.messages import (
     Wake,
 )
 from stepflow.core.state import ErrorRecord
-from stepflow.errors import InterpreterError, RecordedError
+from stepflow.errors import InterpreterError, RecordedError, StepTimeoutError
 
 if TYPE_CHECKING:
     from stepflow.flow import Flow
 
-__all__ = ["Interpreter", "rebuild_exception"]
+__all__ = ["Interpreter", "epoch_seconds", "rebuild_exception"]
 
 #: How many live exceptions an interpreter remembers for on_error handlers.
 _LIVE_EXCEPTIONS = 256
@@ -51,6 +68,7 @@ _LIVE_EXCEPTIONS = 256
 # slowest part of a call otherwise.
 _PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, dict, list, tuple))
 _new = tuple.__new__
+log = logging.getLogger("stepflow.interpreter")
 
 
 def _lookup_type(name: str) -> type[BaseException] | None:
@@ -96,8 +114,116 @@ def rebuild_exception(record: ErrorRecord) -> BaseException:
     return RecordedError(record.type, record.message)
 
 
+def epoch_seconds(value: Any) -> Any:
+    """Return a ``sleep_until`` time as the core takes it: seconds since the epoch.
+
+    A ``datetime`` is converted; a naive one is read as UTC, so the time never
+    depends on the time zone of the worker that asked. Anything else passes
+    through unchanged, for the core to accept (a finite number) or refuse.
+
+    >>> epoch_seconds(datetime.datetime(1970, 1, 2))
+    86400.0
+    >>> two_hours_east = datetime.timezone(datetime.timedelta(hours=2))
+    >>> epoch_seconds(datetime.datetime(1970, 1, 2, 2, tzinfo=two_hours_east))
+    86400.0
+    >>> epoch_seconds(5)
+    5
+    """
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return value.timestamp()
+    return value
+
+
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+def _timed_out(command: CallHandler, limit: float, what: str) -> StepTimeoutError:
+    return StepTimeoutError(
+        f"the do handler of {command.step!r} ran past its timeout of {limit:g}s and was "
+        f"{what}; make it faster, raise timeout=, or let a retry try again"
+    )
+
+
+async def _within(awaitable: Awaitable[Any], limit: float, command: CallHandler) -> Any:
+    """Await ``awaitable`` as a task; cancel it at ``limit`` seconds and raise StepTimeoutError."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait((task,), timeout=limit)
+    if not done:
+        task.cancel()
+        task.add_done_callback(functools.partial(_late, command, limit))
+        raise _timed_out(command, limit, "cancelled")
+    return task.result()
+
+
+def _late(command: CallHandler, limit: float, task: asyncio.Future[Any]) -> None:
+    """Log a timed-out task that did not end by its cancellation (it swallowed it)."""
+    if not task.cancelled():
+        error = task.exception()
+        outcome = "returned" if error is None else f"raised {error!r:.80}"
+        log.warning(
+            "the do handler of %r %s after its timeout of %gs; the late outcome is ignored",
+            command.step,
+            outcome,
+            limit,
+        )
+
+
+class _Abandonable:
+    """One call of a plain handler on a thread of its own, which may be abandoned.
+
+    Whoever comes first wins, under a lock: the call's end (its outcome is kept)
+    or :meth:`abandon` (the outcome, when it comes, is logged and dropped).
+    """
+
+    def __init__(self, command: CallHandler, limit: float, call: Callable[[], Any]) -> None:
+        self.command, self.limit, self.call = command, limit, call
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.outcome: tuple[Any, BaseException | None] | None = None
+        self.abandoned = False
+        self.on_done: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        name = f"stepflow-timed-{self.command.step}#{self.command.id}"
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (self.call(), None)
+        except BaseException as exc:  # handed to the caller, as a plain call would
+            outcome = (None, exc)
+        with self.lock:
+            self.outcome = outcome
+            abandoned = self.abandoned
+        self.done.set()
+        if abandoned:
+            error = outcome[1]
+            log.warning(
+                "the do handler of %r %s after its timeout of %gs; the late outcome is ignored",
+                self.command.step,
+                "returned" if error is None else f"raised {error!r:.80}",
+                self.limit,
+            )
+        elif self.on_done is not None:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
+                self.on_done()
+
+    def abandon(self) -> bool:
+        """Abandon the call unless it has ended; return whether it was abandoned."""
+        with self.lock:
+            if self.outcome is None:
+                self.abandoned = True
+        return self.abandoned
+
+    def result(self) -> Any:
+        assert self.outcome is not None
+        value, error = self.outcome
+        if error is not None:
+            raise error
+        return value
 
 
 class Interpreter:
@@ -114,6 +240,22 @@ class Interpreter:
         self._live: OrderedDict[ErrorRecord, BaseException] = OrderedDict()
         self._live_lock = threading.Lock()  # workers execute handlers from many threads
         self.clock: Clock = clock if clock is not None else SystemClock()
+        # Step path (without map indices) -> the start-to-close timeout of its do.
+        self._timeouts: dict[str, float] = {
+            t.step: t.timeout
+            for t in flow.definition.transitions
+            if t.kind == "do" and t.step is not None and t.timeout is not None
+        }
+
+    def timeout_of(self, command: Command) -> float | None:
+        """Return the start-to-close timeout of ``command``'s handler, or ``None``.
+
+        Only ``do`` steps declared with ``timeout=`` have one.
+        """
+        if not self._timeouts or command[1] != "do":
+            return None
+        limit = self._timeouts.get(command[2])
+        return self._timeouts.get(template_of(command[2])) if limit is None else limit
 
     def fire(self, command: Wake | AwaitEvent) -> TimerFired:
         """Answer a due :class:`Wake` (or a timed-out :class:`AwaitEvent`) with ``TimerFired``.
@@ -189,15 +331,56 @@ class Interpreter:
         if type(command) is not CallHandler:
             return self.fire(cast(Wake | AwaitEvent, command))
         handler = self._handler(command)
+        limit = self.timeout_of(command) if self._timeouts else None
         try:
-            result = self._call(handler, command, ctx)
+            if limit is None or inspect.iscoroutinefunction(handler):
+                result = self._call(handler, command, ctx)
+            else:
+                result = self._abandonable(handler, command, ctx, limit)
             if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
+                if limit is not None:
+                    result = _within(result, limit, command)
                 result = self._run_awaitable(command, result)
+            if command[1] == "sleep_until":
+                result = epoch_seconds(result)
         except InterpreterError:
             raise
         except Exception as exc:  # a handler's failure is an effect, never an escape
             return self._raised(command, exc)
         return _new(HandlerReturned, (command[0], result, self.clock.now()))
+
+    def _abandonable(
+        self, handler: Callable[..., Any], command: CallHandler, ctx: Any, limit: float
+    ) -> Any:
+        """Call a plain handler on its own thread; abandon it at ``limit`` seconds."""
+        call = _Abandonable(command, limit, functools.partial(self._call, handler, command, ctx))
+        call.start()
+        if not call.done.wait(limit) and call.abandon():
+            raise _timed_out(command, limit, "abandoned in its thread")
+        return call.result()
+
+    async def _abandonable_async(
+        self, handler: Callable[..., Any], command: CallHandler, ctx: Any, limit: float
+    ) -> Any:
+        """:meth:`_abandonable` without blocking the running loop."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        call = _Abandonable(command, limit, functools.partial(self._call, handler, command, ctx))
+
+        def settle() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        def on_done() -> None:
+            loop.call_soon_threadsafe(settle)
+
+        call.on_done = on_done
+        call.start()
+        await asyncio.wait((ended,), timeout=limit)
+        if call.abandon():
+            ended.cancel()
+            raise _timed_out(command, limit, "abandoned in its thread")
+        return call.result()
 
     @staticmethod
     def _run_awaitable(command: CallHandler, awaitable: Awaitable[Any]) -> Any:
@@ -215,7 +398,9 @@ class Interpreter:
     async def execute_async(self, command: Command, ctx: Any = None) -> Effect:
         """Like :meth:`execute`, awaiting ``async def`` handlers on the running loop.
 
-        Plain handlers are called directly, on the loop's thread.
+        Plain handlers are called directly, on the loop's thread, except those of
+        steps with a ``timeout=``, which run on a thread of their own (see the
+        module docstring).
 
         Raises:
             InterpreterError: no handler is bound for the command, or a timer is
@@ -225,10 +410,16 @@ class Interpreter:
         if type(command) is not CallHandler:
             return self.fire(cast(Wake | AwaitEvent, command))
         handler = self._handler(command)
+        limit = self.timeout_of(command) if self._timeouts else None
         try:
-            result = self._call(handler, command, ctx)
+            if limit is None or inspect.iscoroutinefunction(handler):
+                result = self._call(handler, command, ctx)
+            else:
+                result = await self._abandonable_async(handler, command, ctx, limit)
             if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
-                result = await result
+                result = await (result if limit is None else _within(result, limit, command))
+            if command[1] == "sleep_until":
+                result = epoch_seconds(result)
         except Exception as exc:  # a handler's failure is an effect, never an escape
             return self._raised(command, exc)
         return _new(HandlerReturned, (command[0], result, self.clock.now()))

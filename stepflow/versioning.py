@@ -23,7 +23,7 @@ from types import MappingProxyType
 import attrs
 from pyrsistent import pmap
 
-from stepflow.core.advance import check_state
+from stepflow.core.checks import check_state
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import AwaitEvent, CallHandler, Command, Wake
 from stepflow.core.state import ErrorRecord, State
@@ -183,11 +183,14 @@ def diff(
         after = new.table.get(renamed)
         if after is None or after.is_static:
             resting_removed.append(t.source)
-        elif after.kind != t.kind or any(
-            rename(s) not in after.retry_scopes for s in t.retry_scopes
+        elif (
+            after.kind != t.kind
+            or any(rename(s) not in after.retry_scopes for s in t.retry_scopes)
+            or after.cases != t.cases
         ):
-            # A command's step follows its position; its kind and the retries
-            # around it (an on_error in flight names one) must stay the same.
+            # A command's step follows its position; its kind, the retries
+            # around it (an on_error in flight names one) and, for a switch,
+            # the case values its answer is matched with must stay the same.
             changed.append(t.source)
     done_kept = rename(old.completed_event) == new.completed_event
     return DefinitionDiff(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 import time
@@ -355,8 +356,13 @@ def play(definition: FlowDefinition, case: PathCase) -> list[stepflow.State]:
             outcome = script[(command.kind, command.step)].pop(0)
             if outcome == "returned":
                 effect = stepflow.HandlerReturned(command.id, None, at)
+            elif outcome == "past":  # a sleep_until's when: a time long past
+                effect = stepflow.HandlerReturned(command.id, 0, at)
             elif outcome in ("true", "false"):
                 effect = stepflow.HandlerReturned(command.id, outcome == "true", at)
+            elif outcome.startswith("route:"):  # a switch's route returned that JSON scalar
+                value = json.loads(outcome.partition(":")[2])
+                effect = stepflow.HandlerReturned(command.id, value, at)
             elif outcome == "timed_out":
                 assert state.timeout_at is not None
                 effect = stepflow.HandlerReturned(command.id, False, max(at, state.timeout_at))

@@ -309,7 +309,7 @@ def test_a_format_1_state_from_before_timers_still_loads_with_empty_timing() -> 
     assert commands == (POLL,)
     # A one-position state is written as format 2 wrote it (format 3 adds only groups).
     assert json.loads(stepflow.dumps(again))["format"] == 2
-    assert stepflow.FORMAT_VERSION == 3
+    assert stepflow.FORMAT_VERSION == 4
 
 
 def test_a_hand_written_format_1_envelope_loads() -> None:

@@ -34,7 +34,8 @@ from stepflow import (
 from stepflow.codec import Batch, dumps_batch, loads_batch
 from stepflow.core import definition as definition_module
 from stepflow.core._json import NotJSON, freeze_json, thaw_json
-from stepflow.core.advance import check_state, result_error
+from stepflow.core.advance import result_error
+from stepflow.core.checks import check_state
 from stepflow.core.definition import (
     Destination,
     FlowDefinition,

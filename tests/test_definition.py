@@ -244,3 +244,11 @@ def test_a_table_with_two_transitions_from_one_event_is_a_definition_error() -> 
     t = Transition("start:f", "static", None, (Destination("completed:f", "static"),))
     with pytest.raises(stepflow.DefinitionError, match="two transitions leave"):
         FlowDefinition("f", (t, t))
+
+
+def test_a_do_timeout_is_data_in_its_transition_and_never_reaches_the_core() -> None:
+    timed = stepflow.new(stepflow.named("t").do("a", print, timeout=2.5)).definition
+    assert timed.table["start:t/a"].timeout == 2.5
+    assert timed._node("start:t/a").timeout is None  # the shell times it (StepTimeoutError)
+    with pytest.raises(stepflow.DefinitionError, match="must be finite and > 0"):
+        stepflow.new(stepflow.named("t").do("a", print, timeout=0))

@@ -57,6 +57,7 @@ PUBLIC = [
     "State",
     "StateError",
     "Status",
+    "StepTimeoutError",
     "StepflowError",
     "Steps",
     "Store",
@@ -98,6 +99,7 @@ PUBLIC = [
     "send_event",
     "start_run",
     "steps",
+    "wake",
 ]
 
 

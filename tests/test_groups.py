@@ -436,6 +436,11 @@ def _success(command: stepflow.Command, state: stepflow.State) -> stepflow.Effec
     at = T0 if wake_at is None else max(T0, wake_at)
     if type(command) is stepflow.Wake:
         return TimerFired(command.id, max(at, command.at))
+    if command.kind == "wait_event":
+        # Its event arrives; waits of one name take their events first-in first-out,
+        # so the payload names the event, not the waiter, whatever the order.
+        name = getattr(command, "name")  # noqa: B009 (an AwaitEvent's)
+        return stepflow.EventReceived(name, name, at)
     salt = sum(map(ord, command.step)) % 3
     value: Any = {
         "do": command.step,
@@ -443,6 +448,8 @@ def _success(command: stepflow.Command, state: stepflow.State) -> stepflow.Effec
         "loop_until": True,
         "case": salt == 0,
         "map": list(range(salt)),
+        "switch": ["a", "b", 1][salt],
+        "sleep_until": T0 + salt,  # due at once or a little later, by position alone
     }[command.kind]
     return HandlerReturned(command.id, value, at)
 

@@ -58,6 +58,7 @@ from stepflow import (
     replay,
 )
 from stepflow.codec import Batch, dumps_batch
+from stepflow.core.choice import case_key
 from stepflow.core.compile import scope_name
 from stepflow.core.definition import completed_event, start_event
 from stepflow.core.messages import (
@@ -356,6 +357,10 @@ def moved(
             return hops(definition, to[1])  # timed out: its on_timeout steps
     elif type(effect) is TimerFired or (type(effect) is HandlerReturned and command.kind == "do"):
         return hops(definition, to[0])  # a recorded do value is JSON: the step is done
+    if type(effect) is HandlerReturned and command.kind == "switch":
+        key, cases = case_key(effect.value), transition.cases
+        if key is not None:  # the case of that value, else the default or the switch's end
+            return hops(definition, to[cases.index(key) if key in cases else len(cases)])
     if type(effect) is HandlerReturned and command.kind != "on_error":
         if effect.value is True:
             return hops(definition, to[0])
@@ -366,6 +371,10 @@ def moved(
     for scope in transition.retry_scopes:
         if after.attempts.get(scope, 0) > before.attempts.get(scope, 0):
             return hops(definition, start_event(scope))
+    # Or a catch took the error (it recorded it anew): its handler starts.
+    for scope in transition.catch_scopes:
+        if after.outputs.get(scope) is not before.outputs.get(scope):
+            return hops(definition, start_event(scope + "/handler"))
     return []
 
 

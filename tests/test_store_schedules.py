@@ -115,12 +115,13 @@ def test_a_version_3_database_is_upgraded_with_schedules_and_its_runs(durable: B
     durable.raw("DROP INDEX runs_retention")
     for column in ("progress", "progress_at", "journal_pruned_seq", "journal_pruned_at"):
         durable.raw(f"ALTER TABLE runs DROP COLUMN {column}")
-    durable.raw("DROP TABLE inbox")  # and version 6's inbox
+    durable.raw("ALTER TABLE runs DROP COLUMN woken_at")  # version 6's
+    durable.raw("DROP TABLE inbox")  # and version 7's inbox
     durable.raw("ALTER TABLE runs DROP COLUMN inbox")
     durable.raw("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     again = durable.open()
     ((version,),) = durable.raw("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version == "6"
+    assert version == "7"
     assert again.load("old").run_id == "old"
     assert again.create_schedule(record(), now=1.0).version == 1
 
@@ -131,9 +132,9 @@ def test_sqlite_creates_the_latest_version_with_schedules_from_nothing(tmp_path:
         pass
     with closing(sqlite3.connect(path)) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        assert db.execute("SELECT value FROM meta").fetchall() == [("6",)]
+        assert db.execute("SELECT value FROM meta").fetchall() == [("7",)]
     assert "schedules" in tables
-    assert sqlite_module.SCHEMA_VERSION == 6
+    assert sqlite_module.SCHEMA_VERSION == 7
 
 
 def test_a_schedule_row_whose_input_is_not_json_is_marked_and_stops_nobody(

@@ -1139,3 +1139,25 @@ def test_leases_are_renewed_by_the_workers_clock() -> None:
     for now, expires in seen:
         assert expires is not None
         assert expires > now  # renewed in time, by the clock's measure
+
+
+def _raise_lookup(ctx: RunContext) -> None:
+    raise LookupError("x")
+
+
+def test_the_worker_gives_handlers_ctx_error() -> None:
+    seen: list[stepflow.ErrorRecord | None] = []
+
+    def record(ctx: RunContext) -> None:
+        seen.append(ctx.error)
+
+    flow = stepflow.new(
+        stepflow.named("w/v1")
+        .switch("s", lambda ctx: 1, {1: stepflow.steps().do("a", record)})
+        .catch("c", stepflow.steps().do("b", _raise_lookup), stepflow.steps().do("h", record))
+    )
+    store, clock = MemoryStore(), FakeClock(1000)
+    start_run(store, flow, {}, run_id="r1", clock=clock)
+    Worker(store, [flow], clock=clock).run_sync(until_idle=True, handle_signals=False)
+    assert seen == [None, stepflow.ErrorRecord("LookupError", "x", "w/v1/cCatch/steps/b")]
+    assert store.load("r1").status == "completed"

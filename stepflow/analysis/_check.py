@@ -131,7 +131,7 @@ def _hot_loops(definition: FlowDefinition) -> list[Finding]:
             continue
         group = f"{t.step}/steps/"
         body = [h for h in handlers if (h.step or "").startswith(group)]
-        if not body or any(h.kind in ("sleep", "wait_for") for h in body):
+        if not body or any(h.kind in ("sleep", "sleep_until", "wait_for") for h in body):
             continue  # an empty body is a busy-loop; a body that waits is paced
         named = [(h.step or "").rpartition("/")[2] for h in body if h.kind != "parallel"]
         listed = ", ".join(repr(name) for name in named[:3])

@@ -215,7 +215,7 @@ def _unbounded(definition: FlowDefinition) -> frozenset[str]:
 
 
 # Commands whose moves may commute with another branch's (see "Reduction").
-_LOCAL_KINDS = frozenset({"do", "wait_for", "case", "loop_until", "sleep"})
+_LOCAL_KINDS = frozenset({"do", "wait_for", "case", "loop_until", "sleep", "switch", "sleep_until"})
 
 
 def _nested(a: str, b: str) -> bool:
@@ -464,7 +464,7 @@ class Search:
         path = command.event.partition(":")[2]
         branch = f"{group}/{path[len(group) + 1 :].split('/')[0]}"
         transition = definition.table[template_of(command.event)]
-        if command.kind == "wait_for" and outcome == "false":
+        if (command.kind, outcome) in (("wait_for", "false"), ("sleep_until", "past")):
             entered: tuple[str, ...] = ()
         else:
             target = transition.destinations[0 if outcome in ("returned", "fired", "true") else 1]
@@ -620,8 +620,11 @@ def explore(
     Pure: handlers are never called; each command is answered with each of
     its outcomes in turn (``do``: returned, raised; ``case``, ``loop_until``,
     ``on_error``: true, false, raised; ``wait_for``: true, false, raised, and
-    timed_out when it has a timeout; ``sleep``: fired; a map's ``items``: 0 to
-    ``max_items`` items, raised) and the real :func:`stepflow.advance` computes
+    timed_out when it has a timeout; ``sleep``: fired; ``sleep_until``: past,
+    raised, then its timer fired; ``wait_event``: received, and timed_out when it
+    has a timeout; a map's ``items``: 0 to ``max_items`` items, raised; a
+    ``switch``'s route: each case's value, a value matching none, raised) and the
+    real :func:`stepflow.advance` computes
     where that leads. Loops, false polls and restarts of retries without
     ``max_attempts`` are cut after ``max_loops`` (see :class:`Exploration`).
 

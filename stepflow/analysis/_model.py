@@ -26,6 +26,7 @@ in a matcher or a :attr:`Trace.script`, stands for that step in every item.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Literal, NamedTuple
 
@@ -33,7 +34,9 @@ import attrs
 from pyrsistent import pmap
 
 from stepflow.core.advance import advance
+from stepflow.core.choice import case_key
 from stepflow.core.definition import (
+    FAILURE_REASONS,
     FlowDefinition,
     Transition,
     completed_event,
@@ -70,10 +73,14 @@ __all__ = [
 #: What a handler (or timer) did, as the analysis explores it:
 #: ``"returned"`` (a ``do`` returned ``None``), ``"true"``, ``"false"``,
 #: ``"timed_out"`` (a ``wait_for`` still false at its deadline), ``"fired"`` (a
-#: ``sleep``'s timer), ``"raised"`` (a generic ``Exception``),
+#: ``sleep``'s timer), ``"past"`` (a ``sleep_until``'s ``when`` returned a time
+#: already past), ``"raised"`` (a generic ``Exception``),
 #: ``"raised:<type>"`` (an error of that recorded type, explored when an
-#: enclosing :class:`~stepflow.RetryPolicy` treats it as non-retryable) or
-#: ``"items:<n>"`` (a map's ``items`` handler returned a list of ``n`` items).
+#: enclosing :class:`~stepflow.RetryPolicy` treats it as non-retryable, or an
+#: enclosing ``catch`` takes it) or
+#: ``"items:<n>"`` (a map's ``items`` handler returned a list of ``n`` items) or
+#: ``"route:<JSON>"`` (a switch's route returned that scalar: each case's value,
+#: then one that matches no case).
 Outcome = str
 
 #: The type name recorded for a plain ``"raised"`` outcome.
@@ -259,6 +266,11 @@ def outcomes_for(
         options = [f"items:{n}" for n in range(max_items + 1)]
     elif kind == "do":
         options = ["returned"]
+    elif kind == "switch":
+        cases = definition.table[template_of(command.event)].cases
+        options = [f"route:{key}" for key in (*cases, _unmatched(cases))]
+    elif kind == "sleep_until":
+        options = ["past"]  # a time already past: its timer is due at once
     elif kind == "wait_for":
         options = ["true"]
         deadline = command_times(state, command)[1]
@@ -273,16 +285,28 @@ def outcomes_for(
     return options
 
 
+def _unmatched(cases: tuple[str, ...]) -> str:
+    """Return the key of a JSON scalar that matches none of a switch's ``cases``."""
+    key, n = "null", 0
+    while key in cases:
+        n += 1
+        key = json.dumps("_" * n)
+    return key
+
+
 def _non_retryable(definition: FlowDefinition, command: Command) -> list[str]:
-    """Error types an enclosing policy refuses to retry: they take other paths."""
-    scopes = definition.enclosing_retries(template_of(command.event))
+    """Error types an enclosing policy refuses to retry, or a catch takes: other paths."""
+    scopes = definition.enclosing_failure_scopes(template_of(command.event))
     if command.kind == "on_error":
         scopes = scopes[scopes.index(template_of(command.step)) + 1 :]
     names: list[str] = []
     for scope in scopes:
-        policy = definition.retry_rule(scope).policy
-        if policy is not None:
-            names.extend(n for n in policy.non_retryable if n not in names)
+        if scope in definition._catches:
+            listed = definition.catch_rule(scope).errors or ()
+        else:
+            policy = definition.retry_rule(scope).policy
+            listed = () if policy is None else policy.non_retryable
+        names.extend(n for n in listed if n not in names)
     return names
 
 
@@ -310,11 +334,18 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
     assert isinstance(command, CallHandler)
     if outcome == "returned" and command.kind == "do":
         return HandlerReturned(command.id, None, at)
+    if outcome == "past" and command.kind == "sleep_until":
+        return HandlerReturned(command.id, 0, at)
     if outcome in ("true", "false") and command.kind != "do":
         return HandlerReturned(command.id, outcome == "true", at)
     deadline = command_times(state, command)[1]
     if outcome == "timed_out" and command.kind == "wait_for" and deadline is not None:
         return HandlerReturned(command.id, False, max(at, deadline))
+    if outcome.startswith("route:") and command.kind == "switch":
+        try:
+            return HandlerReturned(command.id, json.loads(outcome.partition(":")[2]), at)
+        except ValueError:
+            pass
     if outcome.startswith("items:") and command.kind == "map":
         count = outcome.partition(":")[2]
         if count.isdigit():
@@ -325,8 +356,8 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
     raise AnalysisError(
         f"outcome {outcome!r} cannot answer the {command.kind} command of {command.step!r}; "
         "use returned (do), true/false (conditions, on_error), timed_out (wait_for with a "
-        "timeout), fired (sleep), received/timed_out (wait_event), items:<n> (a map's items), "
-        "raised or raised:<type>"
+        "timeout), fired (sleep), past (sleep_until), received/timed_out (wait_event), "
+        "items:<n> (a map's items), route:<JSON> (a switch), raised or raised:<type>"
     )
 
 
@@ -446,7 +477,7 @@ def _walk(
         if t.kind == "parallel":
             if _path(event) in after.groups:  # not stopped by a failed group around it
                 for d in t.destinations:
-                    if d.reason != "retry":
+                    if d.reason not in FAILURE_REASONS:
                         taken.append((template, d.event))
                         _walk(
                             definition, _conc(definition, d.event, event), before, after, taken, out
@@ -459,10 +490,10 @@ def _walk(
 
 
 def _restart_source(definition: FlowDefinition, command: Command, scope: str) -> str:
-    """Return the transition whose ``retry`` destination a restart of ``scope`` took."""
+    """Return the transition whose ``retry`` (or ``catch``) destination ``scope`` took."""
     template = template_of(command.event)
     transition = definition.table[template]
-    if scope in transition.retry_scopes:
+    if scope in transition.retry_scopes or scope in transition.catch_scopes:
         return template
     # The failure left a group (or several): the group's fork lists the retry.
     path = _path(template)
@@ -471,7 +502,7 @@ def _restart_source(definition: FlowDefinition, command: Command, scope: str) ->
         for t in definition.handler_transitions()
         if t.kind in ("parallel", "map")
         and path.startswith(str(t.step) + "/")
-        and scope in t.retry_scopes
+        and (scope in t.retry_scopes or scope in t.catch_scopes)
     ]
     return max(forks, key=lambda t: len(str(t.step))).source
 
@@ -497,6 +528,13 @@ def entered_events(
         pattern = template_of(scope)
         taken.append((_restart_source(definition, command, pattern), start_event(pattern)))
         _walk(definition, start_event(scope), before, after, taken, out)
+        return tuple(out), tuple(taken)
+    caught = _caught(definition, before, after)
+    if caught is not None:
+        pattern = template_of(caught)
+        handler = start_event(pattern + "/handler")
+        taken.append((_restart_source(definition, command, pattern), handler))
+        _walk(definition, start_event(caught + "/handler"), before, after, taken, out)
         return tuple(out), tuple(taken)
     if after.status == "failed" or command.kind == "on_error":
         return (), ()  # failed, or an on_error handler declined: nothing entered
@@ -527,11 +565,19 @@ def entered_events(
                 taken.append((template, destination))
                 _walk(definition, start_event(f"{group}/steps[{index}]"), before, after, taken, out)
             return tuple(out), tuple(taken)
+    elif command.kind == "switch":
+        key = case_key(json.loads(outcome.partition(":")[2]))
+        cases = transition.cases
+        destination = transition.destinations[
+            cases.index(key) if key in cases else len(cases)
+        ].event
     elif outcome in ("returned", "fired", "true", "received"):
         destination = transition.destinations[0].event
     elif command.kind == "wait_for":
         # Polled false: the run stays where it is (the table's "poll again").
         return (), ((template, transition.destinations[1].event),)
+    elif command.kind == "sleep_until":
+        return (), ()  # its time is known: it stays where it is, for its timer
     else:
         destination = transition.destinations[1].event
     taken.append((template, destination))
@@ -552,6 +598,16 @@ def entered_events(
         if kind not in ("parallel", "join", None):
             out.pop()  # a position in a failed group stops instead of resting here
     return tuple(out), tuple(taken)
+
+
+def _caught(definition: FlowDefinition, before: State, after: State) -> str | None:
+    """Return the catch scope that took an error in the move from ``before`` to ``after``."""
+    if not definition._catches:
+        return None
+    for scope, record in after.outputs.items():
+        if template_of(scope) in definition._catches and record is not before.outputs.get(scope):
+            return str(scope)
+    return None
 
 
 def initial(definition: FlowDefinition, now: float = 0.0) -> tuple[State, Observation]:

@@ -85,7 +85,7 @@ _CHART_SPANS = 200
 # How long Graphviz may take to lay out one diagram.
 _DOT_TIMEOUT_S = 10.0
 # Scope-name suffixes go-stepflow adds to a step, dropped to show the name the user gave.
-_SUFFIXES = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
+_SUFFIXES = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil", "switch": "Switch"}
 
 
 def _cursor(run: RunRecord) -> str:
@@ -499,7 +499,7 @@ def _journal_row(entry: JournalEntry, batch: Batch, flow: str) -> JournalRow:
     elif batch.op == "migrate" and batch.state is not None:
         lines.append(("other", f"migrated to {batch.state.flow}"))
     else:
-        text = {"resume": "resumed", "cancel": "cancelled"}.get(batch.op, batch.op)
+        text = {"resume": "resumed", "cancel": "cancelled", "wake": "woken"}.get(batch.op, batch.op)
         lines.append(("other", text))
     return JournalRow(entry.seq, entry.at, batch.op, tuple(lines))
 

@@ -7,16 +7,14 @@ on it.
 """
 
 from stepflow.core.advance import advance as advance
-from stepflow.core.advance import check_state as check_state
 from stepflow.core.advance import initial_state as initial_state
 from stepflow.core.advance import result_error as result_error
 from stepflow.core.advance import resume as resume
+from stepflow.core.checks import check_state as check_state
 from stepflow.core.compile import HandlerKey as HandlerKey
 from stepflow.core.compile import compile_spec as compile_spec
 from stepflow.core.definition import Destination as Destination
 from stepflow.core.definition import FlowDefinition as FlowDefinition
-from stepflow.core.definition import RetryPolicy as RetryPolicy
-from stepflow.core.definition import RetryRule as RetryRule
 from stepflow.core.definition import Transition as Transition
 from stepflow.core.definition import TransitionKind as TransitionKind
 from stepflow.core.definition import completed_event as completed_event
@@ -31,6 +29,9 @@ from stepflow.core.messages import HandlerRaised as HandlerRaised
 from stepflow.core.messages import HandlerReturned as HandlerReturned
 from stepflow.core.messages import TimerFired as TimerFired
 from stepflow.core.messages import Wake as Wake
+from stepflow.core.policies import CatchRule as CatchRule
+from stepflow.core.policies import RetryPolicy as RetryPolicy
+from stepflow.core.policies import RetryRule as RetryRule
 from stepflow.core.spec import Steps as Steps
 from stepflow.core.spec import named as named
 from stepflow.core.spec import steps as steps
@@ -41,6 +42,7 @@ from stepflow.core.state import Status as Status
 __all__ = [
     "AwaitEvent",
     "CallHandler",
+    "CatchRule",
     "Command",
     "CommandKind",
     "Destination",

@@ -49,6 +49,8 @@ from typing import Any, cast
 from pyrsistent.typing import PMap
 
 from stepflow.core._json import NotJSON, freeze_json
+from stepflow.core.checks import check_state
+from stepflow.core.choice import choose, route_error
 from stepflow.core.definition import FlowDefinition, _Node, start_event, template_of
 from stepflow.core.events import take, with_events
 from stepflow.core.messages import (
@@ -63,6 +65,7 @@ from stepflow.core.messages import (
     Wake,
     answered_id,
 )
+from stepflow.core.scopes import catch
 from stepflow.core.state import (
     COMPLETED,
     EMPTY_ATTEMPTS,
@@ -74,20 +77,18 @@ from stepflow.core.state import (
     ErrorRecord,
     State,
 )
+from stepflow.core.timers import rest_until, time_error
 from stepflow.errors import (
     DuplicateEffectError,
     EffectError,
-    FlowMismatchError,
     HandlerResultError,
-    IncompatibleDefinition,
     LateEffectError,
     StateError,
     UnknownEffectError,
-    UnknownEventError,
     WaitTimeoutError,
 )
 
-__all__ = ["advance", "check_state", "initial_state", "result_error", "resume"]
+__all__ = ["advance", "initial_state", "result_error", "resume"]
 
 # NamedTuple.__new__ is a Python function; tuple.__new__ builds the same object
 # several times faster, and states and commands are built on every step.
@@ -253,6 +254,14 @@ def answer(
             target = definition._node(node[4])
         elif kind == "sleep":
             raise _wrong_answer(effect, command)
+        elif kind == "switch":  # the rules of stepflow.core.choice
+            chosen = choose(definition, node, value)
+            if chosen is None:
+                error = _bad_result(command, value)
+                return _fail_step(definition, state, command, node, error, _at(effect, now))
+            target = chosen
+        elif kind == "sleep_until":  # the time to sleep until (stepflow.core.timers)
+            return rest_until(definition, state, command, node, value, _at(effect, now))
         elif value is True or value is False:
             if kind == "on_error":
                 if value:
@@ -500,15 +509,19 @@ def _rejection(state: State, effects: Sequence[Effect]) -> EffectError:
 def result_error(command: Command, value: Any) -> ErrorRecord | None:
     """Return the error a handler's return ``value`` is recorded as, or ``None`` if valid.
 
-    A ``do`` must return JSON data (or ``None``), a map's ``items`` a JSON list;
-    a condition or ``on_error`` handler must return a real ``bool``.
-    :func:`advance` records any other value as this
+    A ``do`` must return JSON data (or ``None``), a map's ``items`` a JSON list,
+    a switch's ``route`` a JSON scalar; a condition or ``on_error`` handler must
+    return a real ``bool``. :func:`advance` records any other value as this
     :class:`~stepflow.errors.HandlerResultError`, exactly as if the handler had
     raised it, so a journal may store the equivalent ``HandlerRaised`` instead of
     a value that JSON cannot hold.
     """
     if command.kind == "map":
         return _items_error(command, value)
+    if command.kind == "switch":
+        return route_error(command, value)
+    if command.kind == "sleep_until":
+        return time_error(command, value)
     if command.kind == "do" or command.kind == "wait_event":
         try:
             freeze_json(value)
@@ -562,20 +575,25 @@ def _fail_step(
     error: ErrorRecord,
     at: float | None,
 ) -> tuple[State, tuple[Command, ...]]:
-    """Hand ``error`` to the next enclosing retry that takes it, or fail the run.
+    """Hand ``error`` to the next enclosing retry or catch that takes it, or fail the run.
 
-    ``command`` is the failed one: a step's handler (start at the innermost retry)
-    or an ``on_error`` handler (start at the retry enclosing the one that
-    answered). A retry takes the error when its policy allows another attempt;
-    it then asks its ``on_error`` handler, or restarts at once if it has none.
+    ``command`` is the failed one: a step's handler (start at the innermost
+    scope) or an ``on_error`` handler (start at the scope enclosing the retry
+    that answered). A retry takes the error when its policy allows another
+    attempt; it then asks its ``on_error`` handler, or restarts at once if it
+    has none. A catch takes it when the error matches (stepflow.core.scopes).
     """
-    scopes = node.retry_scopes
+    scopes = node.failures
     index = scopes.index(command.step) + 1 if command.kind == "on_error" else 0
     attempts = state.attempts
     while index < len(scopes):
         scope = scopes[index]
-        rule = definition._rules[template_of(scope)]
-        if rule.policy is None or rule.policy.allows(attempts.get(scope, 0) + 1, error.type):
+        rule = definition._rules.get(template_of(scope))
+        if rule is None:  # a catch
+            caught = catch(definition, state, scope, error, at)
+            if caught is not None:
+                return caught
+        elif rule.policy is None or rule.policy.allows(attempts.get(scope, 0) + 1, error.type):
             if not rule.on_error:
                 return _restart(definition, state, scope, at)
             seq = state.seq + 1
@@ -621,157 +639,3 @@ def resume(
     node = definition._node(state.events[0])
     running = state._replace(status=RUNNING, error=None)
     return _enter(definition, running, node, state.outputs, EMPTY_ATTEMPTS, now, None)
-
-
-def check_state(definition: FlowDefinition, state: State) -> State:
-    """Check that ``state`` can continue under ``definition``; return it adopted.
-
-    A state made under another fingerprint is accepted when every event it holds,
-    and every command in flight, still exists with the same meaning; it is returned
-    carrying the new fingerprint.
-
-    Raises:
-        FlowMismatchError: the state belongs to another flow.
-        StateError: the state is malformed (no position, several positions, an
-            unknown status, a failed state with no error).
-        UnknownEventError: a state of this very definition holds unknown events.
-        IncompatibleDefinition: a state of another fingerprint holds events or
-            commands missing from this definition.
-
-    """
-    if not isinstance(state, State):
-        raise StateError(f"expected a stepflow State, got {state!r:.120}")
-    # Fast path: the common case of a well-formed state of this very definition
-    # (loads checks every state it reads), decided with a handful of lookups.
-    name, fingerprint, nodes, _ = definition._hot
-    flow, state_fingerprint, events, status, error, in_flight = state[:6]
-    if flow == name and state_fingerprint == fingerprint and len(events) == 1:
-        node = nodes.get(events[0])
-        if (
-            node is not None
-            and (error is None) == (status != FAILED)
-            and status in _STATUSES
-            and (state[10] is EMPTY_ATTEMPTS or all(s in node.retry_scopes for s in state[10]))
-            and not node[10]  # (groups: a position in a group needs its progress checked)
-        ):
-            if not in_flight:
-                return state
-            command = in_flight[0]
-            if (
-                len(in_flight) == 1
-                and node.event == command[3] == events[0]
-                and node.kind == command[1]
-                and node.step == command[2]
-                and (command[4] is None or type(command) is not CallHandler)
-            ):
-                return state
-    if state.flow != definition.name:
-        raise FlowMismatchError(
-            f"the state belongs to flow {state.flow!r}, not {definition.name!r}; "
-            "load it with the definition of its own flow",
-            expected=definition.name,
-            actual=state.flow,
-        )
-    if not state.events or (len(state.events) != 1 and not definition._concurrent):
-        raise StateError(
-            f"the state holds {len(state.events)} positions {list(state.events)!r}; "
-            f"flow {definition.name!r} has no parallel or map group, so a run of it holds "
-            "exactly one position"
-        )
-    if state.status not in _STATUSES:
-        raise StateError(f"unknown status {state.status!r}; expected one of {_STATUSES}")
-    if (state.status == FAILED) != (state.error is not None):
-        raise StateError(
-            f"a {state.status!r} state must {'' if state.status == FAILED else 'not '}"
-            f"carry an error record, got {state.error!r}"
-        )
-    if len(state.events) > 1 and [c.event for c in state.in_flight] != list(state.events):
-        raise StateError(
-            f"the state holds positions {list(state.events)!r} and commands in flight for "
-            f"{[c.event for c in state.in_flight]!r}; each position of a run with several "
-            "has exactly one command, in the same order"
-        )
-    positions = {e: _position_node(definition, e) for e in state.events}
-    if len(positions) != len(state.events):
-        raise StateError(
-            f"the state holds a position twice: {list(state.events)!r}; each branch or map "
-            "item holds one position"
-        )
-    missing = [e for e, node in positions.items() if node is None]
-    outside = [e for e, node in positions.items() if node is not None and not node.groups]
-    if len(state.events) > 1 and outside:
-        raise StateError(
-            f"the state holds {len(state.events)} positions, and {outside[0]!r} lies in no "
-            "parallel or map group; outside groups a run holds one position"
-        )
-    for command in state.in_flight:
-        if command.event not in state.events:
-            raise StateError(
-                f"command {command.id} waits at {command.event!r}, but the state is at "
-                f"{list(state.events)!r}; a command in flight belongs to the state's position"
-            )
-        # A handler's resting node is keyed by its own event: a match there means
-        # the command still names the same handler with the same meaning.
-        node = positions[command.event]
-        if node is None or node.event != command.event:
-            if command.event not in missing:
-                missing.append(command.event)
-        elif command.kind == "on_error":
-            if command.step not in node.retry_scopes:
-                missing.append(f"on_error of {command.step} around {command.event}")
-        elif node.kind != command.kind or node.step != command.step:
-            missing.append(f"{command.kind} of {command.step} at {command.event}")
-    # Retries around a position, through the groups it is in (a group's branches
-    # count the attempts of the retries around the group).
-    around = {
-        scope
-        for node in positions.values()
-        if node
-        for at in (node, *(_position_node(definition, start_event(g)) for g in node.groups))
-        if at
-        for scope in at.retry_scopes
-    }
-    missing.extend(
-        f"retry attempts of {scope} around {list(state.events)!r}"
-        for scope in state.attempts
-        if scope not in around
-    )
-    for scope in state.groups:
-        node = _position_node(definition, start_event(scope))
-        if node is None or node.kind not in ("parallel", "map"):
-            missing.append(f"group {scope}")
-    for event, node in positions.items():
-        lost = [g for g in (node.groups if node else ()) if g not in state.groups]
-        if lost:
-            raise StateError(
-                f"the state is at {event!r}, inside group {lost[0]!r}, but holds no progress "
-                "of that group; a position inside a parallel or map group exists only in the "
-                "state its group started in"
-            )
-    if missing:
-        listed = ", ".join(repr(m) for m in missing)
-        if state.fingerprint != definition.fingerprint:
-            raise IncompatibleDefinition(
-                f"the state was saved under definition {state.fingerprint[:19]}... and "
-                f"holds {listed}, which {definition.name!r} ({definition.fingerprint[:19]}...) "
-                "no longer has; deploy a definition that keeps them, or migrate the state",
-                events=tuple(missing),
-                state_fingerprint=state.fingerprint,
-                definition_fingerprint=definition.fingerprint,
-            )
-        raise UnknownEventError(
-            f"the state holds {listed}, unknown to flow {definition.name!r}; "
-            "the state is corrupt or belongs to another version of the flow",
-            events=tuple(missing),
-        )
-    if state.fingerprint != definition.fingerprint:
-        state = state._replace(fingerprint=definition.fingerprint)
-    return state
-
-
-def _position_node(definition: FlowDefinition, event: str) -> _Node | None:
-    """Return the node of position ``event``, or ``None`` if the flow has no such position."""
-    try:
-        return definition._node(event)
-    except KeyError:
-        return None

@@ -8,6 +8,10 @@ Scopes and events follow go-stepflow character for character:
   retry's group *is* its ``<name>Retry`` scope;
 * ``wait_event`` (suffix ``WaitEvent``) runs its ``on_timeout`` steps in the
   child scope ``onTimeout``;
+* ``switch`` (suffix ``Switch``) runs case ``i`` in the child scope ``case<i>``
+  and its default in ``default`` (see :mod:`stepflow.core.choice`); ``catch``
+  (suffix ``Catch``) runs its steps in ``steps`` and its handler in ``handler``
+  (see :mod:`stepflow.core.scopes`);
 * ``parallel`` (suffix ``Parallel``) runs branch ``b`` in the child scope ``b``;
   ``map`` (suffix ``Map``) runs its item group in the child scope ``steps``, which
   a position of item ``i`` carries as ``steps[i]`` (see :mod:`stepflow.core.groups`).
@@ -26,19 +30,20 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from stepflow.core.choice import case_keys
 from stepflow.core.definition import (
     Destination,
     FlowDefinition,
-    RetryPolicy,
-    RetryRule,
     Transition,
     TransitionKind,
     completed_event,
     start_event,
-    to_seconds,
 )
+from stepflow.core.policies import CatchRule, RetryPolicy, RetryRule, to_seconds
+from stepflow.core.scopes import error_names
 from stepflow.core.spec import (
     Case,
+    Catch,
     Do,
     Group,
     Item,
@@ -47,7 +52,9 @@ from stepflow.core.spec import (
     Parallel,
     Retry,
     Sleep,
+    SleepUntil,
     Steps,
+    Switch,
     WaitEvent,
     WaitFor,
 )
@@ -63,6 +70,7 @@ _SUFFIX: Mapping[type, str] = MappingProxyType(
         Do: "",
         Group: "",
         Sleep: "",
+        SleepUntil: "",
         WaitFor: "WaitFor",
         WaitEvent: "WaitEvent",
         Case: "Case",
@@ -70,9 +78,25 @@ _SUFFIX: Mapping[type, str] = MappingProxyType(
         LoopUntil: "LoopUntil",
         Parallel: "Parallel",
         Map: "Map",
+        Switch: "Switch",
+        Catch: "Catch",
     }
 )
-_ITEMS = (Do, WaitFor, WaitEvent, Sleep, Case, Retry, LoopUntil, Group, Parallel, Map)
+_ITEMS = (
+    Do,
+    WaitFor,
+    WaitEvent,
+    Sleep,
+    Case,
+    Retry,
+    LoopUntil,
+    Group,
+    Parallel,
+    Map,
+    Switch,
+    Catch,
+    SleepUntil,
+)
 # Characters a step or branch name may not hold: ':' and '/' build event strings,
 # '[' and ']' mark a map item's index in a position.
 _RESERVED = (":", "/", "[", "]")
@@ -163,7 +187,9 @@ def _check_item(item: object, parent: str, index: int) -> Item:
     path = f"{parent}/{scope_name(item)}"
     if isinstance(item, (Parallel, Map)):
         _check_group(item, path)
-    for attr in ("fn", "cond", "on_error", "items"):
+    if isinstance(item, Switch):
+        _check_switch(item, path)
+    for attr in ("fn", "cond", "on_error", "items", "route", "when"):
         if not hasattr(item, attr):
             continue
         fn = getattr(item, attr)
@@ -199,13 +225,33 @@ def _check_item(item: object, parent: str, index: int) -> Item:
                 "long they run (seconds or a timedelta)",
                 path=path,
             )
-    body = getattr(item, "body", None)
-    if body is not None and not isinstance(body, Steps):
+    for attr in ("body", "handler"):
+        body = getattr(item, attr, None)
+        if (body is not None or isinstance(item, Catch)) and not isinstance(body, Steps):
+            what = "handler" if attr == "handler" else "steps"
+            raise DefinitionError(
+                f"the {what} of {path!r} are {body!r:.80}, not a spec; pass stepflow.steps()...",
+                path=path,
+            )
+    return item
+
+
+def _check_switch(item: Switch, path: str) -> None:
+    if not item.cases and item.default is None:
         raise DefinitionError(
-            f"the steps of {path!r} are {body!r}, not a spec; pass stepflow.steps()...",
+            f"switch {path!r} has no cases and no default; pass a mapping of value to "
+            "stepflow.steps() with at least one entry, or a default",
             path=path,
         )
-    return item
+    bodies = [(f"case #{i}", body) for i, (_, body) in enumerate(item.cases)]
+    if item.default is not None:
+        bodies.append(("the default", item.default))
+    for what, body in bodies:
+        if not isinstance(body, Steps):
+            raise DefinitionError(
+                f"{what} of switch {path!r} is {body!r:.80}, not a spec; pass stepflow.steps()...",
+                path=path,
+            )
 
 
 class _Compiler:
@@ -213,6 +259,27 @@ class _Compiler:
         self.transitions: list[Transition] = []
         self.handlers: dict[HandlerKey, Callable[..., Any]] = {}
         self.rules: list[RetryRule] = []
+        self.catches: list[CatchRule] = []
+        # Every catch scope: the failure scopes a step is in are retries or these.
+        self.catch_scopes: set[str] = set()
+
+    def failure_dests(self, scopes: tuple[str, ...]) -> tuple[Destination, ...]:
+        """Where a failure may go: each enclosing retry's or catch's start, innermost first."""
+        return tuple(
+            Destination(start_event(s + "/handler"), "catch")
+            if s in self.catch_scopes
+            else Destination(start_event(s), _RETRY)
+            for s in scopes
+        )
+
+    def split(self, scopes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Return the retry scopes and the catch scopes among ``scopes``, order kept."""
+        catches = self.catch_scopes
+        if not catches:
+            return scopes, ()
+        return tuple(s for s in scopes if s not in catches), tuple(
+            s for s in scopes if s in catches
+        )
 
     def static(self, source: str, destination: str) -> None:
         self.transitions.append(
@@ -225,22 +292,25 @@ class _Compiler:
         source: str,
         step: str,
         destinations: tuple[Destination, ...],
-        retries: tuple[str, ...],
+        scopes: tuple[str, ...],
         fn: Callable[..., Any] | None,
         delay: float | None = None,
         timeout: float | None = None,
+        cases: tuple[str, ...] = (),
     ) -> None:
-        # A timer cannot fail, so only handlers list their retries as destinations.
-        retry_dests = tuple(
-            Destination(start_event(r), _RETRY) for r in (retries if fn is not None else ())
-        )
+        # A timer cannot fail, so only handlers list their failure scopes as destinations.
+        failure_dests = self.failure_dests(scopes) if fn is not None else ()
+        retries, catches = self.split(scopes)
         self.transitions.append(
-            Transition(source, kind, step, destinations + retry_dests, retries, delay, timeout)
-        )
+            Transition(
+                source, kind, step, destinations + failure_dests, retries, delay, timeout,
+                catch_scopes=catches, cases=cases,
+            )
+        )  # fmt: skip
         if fn is not None:
             self.handlers[(kind, step)] = fn
 
-    def steps(self, scope: str, spec: Steps, retries: tuple[str, ...]) -> None:
+    def steps(self, scope: str, spec: Steps, scopes: tuple[str, ...]) -> None:
         seen: dict[str, int] = {}
         last = start_event(scope)
         for index, raw in enumerate(spec.items):
@@ -251,21 +321,23 @@ class _Compiler:
                 raise DefinitionError(
                     f"two steps of {scope!r} have the scope name {name!r} "
                     f"(#{seen[name]} and #{index}); names must be unique in a scope, "
-                    "after the WaitFor/Case/Retry/LoopUntil suffixes",
+                    "after the WaitFor/Case/Retry/LoopUntil/Switch/Catch suffixes",
                     path=child,
                 )
             seen[name] = index
             self.static(last, start_event(child))
-            self.item(child, item, retries)
+            self.item(child, item, scopes)
             last = completed_event(child)
         self.static(last, completed_event(scope))
 
-    def item(self, scope: str, item: Item, retries: tuple[str, ...]) -> None:
+    def item(self, scope: str, item: Item, scopes: tuple[str, ...]) -> None:
         start, done = start_event(scope), completed_event(scope)
         if isinstance(item, Do):
-            self.handler(
-                "do", start, scope, (Destination(done, "handler returned"),), retries, item.fn
-            )
+            limit = None
+            if item.timeout is not None:
+                limit = to_seconds(item.timeout, f"the timeout= of {scope!r}", scope)
+            returned = (Destination(done, "handler returned"),)
+            self.handler("do", start, scope, returned, scopes, item.fn, None, limit)
         elif isinstance(item, WaitFor):
             every = to_seconds(item.every, f"the every= of {scope!r}", scope)
             timeout = (
@@ -281,20 +353,23 @@ class _Compiler:
                     Destination(done, "WaitFor condition is met"),
                     Destination(start, "WaitFor condition is not met, poll again"),
                 ),
-                retries,
+                scopes,
                 item.cond,
                 every,
                 timeout,
             )
         elif isinstance(item, WaitEvent):
-            self.wait_event(scope, item, retries)
+            self.wait_event(scope, item, scopes)
         elif isinstance(item, Sleep):
             duration = to_seconds(
                 item.duration, f"the duration of sleep {scope!r}", scope, allow_zero=True
             )
             self.handler(
-                "sleep", start, scope, (Destination(done, "timer fired"),), retries, None, duration
+                "sleep", start, scope, (Destination(done, "timer fired"),), scopes, None, duration
             )
+        elif isinstance(item, SleepUntil):
+            fired = (Destination(done, "timer fired"),)
+            self.handler("sleep_until", start, scope, fired, scopes, item.when)
         elif isinstance(item, Case):
             group = f"{scope}/steps"
             self.handler(
@@ -305,11 +380,11 @@ class _Compiler:
                     Destination(start_event(group), "Case condition is met"),
                     Destination(done, "Case condition is not met"),
                 ),
-                retries,
+                scopes,
                 item.cond,
             )
             self.static(completed_event(group), done)
-            self.steps(group, item.body, retries)
+            self.steps(group, item.body, scopes)
         elif isinstance(item, LoopUntil):
             group = f"{scope}/steps"
             self.static(start, start_event(group))
@@ -321,28 +396,32 @@ class _Compiler:
                     Destination(done, "LoopUntil condition is met"),
                     Destination(start_event(group), "LoopUntil condition is not met, loop again"),
                 ),
-                retries,
+                scopes,
                 item.cond,
             )
-            self.steps(group, item.body, retries)
+            self.steps(group, item.body, scopes)
         elif isinstance(item, Retry):
             if item.on_error is not None:
                 self.handlers[("on_error", scope)] = item.on_error
             before = len(self.transitions)
-            self.steps(scope, item.body, (scope, *retries))
+            self.steps(scope, item.body, (scope, *scopes))
             inside = any(scope in t.retry_scopes for t in self.transitions[before:])
             if inside and (item.policy is not None or item.on_error is None):
                 self.rules.append(RetryRule(scope, item.policy, item.on_error is not None))
         elif isinstance(item, (Parallel, Map)):
-            self.group(scope, item, retries)
+            self.group(scope, item, scopes)
+        elif isinstance(item, Switch):
+            self.switch(scope, item, scopes)
+        elif isinstance(item, Catch):
+            self.catch(scope, item, scopes)
         else:
-            self.steps(scope, item.body, retries)
+            self.steps(scope, item.body, scopes)
 
-    def wait_event(self, scope: str, item: WaitEvent, retries: tuple[str, ...]) -> None:
+    def wait_event(self, scope: str, item: WaitEvent, scopes: tuple[str, ...]) -> None:
         """Compile a wait for an event: it leads on when one comes, or after its timeout.
 
         ``destinations[1]`` is the start of the ``on_timeout`` steps, if any; a
-        wait without them fails on timeout, so it lists its retries instead.
+        wait without them fails on timeout, so it lists its failure scopes instead.
         """
         start, done = start_event(scope), completed_event(scope)
         timeout = (
@@ -354,27 +433,62 @@ class _Compiler:
         if item.on_timeout is not None:
             group = f"{scope}/onTimeout"
             dests += (Destination(start_event(group), "timed out"),)
-        # Only a wait that can fail (by timing out) lists its retries.
-        failing = retries if item.on_timeout is None and timeout is not None else ()
-        retry_dests = tuple(Destination(start_event(r), _RETRY) for r in failing)
+        # Only a wait that can fail (by timing out) lists where its failure goes.
+        failing = item.on_timeout is None and timeout is not None
+        failure_dests = self.failure_dests(scopes) if failing else ()
+        retries, catches = self.split(scopes)
         self.transitions.append(
             Transition(
-                start, "wait_event", scope, dests + retry_dests, retries,
-                timeout=timeout, awaits=item.name,
+                start, "wait_event", scope, dests + failure_dests, retries,
+                timeout=timeout, catch_scopes=catches, awaits=item.name,
             )
         )  # fmt: skip
         if item.on_timeout is not None:
             self.static(completed_event(group), done)
-            self.steps(group, item.on_timeout, retries)
+            self.steps(group, item.on_timeout, scopes)
 
-    def group(self, scope: str, item: Parallel | Map, retries: tuple[str, ...]) -> None:
+    def switch(self, scope: str, item: Switch, scopes: tuple[str, ...]) -> None:
+        """Compile a switch: one handler transition to each case, then the default or the end."""
+        start, done = start_event(scope), completed_event(scope)
+        keys = case_keys(scope, tuple(value for value, _ in item.cases))
+        bodies = [(f"{scope}/case{i}", body) for i, (_, body) in enumerate(item.cases)]
+        dests = [
+            Destination(start_event(b), f"route returned {key}")
+            for (b, _), key in zip(bodies, keys, strict=True)
+        ]
+        if item.default is None:
+            dests.append(Destination(done, "no case matched"))
+        else:
+            bodies.append((f"{scope}/default", item.default))
+            dests.append(Destination(start_event(bodies[-1][0]), "no case matched, default"))
+        self.handler("switch", start, scope, tuple(dests), scopes, item.route, cases=keys)
+        for body_scope, body in bodies:
+            self.static(completed_event(body_scope), done)
+            self.steps(body_scope, body, scopes)
+
+    def catch(self, scope: str, item: Catch, scopes: tuple[str, ...]) -> None:
+        """Compile a catch: its steps inside the catch scope, its handler outside it."""
+        names = error_names(item.errors, scope)
+        body, handler = f"{scope}/steps", f"{scope}/handler"
+        self.catch_scopes.add(scope)
+        self.static(start_event(scope), start_event(body))
+        before = len(self.transitions)
+        self.steps(body, item.body, (scope, *scopes))
+        if any(scope in t.catch_scopes for t in self.transitions[before:]):
+            self.catches.append(CatchRule(scope, names))
+        self.static(completed_event(body), completed_event(scope))
+        self.steps(handler, item.handler, scopes)
+        self.static(completed_event(handler), completed_event(scope))
+
+    def group(self, scope: str, item: Parallel | Map, scopes: tuple[str, ...]) -> None:
         """Compile a fork: its start, each branch (or the item group), and their joins.
 
-        Inside a group, failures go to the group (retries=()), which fails as a
-        whole once nothing is in flight in it; only then do enclosing retries see it.
+        Inside a group, failures go to the group (scopes=()), which fails as a
+        whole once nothing is in flight in it; only then do enclosing scopes see it.
         """
         start, done = start_event(scope), completed_event(scope)
-        retry_dests = tuple(Destination(start_event(r), _RETRY) for r in retries)
+        retry_dests = self.failure_dests(scopes)
+        retry_scopes, catch_scopes = self.split(scopes)
         if isinstance(item, Parallel):
             kind: TransitionKind = "parallel"
             bodies = [(f"{scope}/{branch}", body) for branch, body in item.branches]
@@ -393,8 +507,8 @@ class _Compiler:
             self.handlers[(kind, scope)] = item.items
         self.transitions.append(
             Transition(
-                start, kind, scope, dests + retry_dests, retries,
-                max_concurrency=limit, max_failures=item.max_failures,
+                start, kind, scope, dests + retry_dests, retry_scopes,
+                max_concurrency=limit, max_failures=item.max_failures, catch_scopes=catch_scopes,
             )
         )  # fmt: skip
         for body_scope, body in bodies:
@@ -429,5 +543,7 @@ def compile_spec(
     name = _check_root_name(spec.name)
     compiler = _Compiler()
     compiler.steps(name, spec, ())
-    definition = FlowDefinition(name, tuple(compiler.transitions), tuple(compiler.rules))
+    definition = FlowDefinition(
+        name, tuple(compiler.transitions), tuple(compiler.rules), tuple(compiler.catches)
+    )
     return definition, MappingProxyType(compiler.handlers)

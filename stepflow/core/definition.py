@@ -15,18 +15,30 @@ Two kinds of transition exist:
   answers. ``destinations[0]`` is where a returned value (``do``) or ``True``
   leads, ``destinations[1]`` where ``False`` leads; then one ``"retry"``
   destination per enclosing retry, innermost first.
+* a ``"switch"`` transition (handler) lists one destination per case, in
+  order (their values' canonical JSON keys in :attr:`Transition.cases`), then
+  the default group's start, or the switch's end when it has none; see
+  :mod:`stepflow.core.choice`.
 * **timer** transitions (``"sleep"``): the position waits at their source until
-  the durable timer fires, then goes to ``destinations[0]``.
+  the durable timer fires, then goes to ``destinations[0]``. A ``"sleep_until"``
+  first asks its ``when`` handler for the time (so it lists its retries, as a
+  handler does), then waits for its timer in the same way (see
+  :mod:`stepflow.core.timers`).
 * **event** transitions (``"wait_event"``): the position waits at their source
   for an event named ``awaits``, then goes to ``destinations[0]``; past its
   ``timeout`` it goes to ``destinations[1]`` (the ``on_timeout`` steps) when that
-  is not a ``"retry"`` destination, else it fails (see :mod:`stepflow.core.events`).
+  is not a failure destination, else it fails (see :mod:`stepflow.core.events`).
 * **group** transitions: a ``"parallel"`` fork lists the start of each branch; a
   ``"map"`` calls its ``items`` handler, then starts ``destinations[0]`` (the item
   group) once per item, or goes to ``destinations[1]`` when there are none; a
   ``"join"`` leaves the end of a branch or item group for the end of its group,
   taken once every branch or item has ended. Their rules are in
   :mod:`stepflow.core.groups`.
+
+A failure goes to the failure scopes enclosing the step, innermost first: retry
+scopes (``"retry"`` destinations) and catch scopes (a ``"catch"`` destination,
+the start of the catch's ``handler`` group; its :class:`CatchRule` is kept in
+:attr:`FlowDefinition.catches`, see :mod:`stepflow.core.scopes`).
 
 Time is data here too: a ``wait_for`` transition carries its poll interval
 (``delay``) and ``timeout``, a ``sleep`` its duration (``delay``), and each retry
@@ -41,17 +53,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 import attrs
 
+# (Kept importable from here too: they were defined here before policies.py.)
+from stepflow.core.policies import CatchRule, RetryPolicy, RetryRule
 from stepflow.errors import DefinitionError
 
 __all__ = [
+    "CatchRule",
     "Destination",
     "FlowDefinition",
     "RetryPolicy",
@@ -73,6 +87,8 @@ TransitionKind = Literal[
     "parallel",
     "map",
     "join",
+    "switch",
+    "sleep_until",
 ]
 #: The kinds of transition that fork or join positions.
 GROUP_KINDS = ("parallel", "map")
@@ -81,6 +97,8 @@ _INDEX = re.compile(r"\[(\d+)\]")
 
 #: Bumped when the canonical form that fingerprints are computed over changes.
 _FINGERPRINT_FORMAT = 1
+#: The reasons of the destinations a failure takes: to a retry, or to a catch's handler.
+FAILURE_REASONS = ("retry", "catch")
 
 
 def start_event(scope: str) -> str:
@@ -152,173 +170,6 @@ def concretize(text: str, maps: tuple[str, ...], indices: tuple[int, ...]) -> st
     return head + sep + path
 
 
-def to_seconds(value: object, what: str, path: str = "", *, allow_zero: bool = False) -> float:
-    """Return ``value`` (a number, or anything with ``total_seconds()``) as seconds.
-
-    Raises:
-        DefinitionError: ``value`` is not a finite, positive duration (or zero,
-            with ``allow_zero``); ``what`` names it in the message.
-
-    """
-    total = getattr(value, "total_seconds", None)
-    seconds = total() if callable(total) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise DefinitionError(
-            f"{what} must be a number of seconds or a timedelta, got {value!r}", path=path or what
-        )
-    seconds = float(seconds)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise DefinitionError(
-            f"{what} must be finite and {bound}, got {value!r}", path=path or what
-        )
-    return seconds
-
-
-def _type_names(types: Iterable[object]) -> tuple[str, ...]:
-    names = []
-    for t in types:
-        if isinstance(t, str):
-            names.append(t)
-        elif isinstance(t, type) and issubclass(t, BaseException):
-            module = t.__module__
-            names.append(t.__qualname__ if module == "builtins" else f"{module}.{t.__qualname__}")
-        else:
-            raise DefinitionError(
-                f"non_retryable takes exception types or their qualified names, got {t!r}",
-                path="non_retryable",
-            )
-    return tuple(sorted(set(names)))
-
-
-@attrs.frozen
-class RetryPolicy:
-    """A declarative retry policy: how often, and how long to back off between attempts.
-
-    Pure data, part of the definition and its fingerprint. The delay before
-    attempt ``n + 1`` (``n >= 1``) is ``initial_interval * backoff_coefficient **
-    (n - 1)``, capped at ``max_interval``, then shortened by up to ``jitter`` (a
-    fraction) by an amount derived from the run id, the retry scope and the
-    attempt: deterministic, so replaying a run gives the same delays, yet spread
-    across runs.
-
-    >>> policy = RetryPolicy(max_attempts=5, initial_interval=1, jitter=0)
-    >>> [policy.backoff(n, "run-1", "f/pushRetry") for n in (1, 2, 3)]
-    [1.0, 2.0, 4.0]
-
-    A short ``non_retryable`` name matches by class name, a dotted one exactly:
-
-    >>> fatal = RetryPolicy(non_retryable=["Fatal", "myapp.errors.Declined"])
-    >>> [fatal.allows(1, t) for t in ("__main__.Fatal", "Fatal", "myapp.FatalError")]
-    [False, False, True]
-    >>> [fatal.allows(1, t) for t in ("myapp.errors.Declined", "other.Declined")]
-    [False, True]
-
-    Attributes:
-        max_attempts: Attempts in all, the first included (``None``: no limit).
-            ``max_attempts=1`` never retries.
-        initial_interval: Seconds before the second attempt.
-        backoff_coefficient: Factor applied to the interval after each attempt.
-        max_interval: Upper bound of the interval (``None``: 100 times the
-            initial interval).
-        jitter: Fraction (0 to 1) by which an interval may be shortened.
-        non_retryable: Type names of errors that are never retried; exception
-            types are accepted and converted to their qualified names. An error
-            is recorded under its qualified type name (``"ValueError"`` for a
-            builtin, ``"myapp.errors.Fatal"`` or ``"__main__.Fatal"`` otherwise).
-            A name with a dot (``"myapp.errors.Fatal"``) matches that recorded
-            name exactly; a name without one (``"Fatal"``) matches by class name,
-            whatever the module: any recorded name whose last dotted part it is.
-
-    """
-
-    max_attempts: int | None = 3
-    initial_interval: float = attrs.field(default=1.0, converter=float)
-    backoff_coefficient: float = attrs.field(default=2.0, converter=float)
-    max_interval: float | None = None
-    jitter: float = attrs.field(default=0.2, converter=float)
-    non_retryable: tuple[str, ...] = attrs.field(default=(), converter=_type_names)
-
-    def __attrs_post_init__(self) -> None:
-        if self.max_attempts is not None and (
-            isinstance(self.max_attempts, bool)
-            or not isinstance(self.max_attempts, int)
-            or self.max_attempts < 1
-        ):
-            raise DefinitionError(
-                f"max_attempts must be an int >= 1 or None, got {self.max_attempts!r}",
-                path="max_attempts",
-            )
-        to_seconds(self.initial_interval, "initial_interval", allow_zero=True)
-        if self.max_interval is not None:
-            object.__setattr__(
-                self, "max_interval", to_seconds(self.max_interval, "max_interval", allow_zero=True)
-            )
-        if not (math.isfinite(self.backoff_coefficient) and self.backoff_coefficient >= 1):
-            raise DefinitionError(
-                f"backoff_coefficient must be >= 1, got {self.backoff_coefficient!r}",
-                path="backoff_coefficient",
-            )
-        if not 0 <= self.jitter <= 1:
-            raise DefinitionError(
-                f"jitter must be a fraction between 0 and 1, got {self.jitter!r}", path="jitter"
-            )
-
-    def allows(self, attempt: int, error_type: str) -> bool:
-        """Whether attempt ``attempt`` (1-based), failed with ``error_type``, is retried.
-
-        ``error_type`` is the recorded (qualified) type name; see ``non_retryable``
-        for how it is matched.
-        """
-        names = self.non_retryable
-        # The last dotted part holds no dot, so only a short entry can equal it.
-        if names and (error_type in names or error_type.rpartition(".")[2] in names):
-            return False
-        return self.max_attempts is None or attempt < self.max_attempts
-
-    def backoff(self, attempt: int, run_id: str, scope: str) -> float:
-        """Seconds to wait after attempt ``attempt`` (1-based) failed, jitter included."""
-        cap = self.max_interval if self.max_interval is not None else 100 * self.initial_interval
-        exponent = min(attempt - 1, 1024)
-        try:
-            base = min(self.initial_interval * self.backoff_coefficient**exponent, cap)
-        except OverflowError:
-            base = cap
-        if not self.jitter or not base:
-            return base
-        digest = hashlib.blake2b(f"{run_id}|{scope}|{attempt}".encode(), digest_size=8).digest()
-        fraction = int.from_bytes(digest, "big") / 2.0**64
-        return base * (1.0 - self.jitter * fraction)
-
-    def _canonical(self) -> list[Any]:
-        return [
-            self.max_attempts,
-            self.initial_interval,
-            self.backoff_coefficient,
-            self.max_interval,
-            self.jitter,
-            list(self.non_retryable),
-        ]
-
-
-@attrs.frozen
-class RetryRule:
-    """How a retry scope handles failures: its policy, and whether it asks ``on_error``.
-
-    Attributes:
-        scope: The retry scope's path (``"deploy/v1/pushRetry"``).
-        policy: The declarative policy, or ``None`` (unbounded, immediate, as in
-            go-stepflow).
-        on_error: Whether an ``on_error`` handler is bound and is asked before
-            each restart.
-
-    """
-
-    scope: str
-    policy: RetryPolicy | None = None
-    on_error: bool = True
-
-
 @attrs.frozen
 class Transition:
     """One entry of the transition table.
@@ -331,17 +182,25 @@ class Transition:
         destinations: Every possible destination, in the order described in the
             module docstring.
         retry_scopes: Scope paths of the retries enclosing the step, innermost
-            first; a failure is handed to them in this order.
+            first.
+        catch_scopes: Scope paths of the catches enclosing the step, innermost
+            first. A failure is handed to the retries and catches in nesting
+            order (the innermost, whose path is the longest, first).
         delay: For ``wait_for``, seconds between polls; for ``sleep``, the
             duration. ``None`` otherwise.
         timeout: For ``wait_for``, seconds after which a condition still false
             fails the step with a ``WaitTimeoutError``; for ``wait_event``, after
-            which the wait times out. ``None``: no timeout.
+            which the wait times out; for ``do``, the
+            start-to-close limit of one execution of its handler, enforced by
+            the shell (``StepTimeoutError``), never read by the core; ``None``:
+            no timeout.
         max_concurrency: For ``map``, how many items may run at once
             (``None``: no limit).
         max_failures: For ``parallel`` and ``map``, how many failed branches or
             items the group tolerates and still completes.
         awaits: For ``wait_event``, the name of the event it waits for.
+        cases: For ``switch``, the canonical JSON key of each case's value, in
+            the order of the case destinations (see :mod:`stepflow.core.choice`).
 
     """
 
@@ -354,6 +213,8 @@ class Transition:
     timeout: float | None = None
     max_concurrency: int | None = None
     max_failures: int = 0
+    catch_scopes: tuple[str, ...] = ()
+    cases: tuple[str, ...] = ()
     awaits: str | None = None
 
     @property
@@ -389,12 +250,17 @@ class _Node(NamedTuple):
     forks: tuple[str, ...] = ()
     limit: int | None = None
     tolerated: int = 0
+    # Retry and catch scopes around the node, innermost first: where a failure goes.
+    failures: tuple[str, ...] = ()
     # A wait_event's event name ("" otherwise).
     awaits: str = ""
 
 
 def _canonical(
-    name: str, transitions: tuple[Transition, ...], retries: tuple[RetryRule, ...]
+    name: str,
+    transitions: tuple[Transition, ...],
+    retries: tuple[RetryRule, ...],
+    catches: tuple[CatchRule, ...],
 ) -> str:
     rows: list[list[Any]] = []
     for t in transitions:
@@ -413,6 +279,11 @@ def _canonical(
             row.append({"max_concurrency": t.max_concurrency, "max_failures": t.max_failures})
         if t.awaits is not None:
             row.append({"awaits": t.awaits})
+        # Catches and cases join the row only when present: older flows keep their prints.
+        if t.catch_scopes:
+            row.append({"catch_scopes": list(t.catch_scopes)})
+        if t.kind == "switch":
+            row.append({"cases": list(t.cases)})
         rows.append(row)
     body: list[Any] = [_FINGERPRINT_FORMAT, name, rows]
     plain = [r for r in retries if r.policy is not None or not r.on_error]
@@ -423,13 +294,18 @@ def _canonical(
                 for r in plain
             ]
         )
+    if catches:
+        errors = [[c.scope, None if c.errors is None else list(c.errors)] for c in catches]
+        body.append({"catches": errors})
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def _branches(t: Transition) -> tuple[str, ...]:
     if t.kind != "parallel":
         return ()
-    return tuple(d.event.partition(":")[2] for d in t.destinations if d.reason != "retry")
+    return tuple(
+        d.event.partition(":")[2] for d in t.destinations if d.reason not in FAILURE_REASONS
+    )
 
 
 def _inside(event: str, item_scopes: tuple[str, ...]) -> tuple[str, ...]:
@@ -454,6 +330,7 @@ class FlowDefinition:
         retries: The :class:`RetryRule` of each retry scope that has a policy or
             no ``on_error`` handler; any other retry scope asks its ``on_error``
             handler, without limit or delay (go-stepflow's behaviour).
+        catches: The :class:`CatchRule` of each catch scope that has a step in it.
         table: Mapping of each source event to its one :class:`Transition`.
         fingerprint: ``"sha256:<hex>"`` of the definition's canonical form.
         start_event: The event a new run starts from.
@@ -468,6 +345,7 @@ class FlowDefinition:
     name: str
     transitions: tuple[Transition, ...]
     retries: tuple[RetryRule, ...] = ()
+    catches: tuple[CatchRule, ...] = ()
     table: Mapping[str, Transition] = attrs.field(init=False, eq=False, hash=False)
     fingerprint: str = attrs.field(init=False, eq=False, hash=False)
     start_event: str = attrs.field(init=False, eq=False, hash=False)
@@ -486,6 +364,8 @@ class FlowDefinition:
     _event_maps: dict[str, tuple[str, ...]] = attrs.field(init=False, eq=False, hash=False)
     # Retry scope -> its rule, for every retry scope of the flow.
     _rules: dict[str, RetryRule] = attrs.field(init=False, eq=False, hash=False)
+    # Catch scope -> its rule.
+    _catches: dict[str, CatchRule] = attrs.field(init=False, eq=False, hash=False)
     # Every name, event and step path -> itself: the codec makes loaded states
     # share these strings instead of holding copies of them.
     _strings: dict[str, str] = attrs.field(init=False, eq=False, hash=False)
@@ -524,7 +404,7 @@ class FlowDefinition:
             "fingerprint",
             "sha256:"
             + hashlib.sha256(
-                _canonical(self.name, self.transitions, self.retries).encode()
+                _canonical(self.name, self.transitions, self.retries, self.catches).encode()
             ).hexdigest(),
         )
         object.__setattr__(self, "start_event", start)
@@ -547,11 +427,18 @@ class FlowDefinition:
                 )
             rules[rule.scope] = rule
         object.__setattr__(self, "_rules", rules)
+        catches = {c.scope: c for c in self.catches}
+        listed = {s for t in self.transitions for s in t.catch_scopes}
+        for scope in sorted(listed ^ catches.keys()):
+            raise DefinitionError(
+                f"catch scope {scope!r} needs one CatchRule and a step inside it", path=scope
+            )
+        object.__setattr__(self, "_catches", catches)
         strings = {self.name: self.name, self.fingerprint: self.fingerprint}
         for node in nodes.values():
             strings[node.event] = node.event
             strings[node.step] = node.step
-            strings.update((scope, scope) for scope in node.retry_scopes)
+            strings.update((scope, scope) for scope in node.failures)
         object.__setattr__(self, "_strings", strings)
 
     def _compile_nodes(
@@ -600,11 +487,13 @@ class FlowDefinition:
             elif t.kind == "wait_event":
                 # on_false: the on_timeout steps, or "" when a timeout fails the step.
                 on_true = resolve(t.destinations[0].event)
-                later = [d for d in t.destinations[1:2] if d.reason != "retry"]
+                later = [d for d in t.destinations[1:2] if d.reason not in FAILURE_REASONS]
                 on_false = resolve(later[0].event) if later else ""
+            elif t.kind == "switch":  # its cases are chosen in stepflow.core.choice
+                on_true = on_false = resolve(t.destinations[len(t.cases)].event)
             else:
                 on_true = resolve(t.destinations[0].event)
-                two_way = t.kind not in ("do", "sleep", "join")
+                two_way = t.kind not in ("do", "sleep", "sleep_until", "join")
                 on_false = resolve(t.destinations[1].event) if two_way else on_true
             path = t.source.partition(":")[2]
             group = groups.get(path)
@@ -617,13 +506,16 @@ class FlowDefinition:
                 on_false,
                 t.retry_scopes,
                 t.delay,
-                t.timeout,
-                t.kind in ("do", "wait_for", "case", "loop_until") and t.timeout is None,
+                None if t.kind == "do" else t.timeout,  # (a do's is the shell's)
+                t.kind == "do"
+                or (t.kind in ("wait_for", "case", "loop_until", "switch") and not t.timeout),
                 tuple(g for g in groups if path.startswith(g + "/")),
                 event_maps.get(t.source, ()),
                 tuple(b.partition(path + "/")[2] for b in _branches(t)) if group else (),
                 t.max_concurrency,
                 t.max_failures,
+                # Scopes around a step are its ancestors: the innermost has the longest path.
+                tuple(sorted((*t.retry_scopes, *t.catch_scopes), key=len, reverse=True)),
                 t.awaits or "",
             )
         for event in table:
@@ -663,6 +555,7 @@ class FlowDefinition:
             on_true=c(base.on_true),
             on_false=c(base.on_false),
             retry_scopes=tuple(map(c, base.retry_scopes)),
+            failures=tuple(map(c, base.failures)),
             groups=tuple(map(c, base.groups)),
         )
         if len(self._concrete) >= _CONCRETE_CACHE:
@@ -672,7 +565,7 @@ class FlowDefinition:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The derived tables are rebuilt on load: only the data travels.
-        return (FlowDefinition, (self.name, self.transitions, self.retries))
+        return (FlowDefinition, (self.name, self.transitions, self.retries, self.catches))
 
     def __repr__(self) -> str:
         return (
@@ -721,6 +614,30 @@ class FlowDefinition:
 
         """
         return self._node(event).retry_scopes
+
+    def catch_scopes(self) -> tuple[str, ...]:
+        """Scope paths of every catch group that has a step inside it."""
+        return tuple(self._catches)
+
+    def catch_rule(self, scope: str) -> CatchRule:
+        """Return the :class:`CatchRule` of the catch scope ``scope``.
+
+        Raises:
+            KeyError: ``scope`` is not a catch scope of this flow.
+
+        """
+        return self._catches[scope]
+
+    def enclosing_failure_scopes(self, event: str) -> tuple[str, ...]:
+        """Retry and catch scopes around the position ``event``, innermost first.
+
+        A failure of the step at ``event`` is handed to them in this order.
+
+        Raises:
+            KeyError: ``event`` is not an event of this flow.
+
+        """
+        return self._node(event).failures
 
     def retry_rule(self, scope: str) -> RetryRule:
         """Return the :class:`RetryRule` of the retry scope ``scope``.

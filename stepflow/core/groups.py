@@ -79,10 +79,10 @@ from stepflow.core.advance import (
     _rejection,
     _wrong_answer,
     answer,
-    check_state,
     initial_state,
     result_error,
 )
+from stepflow.core.checks import check_state
 from stepflow.core.definition import FlowDefinition, _Node, completed_event, start_event
 from stepflow.core.events import untimed_wait, with_events
 from stepflow.core.messages import (

@@ -32,7 +32,16 @@ __all__ = [
 ]
 
 CommandKind = Literal[
-    "do", "wait_for", "case", "loop_until", "on_error", "sleep", "map", "wait_event"
+    "do",
+    "wait_for",
+    "case",
+    "loop_until",
+    "on_error",
+    "sleep",
+    "map",
+    "wait_event",
+    "switch",
+    "sleep_until",
 ]
 
 
@@ -43,9 +52,11 @@ class CallHandler(NamedTuple):
         id: Run-unique, deterministic id (the state's sequence number when it was
             issued). Re-issued commands keep their id.
         kind: ``"do"``, ``"wait_for"``, ``"case"``, ``"loop_until"``,
-            ``"on_error"`` or ``"map"``. It says which handler of the step to call
-            and what its result means: a JSON value for ``do``, a JSON list for a
-            map's ``items``, a ``bool`` for the others.
+            ``"on_error"``, ``"map"``, ``"switch"`` or ``"sleep_until"``. It says
+            which handler of the step to call and what its result means: a JSON
+            value for ``do``, a JSON list for a map's ``items``, a JSON scalar for
+            a switch's ``route``, a time (seconds since the epoch) for a
+            ``sleep_until``'s ``when``, a ``bool`` for the others.
         step: Scope path of the step (``"deploy/v1/shouldDeployCase"``). For
             ``on_error`` it is the retry scope (``"deploy/v1/pushRetry"``).
         event: The state event the command belongs to (the position that waits
@@ -85,7 +96,7 @@ class CallHandler(NamedTuple):
 
 
 class Wake(NamedTuple):
-    """Wake the run at time ``at``: a ``sleep`` step's durable timer.
+    """Wake the run at time ``at``: the durable timer of a ``sleep`` or ``sleep_until`` step.
 
     Answer it with :class:`TimerFired` once the clock reads ``at`` or later; the
     core refuses an earlier one. Its fields line up with :class:`CallHandler`'s,
@@ -93,7 +104,7 @@ class Wake(NamedTuple):
 
     Attributes:
         id: Run-unique, deterministic id, as for :class:`CallHandler`.
-        kind: Always ``"sleep"``.
+        kind: Always ``"sleep"`` (a ``sleep_until``'s timer too).
         step: Scope path of the sleep step.
         event: The state event the command belongs to.
         at: When the timer fires, seconds since the epoch.

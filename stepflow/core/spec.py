@@ -15,17 +15,18 @@ time, where the full scope path of the offending step is known.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from stepflow.core.definition import RetryPolicy
+from stepflow.core.policies import RetryPolicy
 from stepflow.errors import DefinitionError
 
 __all__ = [
     "DEFAULT_POLL_INTERVAL",
     "Case",
+    "Catch",
     "Do",
     "Group",
     "Item",
@@ -34,7 +35,9 @@ __all__ = [
     "Parallel",
     "Retry",
     "Sleep",
+    "SleepUntil",
     "Steps",
+    "Switch",
     "WaitEvent",
     "WaitFor",
     "named",
@@ -52,16 +55,21 @@ ActionFn = Callable[[Any], Any]
 ConditionFn = Callable[[Any], Any]
 #: ``on_error(ctx, exc) -> bool``: ``True`` restarts the retry group. May be ``async def``.
 ErrorHandlerFn = Callable[[Any, BaseException], Any]
+#: ``route(ctx) -> scalar``: the JSON scalar a ``switch`` matches its cases with. May be async.
+RouteFn = Callable[[Any], Any]
 #: ``items(ctx) -> list``: the JSON items a ``map`` runs its steps for. May be ``async def``.
 ItemsFn = Callable[[Any], Any]
+#: ``when(ctx)``: a ``datetime`` (naive means UTC) or seconds since the epoch. May be ``async def``.
+WhenFn = Callable[[Any], Any]
 
 
 @attrs.frozen
 class Do:
-    """A step that calls ``fn(ctx)`` once."""
+    """A step that calls ``fn(ctx)`` once, within ``timeout`` seconds if one is given."""
 
     name: str
     fn: ActionFn
+    timeout: Duration | None = None
 
 
 @attrs.frozen
@@ -97,6 +105,14 @@ class Sleep:
 
     name: str
     duration: Duration
+
+
+@attrs.frozen
+class SleepUntil:
+    """A durable timer at the time ``when(ctx)`` returns, computed once."""
+
+    name: str
+    when: WhenFn
 
 
 @attrs.frozen
@@ -166,7 +182,49 @@ class Map:
     max_failures: int = 0
 
 
-Item = Do | WaitFor | WaitEvent | Sleep | Case | Retry | LoopUntil | Group | Parallel | Map
+@attrs.frozen
+class Switch:
+    """A choice: ``route(ctx)`` returns a JSON scalar, and the case of that value runs.
+
+    ``cases`` holds ``(value, steps)`` pairs in the order given; ``default`` runs
+    when no value matches (``None``: nothing runs). See :mod:`stepflow.core.choice`.
+    """
+
+    name: str
+    route: RouteFn
+    cases: tuple[tuple[Any, Steps], ...]
+    default: Steps | None = None
+
+
+@attrs.frozen
+class Catch:
+    """A failure scope, like ``try``/``except``: ``handler`` runs when ``body`` fails.
+
+    ``errors`` holds the exception types or recorded type names it takes
+    (``None``: every error). See :mod:`stepflow.core.scopes`.
+    """
+
+    name: str
+    body: Steps
+    handler: Steps
+    errors: Any = None
+
+
+Item = (
+    Do
+    | WaitFor
+    | WaitEvent
+    | Sleep
+    | Case
+    | Retry
+    | LoopUntil
+    | Group
+    | Parallel
+    | Map
+    | Switch
+    | Catch
+    | SleepUntil
+)
 
 
 @attrs.frozen
@@ -189,13 +247,20 @@ class Steps:
     def _add(self, item: Item) -> Steps:
         return Steps(self.name, (*self.items, item))
 
-    def do(self, name: str, fn: ActionFn) -> Steps:
+    def do(self, name: str, fn: ActionFn, *, timeout: Duration | None = None) -> Steps:
         """Add a step that calls ``fn(ctx)`` once.
 
         ``fn`` returns a JSON value (kept in the state's outputs under the step's
         path) or ``None``, and raises to fail.
+
+        With ``timeout`` (seconds or a ``timedelta``, > 0), a start-to-close
+        limit the shell enforces on each execution: past it, an ``async def``
+        handler is cancelled and a plain one is abandoned in its thread (its
+        late result is ignored and logged), and the step fails with
+        :class:`~stepflow.errors.StepTimeoutError`, which a ``retry`` retries
+        like any error. The timeout is part of the definition.
         """
-        return self._add(Do(name, fn))
+        return self._add(Do(name, fn, timeout))
 
     def wait_for(
         self,
@@ -248,6 +313,19 @@ class Steps:
         state, so a restart never extends it. Its scope is ``<name>``.
         """
         return self._add(Sleep(name, duration))
+
+    def sleep_until(self, name: str, when: WhenFn) -> Steps:
+        """Add a durable timer at the time ``when(ctx)`` returns: no drift, across restarts.
+
+        ``when`` is called once, as its own command (it may read ``ctx``), and
+        returns a ``datetime`` (an aware one, or a naive one, read as UTC) or a
+        number of seconds since the epoch. The time is kept in the state's
+        outputs under the step's path (as epoch seconds), and the run resumes
+        then; a time already past fires at once. Any other value fails the step
+        with :class:`~stepflow.errors.HandlerResultError`. Its scope is
+        ``<name>``. See :mod:`stepflow.core.timers` for every rule.
+        """
+        return self._add(SleepUntil(name, when))
 
     def case(self, name: str, cond: ConditionFn, steps: Steps) -> Steps:
         """Add a group that runs only when ``cond(ctx)`` returns ``True``.
@@ -338,6 +416,60 @@ class Steps:
         ``<name>Map``; item ``i`` runs in scope ``<name>Map/steps[i]``.
         """
         return self._add(Map(name, items, steps, max_concurrency, max_failures))
+
+    def switch(
+        self,
+        name: str,
+        route: RouteFn,
+        cases: Mapping[Any, Steps] | Iterable[tuple[Any, Steps] | list[Any]],
+        default: Steps | None = None,
+    ) -> Steps:
+        """Add a choice: the steps of the case whose value ``route(ctx)`` returns run.
+
+        ``route`` (plain or ``async def``) returns a JSON scalar: a str, int,
+        float, bool or ``None``. ``cases`` maps such values to steps (a mapping,
+        or ``(value, steps)`` pairs: a Python dict merges the keys ``True`` and
+        ``1``, pairs keep them apart). Values match exactly and by JSON type:
+        ``True`` is not ``1``, ``1`` is not ``"1"``; ``1`` and ``1.0`` are the
+        same JSON number, so the same case. With no matching case the
+        ``default`` steps run, or nothing; then the flow continues after the
+        switch. One ``switch`` command decides it. A route result that is not a
+        JSON scalar fails the step with
+        :class:`~stepflow.errors.HandlerResultError`.
+
+        Its scope is ``<name>Switch``; case ``i`` (in the order given) runs in
+        the child scope ``case<i>``, the default in ``default``.
+        """
+        given = cases.items() if isinstance(cases, Mapping) else cases
+        try:
+            pairs: tuple[tuple[Any, Steps], ...] = tuple(
+                tuple(p) if isinstance(p, list) else p for p in given
+            )
+            if not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+                raise TypeError
+        except TypeError:
+            raise DefinitionError(
+                f"the cases of switch {name!r} must be a mapping of JSON scalar to "
+                f"stepflow.steps(), or (value, steps) pairs; got {cases!r:.80}",
+                path=name,
+            ) from None
+        return self._add(Switch(name, route, pairs, default))
+
+    def catch(self, name: str, steps: Steps, handler: Steps, errors: Any = None) -> Steps:
+        """Add a failure scope: when ``steps`` fails with a matching error, ``handler`` runs.
+
+        Like ``try``/``except``: ``errors`` is an exception type, a recorded type
+        name (``"myapp.Declined"``, or ``"Declined"`` to match by class name as
+        :attr:`RetryPolicy.non_retryable` does), or a list of them; ``None``
+        takes every error. The handler's steps see the error as ``ctx.error``
+        (an :class:`~stepflow.ErrorRecord`, kept in ``outputs`` under the catch
+        scope's path as ``{"error": {...}}``); then the flow continues after
+        the catch. Other errors, and failures of the handler itself, go on
+        outward. Retries and catches nest in any order: the innermost takes a
+        failure first. Its scope is ``<name>Catch``; the steps run in its child
+        scope ``steps``, the handler in ``handler``.
+        """
+        return self._add(Catch(name, steps, handler, errors))
 
 
 def named(name: str) -> Steps:

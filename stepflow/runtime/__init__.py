@@ -2,8 +2,8 @@
 
 This is the shell around the pure core that keeps runs in a
 :class:`~stepflow.stores.base.Store`, executes their commands and saves every
-step: :class:`Worker`, :func:`start_run`, :func:`resume_run`, :func:`cancel_run`
-and :func:`read_run`; :func:`send_event`, which sends events to runs
+step: :class:`Worker`, :func:`start_run`, :func:`resume_run`, :func:`cancel_run`,
+:func:`wake` and :func:`read_run`; :func:`send_event`, which sends events to runs
 (:mod:`stepflow.runtime.events`); :class:`Schedule` and its operations
 (:mod:`stepflow.runtime.schedules`); and what a worker reports as it runs
 (:mod:`stepflow.runtime.metrics`: :class:`WorkerMetrics`, :class:`PrometheusMetrics`).
@@ -22,6 +22,7 @@ from stepflow.runtime.runs import resolve_run_id as resolve_run_id
 from stepflow.runtime.runs import resume_run as resume_run
 from stepflow.runtime.runs import start_run as start_run
 from stepflow.runtime.runs import store_wake_at as store_wake_at
+from stepflow.runtime.runs import wake as wake
 from stepflow.runtime.schedules import Schedule as Schedule
 from stepflow.runtime.schedules import Scheduler as Scheduler
 from stepflow.runtime.schedules import add_schedule as add_schedule
@@ -53,4 +54,5 @@ __all__ = [
     "send_event",
     "start_run",
     "store_wake_at",
+    "wake",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from stepflow.core.messages import CallHandler
+from stepflow.core.state import ErrorRecord
 from stepflow.stores._rules import dump_progress
 
 __all__ = ["RunContext"]
@@ -24,7 +25,7 @@ class RunContext:
         step: The scope path of the step being served (for ``on_error``, the
             retry scope).
         kind: The command's kind: ``"do"``, ``"wait_for"``, ``"case"``,
-            ``"loop_until"`` or ``"on_error"``.
+            ``"loop_until"``, ``"on_error"``, ``"map"`` or ``"switch"``.
         attempt: The attempt of the innermost enclosing retry group, from 1 (1
             outside any retry). A re-execution after a crash has the same
             attempt.
@@ -42,6 +43,9 @@ class RunContext:
             (``None`` outside any map).
         item: Inside a ``map``, the item itself (the JSON value its ``items``
             handler returned at ``index``); ``None`` outside any map.
+        error: Inside the ``handler`` steps of a ``catch``, the
+            :class:`~stepflow.ErrorRecord` the catch took (of the innermost such
+            catch); ``None`` elsewhere.
         reporter: Where :meth:`report` hands a checked progress document (the
             worker stores it on the run); ``None``: nowhere (a context made by
             hand, or by :mod:`stepflow.testing`).
@@ -61,6 +65,7 @@ class RunContext:
     command: CallHandler = attrs.field(repr=False)
     index: int | None = None
     item: Any = None
+    error: ErrorRecord | None = None
     reporter: Callable[[Any], None] | None = attrs.field(default=None, repr=False, eq=False)
 
     def report(self, progress: Any) -> None:

@@ -75,7 +75,7 @@ class WorkerMetrics(Protocol):
         Args:
             flow: The flow's name (``"deploy/v1"``).
             kind: The command's kind: ``"do"``, ``"wait_for"``, ``"case"``,
-                ``"loop_until"``, ``"on_error"`` or ``"sleep"``.
+                ``"loop_until"``, ``"on_error"``, ``"sleep"``, ``"map"`` or ``"switch"``.
             outcome: ``"returned"``, ``"raised"`` (the handler raised) or
                 ``"fired"`` (a timer).
             seconds: From the start of the command to its durable save.

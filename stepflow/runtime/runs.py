@@ -43,6 +43,7 @@ __all__ = [
     "resume_run",
     "start_run",
     "store_wake_at",
+    "wake",
 ]
 
 
@@ -190,6 +191,30 @@ def cancel_run(store: Store, run_id: str, *, clock: Clock | None = None) -> RunR
     batch = dumps_batch(Batch("cancel", now))
     save = Save(run_id, record.version, None, record.state, status, None, batch)
     return store.save(save, now=now)
+
+
+def wake(store: Store, run_id: str, *, clock: Clock | None = None) -> bool:
+    """Make a resting run due now: its ``wait_for`` polls now, its retry backoff ends now.
+
+    A ``sleep`` or ``sleep_until`` timer is never cut short: a timer is a
+    promise about time, so a run resting at one stays there (its other
+    positions, in a ``parallel`` group, are woken). The state is not changed
+    and the run's lease is not touched, so a wake is never refused: while a
+    worker holds the run, the wake stays pending and takes effect when that
+    worker next releases it (or its lease ends). The worker that next claims
+    the run journals the wake (op ``"wake"``) and carries out every command
+    of the run that waits on a poll interval or a backoff at once. A parked
+    run is tried again at once.
+
+    Returns:
+        ``True`` if the run was woken; ``False`` if it is finished (completed,
+        failed or cancelled): there is nothing to wake, and nothing changed.
+
+    Raises:
+        UnknownRunError: no run has this id.
+
+    """
+    return store.wake(run_id, now=(clock or SystemClock()).now())
 
 
 @attrs.frozen

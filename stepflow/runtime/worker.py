@@ -14,6 +14,13 @@ lease, and for each claimed run start a task that
 4. goes on with the next command while the run is due, and releases the lease
    (in the same save) once it is finished or waits for a later ``wake_at``.
 
+A ``do`` with a ``timeout=`` is timed on the loop (an ``async def`` handler
+cancelled, a plain one abandoned on its own thread at the deadline; the step
+fails with ``StepTimeoutError``), so :meth:`Worker.stop` waits no longer than the
+longest timeout in flight. A run claimed with a pending wake (:func:`stepflow.wake`)
+has the wake journaled (op ``"wake"``) and taken in first; then its commands that
+wait on a poll interval or a backoff run at once (a timer keeps its time).
+
 Events sent to a run (:func:`stepflow.send_event`) wait in its store's inbox;
 the store counts them on the run's row and makes the run due. A task driving a
 run with events waiting delivers them before its next command: one save applies
@@ -93,6 +100,7 @@ from stepflow.core.messages import (
     TimerFired,
     Wake,
 )
+from stepflow.core.scopes import handler_error
 from stepflow.core.state import RUNNING, State
 from stepflow.errors import (
     ConfigurationError,
@@ -358,7 +366,15 @@ class Worker:
     # -- control ---------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the worker to stop: finish the steps in flight, save, release, return."""
+        """Ask the worker to stop: finish the steps in flight, save, release, return.
+
+        No new step starts. A step with a ``timeout=`` ends by its deadline (its
+        handler cancelled or abandoned, the step failed with
+        :class:`~stepflow.errors.StepTimeoutError` and saved), so the worker
+        never waits longer than the longest timeout of the steps in flight (plus
+        the saves). A step with no timeout is waited for, however long it takes:
+        give long or possibly hung handlers a ``timeout=``.
+        """
         self._stopping = True
         if self._wakeup is not None:
             self._wakeup.set()
@@ -730,10 +746,16 @@ class Worker:
                     exc = UnreadableRunError(run_id, "state", f"cannot be decoded: {exc}")
                 await self._park(run_id, record.flow, token, exc)
                 return
+            woken_at = record.woken_at
             inbox = record.inbox  # events waiting to be delivered
             # The record (with its state text) is not needed any more: with a thousand
             # runs in flight, keeping it would be most of the worker's memory.
             del lease, record
+            # Woken (stepflow.wake): journal the wake and take it in, then carry out
+            # at once every command that waits on a poll or a backoff (never a timer).
+            early = woken_at is not None
+            if woken_at is not None:
+                version = await self._take_wake(run_id, version, token, state, woken_at)
             while True:
                 if inbox and state.status == RUNNING:
                     delivered = await self._deliver(flow, run_id, token, version, state, running)
@@ -744,7 +766,13 @@ class Worker:
                             return
                 now = self.clock.now()
                 state, commands = advance(flow.definition, state, now=now)
-                due = [c for c in commands if c[0] not in running and _due(state, c, now)]
+                due = [
+                    c
+                    for c in commands
+                    if c[0] not in running
+                    and (_due(state, c, now) or (early and type(c) is CallHandler))
+                ]
+                early = False
                 if not due and not running:
                     await self._save_last(run_id, version, self._token(run_id, token), state, now)
                     return
@@ -960,6 +988,22 @@ class Worker:
         )
         await self._save(save, now)
 
+    async def _take_wake(
+        self, run_id: str, version: int, token: str, state: State, woken_at: float
+    ) -> int:
+        """Journal a pending wake (op ``"wake"``, at when it was asked) and clear it.
+
+        The state is saved as it is; returns the run's new version.
+        """
+        now = self.clock.now()
+        batch = dumps_batch(Batch("wake", woken_at))
+        wake_at = store_wake_at(state, now)
+        token = self._token(run_id, token)
+        save = Save(run_id, version, token, dumps(state), state.status, wake_at, batch)
+        saved = await self._save(attrs.evolve(save, takes_wake=True), now)
+        log.info("run %s was woken: its polls and backoffs are due now", run_id)
+        return saved.version
+
     async def _deliver(
         self,
         flow: Flow,
@@ -1093,10 +1137,16 @@ class Worker:
             command=command,
             index=index,
             item=item,
+            error=handler_error(flow.definition, state.outputs, command.step),
             reporter=functools.partial(self._report_progress, run_id),
         )
         async with self._slots:
-            if self._on_loop.get((flow.name, command.kind, command.step), False):
+            # A step with a timeout is timed on the loop: an async handler is
+            # cancelled there, a plain one runs on a thread of its own that can
+            # be abandoned (a hung handler must not hold a pool thread forever).
+            if self._on_loop.get((flow.name, command.kind, command.step), False) or (
+                interpreter.timeout_of(command) is not None
+            ):
                 return await interpreter.execute_async(command, ctx)
             assert self._handler_pool is not None
             return await self._handler_pool.submit(

@@ -38,6 +38,7 @@ from stepflow.stores.base import (
 )
 
 __all__ = [
+    "WAKEABLE",
     "apply_save",
     "check_prune",
     "check_save",
@@ -49,6 +50,7 @@ __all__ = [
     "new_lease_token",
     "run_exists",
     "unknown_run",
+    "woken",
 ]
 
 
@@ -95,6 +97,17 @@ def run_exists(run_id: str) -> RunExistsError:
         f"a run with id {run_id!r} already exists: choose another id, or load the existing run",
         run_id,
     )
+
+
+#: The statuses :meth:`Store.wake <stepflow.stores.base.Store.wake>` acts on: a
+#: parked run woken is tried again at once.
+WAKEABLE = ("running", "parked")
+
+
+def woken(run: RunRecord, now: float) -> RunRecord:
+    """Return ``run`` woken at ``now``: ``woken_at`` set, ``wake_at`` brought forward."""
+    wake_at = now if run.wake_at is None or run.wake_at > now else run.wake_at
+    return attrs.evolve(run, wake_at=float(wake_at), woken_at=float(now))
 
 
 def lease_is_live(run: RunRecord, now: float) -> bool:
@@ -159,18 +172,26 @@ def apply_save(run: RunRecord, save: Save, now: float, delivered: int = 0) -> Ru
     :func:`~stepflow.stores._inbox.inbox_wake_at`). The lease is given up when the save asks for it
     (``release``), and cleared by a save made without a lease (any lease left on the
     run had expired, or the save would have been refused). A parked run's mark is
-    cleared: whoever saved it could read it.
+    cleared: whoever saved it could read it. A pending wake (``woken_at``) is
+    kept, and keeps ``wake_at`` no later than itself, until a save takes it in
+    or the run finishes (see :meth:`Store.wake <stepflow.stores.base.Store.wake>`).
     """
     keep_lease = save.lease_token is not None and not save.release
+    wake_at, woken_at = save.wake_at, run.woken_at
+    if wake_at is None or save.takes_wake:
+        woken_at = None  # finished, or the wake is taken in
+    elif woken_at is not None:
+        wake_at = min(wake_at, woken_at)  # a pending wake keeps the run due
     inbox = run.inbox - delivered
+    if not save.mailbox_full:
+        wake_at = inbox_wake_at(save.status, wake_at, inbox, now)
     return attrs.evolve(
         run,
         flow=save.flow if save.flow is not None else run.flow,
         state=save.state,
         status=save.status,
-        wake_at=save.wake_at
-        if save.mailbox_full
-        else inbox_wake_at(save.status, save.wake_at, inbox, now),
+        wake_at=wake_at,
+        woken_at=woken_at,
         inbox=inbox,
         version=run.version + 1,
         updated_at=now,

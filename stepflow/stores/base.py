@@ -142,6 +142,8 @@ class RunRecord:
         lease_expires_at: When the current lease expires, or ``None``.
         parked_reason: Why a worker parked the run (``status == "parked"``), or
             ``None``.
+        woken_at: When :meth:`Store.wake` last woke the run, until a worker
+            takes the wake in (see :attr:`Save.takes_wake`); ``None`` otherwise.
         inbox: How many events sent to the run wait to be delivered (see
             :meth:`Store.send_event`).
         unreadable: Why a column of the row cannot be read, or ``None``: the
@@ -163,6 +165,7 @@ class RunRecord:
     lease_token: str | None = None
     lease_expires_at: float | None = None
     parked_reason: str | None = None
+    woken_at: float | None = None
     inbox: int = 0
     unreadable: UnreadableRunError | None = attrs.field(default=None, eq=False)
 
@@ -248,6 +251,11 @@ class Save:
         release: Whether to give up the lease in the same transaction.
         flow: The run's new flow name, when a newer version of its flow adopts
             it (a migration); ``None`` keeps the name.
+        takes_wake: Whether the writer takes in the run's pending wake (it
+            read ``woken_at`` and acts on it): ``woken_at`` is cleared. Any
+            other save of a running run keeps a pending wake, and its
+            ``wake_at`` is then no later than ``woken_at`` (see
+            :meth:`Store.wake`).
         delivered: The ``seq`` of the last inbox event this save's batch
             delivered (see :meth:`Store.pending_events`), or ``None``. The
             run's undelivered events up to it are marked delivered in the same
@@ -268,6 +276,7 @@ class Save:
     batch: str | None = None
     release: bool = False
     flow: str | None = None
+    takes_wake: bool = False
     delivered: int | None = None
     mailbox_full: bool = False
 
@@ -425,6 +434,27 @@ class Store(ScheduleStore, Protocol):
         """Extend the leases ``(run_id, token)`` still held; return the run ids renewed.
 
         Each renewed lease then expires at ``now + lease_seconds``.
+        """
+        ...
+
+    def wake(self, run_id: str, *, now: float) -> bool:
+        """Make a resting run due at ``now``, without touching its state or its lease.
+
+        Sets ``woken_at`` to ``now`` and brings ``wake_at`` forward to ``now``.
+        Never refused by a lease (no version change, no
+        :class:`~stepflow.errors.StaleWriteError`): while a worker holds the
+        run, the wake stays pending, and every save of the run keeps its
+        ``wake_at`` no later than the wake, so the run is due again as soon as
+        the holder releases it (or its lease ends). A worker that claims a
+        woken run journals the wake and takes it in (``Save.takes_wake``).
+
+        Returns:
+            ``True`` if the run was woken; ``False`` if it is finished
+            (completed, failed or cancelled): nothing to wake, nothing changed.
+
+        Raises:
+            UnknownRunError: no run has this id.
+
         """
         ...
 

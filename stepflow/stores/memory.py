@@ -16,6 +16,7 @@ import attrs
 from stepflow.errors import StoreError
 from stepflow.stores._inbox import Listeners, dump_event, inbox_wake_at, load_payload, refusal
 from stepflow.stores._rules import (
+    WAKEABLE,
     apply_save,
     check_prune,
     check_save,
@@ -27,6 +28,7 @@ from stepflow.stores._rules import (
     new_lease_token,
     run_exists,
     unknown_run,
+    woken,
 )
 from stepflow.stores._schedules import MemorySchedules
 from stepflow.stores.base import (
@@ -207,6 +209,17 @@ class MemoryStore(Listeners, MemorySchedules):
                     )
                     renewed.add(run_id)
         return renewed
+
+    def wake(self, run_id: str, *, now: float) -> bool:
+        """Make a resting run due at ``now`` (see :meth:`Store.wake`)."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise unknown_run(run_id)
+            if run.status not in WAKEABLE:
+                return False
+            self._runs[run_id] = woken(run, now)
+        return True
 
     def release(self, run_id: str, token: str) -> None:
         """Give up a lease, if still held (see :meth:`Store.release`)."""

@@ -35,6 +35,7 @@ import attrs
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
 from stepflow.stores._inbox import Listeners, dump_event, load_payload, refusal
 from stepflow.stores._rules import (
+    WAKEABLE,
     check_prune,
     check_save,
     dump_input,
@@ -148,7 +149,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     POSTGRES_MIGRATION,
     # 5: journal retention (prune) and progress documents.
     _RETENTION_AND_PROGRESS,
-    # 6: events sent to runs.
+    # 6: a wake pending until a worker takes it in (Store.wake).
+    ("ALTER TABLE runs ADD COLUMN woken_at double precision",),
+    # 7: events sent to runs.
     _INBOX,
 )
 
@@ -162,14 +165,20 @@ _FLOWS = "(%(flows)s::text[] IS NULL OR flow = ANY(%(flows)s::text[]))"
 # apply_save, in SQL, with the journal entry written from the row it returns (the
 # statement is atomic by itself, so it needs no explicit transaction). ``delivered``
 # is how many inbox events the save delivers; a running run with events left is due
-# by now (stepflow.stores._inbox.inbox_wake_at).
+# by now (stepflow.stores._inbox.inbox_wake_at). Otherwise a pending wake
+# (``woken_at``) keeps ``wake_at`` no later than itself until a save takes it in.
 _SAVE = f"""
 WITH saved AS (
     UPDATE runs SET
         state = %(state)s, status = %(status)s,
-        wake_at = CASE WHEN inbox - %(delivered)s > 0 AND %(status)s = 'running'
-                            AND NOT %(mailbox_full)s
-                       THEN LEAST(COALESCE(%(wake_at)s, %(now)s), %(now)s) ELSE %(wake_at)s END,
+        wake_at = CASE
+            WHEN inbox - %(delivered)s > 0 AND %(status)s = 'running' AND NOT %(mailbox_full)s
+                THEN LEAST(COALESCE(%(wake_at)s::double precision, %(now)s), %(now)s)
+            WHEN %(wake_at)s::double precision IS NULL OR %(takes_wake)s OR woken_at IS NULL
+                THEN %(wake_at)s::double precision
+            ELSE LEAST(%(wake_at)s::double precision, woken_at) END,
+        woken_at = CASE WHEN %(wake_at)s::double precision IS NULL OR %(takes_wake)s
+                        THEN NULL ELSE woken_at END,
         inbox = inbox - %(delivered)s,
         version = version + 1, updated_at = %(now)s,
         lease_owner = CASE WHEN %(keep_lease)s THEN lease_owner END,
@@ -198,10 +207,10 @@ WITH given AS (
         %(run_id)b::text[], %(expected_version)b::bigint[], %(lease_token)b::text[],
         %(state)b::text[], %(status)b::text[], %(wake_at)b::double precision[],
         %(batch)b::text[], %(keep_lease)b::boolean[], %(flow)b::text[],
-        %(delivered)b::bigint[], %(mailbox_full)b::boolean[]
+        %(takes_wake)b::boolean[], %(delivered)b::bigint[], %(mailbox_full)b::boolean[]
     ) AS given (
         run_id, expected_version, lease_token, state, status, wake_at, batch, keep_lease, flow,
-        delivered, mailbox_full
+        takes_wake, delivered, mailbox_full
     )
 ), locked AS MATERIALIZED (
     SELECT given.* FROM runs JOIN given
@@ -211,9 +220,12 @@ WITH given AS (
 ), saved AS (
     UPDATE runs SET
         state = s.state, status = s.status,
-        wake_at = CASE WHEN runs.inbox - s.delivered > 0 AND s.status = 'running'
-                            AND NOT s.mailbox_full
-                       THEN LEAST(COALESCE(s.wake_at, %(now)s), %(now)s) ELSE s.wake_at END,
+        wake_at = CASE
+            WHEN runs.inbox - s.delivered > 0 AND s.status = 'running' AND NOT s.mailbox_full
+                THEN LEAST(COALESCE(s.wake_at, %(now)s), %(now)s)
+            WHEN s.wake_at IS NULL OR s.takes_wake OR runs.woken_at IS NULL THEN s.wake_at
+            ELSE LEAST(s.wake_at, runs.woken_at) END,
+        woken_at = CASE WHEN s.wake_at IS NULL OR s.takes_wake THEN NULL ELSE runs.woken_at END,
         inbox = runs.inbox - s.delivered,
         version = runs.version + 1, updated_at = %(now)s,
         lease_owner = CASE WHEN s.keep_lease THEN runs.lease_owner END,
@@ -249,6 +261,7 @@ def _params(save: Save, now: float, delivered: int = 0) -> dict[str, Any]:
         "keep_lease": save.lease_token is not None and not save.release,
         "batch": save.batch,
         "flow": save.flow,
+        "takes_wake": save.takes_wake,
     }
 
 
@@ -406,7 +419,8 @@ class PostgresStore(Listeners, PostgresSchedules):
         with self._transaction() as cur:
             cur.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s, NULL, NULL, NULL, NULL, 0)"
+                " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s,"
+                " NULL, NULL, NULL, NULL, NULL, 0)"
                 f" ON CONFLICT (run_id) DO NOTHING RETURNING {_COLUMNS}",
                 (run_id, flow, status, state, wake_at, text, now, now),
             )
@@ -565,6 +579,7 @@ class PostgresStore(Listeners, PostgresSchedules):
                         save.lease_token is not None and not save.release for save in saves
                     ],
                     "flow": [save.flow for save in saves],
+                    "takes_wake": [save.takes_wake for save in saves],
                     "now": now,
                 },
             )
@@ -603,6 +618,21 @@ class PostgresStore(Listeners, PostgresSchedules):
                 (now + lease_seconds, [run_id for run_id, _ in leases], [t for _, t in leases]),
             )
             return {row[0] for row in cur.fetchall()}
+
+    def wake(self, run_id: str, *, now: float) -> bool:
+        """Make a resting run due at ``now`` (see :meth:`Store.wake`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE runs SET woken_at = %(now)s, wake_at = CASE"
+                " WHEN wake_at IS NULL OR wake_at > %(now)s THEN %(now)s ELSE wake_at END"
+                " WHERE run_id = %(run_id)s AND status = ANY(%(statuses)s::text[])",
+                {"now": float(now), "run_id": run_id, "statuses": list(WAKEABLE)},
+            )
+            if cur.rowcount:
+                return True
+            if self._find(cur, run_id) is None:
+                raise unknown_run(run_id)
+        return False
 
     def release(self, run_id: str, token: str) -> None:
         """Give up a lease, if still held (see :meth:`Store.release`)."""

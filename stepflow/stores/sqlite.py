@@ -30,6 +30,7 @@ import attrs
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError, UnreadableRunError
 from stepflow.stores._inbox import Listeners, dump_event, load_payload, refusal
 from stepflow.stores._rules import (
+    WAKEABLE,
     apply_save,
     check_prune,
     check_save,
@@ -144,7 +145,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     SQLITE_MIGRATION,
     # 5: journal retention (prune) and progress documents.
     _RETENTION_AND_PROGRESS,
-    # 6: events sent to runs.
+    # 6: a wake pending until a worker takes it in (Store.wake).
+    ("ALTER TABLE runs ADD COLUMN woken_at REAL",),
+    # 7: events sent to runs.
     _INBOX,
 )
 
@@ -169,15 +172,21 @@ _HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 # The compare-and-swap: the rule of stepflow.stores._rules.check_save and apply_save,
 # in SQL. Parameters: state, status, wake_at, now, keep_lease, run_id,
-# expected_version, lease_token, flow, how many inbox events the save delivers, and
-# mailbox_full (a running run with events left is due by now, unless its mailbox is
-# full: stepflow.stores._inbox.inbox_wake_at).
+# expected_version, lease_token, flow, takes_wake, how many inbox events the save
+# delivers, and mailbox_full. (The right-hand sides read the row as it was.) A
+# pending wake keeps wake_at no later than itself; a running run with events left
+# in its inbox is due by now, unless its mailbox is full
+# (stepflow.stores._inbox.inbox_wake_at).
 _SAVE = f"""
 UPDATE runs SET
     state = ?1, status = ?2, version = version + 1, updated_at = ?4,
-    wake_at = CASE WHEN inbox - ?10 > 0 AND ?2 = 'running' AND NOT ?11
-                   THEN MIN(COALESCE(?3, ?4), ?4) ELSE ?3 END,
-    inbox = inbox - ?10,
+    wake_at = CASE
+        WHEN inbox - ?11 > 0 AND ?2 = 'running' AND NOT ?12
+            THEN MIN(COALESCE(?3, ?4), ?4)
+        WHEN ?3 IS NULL OR ?10 OR woken_at IS NULL THEN ?3
+        ELSE MIN(?3, woken_at) END,
+    woken_at = CASE WHEN ?3 IS NULL OR ?10 THEN NULL ELSE woken_at END,
+    inbox = inbox - ?11,
     flow = COALESCE(?9, flow), parked_reason = NULL,
     lease_owner = CASE WHEN ?5 THEN lease_owner END,
     lease_token = CASE WHEN ?5 THEN lease_token END,
@@ -410,7 +419,7 @@ class SQLiteStore(Listeners, SQLiteSchedules):
         with self._transaction() as db:
             inserted = db.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
-                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL, 0)"
+                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, 0)"
                 " ON CONFLICT (run_id) DO NOTHING",
                 (run_id, flow, status, state, wake_at, text, now, now),
             ).rowcount
@@ -529,6 +538,7 @@ class SQLiteStore(Listeners, SQLiteSchedules):
                 save.expected_version,
                 save.lease_token,
                 save.flow,
+                save.takes_wake,
                 delivered,
                 save.mailbox_full,
             ),
@@ -552,7 +562,7 @@ class SQLiteStore(Listeners, SQLiteSchedules):
         db.execute(
             "UPDATE runs SET state = ?, status = ?, wake_at = ?, version = ?, updated_at = ?,"
             " lease_owner = ?, lease_token = ?, lease_expires_at = ?, flow = ?,"
-            " parked_reason = NULL, inbox = ? WHERE run_id = ?",
+            " parked_reason = NULL, woken_at = ?, inbox = ? WHERE run_id = ?",
             (
                 new.state,
                 new.status,
@@ -563,6 +573,7 @@ class SQLiteStore(Listeners, SQLiteSchedules):
                 new.lease_token,
                 new.lease_expires_at,
                 new.flow,
+                new.woken_at,
                 new.inbox,
                 new.run_id,
             ),
@@ -614,6 +625,20 @@ class SQLiteStore(Listeners, SQLiteSchedules):
                     (now + lease_seconds, run_id, token),
                 ).rowcount
             }
+
+    def wake(self, run_id: str, *, now: float) -> bool:
+        """Make a resting run due at ``now`` (see :meth:`Store.wake`)."""
+        statuses = ", ".join(f"'{status}'" for status in WAKEABLE)
+        with self._transaction() as db:
+            woke = db.execute(
+                "UPDATE runs SET woken_at = ?1,"
+                " wake_at = CASE WHEN wake_at IS NULL OR wake_at > ?1 THEN ?1 ELSE wake_at END"
+                f" WHERE run_id = ?2 AND status IN ({statuses})",
+                (float(now), run_id),
+            ).rowcount
+            if not woke and self._find_id(db, run_id) is None:
+                raise unknown_run(run_id)
+        return bool(woke)
 
     def release(self, run_id: str, token: str) -> None:
         """Give up a lease, if still held (see :meth:`Store.release`)."""

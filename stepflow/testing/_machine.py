@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from hypothesis import strategies as st
@@ -10,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from stepflow.clock import FakeClock
 from stepflow.codec import dumps, loads
 from stepflow.core.advance import advance, initial_state
-from stepflow.core.definition import FlowDefinition
+from stepflow.core.definition import FlowDefinition, template_of
 from stepflow.core.messages import (
     Command,
     Effect,
@@ -101,6 +102,27 @@ class FlowMachine(RuleBasedStateMachine):
         command = self.command
         assert command is not None
         self.apply(HandlerReturned(command.id, result, self._tick()))
+
+    @precondition(lambda self: self._kind() == "switch")
+    @rule(data=st.data())
+    def route_answers(self, data: st.DataObject) -> None:
+        """Answer the ``switch`` in flight: a case's value, or a scalar that may match none."""
+        command = self.command
+        assert command is not None
+        keys = self.definition.table[template_of(command.event)].cases
+        values = [json.loads(key) for key in keys]
+        scalars = st.none() | st.booleans() | st.integers(-2, 2) | st.text("ab", max_size=2)
+        value = data.draw(st.sampled_from(values) | scalars if values else scalars)
+        self.apply(HandlerReturned(command.id, value, self._tick()))
+
+    @precondition(lambda self: self._kind() == "sleep_until")
+    @rule(offset=st.sampled_from([-10.0, 0.0, 2.5]))
+    def when_returns(self, offset: float) -> None:
+        """Answer a ``sleep_until``'s ``when``: a time ``offset`` from now (past, now, ahead)."""
+        command = self.command
+        assert command is not None
+        at = self._tick()
+        self.apply(HandlerReturned(command.id, at + offset, at))
 
     @precondition(lambda self: self._kind() not in (None, "sleep"))
     @rule(message=st.text("xyz", max_size=3))

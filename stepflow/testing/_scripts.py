@@ -9,6 +9,7 @@ every scripted run terminates.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -111,19 +112,25 @@ def outcome_of(name: Outcome | str) -> Outcome:
     kind, _, error_type = name.partition(":")
     if kind == "items" and error_type.isdigit():  # a map's items handler: n items
         return Returns(list(range(int(error_type))))
+    if kind == "route" and error_type:  # a switch's route: the JSON value it returned
+        try:
+            return Returns(json.loads(error_type))
+        except ValueError:
+            pass
     known: dict[str, Outcome] = {
         "returned": Returns(None),
         "true": Returns(True),
         "false": Returns(False),
         "timed_out": TimesOut(),
         "received": Returns(None),
+        "past": Returns(0),
     }
     if kind == "raised":
         return Raises("scripted failure", error_type or "RuntimeError")
     if name not in known:
         raise ConfigurationError(
             f"unknown outcome {name!r}; use Returns/Raises/ReturnsWrongKind/TimesOut or one of "
-            f"{sorted(known)}, 'raised[:Type]' and 'items:N'"
+            f"{sorted(known)}, 'raised[:Type]', 'items:N' and 'route:<JSON>'"
         )
     return known[name]
 
@@ -138,6 +145,8 @@ EXIT_OUTCOMES: Mapping[str, Outcome] = {
     "on_error": Returns(False),
     "map": Returns([]),
     "wait_event": Returns(None),
+    "switch": Returns(None),
+    "sleep_until": Returns(0),  # a time long past: the timer fires at once
 }
 
 
@@ -189,6 +198,7 @@ class ScriptedWorld:
         self.script = script
         self._pending = {key: list(outs) for key, outs in script.items()}
         self._answers: dict[int, Effect] = {}
+        self._events: dict[int, Outcome] = {}  # a wait's scripted outcome, by command id
         self.clock = clock if clock is not None else FakeClock(START)
         self.handler_seconds = handler_seconds
         self.executed: list[Command] = []
@@ -236,12 +246,30 @@ class ScriptedWorld:
 
     def _event(self, command: AwaitEvent) -> Effect:
         """Send the event a ``wait_event`` waits for, or let it time out, as scripted."""
-        outcome = self._decide((command.kind, template_of(command.step)))
+        outcome = self._outcome(command)
         if isinstance(outcome, TimesOut) and command.at is not None:
             self.clock.set(max(command.at, self.clock.now()))
             return TimerFired(command.id, self.clock.now())
         value = outcome.value if isinstance(outcome, Returns) else None
         return EventReceived(command.name, value, self.clock.advance(self.handler_seconds))
+
+    def _outcome(self, command: AwaitEvent) -> Outcome:
+        if command.id not in self._events:
+            self._events[command.id] = self._decide((command.kind, template_of(command.step)))
+        return self._events[command.id]
+
+    def event_for(self, command: AwaitEvent) -> EventReceived | None:
+        """Return the event the script sends to the wait ``command``, or ``None`` if it times out.
+
+        Decided once per command id, as :meth:`execute` decides, without moving
+        the clock: for a driver that delivers events its own way (a store's
+        inbox), and lets its worker fire the timeout.
+        """
+        outcome = self._outcome(command)
+        if isinstance(outcome, TimesOut) and command.at is not None:
+            return None
+        value = outcome.value if isinstance(outcome, Returns) else None
+        return EventReceived(command.name, value, self.clock.now())
 
     def handler(self, kind: str, step: str) -> Callable[..., Any]:
         """Return a real handler for ``(kind, step)`` that plays the script (no crash memo)."""

@@ -12,10 +12,13 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from stepflow.core.choice import case_key
 from stepflow.core.compile import scope_name
-from stepflow.core.definition import FlowDefinition, RetryPolicy
+from stepflow.core.definition import FlowDefinition
+from stepflow.core.policies import RetryPolicy
 from stepflow.core.spec import (
     Case,
+    Catch,
     Do,
     Group,
     Item,
@@ -24,7 +27,9 @@ from stepflow.core.spec import (
     Parallel,
     Retry,
     Sleep,
+    SleepUntil,
     Steps,
+    Switch,
     WaitEvent,
     WaitFor,
 )
@@ -41,6 +46,7 @@ from stepflow.testing._scripts import (
 
 __all__ = [
     "bodies",
+    "catch_errors",
     "definitions",
     "durations",
     "flows",
@@ -50,6 +56,8 @@ __all__ = [
     "outcomes",
     "outcomes_for",
     "policies",
+    "route_values",
+    "sleep_until_times",
     "specs",
     "step_names",
 ]
@@ -83,6 +91,16 @@ policies = st.builds(
 )
 
 
+#: The values switches are drawn with, as case values and route results: every
+#: JSON scalar type, with ``True``/``1``/``1.0`` to try type-aware matching.
+route_values = st.sampled_from(["a", "b", "1", 1, 1.0, 2.5, True, False, None])
+
+#: A catch's ``errors``: every error, the scripted ones, wrong results, or none.
+catch_errors = st.sampled_from(
+    [None, RuntimeError, "RuntimeError", ("HandlerResultError", "KeyError"), "KeyError"]
+)
+
+
 def items(depth: int, *, fork: bool = True) -> st.SearchStrategy[Item]:
     """One step of any kind; groups nest at most ``depth`` more levels.
 
@@ -100,7 +118,7 @@ def _items(draw: st.DrawFn, depth: int, fork: bool) -> Item:
 
 def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
     leaves: list[st.SearchStrategy[Item]] = [
-        st.builds(Do, step_names, st.just(_unused)),
+        st.builds(Do, step_names, st.just(_unused), st.none() | durations),
         st.builds(
             WaitFor,
             step_names,
@@ -110,6 +128,7 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
         ),
         st.builds(Sleep, step_names, st.just(0) | durations),
         st.builds(WaitEvent, _event_names, st.none() | durations),
+        st.builds(SleepUntil, step_names, st.just(_unused)),
     ]
     if depth <= 0:
         return st.one_of(leaves)
@@ -122,6 +141,28 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
         st.builds(Retry, step_names, st.none() | on_error, body, policies),
         st.builds(LoopUntil, step_names, st.just(_unused), body),
         st.builds(Group, step_names, body),
+        st.builds(
+            Switch,
+            step_names,
+            st.just(_unused),
+            st.lists(
+                st.tuples(route_values, body), max_size=3, unique_by=lambda p: case_key(p[0])
+            ).map(tuple),
+            body,
+        )
+        | st.builds(
+            Switch,
+            step_names,
+            st.just(_unused),
+            st.lists(
+                st.tuples(route_values, body),
+                min_size=1,
+                max_size=3,
+                unique_by=lambda p: case_key(p[0]),
+            ).map(tuple),
+        ),
+        # (Its steps begin with a do, which can fail: the handler is always reachable.)
+        st.builds(Catch, step_names, body.map(_failing_first), body, catch_errors),
         st.builds(
             Parallel,
             step_names,
@@ -149,6 +190,10 @@ def _waits_with_timeout_steps(draw: st.DrawFn, depth: int, fork: bool) -> Item:
     # (A composite for a short repr, as _items.)
     on_timeout = draw(bodies(depth - 1, fork=fork))
     return WaitEvent(draw(_event_names), draw(durations), on_timeout)
+
+
+def _failing_first(body: Steps) -> Steps:
+    return Steps(body.name, (Do("try", _unused), *body.items))
 
 
 def _first(pair: tuple[str, Any]) -> str:
@@ -186,6 +231,10 @@ def definitions(max_depth: int = 3, *, fork: bool = True) -> st.SearchStrategy[F
 #: Random flows; the same strategy stepflow's own property tests use.
 flows = definitions
 
+#: Times a ``sleep_until``'s ``when`` returns: long past, around the scripted
+#: worlds' start (:data:`~stepflow.testing.START`) and a little after.
+sleep_until_times = st.sampled_from([0, 999.5, 1000, 1001.5, 1004, 1010.0])
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 5) | st.text("ab", max_size=2),
     lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text("kv", max_size=2), inner),
@@ -202,6 +251,10 @@ def outcomes_for(kind: str) -> st.SearchStrategy[Outcome]:
     elif kind == "wait_event":
         # An event (with a payload) comes, or the wait times out: nothing raises.
         return st.one_of(st.builds(Returns, json_values), st.just(TimesOut()))
+    if kind == "switch":
+        value = st.builds(Returns, route_values)
+    elif kind == "sleep_until":  # a time past, at hand or ahead of the scripted clock
+        value = st.builds(Returns, sleep_until_times)
     else:
         value = st.builds(Returns, st.booleans())
     failing: list[st.SearchStrategy[Outcome]] = [st.builds(Raises, st.text("xyz", max_size=3))]

@@ -1,0 +1,115 @@
+"""The transfer example: a deposit that fails for good is refunded; no money is made or lost."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stepflow import FakeClock
+from stepflow.stores import MemoryStore
+
+EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "transfer.py"
+START = 1_700_000_000.0
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("transfer", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["transfer"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+transfer = _load()
+ACCOUNTS = ("alice", "bob", "carol")
+
+
+def test_a_closed_account_refunds_the_source_and_says_why() -> None:
+    bank = transfer.Bank({"alice": 100, "carol": 0}, closed=frozenset({"carol"}))
+    one = ({"id": "t", "source": "alice", "target": "carol", "amount": 30},)
+    states = transfer.transfer_all(MemoryStore(), bank, one, clock=FakeClock(START))
+    state = states["t"]
+    assert state.status == "completed"
+    assert state.outputs["transfer/v1/report"] == {
+        "status": "refunded",
+        "reason": "account carol is closed",
+        "error": "transfer.AccountClosed",
+    }
+    assert bank.balances == {"alice": 100, "carol": 0}
+    # Not retried: AccountClosed is non-retryable; the refund took one attempt.
+    assert sorted(bank.applied.values()) == [-30, 30]
+
+
+def test_an_outage_is_retried_and_the_transfer_completes() -> None:
+    bank = transfer.Bank({"bob": 50, "dave": 0}, outages={"dave": 2})
+    one = ({"id": "t", "source": "bob", "target": "dave", "amount": 10},)
+    state = transfer.transfer_all(MemoryStore(), bank, one, clock=FakeClock(START))["t"]
+    assert state.outputs["transfer/v1/report"] == {"status": "completed", "amount": 10}
+    assert bank.balances == {"bob": 40, "dave": 10}
+
+
+def test_insufficient_funds_fails_the_run_before_anything_moves() -> None:
+    bank = transfer.Bank({"alice": 5, "bob": 0})
+    one = ({"id": "t", "source": "alice", "target": "bob", "amount": 30},)
+    state = transfer.transfer_all(MemoryStore(), bank, one, clock=FakeClock(START))["t"]
+    assert state.status == "failed"
+    assert state.error is not None
+    assert state.error.type == "transfer.InsufficientFunds"
+    assert bank.balances == {"alice": 5, "bob": 0}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    transfers=st.lists(
+        st.tuples(st.sampled_from(ACCOUNTS), st.sampled_from(ACCOUNTS), st.integers(1, 60)).filter(
+            lambda t: t[0] != t[1]
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    closed=st.frozensets(st.sampled_from(ACCOUNTS)),
+    outages=st.dictionaries(st.sampled_from(ACCOUNTS), st.integers(0, 4)),
+)
+def test_whatever_fails_no_money_is_made_or_lost(
+    transfers: list[tuple[str, str, int]], closed: frozenset[str], outages: dict[str, int]
+) -> None:
+    opening = {"alice": 100, "bob": 50, "carol": 20}
+    bank = transfer.Bank(opening, closed=closed, outages=outages)
+    given_transfers = tuple(
+        {"id": f"t{i}", "source": s, "target": t, "amount": a}
+        for i, (s, t, a) in enumerate(transfers)
+    )
+    states = transfer.transfer_all(MemoryStore(), bank, given_transfers, clock=FakeClock(START))
+    assert sum(bank.balances.values()) == sum(opening.values())
+    assert all(balance >= 0 for balance in bank.balances.values())
+    for run_id, state in states.items():
+        if state.status == "completed":
+            status = state.outputs["transfer/v1/report"]["status"]
+            assert status in ("completed", "refunded")
+        else:  # withdrawing failed (no funds, a closed account, the bank down): nothing moved
+            assert state.status == "failed"
+            assert state.error is not None
+            assert state.error.step == "transfer/v1/withdraw"
+            assert not [k for k in bank.applied if k.startswith(f"{run_id}/")]
+
+
+def test_the_example_script_runs_and_conserves_money() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "t-1: completed",
+        "t-2: refunded (account carol is closed)",
+        "t-3: completed",
+        "balances: alice 60, bob 80, carol 0, dave 15",
+        "money conserved: True",
+    ]
