@@ -350,7 +350,12 @@ def moved(
     """The events the run passed when ``effect`` answered ``command``."""
     transition = definition.table[command.event]
     to = [d.event for d in transition.destinations]
-    if type(effect) is TimerFired or (type(effect) is HandlerReturned and command.kind == "do"):
+    if type(effect) is EventReceived:
+        return hops(definition, to[0])  # the wait took its event and moved on
+    if type(effect) is TimerFired and command.kind == "wait_event":
+        if len(to) > 1:
+            return hops(definition, to[1])  # timed out: its on_timeout steps
+    elif type(effect) is TimerFired or (type(effect) is HandlerReturned and command.kind == "do"):
         return hops(definition, to[0])  # a recorded do value is JSON: the step is done
     if type(effect) is HandlerReturned and command.kind == "switch":
         key, cases = case_key(effect.value), transition.cases
@@ -380,10 +385,14 @@ def passages(definition: FlowDefinition, recorded: History) -> list[set[str]]:
     befores = (recorded.initial, *states)[: len(states)]
     for batch, before, after in zip(recorded.batches, befores, states, strict=True):
         assert batch.op == "effects"
+        # A delivery of events lists the waits they answered, not one per event.
+        effects = batch.effects
+        if effects and type(effects[0]) is EventReceived:
+            effects = tuple(effects[: len(batch.answered)])
         passed.append(
             {
                 e
-                for c, f in zip(batch.answered, batch.effects, strict=True)
+                for c, f in zip(batch.answered, effects, strict=True)
                 for e in moved(definition, c, f, before, after)
             }
         )
