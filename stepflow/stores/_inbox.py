@@ -25,7 +25,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from stepflow.core.events import check_event_name
 from stepflow.errors import EventError, InboxFullError, RunFinishedError, StoreError
+from stepflow.stores._json import dump_limited
 from stepflow.stores.base import FINISHED_STATUSES, INBOX_LIMIT, MAX_EVENT_BYTES
 
 __all__ = ["Listeners", "check_name", "dump_event", "inbox_wake_at", "load_payload", "refusal"]
@@ -35,12 +37,10 @@ log = logging.getLogger("stepflow.stores")
 
 def check_name(name: object) -> str:
     """Return ``name`` if it can name an event, else raise :class:`EventError`."""
-    if not isinstance(name, str) or not name or ":" in name:
-        raise EventError(
-            f"an event name must be a non-empty str without ':', got {name!r:.80}; "
-            "use the name its wait_event step waits for"
-        )
-    return name
+    try:
+        return check_event_name(name)
+    except ValueError as exc:
+        raise EventError(str(exc)) from None
 
 
 def dump_event(name: object, payload: Any) -> str:
@@ -53,26 +53,13 @@ def dump_event(name: object, payload: Any) -> str:
 
     """
     check_name(name)
-    try:
-        text = json.dumps(payload, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise EventError(
-            f"the payload of event {name!r} must be JSON data (dict, list, str, int, finite "
-            f"float, bool, None); got {payload!r:.80} ({exc})"
-        ) from None
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise EventError(
-            f"the payload of event {name!r} holds a lone surrogate, which is not UTF-8 text"
-        ) from None
-    if size > MAX_EVENT_BYTES:
-        raise EventError(
-            f"the payload of event {name!r} takes {size} bytes of JSON, more than the "
-            f"{MAX_EVENT_BYTES} an event may carry: send a reference (an id, a URL) to data "
-            "kept in your own store"
-        )
-    return text
+    return dump_limited(
+        payload,
+        limit=MAX_EVENT_BYTES,
+        what=f"the payload of event {name!r}",
+        advice="send a reference (an id, a URL) to data kept in your own store",
+        error=EventError,
+    )
 
 
 def load_payload(text: Any) -> Any:

@@ -29,6 +29,7 @@ from stepflow.errors import (
     UnreadableRunError,
 )
 from stepflow.stores._inbox import inbox_wake_at
+from stepflow.stores._json import dump_limited
 from stepflow.stores.base import (
     FINISHED_STATUSES,
     MAX_PROGRESS_BYTES,
@@ -210,26 +211,14 @@ def dump_progress(value: Any) -> str:
             takes more than :data:`~stepflow.stores.base.MAX_PROGRESS_BYTES`.
 
     """
-    try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise ProgressError(
-            f"a progress report must be JSON data (dict, list, str, int, finite float, bool, "
-            f"None); got {value!r:.80} ({exc})"
-        ) from None
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ProgressError(
-            f"a progress report holds a lone surrogate, which is not UTF-8 text: {value!r:.80}"
-        ) from None
-    if size > MAX_PROGRESS_BYTES:
-        raise ProgressError(
-            f"a progress report takes {size} bytes of JSON, more than the "
-            f"{MAX_PROGRESS_BYTES} a run keeps: report a summary (counts, a phase, a "
-            "percentage) and keep large data in your own store"
-        )
-    return text
+    return dump_limited(
+        value,
+        limit=MAX_PROGRESS_BYTES,
+        what="a progress report",
+        advice="report a summary (counts, a phase, a percentage) and keep large data in "
+        "your own store",
+        error=ProgressError,
+    )
 
 
 def load_progress(text: Any) -> Any:

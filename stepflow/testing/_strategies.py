@@ -235,6 +235,7 @@ flows = definitions
 #: worlds' start (:data:`~stepflow.testing.START`) and a little after.
 sleep_until_times = st.sampled_from([0, 999.5, 1000, 1001.5, 1004, 1010.0])
 
+
 def _json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.lists(inner, max_size=2) | st.dictionaries(st.text("kv", max_size=2), inner)
 

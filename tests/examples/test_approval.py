@@ -7,14 +7,13 @@ the script a user runs (real time, real SQLite file, events sent while it runs).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from example_module import load_example
 
 import stepflow
 from stepflow import FakeClock
@@ -23,17 +22,7 @@ EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "approval.py"
 START = 1_700_000_000.0
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("approval", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["approval"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-approval = _load()
+approval = load_example("approval")
 
 
 def _drive(store: stepflow.Store, inbox: object, clock: FakeClock) -> None:

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+
+from example_module import load_example
 
 EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "daily_report.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("daily_report", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["daily_report"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-daily_report = _load()
+daily_report = load_example("daily_report")
 
 
 def test_one_report_a_day_at_nine_in_paris_whatever_the_utc_offset(tmp_path: Path) -> None:

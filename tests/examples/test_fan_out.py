@@ -8,13 +8,12 @@ which re-issues them with their keys unchanged, so nothing is deployed twice.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from example_module import load_example
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,17 +23,7 @@ from stepflow import FakeClock
 EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "fan_out.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fan_out", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fan_out"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fan_out = _load()
+fan_out = load_example("fan_out")
 START = 1_700_000_000.0
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
+from example_module import load_example
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,17 +17,7 @@ EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "transfer.py"
 START = 1_700_000_000.0
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("transfer", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["transfer"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-transfer = _load()
+transfer = load_example("transfer")
 ACCOUNTS = ("alice", "bob", "carol")
 
 
