@@ -453,6 +453,15 @@ def parse_json(text: str, source: str) -> Any:
         raise UsageProblem(f"{source} is not JSON ({exc}): {text!r:.60}") from None
 
 
+def _json_argument(text: str | None, option: str) -> Any:
+    """Return the JSON an option gives (``JSON``, or ``@FILE``; ``@-`` is standard input)."""
+    if text is None:
+        return None
+    if text.startswith("@"):
+        return parse_json(_read_text(text[1:], f"{option} file"), f"{option} {text}")
+    return parse_json(text, option)
+
+
 def _read_text(path: str, what: str) -> str:
     """Read a file the user named (``-``: standard input); refuse it on one line."""
     if path == "-":
@@ -636,12 +645,7 @@ def start(
             raise UsageProblem("--from FILE gives each run's input and id: drop --input and --id")
         _start_many(load_flow(flow_ref), from_file, db)
         return
-    if input_text is None:
-        value = None
-    elif input_text.startswith("@"):
-        value = parse_json(_read_text(input_text[1:], "--input file"), f"--input {input_text}")
-    else:
-        value = parse_json(input_text, "--input")
+    value = _json_argument(input_text, "--input")
     flow = load_flow(flow_ref)
     with _store(db) as store:
         record = stepflow.start_run(store, flow, value, run_id=run_id)
@@ -1399,12 +1403,7 @@ def send(
     name that is empty or holds ':', or a payload over 64 KiB is refused with
     exit status 1; --data that is not JSON, with status 2.
     """
-    if data is None:
-        payload = None
-    elif data.startswith("@"):
-        payload = parse_json(_read_text(data[1:], "--data file"), f"--data {data}")
-    else:
-        payload = parse_json(data, "--data")
+    payload = _json_argument(data, "--data")
     with _store(db, create=False) as store:
         run_id = stepflow.resolve_run_id(store, run_ref)
         sent = stepflow.send_event(store, run_id, name, payload, key=key)
@@ -1497,12 +1496,7 @@ def schedule_add(
     The expression is checked here (a cron that does not parse, an unknown
     timezone: nothing is added). The first run starts at its first fire time from now.
     """
-    if input_text is None:
-        value = None
-    elif input_text.startswith("@"):
-        value = parse_json(_read_text(input_text[1:], "--input file"), f"--input {input_text}")
-    else:
-        value = parse_json(input_text, "--input")
+    value = _json_argument(input_text, "--input")
     window = None if catch_up is None else _duration(catch_up, "--catch-up")
     flow = load_flow(flow_ref)
     made = stepflow.Schedule(

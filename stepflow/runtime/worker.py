@@ -808,21 +808,9 @@ class Worker:
                     new_state, _ = advance(flow.definition, state, effects)
                     at = effects[0].at if len(effects) == 1 else max(_times(effects), default=None)
                     batch = dumps_batch(Batch("effects", at, tuple(effects), tuple(answered)))
-                    now = self.clock.now()
-                    wake_at = store_wake_at(new_state, now)
-                    release = not running and (self._stopping or wake_at is None or wake_at > now)
-                    save = Save(
-                        run_id,
-                        version,
-                        self._token(run_id, token),
-                        dumps(new_state),
-                        new_state.status,
-                        wake_at,
-                        batch,
-                        release,
-                        mailbox_full=len(new_state.mailbox) >= MAILBOX_LIMIT,
+                    saved, release = await self._save_batch(
+                        run_id, version, token, new_state, batch, bool(running)
                     )
-                    saved = await self._save(save, now)
                     saved_effects = effects
                 finally:
                     if watched:
@@ -988,6 +976,40 @@ class Worker:
         )
         await self._save(save, now)
 
+    async def _save_batch(
+        self,
+        run_id: str,
+        version: int,
+        token: str,
+        new_state: State,
+        batch: str,
+        running: bool,
+        *,
+        delivered: int | None = None,
+    ) -> tuple[RunRecord, bool]:
+        """Save ``new_state`` with its journal ``batch``; return the record and whether it let go.
+
+        The lease is released in the same save when nothing of the run is
+        running and it has nothing to do now (or the worker is stopping).
+        ``delivered`` is the last inbox event the batch delivered, if any.
+        """
+        now = self.clock.now()
+        wake_at = store_wake_at(new_state, now)
+        release = not running and (self._stopping or wake_at is None or wake_at > now)
+        save = Save(
+            run_id,
+            version,
+            self._token(run_id, token),
+            dumps(new_state),
+            new_state.status,
+            wake_at,
+            batch,
+            release,
+            delivered=delivered,
+            mailbox_full=len(new_state.mailbox) >= MAILBOX_LIMIT,
+        )
+        return await self._save(save, now), release
+
     async def _take_wake(
         self, run_id: str, version: int, token: str, state: State, woken_at: float
     ) -> int:
@@ -1039,23 +1061,11 @@ class Worker:
         # diverges at this batch.
         taken = {answer[0] for answer in with_events(flow.definition, state, effects, None)[1]}
         answered = tuple(c for c in state.in_flight if c[0] in taken)
-        now = self.clock.now()
-        wake_at = store_wake_at(new_state, now)
-        release = not running and (self._stopping or wake_at is None or wake_at > now)
         at = max(event.sent_at for event in events)
-        save = Save(
-            run_id,
-            version,
-            self._token(run_id, token),
-            dumps(new_state),
-            new_state.status,
-            wake_at,
-            dumps_batch(Batch("effects", at, effects, answered)),
-            release,
-            delivered=events[-1].seq,
-            mailbox_full=len(new_state.mailbox) >= MAILBOX_LIMIT,
+        batch = dumps_batch(Batch("effects", at, effects, answered))
+        saved, release = await self._save_batch(
+            run_id, version, token, new_state, batch, bool(running), delivered=events[-1].seq
         )
-        saved = await self._save(save, now)
         self.stats.events += len(effects)
         self._count_finish(new_state)
         if self.on_step is not None:
