@@ -20,6 +20,7 @@ __all__ = [
     "AmbiguousRunError",
     "ConfigurationError",
     "CorruptStateError",
+    "DeadlineExceeded",
     "DefinitionError",
     "DuplicateEffectError",
     "EffectError",
@@ -35,6 +36,7 @@ __all__ = [
     "MailboxFullError",
     "ProgressError",
     "RecordedError",
+    "RunCancelled",
     "RunExistsError",
     "RunFinishedError",
     "ScheduleError",
@@ -239,6 +241,20 @@ class WaitTimeoutError(StepflowError, TimeoutError):
     It is recorded in the state like any handler failure, so an enclosing
     ``retry`` can catch it.
     """
+
+
+class RunCancelled(StepflowError):
+    """The run was cancelled (recorded as a cancelling or cancelled state's ``error``).
+
+    Never raised by a step: a cancellation is an effect
+    (:class:`~stepflow.core.messages.CancelRequested`), and its record, with
+    the reason as the message, is the state's ``error`` while the cleanups run
+    and once the run is cancelled. Retries and catches never take it.
+    """
+
+
+class DeadlineExceeded(RunCancelled):
+    """The run was cancelled because it passed its deadline (``named(..., deadline=)``)."""
 
 
 class StepTimeoutError(StepflowError, TimeoutError):

@@ -12,6 +12,10 @@ Scopes and events follow go-stepflow character for character:
   and its default in ``default`` (see :mod:`stepflow.core.choice`); ``catch``
   (suffix ``Catch``) runs its steps in ``steps`` and its handler in ``handler``
   (see :mod:`stepflow.core.scopes`);
+* ``finally_`` (suffix ``Finally``) runs its steps in ``steps`` and its cleanup
+  in ``cleanup``; ``saga`` (suffix ``Saga``) runs its steps in ``steps`` and
+  waits at ``start:<saga>/compensate`` while it compensates (see
+  :mod:`stepflow.core.cleanup`);
 * ``parallel`` (suffix ``Parallel``) runs branch ``b`` in the child scope ``b``;
   ``map`` (suffix ``Map``) runs its item group in the child scope ``steps``, which
   a position of item ``i`` carries as ``steps[i]`` (see :mod:`stepflow.core.groups`).
@@ -45,12 +49,14 @@ from stepflow.core.spec import (
     Case,
     Catch,
     Do,
+    Finally,
     Group,
     Item,
     LoopUntil,
     Map,
     Parallel,
     Retry,
+    Saga,
     Sleep,
     SleepUntil,
     Steps,
@@ -80,6 +86,8 @@ _SUFFIX: Mapping[type, str] = MappingProxyType(
         Map: "Map",
         Switch: "Switch",
         Catch: "Catch",
+        Finally: "Finally",
+        Saga: "Saga",
     }
 )
 _ITEMS = (
@@ -96,6 +104,8 @@ _ITEMS = (
     Switch,
     Catch,
     SleepUntil,
+    Finally,
+    Saga,
 )
 # Characters a step or branch name may not hold: ':' and '/' build event strings,
 # '[' and ']' mark a map item's index in a position.
@@ -189,17 +199,22 @@ def _check_item(item: object, parent: str, index: int) -> Item:
         _check_group(item, path)
     if isinstance(item, Switch):
         _check_switch(item, path)
-    for attr in ("fn", "cond", "on_error", "items", "route", "when"):
+    for attr in ("fn", "cond", "on_error", "items", "route", "when", "compensate"):
         if not hasattr(item, attr):
             continue
         fn = getattr(item, attr)
-        if fn is None and isinstance(item, Retry):
+        if fn is None and isinstance(item, (Retry, Do)):
             continue
         if not callable(fn):
             raise DefinitionError(
                 f"the {attr} of step {path!r} is {fn!r}, which is not callable; "
                 "pass a function (plain or async def)",
                 path=path,
+            )
+    if isinstance(item, Saga) and item.policy is not None:
+        if not isinstance(item.policy, RetryPolicy):
+            raise DefinitionError(
+                f"the policy of saga {path!r} is {item.policy!r}, not a RetryPolicy", path=path
             )
     if isinstance(item, Retry):
         if item.on_error is None and item.policy is None:
@@ -225,10 +240,11 @@ def _check_item(item: object, parent: str, index: int) -> Item:
                 "long they run (seconds or a timedelta)",
                 path=path,
             )
-    for attr in ("body", "handler"):
+    for attr in ("body", "handler", "cleanup"):
         body = getattr(item, attr, None)
-        if (body is not None or isinstance(item, Catch)) and not isinstance(body, Steps):
-            what = "handler" if attr == "handler" else "steps"
+        required = isinstance(item, (Catch, Finally, Saga)) and hasattr(item, attr)
+        if (body is not None or required) and not isinstance(body, Steps):
+            what = attr if attr != "body" else "steps"
             raise DefinitionError(
                 f"the {what} of {path!r} are {body!r:.80}, not a spec; pass stepflow.steps()...",
                 path=path,
@@ -260,25 +276,38 @@ class _Compiler:
         self.handlers: dict[HandlerKey, Callable[..., Any]] = {}
         self.rules: list[RetryRule] = []
         self.catches: list[CatchRule] = []
-        # Every catch scope: the failure scopes a step is in are retries or these.
+        # Every catch, finally and saga scope: the failure scopes a step is in
+        # are retries or these.
         self.catch_scopes: set[str] = set()
+        self.finally_scopes: set[str] = set()
+        self.saga_scopes: set[str] = set()
+        # How many sagas enclose the items being compiled (across groups too).
+        self.sagas = 0
 
     def failure_dests(self, scopes: tuple[str, ...]) -> tuple[Destination, ...]:
-        """Where a failure may go: each enclosing retry's or catch's start, innermost first."""
-        return tuple(
-            Destination(start_event(s + "/handler"), "catch")
-            if s in self.catch_scopes
-            else Destination(start_event(s), _RETRY)
-            for s in scopes
-        )
+        """Where a failure may go: each enclosing scope's handling start, innermost first."""
+        return tuple(self.failure_dest(s) for s in scopes)
 
-    def split(self, scopes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Return the retry scopes and the catch scopes among ``scopes``, order kept."""
-        catches = self.catch_scopes
-        if not catches:
-            return scopes, ()
-        return tuple(s for s in scopes if s not in catches), tuple(
-            s for s in scopes if s in catches
+    def failure_dest(self, scope: str) -> Destination:
+        if scope in self.catch_scopes:
+            return Destination(start_event(scope + "/handler"), "catch")
+        if scope in self.finally_scopes:
+            return Destination(start_event(scope + "/cleanup"), "finally")
+        if scope in self.saga_scopes:
+            return Destination(start_event(scope + "/compensate"), "saga")
+        return Destination(start_event(scope), _RETRY)
+
+    def split(
+        self, scopes: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """Return the retry, the catch and the cleanup (finally, saga) scopes, order kept."""
+        catches, cleanups = self.catch_scopes, self.finally_scopes | self.saga_scopes
+        if not catches and not cleanups:
+            return scopes, (), ()
+        return (
+            tuple(s for s in scopes if s not in catches and s not in cleanups),
+            tuple(s for s in scopes if s in catches),
+            tuple(s for s in scopes if s in cleanups),
         )
 
     def static(self, source: str, destination: str) -> None:
@@ -297,14 +326,15 @@ class _Compiler:
         delay: float | None = None,
         timeout: float | None = None,
         cases: tuple[str, ...] = (),
+        compensate: bool = False,
     ) -> None:
         # A timer cannot fail, so only handlers list their failure scopes as destinations.
         failure_dests = self.failure_dests(scopes) if fn is not None else ()
-        retries, catches = self.split(scopes)
+        retries, catches, cleanups = self.split(scopes)
         self.transitions.append(
             Transition(
                 source, kind, step, destinations + failure_dests, retries, delay, timeout,
-                catch_scopes=catches, cases=cases,
+                catch_scopes=catches, cases=cases, cleanup_scopes=cleanups, compensate=compensate,
             )
         )  # fmt: skip
         if fn is not None:
@@ -337,7 +367,18 @@ class _Compiler:
             if item.timeout is not None:
                 limit = to_seconds(item.timeout, f"the timeout= of {scope!r}", scope)
             returned = (Destination(done, "handler returned"),)
-            self.handler("do", start, scope, returned, scopes, item.fn, None, limit)
+            undo = item.compensate is not None
+            self.handler(
+                "do", start, scope, returned, scopes, item.fn, None, limit, compensate=undo
+            )
+            if item.compensate is not None:
+                if not self.sagas:
+                    raise DefinitionError(
+                        f"step {scope!r} has compensate= but no saga encloses it, so nothing "
+                        "would ever call it; put it inside .saga(name, steps()...)",
+                        path=scope,
+                    )
+                self.handlers[("compensate", scope)] = item.compensate
         elif isinstance(item, WaitFor):
             every = to_seconds(item.every, f"the every= of {scope!r}", scope)
             timeout = (
@@ -414,6 +455,10 @@ class _Compiler:
             self.switch(scope, item, scopes)
         elif isinstance(item, Catch):
             self.catch(scope, item, scopes)
+        elif isinstance(item, Finally):
+            self.finally_(scope, item, scopes)
+        elif isinstance(item, Saga):
+            self.saga(scope, item, scopes)
         else:
             self.steps(scope, item.body, scopes)
 
@@ -436,11 +481,11 @@ class _Compiler:
         # Only a wait that can fail (by timing out) lists where its failure goes.
         failing = item.on_timeout is None and timeout is not None
         failure_dests = self.failure_dests(scopes) if failing else ()
-        retries, catches = self.split(scopes)
+        retries, catches, cleanups = self.split(scopes)
         self.transitions.append(
             Transition(
                 start, "wait_event", scope, dests + failure_dests, retries,
-                timeout=timeout, catch_scopes=catches, awaits=item.name,
+                timeout=timeout, catch_scopes=catches, awaits=item.name, cleanup_scopes=cleanups,
             )
         )  # fmt: skip
         if item.on_timeout is not None:
@@ -480,6 +525,58 @@ class _Compiler:
         self.steps(handler, item.handler, scopes)
         self.static(completed_event(handler), completed_event(scope))
 
+    def finally_(self, scope: str, item: Finally, scopes: tuple[str, ...]) -> None:
+        """Compile a finally: enter (forget an earlier pass), steps, cleanup, leave.
+
+        The leave transition decides at run time (stepflow.core.cleanup): go on
+        after the group, or pass the error (or cancellation) the cleanup ran for.
+        """
+        body, cleanup = f"{scope}/steps", f"{scope}/cleanup"
+        self.finally_scopes.add(scope)
+        entered = (Destination(start_event(body), "finally entered"),)
+        self.transitions.append(Transition(start_event(scope), "finally", scope, entered))
+        self.steps(body, item.body, (scope, *scopes))
+        self.static(completed_event(body), start_event(cleanup))
+        self.steps(cleanup, item.cleanup, scopes)
+        self.leave(completed_event(cleanup), scope, "cleanup completed", scopes)
+
+    def saga(self, scope: str, item: Saga, scopes: tuple[str, ...]) -> None:
+        """Compile a saga: enter (mark where its pass starts), steps, and its compensation.
+
+        While compensating, the position rests at ``start:<saga>/compensate``,
+        a handler transition that calls one ``compensate`` handler at a time;
+        with a policy, it is inside its own retry scope ``<saga>/compensate``.
+        """
+        body, compensating = f"{scope}/steps", f"{scope}/compensate"
+        self.saga_scopes.add(scope)
+        entered = (Destination(start_event(body), "saga entered"),)
+        self.transitions.append(Transition(start_event(scope), "saga", scope, entered))
+        self.sagas += 1
+        self.steps(body, item.body, (scope, *scopes))
+        self.sagas -= 1
+        self.static(completed_event(body), completed_event(scope))
+        own = (compensating,) if item.policy is not None else ()
+        if own:
+            self.rules.append(RetryRule(compensating, item.policy, False))
+        self.leave(start_event(compensating), scope, "compensated", (*own, *scopes), "compensate")
+
+    def leave(
+        self,
+        source: str,
+        scope: str,
+        reason: str,
+        scopes: tuple[str, ...],
+        kind: TransitionKind = "leave",
+    ) -> None:
+        """Compile the end of a cleanup: on to the scope's end, or to the failure scopes."""
+        retries, catches, cleanups = self.split(scopes)
+        dests = (Destination(completed_event(scope), reason), *self.failure_dests(scopes))
+        self.transitions.append(
+            Transition(
+                source, kind, scope, dests, retries, catch_scopes=catches, cleanup_scopes=cleanups
+            )
+        )
+
     def group(self, scope: str, item: Parallel | Map, scopes: tuple[str, ...]) -> None:
         """Compile a fork: its start, each branch (or the item group), and their joins.
 
@@ -488,7 +585,7 @@ class _Compiler:
         """
         start, done = start_event(scope), completed_event(scope)
         retry_dests = self.failure_dests(scopes)
-        retry_scopes, catch_scopes = self.split(scopes)
+        retry_scopes, catch_scopes, cleanup_scopes = self.split(scopes)
         if isinstance(item, Parallel):
             kind: TransitionKind = "parallel"
             bodies = [(f"{scope}/{branch}", body) for branch, body in item.branches]
@@ -509,6 +606,7 @@ class _Compiler:
             Transition(
                 start, kind, scope, dests + retry_dests, retry_scopes,
                 max_concurrency=limit, max_failures=item.max_failures, catch_scopes=catch_scopes,
+                cleanup_scopes=cleanup_scopes,
             )
         )  # fmt: skip
         for body_scope, body in bodies:
@@ -543,7 +641,14 @@ def compile_spec(
     name = _check_root_name(spec.name)
     compiler = _Compiler()
     compiler.steps(name, spec, ())
+    deadline = None
+    if spec.deadline is not None:
+        deadline = to_seconds(spec.deadline, f"the deadline= of flow {name!r}", name)
     definition = FlowDefinition(
-        name, tuple(compiler.transitions), tuple(compiler.rules), tuple(compiler.catches)
+        name,
+        tuple(compiler.transitions),
+        tuple(compiler.rules),
+        tuple(compiler.catches),
+        deadline,
     )
     return definition, MappingProxyType(compiler.handlers)

@@ -38,7 +38,15 @@ Two kinds of transition exist:
 A failure goes to the failure scopes enclosing the step, innermost first: retry
 scopes (``"retry"`` destinations) and catch scopes (a ``"catch"`` destination,
 the start of the catch's ``handler`` group; its :class:`CatchRule` is kept in
-:attr:`FlowDefinition.catches`, see :mod:`stepflow.core.scopes`).
+:attr:`FlowDefinition.catches`, see :mod:`stepflow.core.scopes`), ``finally_``
+scopes (a ``"finally"`` destination, the start of its cleanup) and sagas (a
+``"saga"`` destination, its ``compensate`` transition).
+
+Cleanup transitions (:mod:`stepflow.core.cleanup`) decide from the state, with
+no handler: ``"finally"`` and ``"saga"`` enter such a group (forgetting what an
+earlier pass left), ``"leave"`` ends a finally's cleanup (on to the group's end,
+``destinations[0]``, or on with the error it ran for), and ``"compensate"``
+calls the ``compensate`` handlers of a saga's completed steps one by one.
 
 Time is data here too: a ``wait_for`` transition carries its poll interval
 (``delay``) and ``timeout``, a ``sleep`` its duration (``delay``), and each retry
@@ -89,6 +97,10 @@ TransitionKind = Literal[
     "join",
     "switch",
     "sleep_until",
+    "finally",
+    "saga",
+    "leave",
+    "compensate",
 ]
 #: The kinds of transition that fork or join positions.
 GROUP_KINDS = ("parallel", "map")
@@ -97,8 +109,12 @@ _INDEX = re.compile(r"\[(\d+)\]")
 
 #: Bumped when the canonical form that fingerprints are computed over changes.
 _FINGERPRINT_FORMAT = 1
-#: The reasons of the destinations a failure takes: to a retry, or to a catch's handler.
-FAILURE_REASONS = ("retry", "catch")
+#: The reasons of the destinations a failure takes: to a retry, a catch's handler,
+#: a finally's cleanup or a saga's compensation.
+FAILURE_REASONS = ("retry", "catch", "finally", "saga")
+#: The kinds of transition that a position passes through without a command,
+#: deciding where to go from the state (see stepflow.core.cleanup).
+CLEANUP_KINDS = ("finally", "saga", "leave")
 
 
 def start_event(scope: str) -> str:
@@ -201,6 +217,10 @@ class Transition:
         awaits: For ``wait_event``, the name of the event it waits for.
         cases: For ``switch``, the canonical JSON key of each case's value, in
             the order of the case destinations (see :mod:`stepflow.core.choice`).
+        cleanup_scopes: Scope paths of the ``finally_`` and ``saga`` groups
+            enclosing the step, innermost first.
+        compensate: For ``do``, whether the step has a ``compensate`` handler
+            (called by the enclosing saga's ``compensate`` transition).
 
     """
 
@@ -216,6 +236,8 @@ class Transition:
     catch_scopes: tuple[str, ...] = ()
     cases: tuple[str, ...] = ()
     awaits: str | None = None
+    cleanup_scopes: tuple[str, ...] = ()
+    compensate: bool = False
 
     @property
     def is_static(self) -> bool:
@@ -254,6 +276,14 @@ class _Node(NamedTuple):
     failures: tuple[str, ...] = ()
     # A wait_event's event name ("" otherwise).
     awaits: str = ""
+    # How many of ``failures`` (the innermost) lie inside the innermost cleanup
+    # the node runs in (a finally's cleanup or a saga's compensation); -1: in none.
+    shield: int = -1
+    # The sagas enclosing the step, outermost first (a saga's own enter and
+    # compensate nodes count it); the first holds the compensation stack.
+    sagas: tuple[str, ...] = ()
+    # A do step with a compensate= handler.
+    compensable: bool = False
 
 
 def _canonical(
@@ -261,6 +291,7 @@ def _canonical(
     transitions: tuple[Transition, ...],
     retries: tuple[RetryRule, ...],
     catches: tuple[CatchRule, ...],
+    deadline: float | None,
 ) -> str:
     rows: list[list[Any]] = []
     for t in transitions:
@@ -282,6 +313,10 @@ def _canonical(
         # Catches and cases join the row only when present: older flows keep their prints.
         if t.catch_scopes:
             row.append({"catch_scopes": list(t.catch_scopes)})
+        if t.cleanup_scopes:
+            row.append({"cleanup_scopes": list(t.cleanup_scopes)})
+        if t.compensate:
+            row.append({"compensate": True})
         if t.kind == "switch":
             row.append({"cases": list(t.cases)})
         rows.append(row)
@@ -297,7 +332,23 @@ def _canonical(
     if catches:
         errors = [[c.scope, None if c.errors is None else list(c.errors)] for c in catches]
         body.append({"catches": errors})
+    if deadline is not None:
+        body.append({"deadline": deadline})
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _shield(path: str, failures: tuple[str, ...], finallies: list[str], sagas: list[str]) -> int:
+    """Return how many of ``failures`` lie in the innermost cleanup ``path`` runs in, or -1.
+
+    A finally's cleanup steps run in ``<finally>/cleanup/...``; a saga compensates
+    at ``<saga>/compensate`` (whose own retry scope has that path).
+    """
+    regions = [f + "/cleanup" for f in finallies if path.startswith(f + "/cleanup/")]
+    regions += [s + "/compensate" for s in sagas if path == s + "/compensate"]
+    if not regions:
+        return -1
+    region = max(regions, key=len)
+    return sum(1 for f in failures if f == region or f.startswith(region + "/"))
 
 
 def _branches(t: Transition) -> tuple[str, ...]:
@@ -331,6 +382,10 @@ class FlowDefinition:
             no ``on_error`` handler; any other retry scope asks its ``on_error``
             handler, without limit or delay (go-stepflow's behaviour).
         catches: The :class:`CatchRule` of each catch scope that has a step in it.
+        deadline: Seconds a run may take before the runtime cancels it with
+            :class:`~stepflow.errors.DeadlineExceeded` (``None``: no deadline).
+            The core never reads it: a deadline reaches a run as a
+            :class:`~stepflow.core.messages.CancelRequested` effect.
         table: Mapping of each source event to its one :class:`Transition`.
         fingerprint: ``"sha256:<hex>"`` of the definition's canonical form.
         start_event: The event a new run starts from.
@@ -346,6 +401,7 @@ class FlowDefinition:
     transitions: tuple[Transition, ...]
     retries: tuple[RetryRule, ...] = ()
     catches: tuple[CatchRule, ...] = ()
+    deadline: float | None = None
     table: Mapping[str, Transition] = attrs.field(init=False, eq=False, hash=False)
     fingerprint: str = attrs.field(init=False, eq=False, hash=False)
     start_event: str = attrs.field(init=False, eq=False, hash=False)
@@ -366,6 +422,8 @@ class FlowDefinition:
     _rules: dict[str, RetryRule] = attrs.field(init=False, eq=False, hash=False)
     # Catch scope -> its rule.
     _catches: dict[str, CatchRule] = attrs.field(init=False, eq=False, hash=False)
+    # Finally and saga scope -> "finally" or "saga".
+    _cleanups: dict[str, str] = attrs.field(init=False, eq=False, hash=False)
     # Every name, event and step path -> itself: the codec makes loaded states
     # share these strings instead of holding copies of them.
     _strings: dict[str, str] = attrs.field(init=False, eq=False, hash=False)
@@ -404,7 +462,9 @@ class FlowDefinition:
             "fingerprint",
             "sha256:"
             + hashlib.sha256(
-                _canonical(self.name, self.transitions, self.retries, self.catches).encode()
+                _canonical(
+                    self.name, self.transitions, self.retries, self.catches, self.deadline
+                ).encode()
             ).hexdigest(),
         )
         object.__setattr__(self, "start_event", start)
@@ -434,6 +494,9 @@ class FlowDefinition:
                 f"catch scope {scope!r} needs one CatchRule and a step inside it", path=scope
             )
         object.__setattr__(self, "_catches", catches)
+        cleanups = {t.source.partition(":")[2]: t.kind for t in self.transitions}
+        cleanups = {s: k for s, k in cleanups.items() if k == "finally" or k == "saga"}
+        object.__setattr__(self, "_cleanups", cleanups)
         strings = {self.name: self.name, self.fingerprint: self.fingerprint}
         for node in nodes.values():
             strings[node.event] = node.event
@@ -475,10 +538,15 @@ class FlowDefinition:
         nodes: dict[str, _Node] = {
             done: _Node(done, (done,), None, self.name, done, done, (), None, None, False)
         }
+        finallies = sorted(t.step or "" for t in self.transitions if t.kind == "finally")
+        sagas = sorted((t.step or "" for t in self.transitions if t.kind == "saga"), key=len)
         for t in self.transitions:
             if t.is_static:
                 continue
             assert t.step is not None
+            failures = tuple(
+                sorted((*t.retry_scopes, *t.catch_scopes, *t.cleanup_scopes), key=len, reverse=True)
+            )
             if t.kind == "parallel":
                 on_true = on_false = t.source
             elif t.kind == "map":
@@ -491,6 +559,8 @@ class FlowDefinition:
                 on_false = resolve(later[0].event) if later else ""
             elif t.kind == "switch":  # its cases are chosen in stepflow.core.choice
                 on_true = on_false = resolve(t.destinations[len(t.cases)].event)
+            elif t.kind in CLEANUP_KINDS or t.kind == "compensate":
+                on_true = on_false = resolve(t.destinations[0].event)
             else:
                 on_true = resolve(t.destinations[0].event)
                 two_way = t.kind not in ("do", "sleep", "sleep_until", "join")
@@ -515,8 +585,11 @@ class FlowDefinition:
                 t.max_concurrency,
                 t.max_failures,
                 # Scopes around a step are its ancestors: the innermost has the longest path.
-                tuple(sorted((*t.retry_scopes, *t.catch_scopes), key=len, reverse=True)),
+                failures,
                 t.awaits or "",
+                _shield(path, failures, finallies, sagas),
+                tuple(g for g in sagas if path == g or path.startswith(g + "/")),
+                t.compensate,
             )
         for event in table:
             if event not in nodes:
@@ -557,6 +630,7 @@ class FlowDefinition:
             retry_scopes=tuple(map(c, base.retry_scopes)),
             failures=tuple(map(c, base.failures)),
             groups=tuple(map(c, base.groups)),
+            sagas=tuple(map(c, base.sagas)),
         )
         if len(self._concrete) >= _CONCRETE_CACHE:
             self._concrete.clear()
@@ -565,7 +639,8 @@ class FlowDefinition:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The derived tables are rebuilt on load: only the data travels.
-        return (FlowDefinition, (self.name, self.transitions, self.retries, self.catches))
+        data = (self.name, self.transitions, self.retries, self.catches, self.deadline)
+        return (FlowDefinition, data)
 
     def __repr__(self) -> str:
         return (

@@ -20,6 +20,7 @@ from stepflow.core.state import ErrorRecord
 __all__ = [
     "AwaitEvent",
     "CallHandler",
+    "CancelRequested",
     "Command",
     "CommandKind",
     "Effect",
@@ -42,6 +43,7 @@ CommandKind = Literal[
     "wait_event",
     "switch",
     "sleep_until",
+    "compensate",
 ]
 
 
@@ -52,13 +54,15 @@ class CallHandler(NamedTuple):
         id: Run-unique, deterministic id (the state's sequence number when it was
             issued). Re-issued commands keep their id.
         kind: ``"do"``, ``"wait_for"``, ``"case"``, ``"loop_until"``,
-            ``"on_error"``, ``"map"``, ``"switch"`` or ``"sleep_until"``. It says
-            which handler of the step to call and what its result means: a JSON
-            value for ``do``, a JSON list for a map's ``items``, a JSON scalar for
-            a switch's ``route``, a time (seconds since the epoch) for a
-            ``sleep_until``'s ``when``, a ``bool`` for the others.
+            ``"on_error"``, ``"map"``, ``"switch"``, ``"sleep_until"`` or
+            ``"compensate"``. It says which handler of the step to call and what
+            its result means: a JSON value for ``do`` (and for ``compensate``,
+            whose value is ignored), a JSON list for a map's ``items``, a JSON
+            scalar for a switch's ``route``, a time (seconds since the epoch)
+            for a ``sleep_until``'s ``when``, a ``bool`` for the others.
         step: Scope path of the step (``"deploy/v1/shouldDeployCase"``). For
-            ``on_error`` it is the retry scope (``"deploy/v1/pushRetry"``).
+            ``on_error`` it is the retry scope (``"deploy/v1/pushRetry"``); for
+            ``compensate``, the ``do`` step whose ``compensate=`` handler to call.
         event: The state event the command belongs to (the position that waits
             for it).
         error: For ``on_error``, the error record to hand to the handler; else
@@ -287,14 +291,46 @@ class EventReceived(NamedTuple):
         return hash((EventReceived, self.name, repr(self.payload), self.at))
 
 
+class CancelRequested(NamedTuple):
+    """Someone asked to cancel the run, for ``reason``.
+
+    Like :class:`EventReceived`, it answers no command: it is addressed to the
+    run. See :mod:`stepflow.core.cleanup` for what it does: commands in flight
+    finish, the cleanups of the enclosing ``finally_`` groups and the
+    compensations of the enclosing sagas run, then the run is ``cancelled``.
+
+    Attributes:
+        reason: Why (kept as the cancellation record's message).
+        at: When it was requested (seconds since the epoch), or ``None``.
+        deadline: ``True`` when the run's deadline passed (recorded as
+            :class:`~stepflow.errors.DeadlineExceeded` rather than
+            :class:`~stepflow.errors.RunCancelled`).
+
+    """
+
+    reason: str = ""
+    at: float | None = None
+    deadline: bool = False
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is CancelRequested and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
+
+
 #: Every effect the core accepts.
-Effect = HandlerReturned | HandlerRaised | TimerFired | EventReceived
+Effect = HandlerReturned | HandlerRaised | TimerFired | EventReceived | CancelRequested
 
 
 def answered_id(effect: Effect) -> int:
-    """Return the id of the command ``effect`` answers; ``-1`` for an event, which answers none.
+    """Return the id of the command ``effect`` answers; ``-1`` for an event or a cancellation.
 
     >>> answered_id(TimerFired(3, 0.0)), answered_id(EventReceived("approved"))
     (3, -1)
     """
-    return -1 if type(effect) is EventReceived else cast(int, effect[0])
+    kind = type(effect)
+    return -1 if kind is EventReceived or kind is CancelRequested else cast(int, effect[0])

@@ -28,12 +28,14 @@ __all__ = [
     "Case",
     "Catch",
     "Do",
+    "Finally",
     "Group",
     "Item",
     "LoopUntil",
     "Map",
     "Parallel",
     "Retry",
+    "Saga",
     "Sleep",
     "SleepUntil",
     "Steps",
@@ -65,11 +67,16 @@ WhenFn = Callable[[Any], Any]
 
 @attrs.frozen
 class Do:
-    """A step that calls ``fn(ctx)`` once, within ``timeout`` seconds if one is given."""
+    """A step that calls ``fn(ctx)`` once, within ``timeout`` seconds if one is given.
+
+    ``compensate(ctx)``, if given, undoes it: it runs when a failure or a
+    cancellation leaves the enclosing :class:`Saga` after this step completed.
+    """
 
     name: str
     fn: ActionFn
     timeout: Duration | None = None
+    compensate: ActionFn | None = None
 
 
 @attrs.frozen
@@ -210,6 +217,33 @@ class Catch:
     errors: Any = None
 
 
+@attrs.frozen
+class Finally:
+    """A cleanup scope, like ``try``/``finally``: ``cleanup`` runs whenever ``body`` is left.
+
+    Completed, failed or cancelled: the cleanup steps run, then the outcome goes
+    on. See :mod:`stepflow.core.cleanup`.
+    """
+
+    name: str
+    body: Steps
+    cleanup: Steps
+
+
+@attrs.frozen
+class Saga:
+    """A compensation scope: a failure or cancellation leaving ``body`` undoes its steps.
+
+    The ``compensate=`` handlers of the ``do`` steps that completed inside run
+    in reverse order, each as its own command, retried as ``policy`` allows.
+    See :mod:`stepflow.core.cleanup`.
+    """
+
+    name: str
+    body: Steps
+    policy: RetryPolicy | None = None
+
+
 Item = (
     Do
     | WaitFor
@@ -224,6 +258,8 @@ Item = (
     | Switch
     | Catch
     | SleepUntil
+    | Finally
+    | Saga
 )
 
 
@@ -238,16 +274,27 @@ class Steps:
         name: The scope name: the flow's root name (``"deploy/v1"``) when this is
             the root, otherwise ignored where the enclosing step names the group.
         items: The steps, in order.
+        deadline: For the root spec, how long a run may take (seconds or a
+            ``timedelta``) before the runtime cancels it with
+            :class:`~stepflow.errors.DeadlineExceeded`; ``None``: no deadline.
 
     """
 
     name: str = "steps"
     items: tuple[Item, ...] = ()
+    deadline: Duration | None = None
 
     def _add(self, item: Item) -> Steps:
-        return Steps(self.name, (*self.items, item))
+        return Steps(self.name, (*self.items, item), self.deadline)
 
-    def do(self, name: str, fn: ActionFn, *, timeout: Duration | None = None) -> Steps:
+    def do(
+        self,
+        name: str,
+        fn: ActionFn,
+        *,
+        timeout: Duration | None = None,
+        compensate: ActionFn | None = None,
+    ) -> Steps:
         """Add a step that calls ``fn(ctx)`` once.
 
         ``fn`` returns a JSON value (kept in the state's outputs under the step's
@@ -259,8 +306,15 @@ class Steps:
         late result is ignored and logged), and the step fails with
         :class:`~stepflow.errors.StepTimeoutError`, which a ``retry`` retries
         like any error. The timeout is part of the definition.
+
+        With ``compensate`` (``compensate(ctx)``, may be ``async def``), the
+        step can be undone: inside a :meth:`saga`, once this step completed, a
+        failure or a cancellation that leaves the saga calls it (in reverse
+        order of completion, each as its own durable command). ``ctx.error``
+        is then the error (or cancellation) being handled. A ``do`` with
+        ``compensate`` outside every saga is a :class:`DefinitionError`.
         """
-        return self._add(Do(name, fn, timeout))
+        return self._add(Do(name, fn, timeout, compensate))
 
     def wait_for(
         self,
@@ -471,13 +525,44 @@ class Steps:
         """
         return self._add(Catch(name, steps, handler, errors))
 
+    def finally_(self, name: str, steps: Steps, cleanup: Steps) -> Steps:
+        """Add a cleanup scope, like ``try``/``finally``: ``cleanup`` runs whenever ``steps`` is left.
 
-def named(name: str) -> Steps:
+        When ``steps`` completes, fails (past the retries and catches inside
+        it) or is cancelled, the ``cleanup`` steps run; then the flow goes on
+        after the group, or the error goes on outward, or the cancellation goes
+        on. While they run after a failure or a cancellation, ``ctx.error`` is
+        that error (or the cancellation's record). A cleanup started by a
+        cancellation is never interrupted by it. Its scope is ``<name>Finally``;
+        ``steps`` run in its child scope ``steps``, ``cleanup`` in ``cleanup``.
+        See :mod:`stepflow.core.cleanup`.
+        """
+        return self._add(Finally(name, steps, cleanup))
+
+    def saga(self, name: str, steps: Steps, *, policy: RetryPolicy | None = None) -> Steps:
+        """Add a compensation scope: a failure or cancellation leaving ``steps`` undoes them.
+
+        The ``compensate=`` handlers of the ``do`` steps that completed inside
+        (nested sagas included) run in reverse order of completion, each as its
+        own durable command, retried as ``policy`` allows (``None``: a failing
+        compensation is not retried). Then the error goes on outward, or the
+        cancellation goes on. A compensation that still fails replaces the
+        error, and the compensations not yet run stay recorded, so
+        :func:`stepflow.resume` goes on with them. Its scope is ``<name>Saga``.
+        """
+        return self._add(Saga(name, steps, policy))
+
+
+def named(name: str, *, deadline: Duration | None = None) -> Steps:
     """Start a flow spec whose root scope is ``name`` (``"deploy/v1"``).
 
-    The root name may contain ``/`` (a versioned name), but not ``:``.
+    The root name may contain ``/`` (a versioned name), but not ``:``. With
+    ``deadline`` (seconds or a ``timedelta``, > 0), every run of the flow that
+    is still going that long after it started is cancelled, with its cleanups,
+    for :class:`~stepflow.errors.DeadlineExceeded` (enforced by the runtime:
+    :func:`stepflow.start_run` and the :class:`stepflow.Worker`).
     """
-    return Steps(name)
+    return Steps(name, (), deadline)
 
 
 def steps() -> Steps:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from stepflow.core.messages import Command
 
 __all__ = [
+    "CANCELLED",
+    "CANCELLING",
     "COMPLETED",
     "FAILED",
     "RUNNING",
@@ -30,10 +32,14 @@ __all__ = [
     "type_name",
 ]
 
-Status = Literal["running", "completed", "failed"]
+Status = Literal["running", "completed", "failed", "cancelling", "cancelled"]
 RUNNING: Status = "running"
 COMPLETED: Status = "completed"
 FAILED: Status = "failed"
+#: A cancellation was requested: commands in flight finish, cleanups and compensations run.
+CANCELLING: Status = "cancelling"
+#: A cancelled run whose cleanups and compensations have all run.
+CANCELLED: Status = "cancelled"
 
 EMPTY_OUTPUTS: PMap[str, Any] = pmap()
 EMPTY_ATTEMPTS: PMap[str, int] = EMPTY_OUTPUTS
@@ -138,9 +144,14 @@ class State(NamedTuple):
             map item (a map item's carries its index, ``.../regionsMap/steps[3]/push``).
             In a running state each position has its command, in the same order
             as ``in_flight``.
-        status: ``"running"``, ``"completed"`` or ``"failed"``.
+        status: ``"running"``, ``"completed"``, ``"failed"``, ``"cancelling"``
+            (a cancellation is unwinding: see :mod:`stepflow.core.cleanup`) or
+            ``"cancelled"``.
         error: The :class:`ErrorRecord` of the failure when ``status`` is
-            ``"failed"``, else ``None``.
+            ``"failed"``; of the cancellation (type
+            ``stepflow.errors.RunCancelled`` or ``stepflow.errors.DeadlineExceeded``,
+            its reason as the message) when it is ``"cancelling"`` or
+            ``"cancelled"``; else ``None``.
         in_flight: The commands issued and not yet answered.
         seq: The id of the last command issued (ids count up from 1).
         outputs: The latest non-``None`` JSON value each ``do`` step returned,
@@ -193,7 +204,7 @@ class State(NamedTuple):
 
     @property
     def is_running(self) -> bool:
-        """Whether the run can still make progress."""
+        """Whether the run is running normally (not finished, not being cancelled)."""
         return self.status == RUNNING
 
     @property
@@ -205,3 +216,13 @@ class State(NamedTuple):
     def is_failed(self) -> bool:
         """Whether a step failed outside of any retry that would restart it."""
         return self.status == FAILED
+
+    @property
+    def is_cancelled(self) -> bool:
+        """Whether the run was cancelled and its cleanups have all run."""
+        return self.status == CANCELLED
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether nothing more will happen to the run: completed, failed or cancelled."""
+        return self.status == COMPLETED or self.status == FAILED or self.status == CANCELLED
