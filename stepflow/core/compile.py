@@ -211,11 +211,10 @@ def _check_item(item: object, parent: str, index: int) -> Item:
                 "pass a function (plain or async def)",
                 path=path,
             )
-    if isinstance(item, Saga) and item.policy is not None:
-        if not isinstance(item.policy, RetryPolicy):
-            raise DefinitionError(
-                f"the policy of saga {path!r} is {item.policy!r}, not a RetryPolicy", path=path
-            )
+    if isinstance(item, Saga) and not isinstance(item.policy, (RetryPolicy, type(None))):
+        raise DefinitionError(
+            f"the policy of saga {path!r} is {item.policy!r}, not a RetryPolicy", path=path
+        )
     if isinstance(item, Retry):
         if item.on_error is None and item.policy is None:
             raise DefinitionError(

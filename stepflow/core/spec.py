@@ -526,7 +526,7 @@ class Steps:
         return self._add(Catch(name, steps, handler, errors))
 
     def finally_(self, name: str, steps: Steps, cleanup: Steps) -> Steps:
-        """Add a cleanup scope, like ``try``/``finally``: ``cleanup`` runs whenever ``steps`` is left.
+        """Add a cleanup scope, like ``try``/``finally``: ``cleanup`` runs when ``steps`` is left.
 
         When ``steps`` completes, fails (past the retries and catches inside
         it) or is cancelled, the ``cleanup`` steps run; then the flow goes on
