@@ -260,8 +260,12 @@ def next_compensation(
     if scope != root and scope in stack:
         outputs = _with_stack(outputs, root, _without_last(stack, scope))
     error = pending_error(outputs.get(scope))
-    assert error is not None  # a saga compensates only for something (Rule 5)
     taken = state._replace(outputs=outputs, attempts=attempts)
+    if error is None:  # (a state placed here by hand, compensating for nothing): go on
+        target = definition._node(node.on_true)
+        from stepflow.core.advance import _enter
+
+        return _enter(definition, taken, target, outputs, attempts, at, None)
     if state.status == CANCELLING or is_cancellation(error):
         taken = taken._replace(status=CANCELLING, error=state.error or error)
         return cancel_from(definition, taken, node, at, max(node.shield, 0))

@@ -147,6 +147,7 @@ EXIT_OUTCOMES: Mapping[str, Outcome] = {
     "wait_event": Returns(None),
     "switch": Returns(None),
     "sleep_until": Returns(0),  # a time long past: the timer fires at once
+    "compensate": Returns(None),
 }
 
 
@@ -157,13 +158,21 @@ class WrongKind:
         return "WrongKind()"
 
 
+# Transitions whose kind names no handler: timers, forks and joins, and the
+# cleanup transitions, taken from the state alone (a saga's compensate calls
+# the compensate handlers of its steps, listed by step).
+_NO_HANDLER = ("sleep", "parallel", "join", "finally", "saga", "leave", "compensate")
+
+
 def handler_keys(definition: FlowDefinition) -> list[HandlerKey]:
     """Every ``(kind, step)`` a handler of ``definition`` serves (timers have none)."""
     keys: list[HandlerKey] = [
         (t.kind, t.step or "")
         for t in definition.handler_transitions()
-        if t.kind not in ("sleep", "parallel", "join")
+        if t.kind not in _NO_HANDLER
     ]
+    # A saga compensates with each compensable do's own compensate handler.
+    keys += [("compensate", t.step or "") for t in definition.transitions if t.compensate]
     keys += [
         ("on_error", scope)
         for scope in definition.retry_scopes()
