@@ -623,16 +623,16 @@ def _fail_step(
     the scopes: :func:`~stepflow.core.cleanup.take_failure`).
     """
     index = node.failures.index(command.step) + 1 if command.kind == "on_error" else 0
-    return take_failure(definition, state, node, index, error, at, command.event)
+    return take_failure(definition, state, node, index, error, at)
 
 
 def _ask_on_error(
-    definition: FlowDefinition, state: State, scope: str, event: str, error: ErrorRecord
+    definition: FlowDefinition, state: State, scope: str, node: _Node, error: ErrorRecord
 ) -> tuple[State, tuple[Command, ...]]:
-    """Ask the ``on_error`` handler of retry ``scope`` whether to restart, for ``error``."""
+    """Ask the ``on_error`` handler of retry ``scope`` whether to restart, at ``node``."""
     seq = state.seq + 1
-    ask = _new(CallHandler, (seq, "on_error", scope, event, error))
-    fields = (definition.name, definition.fingerprint, state.events, state.status, state.error)
+    ask = _new(CallHandler, (seq, "on_error", scope, node.event, error))
+    fields = (definition.name, definition.fingerprint, node.events, state.status, state.error)
     rest = ((ask,), seq, state.outputs, None, None, state.attempts, state.run_id)
     return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS, state.mailbox)), (ask,)
 

@@ -232,7 +232,7 @@ def leave(
                 state = state._replace(status=CANCELLING, error=error)
                 return cancel_from(definition, state._replace(outputs=outputs), node, at)
             taken = state._replace(outputs=outputs, attempts=attempts)
-            return take_failure(definition, taken, node, 0, error, at, node.event)
+            return take_failure(definition, taken, node, 0, error, at)
     target = definition._node(node.on_true)
     return _enter(definition, state, target, outputs, attempts, at, None)
 
@@ -280,7 +280,7 @@ def next_compensation(
     if state.status == CANCELLING or is_cancellation(error):
         taken = taken._replace(status=CANCELLING, error=state.error or error)
         return cancel_from(definition, taken, node, at, max(node.shield, 0))
-    return take_failure(definition, taken, node, max(node.shield, 0), error, at, node.event)
+    return take_failure(definition, taken, node, max(node.shield, 0), error, at)
 
 
 def compensated(
@@ -323,13 +323,12 @@ def take_failure(
     index: int,
     error: ErrorRecord,
     at: float | None,
-    event: str,
 ) -> tuple[State, tuple[Command, ...]]:
     """Hand ``error`` to the failure scopes of ``node`` from ``index`` on, or fail the run.
 
     Retries, catches, finally groups and sagas, innermost first (Rules 3, 5 and
-    :mod:`stepflow.core.scopes`); ``event`` is the position an ``on_error``
-    command is issued for. While cancelling, only the scopes inside the
+    :mod:`stepflow.core.scopes`); an ``on_error`` question is asked at
+    ``node``, where the run then rests. While cancelling, only the scopes inside the
     cleanup that ``node`` runs in take it (Rule 9), and a node in no cleanup
     unwinds the cancellation instead (Rule 8).
     """
@@ -357,7 +356,7 @@ def take_failure(
         elif rule.policy is None or rule.policy.allows(attempts.get(scope, 0) + 1, error.type):
             if not rule.on_error:
                 return _restart(definition, state, scope, at)
-            return _ask_on_error(definition, state, scope, event, error)
+            return _ask_on_error(definition, state, scope, node, error)
         index += 1
     return state._replace(
         flow=definition.name,
