@@ -17,7 +17,7 @@ from stepflow.core.messages import CallHandler, CancelRequested, HandlerRaised, 
 from stepflow.core.state import ErrorRecord
 from stepflow.errors import DefinitionError, FlowFailed
 from stepflow.history import Batch
-from stepflow.testing import Raises, Returns, flows_and_scripts, simulate
+from stepflow.testing import Returns, flows_and_scripts, simulate
 from stepflow.testing._properties import run_with_crashes
 from stepflow.testing._scripts import SCRIPTED_CANCEL, ScriptedWorld
 
@@ -79,7 +79,8 @@ def test_a_failure_runs_the_cleanup_with_ctx_error_then_goes_on_outward() -> Non
         .do("after", log("after"))
     )
     state = _run(flow)
-    assert state.is_failed and state.error is not None
+    assert state.is_failed
+    assert state.error is not None
     assert state.error.message == "work failed"
     assert log.calls == [("work", None), ("release", "work failed")]
     assert state.outputs["f/leaseFinally"]["error"]["message"] == "work failed"
@@ -124,7 +125,8 @@ def test_a_failing_cleanup_replaces_the_error_and_keeps_the_first_in_outputs() -
         )
     )
     state = _run(flow)
-    assert state.error is not None and state.error.message == "release failed"
+    assert state.error is not None
+    assert state.error.message == "release failed"
     assert state.outputs["f/leaseFinally"]["error"]["message"] == "work failed"
 
 
@@ -162,7 +164,8 @@ def test_a_failed_saga_compensates_its_completed_steps_in_reverse_order() -> Non
     log = Log()
     log.failing["deposit"] = 1
     state = _run(_transfer(log))
-    assert state.is_failed and state.error is not None
+    assert state.is_failed
+    assert state.error is not None
     assert state.error.message == "deposit failed"
     assert log.calls == [
         ("withdraw", None),
@@ -188,7 +191,8 @@ def test_each_compensation_is_retried_by_the_saga_policy_then_the_rest_run() -> 
     log.failing["deposit"] = 1
     log.failing["unfee"] = 2
     state = _run(_transfer(log, RetryPolicy(max_attempts=3)))
-    assert state.error is not None and state.error.message == "deposit failed"
+    assert state.error is not None
+    assert state.error.message == "deposit failed"
     assert log.names == ["withdraw", "fee", "deposit", "unfee", "unfee", "unfee", "refund"]
 
 
@@ -198,14 +202,16 @@ def test_a_compensation_that_still_fails_fails_the_run_and_resume_goes_on() -> N
     log.failing["unfee"] = 1
     flow = _transfer(log)
     state = _run(flow)
-    assert state.error is not None and state.error.message == "unfee failed"
+    assert state.error is not None
+    assert state.error.message == "unfee failed"
     assert state.events == ("start:transfer/moneySaga/compensate",)
     assert log.names == ["withdraw", "fee", "deposit", "unfee"]
     resumed, _ = resume(flow.definition, state, now=flow.clock.now())
     state = _run(flow, resumed)
     # The failed compensation runs again, then the rest; then the first error goes on.
     assert log.names[4:] == ["unfee", "refund"]
-    assert state.error is not None and state.error.message == "deposit failed"
+    assert state.error is not None
+    assert state.error.message == "deposit failed"
 
 
 def test_a_nested_saga_compensates_its_own_pass_and_the_outer_saga_all() -> None:
@@ -222,7 +228,8 @@ def test_a_nested_saga_compensates_its_own_pass_and_the_outer_saga_all() -> None
         )
     )
     state = _run(flow)
-    assert state.error is not None and state.error.message == "late failed"
+    assert state.error is not None
+    assert state.error.message == "late failed"
     assert log.names == ["a", "b", "late", "undo-b", "undo-a"]
 
 
@@ -257,7 +264,8 @@ def test_compensations_inside_map_items_run_when_the_saga_fails() -> None:
         )
     )
     state = _run(flow)
-    assert state.error is not None and state.error.message == "charge failed"
+    assert state.error is not None
+    assert state.error.message == "charge failed"
     assert log.names == ["reserve", "reserve", "charge", "unreserve", "unreserve"]
 
 
@@ -293,7 +301,8 @@ def test_a_run_resting_at_an_event_is_cancelled_at_once_with_its_cleanups() -> N
     state = flow.cancel(state, "customer left")
     assert state.status == "cancelling"
     state = flow.run(state)
-    assert state.is_cancelled and state.is_finished
+    assert state.is_cancelled
+    assert state.is_finished
     assert state.error == ErrorRecord(
         CANCELLED, "customer left", "job/leaseFinally/steps/workSaga/steps/approvedWaitEvent"
     )
@@ -308,7 +317,8 @@ def test_a_step_in_flight_finishes_and_is_recorded_then_the_run_unwinds() -> Non
     state, (command,) = advance(flow.definition, None, now=1000.0)
     assert command.step.endswith("/book")
     cancelling, still = advance(flow.definition, state, [CancelRequested("stop", 1000.5)])
-    assert cancelling.status == "cancelling" and still == (command,)
+    assert cancelling.status == "cancelling"
+    assert still == (command,)
     done, commands = advance(
         flow.definition, cancelling, [HandlerReturned(command.id, "ok", 1001.0)]
     )
@@ -326,8 +336,10 @@ def test_a_handler_that_fails_after_the_request_is_not_retried() -> None:
     state, _ = advance(flow.definition, state, [CancelRequested("stop", 0.0)])
     error = ErrorRecord("RuntimeError", "x", command.step)
     state, commands = advance(flow.definition, state, [HandlerRaised(command.id, error, None, 1.0)])
-    assert state.is_cancelled and commands == ()
-    assert state.error is not None and state.error.type == CANCELLED
+    assert state.is_cancelled
+    assert commands == ()
+    assert state.error is not None
+    assert state.error.type == CANCELLED
 
 
 def test_a_deadline_is_recorded_as_deadline_exceeded() -> None:
@@ -336,7 +348,8 @@ def test_a_deadline_is_recorded_as_deadline_exceeded() -> None:
     state = flow.run()
     state, _ = advance(flow.definition, state, [CancelRequested("deadline passed", 5000.0, True)])
     state = flow.run(state)
-    assert state.is_cancelled and state.error is not None
+    assert state.is_cancelled
+    assert state.error is not None
     assert state.error.type == "stepflow.errors.DeadlineExceeded"
 
 
@@ -354,7 +367,8 @@ def test_a_cancel_while_a_cleanup_runs_for_a_failure_lets_it_finish_then_cancels
     state = flow.apply()  # work failed: release is in flight
     assert state.in_flight[0].step == "f/leaseFinally/cleanup/release"
     state = flow.cancel(state, "stop")
-    assert state.status == "cancelling" and state.in_flight[0].step.endswith("release")
+    assert state.status == "cancelling"
+    assert state.in_flight[0].step.endswith("release")
     state = flow.run(state)
     assert state.is_cancelled
     assert log.names == ["work", "release", "audit"]
@@ -365,11 +379,14 @@ def test_a_cleanup_that_fails_while_cancelling_fails_the_run_and_resume_finishes
     log.failing["release"] = 1
     flow = _job(log)
     state = _run(flow, flow.cancel(flow.run(), "stop"))
-    assert state.is_failed and state.error is not None
+    assert state.is_failed
+    assert state.error is not None
     assert state.error.message == "release failed"
     resumed, _ = resume(flow.definition, state, now=flow.clock.now())
     state = flow.run(resumed)
-    assert state.is_cancelled and state.error is not None and state.error.message == "stop"
+    assert state.is_cancelled
+    assert state.error is not None
+    assert state.error.message == "stop"
     assert log.names == ["book", "unbook", "release", "release"]
 
 
@@ -417,7 +434,9 @@ def test_a_failing_branch_cancels_its_siblings_with_their_cleanup() -> None:
         clock=FakeClock(0.0),
     )
     state = _run(flow)
-    assert state.is_failed and state.error is not None and state.error.message == "boom failed"
+    assert state.is_failed
+    assert state.error is not None
+    assert state.error.message == "boom failed"
     assert log.calls == [("boom", None), ("free", "boom failed")]
 
 
@@ -504,7 +523,8 @@ def test_a_random_run_cancelled_anywhere_unwinds_to_the_end_even_across_crashes(
     if requested:
         assert final.status in ("cancelled", "failed")
         if final.is_cancelled:
-            assert final.error is not None and final.error.type == CANCELLED
+            assert final.error is not None
+            assert final.error.type == CANCELLED
             assert final.error.message == SCRIPTED_CANCEL
     stormy = ScriptedWorld(script)
     assert run_with_crashes(definition, stormy, crashes, cancel_after=cancel_after) == dumps(final)
