@@ -108,17 +108,25 @@ from stepflow.runtime.runs import parse_age
 from stepflow.runtime.schedules import OVERLAP_POLICIES, fire_time_label
 from stepflow.runtime.worker import StepReport
 from stepflow.stores import DEFAULT_SQLITE_PATH, ScheduleRecord, open_store
-from stepflow.stores.base import JournalEntry, RunNotes, RunRecord, RunStatus, Store
+from stepflow.stores.base import (
+    FINISHED_STATUSES,
+    JournalEntry,
+    RunNotes,
+    RunRecord,
+    RunStatus,
+    Store,
+)
 
 __all__ = ["UsageProblem", "import_module", "load_flow", "main", "parse_json"]
 
 log = logging.getLogger("stepflow.cli")
 
-_STATUSES = ("running", "completed", "failed", "cancelled")
+_STATUSES = ("running", "cancelling", "completed", "failed", "cancelled")
 # How journal entries other than effect batches read.
 _OP_NAMES = {"resume": "resumed", "cancel": "cancelled", "wake": "woken"}
 _STYLES = {
     "running": "cyan",
+    "cancelling": "yellow",
     "completed": "green",
     "failed": "red",
     "cancelled": "yellow",
@@ -496,6 +504,15 @@ def _position(record: RunRecord, *, short: bool = False) -> str:
     return text.replace(f":{record.flow}/", ":") if short else text
 
 
+def _reason(record: RunRecord) -> str:
+    """Return `` (why)`` for a cancelling or cancelled run whose state says why, else ``""``."""
+    if record.status not in ("cancelling", "cancelled"):
+        return ""
+    error = _peek(record).get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return f" ({message})" if isinstance(message, str) and message else ""
+
+
 def _ago(seconds: float) -> str:
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
         if seconds >= size:
@@ -620,12 +637,18 @@ def demo(apps: int, db: str | None, fresh: bool, speed: float, concurrency: int)
     "--from", "from_file", metavar="FILE.jsonl",
     help='Start one run per line of FILE: {"input": ..., "id": "optional"} (- stdin).',
 )  # fmt: skip
+@click.option(
+    "--deadline", metavar="AGE",
+    help="Cancel the run (cleanups run) if not over within AGE: 30m, 12h, 7d "
+    "(default: the flow's named(deadline=)).",
+)  # fmt: skip
 @_db_option
 def start(
     flow_ref: str,
     input_text: str | None,
     run_id: str | None,
     from_file: str | None,
+    deadline: str | None,
     db: str | None,
 ) -> None:
     """Start a run of MODULE:FLOW and print its id; a worker will drive it.
@@ -641,15 +664,29 @@ def start(
     started, one a line, and a summary on standard error.
     """
     if from_file is not None:
-        if input_text is not None or run_id is not None:
-            raise UsageProblem("--from FILE gives each run's input and id: drop --input and --id")
+        if input_text is not None or run_id is not None or deadline is not None:
+            raise UsageProblem(
+                "--from FILE gives each run's input and id: drop --input, --id and --deadline"
+            )
         _start_many(load_flow(flow_ref), from_file, db)
         return
     value = _json_argument(input_text, "--input")
+    seconds = None if deadline is None else _age_option(deadline, "--deadline")
     flow = load_flow(flow_ref)
     with _store(db) as store:
-        record = stepflow.start_run(store, flow, value, run_id=run_id)
+        record = stepflow.start_run(store, flow, value, run_id=run_id, deadline=seconds)
     click.echo(record.run_id)
+
+
+def _age_option(text: str, option: str) -> float:
+    """Read an AGE option (``30m``) as seconds; a bad one is a usage problem."""
+    try:
+        seconds = parse_age(text)
+    except StepflowError as exc:
+        raise UsageProblem(f"{option}: {exc}") from None
+    if seconds <= 0:
+        raise UsageProblem(f"{option}: {text!r} is no time at all; give an AGE above 0")
+    return seconds
 
 
 @attrs.frozen
@@ -995,7 +1032,7 @@ def _runs_view(rows: list[_Row], total: int, now: float) -> RenderableType:
         position = (
             f"[red]unreadable: {escape(row.unreadable)}[/]"
             if row.unreadable
-            else escape(_position(record, short=True))
+            else escape(_position(record, short=True) + _reason(record))
         )
         table.add_row(
             escape(record.run_id),
@@ -1239,6 +1276,9 @@ def _show_view(shown: _Shown, now: float) -> RenderableType:
     if state.get("timeout_at") is not None:
         timeout_at = float(state["timeout_at"])
         facts.add_row("times out", f"{_clock(timeout_at)} ({_relative(timeout_at, now)})")
+    if record.deadline_at is not None:
+        until = record.deadline_at
+        facts.add_row("deadline", f"{_clock(until)} ({_relative(until, now)})")
     facts.add_row("created", f"{_clock(record.created_at)} ({_relative(record.created_at, now)})")
     facts.add_row("updated", f"{_clock(record.updated_at)} ({_relative(record.updated_at, now)})")
     if record.lease_owner is not None:
@@ -1253,7 +1293,8 @@ def _show_view(shown: _Shown, now: float) -> RenderableType:
     error = state.get("error")
     if isinstance(error, dict):
         text = f"{error.get('type')}: {error.get('message')} (at {error.get('step')})"
-        facts.add_row("error", f"[red]{escape(text)}[/]")
+        label = "cancelled" if record.status in ("cancelling", "cancelled") else "error"
+        facts.add_row(label, f"[red]{escape(text)}[/]")
     notes = shown.notes
     if notes is not None and notes.progress_at is not None:
         reported = f"{_json(notes.progress, 2000)} (reported {_relative(notes.progress_at, now)})"
@@ -1346,13 +1387,29 @@ def resume(run_id: str, flow_ref: str, db: str | None) -> None:
 
 @main.command()
 @click.argument("run_id", metavar="RUN")
+@click.option("--reason", default="", metavar="TEXT", help="Why (kept as the run's error).")
 @_db_option
-def cancel(run_id: str, db: str | None) -> None:
-    """Cancel a running or failed run: no worker will advance it again."""
+def cancel(run_id: str, reason: str, db: str | None) -> None:
+    """Cancel a run: commands in flight finish, cleanups and compensations run.
+
+    The cancellation is sent to the run (accepted even while a worker runs one
+    of its steps); a worker serving its flow delivers it: the run is
+    cancelling while its cleanups run, then cancelled. A failed run is marked
+    cancelled at once (abandoned). A finished run, or one being cancelled
+    already, is left as it is (exit 0).
+    """
     with _store(db, create=False) as store:
         run_id = stepflow.resolve_run_id(store, run_id)
-        record = stepflow.cancel_run(store, run_id)
-    click.echo(f"Cancelled run {run_id} at {_position(record)}.")
+        sent = stepflow.cancel_run(store, run_id, reason)
+        record = store.load(run_id)
+    if not sent and record.status in FINISHED_STATUSES:
+        click.echo(f"Run {run_id} is {record.status} already: nothing to cancel.")
+    elif not sent:
+        click.echo(f"Run {run_id} is being cancelled already: nothing changed.")
+    elif record.status == "cancelled":
+        click.echo(f"Cancelled run {run_id} at {_position(record)}.")
+    else:
+        click.echo(f"Cancelling run {run_id}; a worker will run its cleanups, then cancel it.")
 
 
 @main.command()

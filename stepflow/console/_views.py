@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 #: The statuses the runs page has a tab for, in its order.
-STATUSES = ("running", "failed", "completed", "cancelled")
+STATUSES = ("running", "cancelling", "failed", "completed", "cancelled")
 
 # Longest a value is shown inline (a table cell) before it is cut.
 _INLINE = 120
@@ -162,6 +162,7 @@ class RunRow:
     created_at: float
     updated_at: float
     leased_by: str | None
+    reason: str = ""  # why a cancelling or cancelled run was cancelled
 
 
 @attrs.frozen
@@ -187,8 +188,11 @@ class RunsPage:
 
 
 def _row(record: RunRecord) -> RunRow:
-    events = _inner(_peek(record)).get("events") or ["?"]
+    inner = _inner(_peek(record))
+    events = inner.get("events") or ["?"]
     position = ", ".join(_where(str(e), record.flow) for e in events)
+    error = inner.get("error") if record.status in ("cancelling", "cancelled") else None
+    reason = error.get("message") if isinstance(error, dict) else None
     return RunRow(
         record.run_id,
         record.flow,
@@ -198,6 +202,7 @@ def _row(record: RunRecord) -> RunRow:
         record.created_at,
         record.updated_at,
         record.lease_owner,
+        reason if isinstance(reason, str) else "",
     )
 
 
@@ -677,7 +682,7 @@ def run_page(store: Store, flows: Mapping[str, Flow], run_id: str) -> RunPage:
     if flow is not None:
         states, note = _replayed(store, record, flow.definition)
     in_flight: Sequence[Command] = ()
-    if state is not None and record.status == "running":
+    if state is not None and record.status in ("running", "cancelling"):
         in_flight = state.in_flight
     now = time.time()
     chart = timeline(
