@@ -77,6 +77,7 @@ import stepflow
 from stepflow.codec import Batch, loads
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
+    CancelRequested,
     Command,
     Effect,
     EventReceived,
@@ -565,6 +566,9 @@ def _effect_lines(batch: Batch, flow: str) -> list[Text]:
             line.append(effect.name)
             line.append(f" -> {_json(effect.payload)}", style="dim")
             lines.append(line)
+            continue
+        if type(effect) is CancelRequested:
+            lines.append(Text(_cancel_text(effect), style="yellow"))
             continue
         command = commands.get(answered_id(effect))
         where = f"{command.kind} {_step(command.step, flow)}" if command else f"#{effect[0]}"
@@ -1204,9 +1208,17 @@ def _read_shown(store: Store, run_id: str) -> _Shown:
     return _Shown(run_id, view.record, view.journal, (state,) if state else (), view.notes)
 
 
+def _cancel_text(cancel: CancelRequested) -> str:
+    """Say what a cancellation asked, on one line."""
+    what = "deadline passed" if cancel.deadline else "cancel requested"
+    return f"{what}: {cancel.reason}" if cancel.reason else what
+
+
 def _effect_json(effect: Effect, command: Command | None) -> dict[str, Any]:
     if type(effect) is EventReceived:
         return {"outcome": "event", "name": effect.name, "payload": effect.payload}
+    if type(effect) is CancelRequested:
+        return {"outcome": "cancel", "reason": effect.reason, "deadline": effect.deadline}
     body: dict[str, Any] = {
         "command": effect[0],
         "kind": None if command is None else command.kind,
@@ -1231,6 +1243,7 @@ def _show_document(shown: _Shown) -> dict[str, Any]:
     error = state.get("error")
     body.update(
         timeout_at=state.get("timeout_at"),
+        deadline_at=None if shown.record is None else shown.record.deadline_at,
         outputs=state.get("outputs") or {},
         error=(
             {"type": error.get("type"), "message": error.get("message"), "step": error.get("step")}
@@ -1718,6 +1731,8 @@ def _outcome(effect: Effect) -> Text:
         return Text(f"raised {effect.error.type}: {effect.error.message}", style="red")
     if type(effect) is TimerFired:
         return Text("timer fired", style="magenta")
+    if type(effect) is CancelRequested:
+        return Text(_cancel_text(effect), style="yellow")
     event = cast(EventReceived, effect)
     return Text(f"event {event.name} -> {_json(event.payload)}", style="cyan")
 
@@ -1819,7 +1834,13 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
             for effect in batch.effects:
                 command = commands.get(answered_id(effect))
                 if command is None:
-                    what = effect[0] if type(effect) is EventReceived else f"#{effect[0]}"
+                    what = (
+                        "run"
+                        if type(effect) is CancelRequested
+                        else effect[0]
+                        if type(effect) is EventReceived
+                        else f"#{effect[0]}"
+                    )
                     rows.append((what, _outcome(effect), "", ""))
                     continue
                 key = (command.kind, command.step)

@@ -37,6 +37,7 @@ import orjson
 from stepflow.codec import Batch, loads
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
+    CancelRequested,
     Command,
     EventReceived,
     HandlerRaised,
@@ -480,6 +481,9 @@ def _outcome(effect: Any) -> tuple[str, str]:
         return "timer", "timer fired"
     if type(effect) is EventReceived:
         return "event", f"{effect.name}: {inline(effect.payload)}"
+    if type(effect) is CancelRequested:
+        what = "deadline passed" if effect.deadline else "cancel requested"
+        return "cancel", f"{what}: {effect.reason}" if effect.reason else what
     return "other", repr(effect)
 
 
@@ -492,6 +496,8 @@ def _journal_row(entry: JournalEntry, batch: Batch, flow: str) -> JournalRow:
             where = (
                 f"{command.kind} {_step(command.kind, command.step, flow)}"
                 if command
+                else "run"
+                if type(effect) is CancelRequested
                 else f"#{effect[0]}"
             )
             outcome, detail = _outcome(effect)
