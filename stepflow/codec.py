@@ -38,6 +38,7 @@ from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
     AwaitEvent,
     CallHandler,
+    CancelRequested,
     Command,
     CommandKind,
     Effect,
@@ -257,10 +258,20 @@ def _time_fast(value: Any) -> float | None:
 
 EMPTY_STRINGS: Mapping[str, str] = MappingProxyType({})
 _KINDS = frozenset(
-    ("do", "wait_for", "case", "loop_until", "on_error", "map", "switch", "sleep_until")
+    (
+        "do",
+        "wait_for",
+        "case",
+        "loop_until",
+        "on_error",
+        "map",
+        "switch",
+        "sleep_until",
+        "compensate",
+    )
 )
 _EMPTY_MAILBOX: tuple[tuple[str, Any], ...] = ()
-_STATUSES = frozenset(("running", "completed", "failed"))
+_STATUSES = frozenset(("running", "completed", "failed", "cancelling", "cancelled"))
 
 
 def _command_fast(c: dict[str, Any], strings: Mapping[str, str] = EMPTY_STRINGS) -> Command:
@@ -563,6 +574,11 @@ def _time(at: float | None) -> float | None:
 
 
 def _unstructure_effect(effect: Effect, command: Command | None) -> dict[str, Any]:
+    if type(effect) is CancelRequested:
+        reason, at, deadline = effect
+        if type(reason) is not str or type(deadline) is not bool:
+            raise TypeError(f"{effect!r:.80} needs a str reason and a bool deadline")
+        return {"type": "cancel", "reason": reason, "at": _time(at), "deadline": deadline}
     if type(effect) is EventReceived:
         payload = thaw_json(freeze_json(effect.payload))
         return {"type": "event", "name": effect.name, "payload": payload, "at": _time(effect.at)}
@@ -620,6 +636,11 @@ def dumps_batch(batch: Batch) -> str:
 
 
 def _structure_effect(raw: Any) -> Effect:
+    if raw["type"] == "cancel":
+        reason, deadline = raw["reason"], raw["deadline"]
+        if type(reason) is not str or type(deadline) is not bool or len(raw) != 4:
+            raise TypeError(f"malformed cancellation {raw!r:.80}")
+        return CancelRequested(reason, _time_fast(raw["at"]), deadline)
     if raw["type"] == "event":
         name = raw["name"]
         if type(name) is not str or len(raw) != 4:

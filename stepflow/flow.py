@@ -28,10 +28,10 @@ from stepflow.core.compile import HandlerKey, compile_spec
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.events import resting, untimed_wait
 from stepflow.core.groups import command_times, item_of
-from stepflow.core.messages import AwaitEvent, Command, EventReceived, Wake
+from stepflow.core.messages import AwaitEvent, CancelRequested, Command, EventReceived, Wake
 from stepflow.core.scopes import handler_error
 from stepflow.core.spec import Steps
-from stepflow.core.state import COMPLETED, FAILED, RUNNING, ErrorRecord, State
+from stepflow.core.state import CANCELLING, COMPLETED, FAILED, RUNNING, ErrorRecord, State
 from stepflow.errors import DefinitionError, FlowFailed
 from stepflow.interpreter import Interpreter
 from stepflow.versioning import Migration
@@ -119,7 +119,7 @@ class Flow:
             found = item_of(state, command.step)
             if found is not None:
                 ctx = ItemContext(ctx, *found)
-        error = handler_error(self.definition, state.outputs, command.step)
+        error = handler_error(self.definition, state.outputs, command)
         return ctx if error is None else ErrorContext(ctx, error)
 
     def apply(self, state: State | None = None, ctx: Any = None) -> State:
@@ -193,6 +193,29 @@ class Flow:
         new, _ = advance(self.definition, state, [EventReceived(name, payload, now)], now=now)
         return new
 
+    def cancel(self, state: State | None, reason: str = "") -> State:
+        """Cancel the run for ``reason``; return the new state (see :mod:`stepflow.core.cleanup`).
+
+        Stamped with the flow's clock. A run resting at a timer or an event
+        is unwound at once; one whose step may be executing becomes
+        ``cancelling``, and :meth:`apply` or :meth:`run` carry out the rest:
+        that step's outcome, then the cleanups and compensations. A run that
+        is not running is returned as it is.
+
+        >>> import stepflow
+        >>> flow = stepflow.new(stepflow.named("job/v1").finally_(
+        ...     "work",
+        ...     stepflow.steps().wait_event("go"),
+        ...     stepflow.steps().do("release", lambda ctx: "released"),
+        ... ))
+        >>> state = flow.run(flow.cancel(flow.run(), "not needed"))
+        >>> state.status, state.error.message, state.outputs["job/v1/workFinally/cleanup/release"]
+        ('cancelled', 'not needed', 'released')
+        """
+        now = self.clock.now()
+        new, _ = advance(self.definition, state, [CancelRequested(reason, now)], now=now)
+        return new
+
     def run(self, state: State | None = None, ctx: Any = None) -> State:
         """Drive a run to its end in this process, sleeping until each ``wake_at``.
 
@@ -213,7 +236,7 @@ class Flow:
     async def run_async(self, state: State | None = None, ctx: Any = None) -> State:
         """Like :meth:`run`, on the running event loop."""
         state = await self.apply_async(state, ctx)
-        while state.status == RUNNING and not resting(state):
+        while (state.status == RUNNING or state.status == CANCELLING) and not resting(state):
             if state.wake_at is not None:
                 await self.clock.sleep(state.wake_at - self.clock.now())
             state = await self.apply_async(state, ctx)

@@ -15,6 +15,7 @@ from stepflow.analysis import explore, paths
 from stepflow.clock import FakeClock
 from stepflow.codec import dumps, loads
 from stepflow.core._json import freeze_json
+from stepflow.core.messages import CallHandler
 from stepflow.core.scopes import handler_error
 from stepflow.diagrams import to_json, to_mermaid
 from stepflow.errors import DefinitionError
@@ -212,9 +213,9 @@ def test_a_caught_state_survives_the_codec_and_resumes_with_ctx_error() -> None:
     assert [c.step for c in commands] == ["s/cCatch/handler/h"]
     again = loads(dumps(state), flow.definition)
     assert again == state
-    error = handler_error(flow.definition, again.outputs, "s/cCatch/handler/h")
+    error = handler_error(flow.definition, again.outputs, _do("s/cCatch/handler/h"))
     assert error == ErrorRecord("KeyError", "k", "s/cCatch/steps/a")
-    assert handler_error(flow.definition, again.outputs, "s/cCatch/steps/a") is None
+    assert handler_error(flow.definition, again.outputs, _do("s/cCatch/steps/a")) is None
     assert flow.run(again).outputs["s/cCatch/handler/h"] == ["KeyError", "k", "s/cCatch/steps/a"]
 
 
@@ -323,7 +324,7 @@ def test_a_catch_takes_exactly_the_errors_it_names(raised: str, errors: list[str
     takes = errors is None or raised in errors or raised.rpartition(".")[2] in (short & set(errors))
     if takes:
         assert [c.step for c in commands] == ["f/xCatch/handler/h"]
-        assert handler_error(definition, state.outputs, "f/xCatch/handler/h") == record
+        assert handler_error(definition, state.outputs, _do("f/xCatch/handler/h")) == record
     else:
         assert state.is_failed
         assert state.error == record
@@ -339,10 +340,15 @@ def test_ctx_error_is_found_only_inside_a_catch_handler() -> None:
     record = {"error": {"type": "KeyError", "message": "k", "step": "h/cCatch/steps/handlers"}}
     outputs = pmap({"h/cCatch": freeze_json(record)})
     # A group named "handler" inside the steps, or a step named "handlers", is no handler.
-    assert handler_error(definition, outputs, "h/cCatch/steps/handler/x") is None
-    assert handler_error(definition, outputs, "h/cCatch/steps/handlers") is None
-    assert handler_error(definition, outputs, "h/cCatch/handler/h") == ErrorRecord(
+    assert handler_error(definition, outputs, _do("h/cCatch/steps/handler/x")) is None
+    assert handler_error(definition, outputs, _do("h/cCatch/steps/handlers")) is None
+    assert handler_error(definition, outputs, _do("h/cCatch/handler/h")) == ErrorRecord(
         "KeyError", "k", "h/cCatch/steps/handlers"
     )
     # A state made by hand (or migrated) in the handler with no record: no error.
-    assert handler_error(definition, pmap(), "h/cCatch/handler/h") is None
+    assert handler_error(definition, pmap(), _do("h/cCatch/handler/h")) is None
+
+
+def _do(step: str) -> CallHandler:
+    """A do command of ``step``: what ctx.error is computed for."""
+    return CallHandler(1, "do", step, "start:" + step, None)

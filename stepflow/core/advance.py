@@ -51,11 +51,22 @@ from pyrsistent.typing import PMap
 from stepflow.core._json import NotJSON, freeze_json
 from stepflow.core.checks import check_state
 from stepflow.core.choice import choose, route_error
+from stepflow.core.cleanup import (
+    cancel_from,
+    compensated,
+    enter_scope,
+    leave,
+    next_compensation,
+    push_compensation,
+    take_failure,
+    with_cancel,
+)
 from stepflow.core.definition import FlowDefinition, _Node, start_event, template_of
 from stepflow.core.events import take, with_events
 from stepflow.core.messages import (
     AwaitEvent,
     CallHandler,
+    CancelRequested,
     Command,
     Effect,
     EventReceived,
@@ -65,8 +76,8 @@ from stepflow.core.messages import (
     Wake,
     answered_id,
 )
-from stepflow.core.scopes import catch
 from stepflow.core.state import (
+    CANCELLING,
     COMPLETED,
     EMPTY_ATTEMPTS,
     EMPTY_GROUPS,
@@ -189,6 +200,9 @@ def advance(
         or effect_type not in _EFFECTS
         or effect[0] != in_flight[0][0]
     ):
+        if any(type(e) is CancelRequested for e in effects):
+            state, effects = with_cancel(definition, check_state(definition, state), effects, now)
+            return advance(definition, state, effects, now=now) if effects else (state, state[5])
         if any(type(e) is EventReceived for e in effects):
             state, effects = with_events(definition, check_state(definition, state), effects, now)
             return advance(definition, state, effects, now=now)
@@ -201,7 +215,7 @@ def advance(
     # The hot path is a do that returned: the time is read only where it is used
     # (waits, retries, timers), so the common step pays nothing for it. The
     # output rule repeats answer()'s, inlined here on purpose.
-    if effect_type is not HandlerReturned or command[1] != "do":
+    if effect_type is not HandlerReturned or command[1] != "do" or node[19]:  # 19: compensable
         return answer(definition, state, command, node, effect, now)
     value = effect[1]
     if value is not None:  # None keeps the step's earlier output
@@ -212,7 +226,7 @@ def advance(
             return _fail_step(definition, state, command, node, error, _at(effect, now))
     target = nodes[node[4]]
     # (Identity first: a pmap's truth is a Python-level __len__ call.)
-    if not target[9] or (attempts is not EMPTY_ATTEMPTS and attempts) or mail:
+    if not target[9] or (attempts is not EMPTY_ATTEMPTS and attempts) or mail or status != RUNNING:
         return _enter(definition, state, target, outputs, attempts, _at(effect, now), None)
     # The common case, _enter inlined: rest at a plain handler step, issue its command.
     seq += 1
@@ -251,7 +265,11 @@ def answer(
                 except NotJSON:
                     error = _bad_result(command, value)
                     return _fail_step(definition, state, command, node, error, _at(effect, now))
+            if node.compensable:  # a saga can now undo it (stepflow.core.cleanup)
+                outputs = push_compensation(node, outputs, command[2])
             target = definition._node(node[4])
+        elif kind == "compensate":
+            return compensated(definition, state, command, node, _at(effect, now))
         elif kind == "sleep":
             raise _wrong_answer(effect, command)
         elif kind == "switch":  # the rules of stepflow.core.choice
@@ -348,6 +366,19 @@ def _enter(
         for scope in attempts:
             if scope not in scopes:
                 attempts = attempts.discard(scope)
+    status, error = state[3], None
+    if status != RUNNING:  # cancelling: only cleanups run (stepflow.core.cleanup, rule 8)
+        status, error = CANCELLING, state[4]
+        if node.shield < 0:
+            taken = state._replace(outputs=outputs, attempts=attempts)
+            return cancel_from(definition, taken, node, at)
+    kind = node.kind
+    if kind == "finally" or kind == "saga":
+        return enter_scope(definition, state, node, outputs, attempts, at)
+    if kind == "leave":
+        return leave(definition, state, node, outputs, attempts, at)
+    if kind == "compensate":
+        return next_compensation(definition, state, node, outputs, attempts, at, not_before)
     seq, mail = state[6], state[14]
     if node.kind is None:
         done = (name, fingerprint, node.events, COMPLETED, None, (), seq, outputs)
@@ -355,7 +386,7 @@ def _enter(
         return _new(State, (*done, *ended)), ()
     if node.kind == "parallel" or node.kind == "join":
         # A fork or a join: no command; stepflow.core.groups takes it from here.
-        fork = (name, fingerprint, node.events, RUNNING, None, (), seq, outputs)
+        fork = (name, fingerprint, node.events, status, error, (), seq, outputs)
         forked = (None, None, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS, mail)
         return _new(State, (*fork, *forked)), ()
     if node.kind == "wait_event" and mail:
@@ -399,7 +430,7 @@ def _enter(
             timeout_at = start + node.timeout
         command = _new(CallHandler, (seq, node.kind, node.step, node.event, None))
     issued: tuple[Command, ...] = (command,)
-    fields = (name, fingerprint, node.events, RUNNING, None, issued, seq, outputs)
+    fields = (name, fingerprint, node.events, status, error, issued, seq, outputs)
     rest = (wake_at, timeout_at, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS, mail)
     return _new(State, (*fields, *rest)), issued
 
@@ -433,8 +464,8 @@ def _poll_again(
             wake_at = timeout_at
     seq = state.seq + 1
     commands = (_new(CallHandler, (seq, "wait_for", node.step, node.event, None)),)
-    fields = (definition.name, definition.fingerprint, state.events, RUNNING, None, commands, seq)
-    rest = (state.outputs, wake_at, timeout_at, state.attempts, state.run_id)
+    fields = (definition.name, definition.fingerprint, state.events, state.status, state.error)
+    rest = (commands, seq, state.outputs, wake_at, timeout_at, state.attempts, state.run_id)
     return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS, state.mailbox)), commands
 
 
@@ -522,6 +553,8 @@ def result_error(command: Command, value: Any) -> ErrorRecord | None:
         return route_error(command, value)
     if command.kind == "sleep_until":
         return time_error(command, value)
+    if command.kind == "compensate":  # its value is ignored
+        return None
     if command.kind == "do" or command.kind == "wait_event":
         try:
             freeze_json(value)
@@ -575,43 +608,29 @@ def _fail_step(
     error: ErrorRecord,
     at: float | None,
 ) -> tuple[State, tuple[Command, ...]]:
-    """Hand ``error`` to the next enclosing retry or catch that takes it, or fail the run.
+    """Hand ``error`` to the next enclosing failure scope that takes it, or fail the run.
 
     ``command`` is the failed one: a step's handler (start at the innermost
     scope) or an ``on_error`` handler (start at the scope enclosing the retry
     that answered). A retry takes the error when its policy allows another
     attempt; it then asks its ``on_error`` handler, or restarts at once if it
-    has none. A catch takes it when the error matches (stepflow.core.scopes).
+    has none. A catch takes it when the error matches (stepflow.core.scopes);
+    a finally or a saga always takes it (stepflow.core.cleanup, which walks
+    the scopes: :func:`~stepflow.core.cleanup.take_failure`).
     """
-    scopes = node.failures
-    index = scopes.index(command.step) + 1 if command.kind == "on_error" else 0
-    attempts = state.attempts
-    while index < len(scopes):
-        scope = scopes[index]
-        rule = definition._rules.get(template_of(scope))
-        if rule is None:  # a catch
-            caught = catch(definition, state, scope, error, at)
-            if caught is not None:
-                return caught
-        elif rule.policy is None or rule.policy.allows(attempts.get(scope, 0) + 1, error.type):
-            if not rule.on_error:
-                return _restart(definition, state, scope, at)
-            seq = state.seq + 1
-            ask = _new(CallHandler, (seq, "on_error", scope, command.event, error))
-            fields = (definition.name, definition.fingerprint, state.events, RUNNING, None, (ask,))
-            rest = (seq, state.outputs, None, None, attempts, state.run_id)
-            state_rest = (EMPTY_TIMES, EMPTY_GROUPS, state.mailbox)
-            return _new(State, (*fields, *rest, *state_rest)), (ask,)
-        index += 1
-    return state._replace(
-        flow=definition.name,
-        fingerprint=definition.fingerprint,
-        status=FAILED,
-        error=error,
-        in_flight=(),
-        wake_at=None,
-        timeout_at=None,
-    ), ()
+    index = node.failures.index(command.step) + 1 if command.kind == "on_error" else 0
+    return take_failure(definition, state, node, index, error, at, command.event)
+
+
+def _ask_on_error(
+    definition: FlowDefinition, state: State, scope: str, event: str, error: ErrorRecord
+) -> tuple[State, tuple[Command, ...]]:
+    """Ask the ``on_error`` handler of retry ``scope`` whether to restart, for ``error``."""
+    seq = state.seq + 1
+    ask = _new(CallHandler, (seq, "on_error", scope, event, error))
+    fields = (definition.name, definition.fingerprint, state.events, state.status, state.error)
+    rest = ((ask,), seq, state.outputs, None, None, state.attempts, state.run_id)
+    return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS, state.mailbox)), (ask,)
 
 
 def resume(

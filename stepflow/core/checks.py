@@ -10,8 +10,11 @@ flow, or written by hand. Its rules:
 * a run of a flow without groups holds one position; a run with several holds
   one command per position, in the same order, every position inside a group
   whose progress it holds;
-* its status is one of ``running``, ``completed``, ``failed``, and a failed state
-  (only) carries its error.
+* its status is one of ``running``, ``completed``, ``failed``, ``cancelling``,
+  ``cancelled``; a failed, cancelling or cancelled state (only) carries its
+  error record;
+* a ``compensate`` command in flight waits at its saga's compensation and names
+  a ``do`` step with ``compensate=`` inside that saga.
 
 A well-formed state of the very definition passes a fast path of a few lookups
 (advance runs once per step of every run a worker drives).
@@ -21,7 +24,15 @@ from __future__ import annotations
 
 from stepflow.core.definition import FlowDefinition, _Node, start_event
 from stepflow.core.messages import CallHandler
-from stepflow.core.state import COMPLETED, EMPTY_ATTEMPTS, FAILED, RUNNING, State
+from stepflow.core.state import (
+    CANCELLED,
+    CANCELLING,
+    COMPLETED,
+    EMPTY_ATTEMPTS,
+    FAILED,
+    RUNNING,
+    State,
+)
 from stepflow.core.timers import fits
 from stepflow.errors import (
     FlowMismatchError,
@@ -32,7 +43,7 @@ from stepflow.errors import (
 
 __all__ = ["check_state"]
 
-_STATUSES = (RUNNING, COMPLETED, FAILED)
+_STATUSES = (RUNNING, COMPLETED, FAILED, CANCELLING, CANCELLED)
 
 
 def check_state(definition: FlowDefinition, state: State) -> State:
@@ -61,7 +72,7 @@ def check_state(definition: FlowDefinition, state: State) -> State:
         node = nodes.get(events[0])
         if (
             node is not None
-            and (error is None) == (status != FAILED)
+            and (error is None) == (status in (RUNNING, COMPLETED))
             and status in _STATUSES
             and (state[10] is EMPTY_ATTEMPTS or all(s in node.retry_scopes for s in state[10]))
             and not node[10]  # (groups: a position in a group needs its progress checked)
@@ -92,9 +103,10 @@ def check_state(definition: FlowDefinition, state: State) -> State:
         )
     if state.status not in _STATUSES:
         raise StateError(f"unknown status {state.status!r}; expected one of {_STATUSES}")
-    if (state.status == FAILED) != (state.error is not None):
+    recorded = state.status not in (RUNNING, COMPLETED)
+    if recorded != (state.error is not None):
         raise StateError(
-            f"a {state.status!r} state must {'' if state.status == FAILED else 'not '}"
+            f"a {state.status!r} state must {'' if recorded else 'not '}"
             f"carry an error record, got {state.error!r}"
         )
     if len(state.events) > 1 and [c.event for c in state.in_flight] != list(state.events):
@@ -131,6 +143,17 @@ def check_state(definition: FlowDefinition, state: State) -> State:
         elif command.kind == "on_error":
             if command.step not in node.retry_scopes:
                 missing.append(f"on_error of {command.step} around {command.event}")
+        elif command.kind == "compensate":
+            undone = _position_node(definition, start_event(command.step))
+            if (
+                node.kind != "compensate"
+                or not command.step.startswith(node.step + "/")
+                or undone is None
+                or not undone.compensable
+                or type(command) is not CallHandler
+                or command.error is not None
+            ):
+                missing.append(f"compensate of {command.step} at {command.event}")
         elif not fits(node, command) or node.step != command.step:
             missing.append(f"{command.kind} of {command.step} at {command.event}")
     # Retries around a position, through the groups it is in (a group's branches

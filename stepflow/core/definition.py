@@ -494,8 +494,11 @@ class FlowDefinition:
                 f"catch scope {scope!r} needs one CatchRule and a step inside it", path=scope
             )
         object.__setattr__(self, "_catches", catches)
-        cleanups = {t.source.partition(":")[2]: t.kind for t in self.transitions}
-        cleanups = {s: k for s, k in cleanups.items() if k == "finally" or k == "saga"}
+        cleanups = {
+            t.source.partition(":")[2]: t.kind
+            for t in self.transitions
+            if t.kind == "finally" or t.kind == "saga"
+        }
         object.__setattr__(self, "_cleanups", cleanups)
         strings = {self.name: self.name, self.fingerprint: self.fingerprint}
         for node in nodes.values():

@@ -83,11 +83,12 @@ from stepflow.core.advance import (
     result_error,
 )
 from stepflow.core.checks import check_state
+from stepflow.core.cleanup import cancel_from, cancel_record, is_cancellation, may_run, with_cancel
 from stepflow.core.definition import FlowDefinition, _Node, completed_event, start_event
 from stepflow.core.events import untimed_wait, with_events
 from stepflow.core.messages import (
-    AwaitEvent,
     CallHandler,
+    CancelRequested,
     Command,
     Effect,
     EventReceived,
@@ -96,6 +97,8 @@ from stepflow.core.messages import (
     answered_id,
 )
 from stepflow.core.state import (
+    CANCELLED,
+    CANCELLING,
     COMPLETED,
     EMPTY_ATTEMPTS,
     EMPTY_GROUPS,
@@ -108,7 +111,7 @@ from stepflow.core.state import (
 )
 from stepflow.errors import StateError
 
-__all__ = ["advance_groups", "command_times", "item_of", "resume_groups"]
+__all__ = ["advance_groups", "cancel_groups", "command_times", "item_of", "resume_groups"]
 
 _new = tuple.__new__
 _NO_TIMES: tuple[float | None, float | None] = (None, None)
@@ -194,7 +197,7 @@ class _Run:
         in_flight: tuple[Command, ...] = ()
         wake_at = timeout_at = None
         times = EMPTY_TIMES
-        if self.status == RUNNING:
+        if self.status == RUNNING or self.status == CANCELLING:
             in_flight = tuple(cast(Command, c) for c in self.positions.values())
             times = self.times
             wake_at, timeout_at = _earliest(events, times, in_flight)
@@ -216,7 +219,15 @@ class _Run:
             scopes = node.retry_scopes
             attempts = pmap({s: n for s, n in attempts.items() if s in scopes})
         definition = self.definition
-        fields = (definition.name, definition.fingerprint, (event,), RUNNING, None)
+        # A position unwinds (stepflow.core.cleanup, rules 8 and 10) while the
+        # run is cancelling, or when a group around it failed.
+        status, error = self.status, self.error
+        if status != CANCELLING:
+            status, error = RUNNING, None
+            failed = self.failed_group(node)
+            if failed is not None:
+                status, error = CANCELLING, failed
+        fields = (definition.name, definition.fingerprint, (event,), status, error)
         issued = () if command is None else (command,)
         rest = (issued, self.seq, self.outputs, wake_at, timeout_at, attempts, self.state.run_id)
         return _new(State, (*fields, *rest, EMPTY_TIMES, EMPTY_GROUPS, self.mailbox))
@@ -235,15 +246,16 @@ class _Run:
         self.attempts = attempts
         event = view.events[0]
         node = self.definition._node(event)
-        if view.status == COMPLETED:
+        if view.status == COMPLETED or (view.status == CANCELLED and not node.groups):
             self.positions = {event: None}
-            self.status = COMPLETED
+            self.status = view.status
+            self.error = view.error
             self.times = EMPTY_TIMES
             return
-        if node.groups and self.stopping(node):
-            self.stop(node, at)
+        if node.groups and self.stopping(node) and not view.in_flight:
+            self.stop(node, at)  # (one running a cleanup goes on: cleanup rule 10)
             return
-        if view.status == FAILED:
+        if view.status == FAILED or view.status == CANCELLED:
             error = cast(ErrorRecord, view.error)
             if node.groups:
                 self.item_ended(node.groups[-1], _item_key(node.groups[-1], event), at, error)
@@ -285,12 +297,16 @@ class _Run:
 
     def stopping(self, node: _Node) -> bool:
         """Whether a group around ``node`` has failed: nothing new starts in it."""
+        return self.failed_group(node) is not None
+
+    def failed_group(self, node: _Node) -> ErrorRecord | None:
+        """Return the error of the outermost failed group around ``node``, or ``None``."""
         groups = self.groups
         for scope in node.groups:
             progress = groups.get(scope)
             if progress is not None and progress.error is not None:
-                return True
-        return False
+                return progress.error
+        return None
 
     def fork(self, node: _Node, at: float | None) -> None:
         scope = node.step
@@ -355,7 +371,8 @@ class _Run:
                 results=progress.results.set(key, freeze_json(record)),
             )
             tolerated = self.definition._node(start_event(scope)).tolerated
-            if progress.error is None and progress.failures > tolerated:
+            beyond = progress.failures > tolerated or is_cancellation(error)
+            if progress.error is None and beyond:
                 progress = progress._replace(error=error)
                 failing = True
         self.groups = self.groups.set(scope, progress)
@@ -376,16 +393,32 @@ class _Run:
             for event, command in self.positions.items()
             if event.startswith(inside)
             and cast(Command, command).id not in self.answering
-            and (
-                (self.times.get(event, _NO_TIMES)[0] or at) > at
-                or type(command) is AwaitEvent  # a wait for an event: nothing executes it
-            )
+            and not may_run(cast(Command, command), self.times.get(event, _NO_TIMES)[0], at)
         ]
         self.filling.add(scope)  # settle once, after the last drop
         for event in dropped:
-            self.remove(event)
-            self.stop(self.definition._node(event), at)
+            self.unwind(event, at)
         self.filling.discard(scope)
+
+    def unwind(self, event: str, at: float | None) -> None:
+        """Drop the command of position ``event``, and unwind it (cleanup rules 8 and 10)."""
+        node = self.definition._node(event)
+        if node.shield >= 0:  # a cleanup runs on
+            return
+        self.remove(event)
+        view = self.view(event, None, node)
+        moved, _ = cancel_from(self.definition, view, node, at)
+        self.absorb(moved, node, at)
+
+    def cancel(self, request: CancelRequested, at: float | None) -> None:
+        """Cancel the run (cleanup rule 7): each position not executing unwinds now."""
+        first = self.definition._node(next(iter(self.positions)))
+        self.status, self.error = CANCELLING, cancel_record(request, first.step)
+        for event, command in list(self.positions.items()):
+            if event in self.positions and (
+                command is None or not may_run(command, self.times.get(event, _NO_TIMES)[0], at)
+            ):
+                self.unwind(event, at)
 
     def stop(self, node: _Node, at: float | None) -> None:
         """Account, in each group around it, for a position that ended inside a failed group."""
@@ -577,6 +610,9 @@ def _advance(
     seen: set[int] = set()
     for effect in effects:
         if type(effect) not in _EFFECTS or effect[0] not in by_id or effect[0] in seen:
+            if any(type(e) is CancelRequested for e in effects):
+                state, effects = with_cancel(definition, state, effects, now)
+                return _advance(definition, state, effects, now) if effects else (state, state[5])
             if any(type(e) is EventReceived for e in effects):
                 state, effects = with_events(definition, state, effects, now)
                 return _advance(definition, state, effects, now)
@@ -589,13 +625,22 @@ def _advance(
         if command.event not in run.positions:  # dropped by a failure earlier in the batch
             raise _rejection(run.build(), (effect,))
         run.apply(command, effect, now)
-        if run.status != RUNNING:
+        if run.status != RUNNING and run.status != CANCELLING:
             # A finished run answers nothing more: the rest of the batch is refused.
             rest = [e for e in effects if answered_id(e) > command[0]]
             if rest:
                 raise _rejection(run.build(), rest)
     new = run.build()
     return new, new.in_flight
+
+
+def cancel_groups(
+    definition: FlowDefinition, state: State, request: CancelRequested, at: float | None
+) -> State:
+    """Apply the cancellation ``request`` to the running ``state`` of a flow with groups."""
+    run = _Run(definition, state)
+    run.cancel(request, at)
+    return run.build()
 
 
 def resume_groups(

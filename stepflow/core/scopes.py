@@ -50,6 +50,7 @@ from typing import Any
 from pyrsistent.typing import PMap
 
 from stepflow.core._json import freeze_json, thaw_json
+from stepflow.core.cleanup import pending_error
 from stepflow.core.definition import FlowDefinition, start_event, template_of
 from stepflow.core.messages import Command
 from stepflow.core.policies import type_names
@@ -106,24 +107,31 @@ def catch(
 
 
 def handler_error(
-    definition: FlowDefinition, outputs: PMap[str, Any], step: str
+    definition: FlowDefinition, outputs: PMap[str, Any], command: Command
 ) -> ErrorRecord | None:
-    """Return the error the innermost catch handler that ``step`` runs in took, or ``None``.
+    """Return the error the handler serving ``command`` sees as ``ctx.error``, or ``None``.
 
-    This is ``ctx.error`` for the handler serving ``step`` (a step path, with
-    any map item indices).
+    Inside a catch's handler, the error the innermost such catch took (Rule 5);
+    inside a finally's cleanup that runs for a failure or a cancellation, and
+    for a saga's compensation, what it runs for (:mod:`stepflow.core.cleanup`,
+    Rule 6). ``command.step`` is a step path, with any map item indices.
     """
-    if not definition._catches:
+    if command.kind == "compensate":
+        return pending_error(outputs.get(command.event.partition(":")[2][: -len("/compensate")]))
+    if not definition._catches and not definition._cleanups:
         return None
-    cut = step.rfind(_HANDLER)
+    step = command.step
+    cut = step.rfind("/")
     while cut > 0:
-        end = cut + len(_HANDLER)
-        scope = step[:cut]
-        if (end == len(step) or step[end] == "/") and template_of(scope) in definition._catches:
+        scope, rest = step[:cut], step[cut + 1 :]
+        kind = rest.partition("/")[0]
+        if kind == "handler" and template_of(scope) in definition._catches:
             record = outputs.get(scope)
             if record is None:
                 return None
             raw = thaw_json(record)["error"]
             return ErrorRecord(raw["type"], raw["message"], raw["step"])
-        cut = step.rfind(_HANDLER, 0, cut)
+        if kind == "cleanup" and definition._cleanups.get(template_of(scope)) == "finally":
+            return pending_error(outputs.get(scope))
+        cut = step.rfind("/", 0, cut)
     return None

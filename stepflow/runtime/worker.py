@@ -1221,7 +1221,7 @@ class Worker:
             command=command,
             index=index,
             item=item,
-            error=handler_error(flow.definition, state.outputs, command.step),
+            error=handler_error(flow.definition, state.outputs, command),
             reporter=functools.partial(self._report_progress, run_id),
         )
         async with self._slots:
