@@ -433,3 +433,44 @@ def test_the_deadline_column_survives_a_reopen(tmp_path: Path) -> None:
     assert again.load("r1").deadline_at == START + 10
     assert attrs.fields_dict(type(again.load("r1")))["deadline_at"].default is None
     again.close()
+
+
+def test_a_cleanup_step_due_when_the_cancellation_comes_runs_once(store: Store) -> None:
+    calls = Calls()
+    clock = FakeClock(START)
+
+    def work(ctx: RunContext) -> str:
+        calls.log.append("work")
+        # The run is cancelled as its body ends: its cleanup is due, not started.
+        stepflow.cancel_run(store, ctx.run_id, "late", clock=clock)
+        return "done"
+
+    spec = stepflow.named("guard/v1").finally_(
+        "guarded", stepflow.steps().do("work", work), stepflow.steps().do("unlock", calls("unlock"))
+    )
+    spec = spec.do("after", calls("after"))
+    flow = stepflow.new(spec)
+    start_run(store, flow, run_id="g1", clock=clock)
+    drain(store, flow, clock)
+    assert calls.log == ["work", "unlock"]  # the cleanup is never cut short
+    assert store.load("g1").status == "cancelled"
+    assert error_of(store, flow, "g1") == ("stepflow.errors.RunCancelled", "late")
+
+
+def test_a_step_due_when_the_cancellation_comes_never_starts(store: Store) -> None:
+    calls = Calls()
+    clock = FakeClock(START)
+
+    def first(ctx: RunContext) -> None:
+        calls.log.append("first")
+        stepflow.cancel_run(store, ctx.run_id, "stop", clock=clock)
+
+    flow = stepflow.new(stepflow.named("two/v1").do("first", first).do("second", calls("second")))
+    start_run(store, flow, run_id="t1", clock=clock)
+    drain(store, flow, clock)
+    assert calls.log == ["first"]
+    assert store.load("t1").status == "cancelled"
+    # The journal says so: the second step was answered with the cancellation.
+    last = loads_batch(store.history("t1")[-1].batch)
+    assert [type(e).__name__ for e in last.effects] == ["CancelRequested", "HandlerRaised"]
+    assert [c.step for c in last.answered] == ["two/v1/second"]

@@ -98,6 +98,7 @@ import orjson
 from stepflow.clock import Clock, SystemClock
 from stepflow.codec import Batch, dumps, dumps_batch, loads, structure_state
 from stepflow.core.advance import advance
+from stepflow.core.cleanup import cancel_record, may_run
 from stepflow.core.events import MAILBOX_LIMIT, mailbox_room, untimed_wait, with_events
 from stepflow.core.groups import command_times, item_of
 from stepflow.core.messages import (
@@ -1137,9 +1138,29 @@ class Worker:
         ``delivered`` is the cancellation's inbox ``seq`` (``None`` for a
         deadline). The commands executing go on (``running``); the store
         status follows the new state: ``"cancelling"`` or ``"cancelled"``.
+
+        The core keeps in flight every handler call that may be executing (one
+        due when the request came), since it cannot know; this worker holds
+        the run, so it knows which are: those in ``running``. Each other due
+        call, outside a cleanup (cleanups are never cut short), never started
+        and never will: it is answered in the same batch, after the
+        cancellation, with the cancellation's record as its error, so its
+        position unwinds at once instead of starting a new step.
         """
-        new_state, _ = advance(flow.definition, state, (cancel,))
-        batch = dumps_batch(Batch("effects", cancel.at, (cancel,), ()))
+        definition = flow.definition
+        unstarted = tuple(
+            c
+            for c in state.in_flight
+            if type(c) is CallHandler
+            and c[0] not in running
+            and definition._node(c.event).shield < 0  # not inside a cleanup
+            and may_run(c, command_times(state, c)[0], cancel.at)
+        )
+        at = cancel.at
+        never = [HandlerRaised(c.id, cancel_record(cancel, c.step), None, at) for c in unstarted]
+        effects: tuple[Effect, ...] = (cancel, *never)
+        new_state, _ = advance(definition, state, effects)
+        batch = dumps_batch(Batch("effects", cancel.at, effects, unstarted))
         saved, release = await self._save_batch(
             run_id, version, token, new_state, batch, bool(running), delivered=delivered
         )
