@@ -272,9 +272,10 @@ def cancel_run(store: Store, run_id: str, reason: str = "", *, clock: Clock | No
     error whose message is ``reason``. A run with nothing left to run is
     ``"cancelled"`` at once.
 
-    A *failed* run cannot advance, so it is not sent an event: it is marked
-    ``"cancelled"`` at once (its state kept as it was, journal op
-    ``"cancel"``), so an operator can abandon it; it cannot be resumed after.
+    A *failed* run cannot advance, nor can a *parked* one (no worker could
+    drive it), so neither is sent an event: it is marked ``"cancelled"`` at
+    once (its state kept as it was, journal op ``"cancel"``; no cleanup
+    runs), so an operator can abandon it; it cannot be resumed after.
 
     Returns:
         ``True`` when the cancellation was recorded; ``False`` when nothing
@@ -285,14 +286,15 @@ def cancel_run(store: Store, run_id: str, reason: str = "", *, clock: Clock | No
     Raises:
         UnknownRunError: no run has this id.
         ConfigurationError: ``reason`` is not a str.
-        StaleWriteError: only for a failed run, saved by someone else meanwhile.
+        StaleWriteError: only for a failed or parked run, saved by someone
+            else meanwhile.
 
     """
     if not isinstance(reason, str):
         raise ConfigurationError(f"a cancellation's reason is a str, got {reason!r:.80}")
     now = (clock or SystemClock()).now()
     record = store.load(run_id)
-    if record.status == "failed":
+    if record.status == "failed" or record.status == "parked":
         status: RunStatus = "cancelled"
         batch = dumps_batch(Batch("cancel", now))
         store.save(Save(run_id, record.version, None, record.state, status, None, batch), now=now)
