@@ -666,16 +666,18 @@ def start(
     input, are skipped, so starting the same file again starts nothing new. A
     line without an id gets a random one, each time. Prints the id of each run
     started, one a line, and a summary on standard error.
+
+    With --deadline AGE, each run started must be over within AGE of its
+    start: past it, a worker cancels it (its cleanups run) with a
+    DeadlineExceeded error. Without it, the flow's named(deadline=) applies.
     """
+    seconds = None if deadline is None else _age_option(deadline, "--deadline")
     if from_file is not None:
-        if input_text is not None or run_id is not None or deadline is not None:
-            raise UsageProblem(
-                "--from FILE gives each run's input and id: drop --input, --id and --deadline"
-            )
-        _start_many(load_flow(flow_ref), from_file, db)
+        if input_text is not None or run_id is not None:
+            raise UsageProblem("--from FILE gives each run's input and id: drop --input and --id")
+        _start_many(load_flow(flow_ref), from_file, db, seconds)
         return
     value = _json_argument(input_text, "--input")
-    seconds = None if deadline is None else _age_option(deadline, "--deadline")
     flow = load_flow(flow_ref)
     with _store(db) as store:
         record = stepflow.start_run(store, flow, value, run_id=run_id, deadline=seconds)
@@ -743,7 +745,7 @@ def _read_lines(path: str) -> tuple[list[_Line], list[str]]:
     return lines, problems
 
 
-def _start_many(flow: Flow, path: str, db: str | None) -> None:
+def _start_many(flow: Flow, path: str, db: str | None, deadline: float | None = None) -> None:
     """Start the runs a JSON Lines file asks for: all checked first, idempotent by id."""
     lines, problems = _read_lines(path)
     with _store(db) as store:
@@ -776,7 +778,9 @@ def _start_many(flow: Flow, path: str, db: str | None) -> None:
             if line.run_id in existing:
                 continue
             try:
-                record = stepflow.start_run(store, flow, line.input, run_id=line.run_id)
+                record = stepflow.start_run(
+                    store, flow, line.input, run_id=line.run_id, deadline=deadline
+                )
             except stepflow.RunExistsError:  # started meanwhile by someone else
                 existing.add(str(line.run_id))
                 continue
