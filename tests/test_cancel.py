@@ -23,6 +23,7 @@ from stepflow import FakeClock, RunContext, Worker
 from stepflow.codec import loads, loads_batch
 from stepflow.core.messages import CancelRequested
 from stepflow.errors import ConfigurationError, UnknownRunError
+from stepflow.history import history, replay
 from stepflow.runtime import start_run, store_wake_at
 from stepflow.runtime.runs import deadline_at
 from stepflow.stores import MemoryStore, PostgresStore, Save, SQLiteStore, Store
@@ -338,6 +339,7 @@ def test_cleanup_and_compensation_run_exactly_once_when_cancelled_through_the_wo
     assert calls.log == ["reserve", "release", "unlock"]
     assert store.load("o1").status == "cancelled"
     assert error_of(store, flow, "o1") == ("stepflow.errors.RunCancelled", "customer cancelled")
+    assert_replays(store, flow, "o1")
 
 
 # -- deadlines -------------------------------------------------------------------------------
@@ -359,6 +361,7 @@ def test_a_flow_deadline_cancels_a_resting_run_with_deadline_exceeded(store: Sto
     (cancel,) = cancels(store, "d1")
     assert (cancel.deadline, cancel.at) == (True, START + 3600)
     assert calls.log == ["ask"]
+    assert_replays(store, flow, "d1")
 
 
 def test_start_run_deadline_wins_over_the_flows(store: Store) -> None:
@@ -455,6 +458,7 @@ def test_a_cleanup_step_due_when_the_cancellation_comes_runs_once(store: Store) 
     assert calls.log == ["work", "unlock"]  # the cleanup is never cut short
     assert store.load("g1").status == "cancelled"
     assert error_of(store, flow, "g1") == ("stepflow.errors.RunCancelled", "late")
+    assert_replays(store, flow, "g1")
 
 
 def test_a_step_due_when_the_cancellation_comes_never_starts(store: Store) -> None:
@@ -474,3 +478,11 @@ def test_a_step_due_when_the_cancellation_comes_never_starts(store: Store) -> No
     last = loads_batch(store.history("t1")[-1].batch)
     assert [type(e).__name__ for e in last.effects] == ["CancelRequested", "HandlerRaised"]
     assert [c.step for c in last.answered] == ["two/v1/second"]
+    assert_replays(store, flow, "t1")
+
+
+def assert_replays(store: Store, flow: stepflow.Flow, run_id: str) -> None:
+    """The run's journal replays, without divergence, to the state stored."""
+    result = replay(flow.definition, history(store, run_id))
+    assert result.ok, result.divergences
+    assert result.final == loads(store.load(run_id).state, flow.definition)
