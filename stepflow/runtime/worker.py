@@ -774,6 +774,7 @@ class Worker:
             if woken_at is not None:
                 version = await self._take_wake(run_id, version, token, state, woken_at)
             while True:
+                deadline = self._deadlines.get(run_id)
                 if state.status == RUNNING and (inbox or _past(deadline, self.clock.now())):
                     delivered = await self._deliver(
                         flow, run_id, token, version, state, running, inbox=inbox > 0
@@ -1082,6 +1083,7 @@ class Worker:
             assert deadline is not None
             cancel = CancelRequested(deadline_reason(deadline), now, True)
             log.info("run %s passed its deadline; cancelling it", run_id)
+            self._deadlines[run_id] = None  # delivered: once
             return await self._cancel(flow, run_id, token, version, state, running, cancel, None)
         if not inbox:
             return None
