@@ -55,6 +55,7 @@ from stepflow.core.cleanup import (
     cancel_from,
     compensated,
     enter_scope,
+    interrupted,
     leave,
     next_compensation,
     push_compensation,
@@ -215,7 +216,8 @@ def advance(
     # The hot path is a do that returned: the time is read only where it is used
     # (waits, retries, timers), so the common step pays nothing for it. The
     # output rule repeats answer()'s, inlined here on purpose.
-    if effect_type is not HandlerReturned or command[1] != "do" or node[19]:  # 19: compensable
+    # (19: compensable; a cancelling run's answers unwind: stepflow.core.cleanup.)
+    if effect_type is not HandlerReturned or command[1] != "do" or node[19] or status != RUNNING:
         return answer(definition, state, command, node, effect, now)
     value = effect[1]
     if value is not None:  # None keeps the step's earlier output
@@ -226,7 +228,7 @@ def advance(
             return _fail_step(definition, state, command, node, error, _at(effect, now))
     target = nodes[node[4]]
     # (Identity first: a pmap's truth is a Python-level __len__ call.)
-    if not target[9] or (attempts is not EMPTY_ATTEMPTS and attempts) or mail or status != RUNNING:
+    if not target[9] or (attempts is not EMPTY_ATTEMPTS and attempts) or mail:
         return _enter(definition, state, target, outputs, attempts, _at(effect, now), None)
     # The common case, _enter inlined: rest at a plain handler step, issue its command.
     seq += 1
@@ -255,6 +257,8 @@ def answer(
     """
     kind = command[1]
     effect_type = type(effect)
+    if state[3] != RUNNING and node.shield < 0:  # cancelling: record, then unwind from here
+        return interrupted(definition, state, command, node, effect, _at(effect, now))
     outputs, attempts = state[7], state[10]
     if effect_type is HandlerReturned:
         value = effect[1]

@@ -23,9 +23,10 @@ outward in its place (the first error stays in ``outputs``).
 Rule 4: the compensation stack. A ``do`` with ``compensate=`` that completes
 inside a saga is pushed on the stack kept in ``outputs`` under the path of the
 outermost enclosing saga, as ``{"done": [step paths]}``. Entering an outermost
-saga starts an empty stack; entering a nested saga pushes its own scope path,
-a mark where its pass begins. A saga that completes leaves its steps on the
-stack, for the sagas around it (nothing else calls them).
+saga starts an empty stack; entering a nested saga pushes its own scope path
+and a ``/``, a mark where its pass begins (never a step's path). A saga that
+completes leaves its steps on the stack, for the sagas around it (nothing
+else calls them).
 
 Rule 5: compensating. A failure that leaves a saga's steps is kept in
 ``outputs`` under the saga's path (``{"error": {...}}``, beside ``"done"`` for
@@ -56,13 +57,16 @@ known) stays in flight, and its outcome is recorded when it comes. Any other
 (a timer, a wait for an event, a poll or a backoff not yet due) is dropped at
 once. Effects of the same batch that answer a dropped command are dropped.
 
-Rule 8: unwinding. A cancelling run starts no step outside a cleanup: a
-position that would rest at such a step, or reach the end of the flow, unwinds
-from there instead. The ``finally_`` groups enclosing it run their cleanups and
-the sagas compensate, innermost first, as for a failure, their record being
-``{"cancelled": {...}}``; retries and catches are passed by. A handler that
-failed while the request came is not retried: its position unwinds (its error
-stays in the journal). When no cleanup scope is left, the run is
+Rule 8: unwinding. A cancelling run starts no step outside a cleanup. When
+the outcome of a command that was in flight at the request comes, it is
+recorded (a ``do``'s JSON value in ``outputs``, its compensation on the stack;
+a failure is not retried and stays in the journal), and the position unwinds
+from that step; a position dropped at the request unwinds from where it
+rested. Unwinding from a step: the ``finally_`` groups enclosing it run their
+cleanups and the sagas enclosing it compensate, innermost first, as for a
+failure, their record being ``{"cancelled": {...}}``; retries and catches are
+passed by. When a cleanup ends, the position unwinds on from where the
+cleanup's group ends. When no cleanup scope is left, the run is
 ``cancelled``: the record is its error, its position where it stopped.
 
 Rule 9: cleanups are shielded. A finally's cleanup and a saga's compensations
@@ -90,9 +94,16 @@ from typing import Any
 
 from pyrsistent.typing import PMap
 
-from stepflow.core._json import freeze_json, thaw_json
+from stepflow.core._json import NotJSON, freeze_json, thaw_json
 from stepflow.core.definition import FlowDefinition, _Node, start_event, template_of
-from stepflow.core.messages import CallHandler, CancelRequested, Command, Effect, answered_id
+from stepflow.core.messages import (
+    CallHandler,
+    CancelRequested,
+    Command,
+    Effect,
+    HandlerReturned,
+    answered_id,
+)
 from stepflow.core.state import CANCELLED, CANCELLING, FAILED, RUNNING, ErrorRecord, State
 
 __all__ = [
@@ -101,6 +112,7 @@ __all__ = [
     "cancel_record",
     "compensated",
     "enter_scope",
+    "interrupted",
     "is_cancellation",
     "leave",
     "may_run",
@@ -196,7 +208,7 @@ def enter_scope(
             outputs = outputs.discard(scope)
     else:  # a nested saga: mark where its pass begins
         root = node.sagas[0]
-        outputs = _with_stack(outputs, root, [*_stack(outputs, root), scope])
+        outputs = _with_stack(outputs, root, [*_stack(outputs, root), scope + "/"])
     target = definition._node(node.on_true)
     return _enter(definition, state, target, outputs, attempts, at, None)
 
@@ -227,11 +239,10 @@ def leave(
 
 def _entries(stack: list[str], root: str, scope: str) -> list[str]:
     """Return the steps of saga ``scope`` on ``stack`` not yet compensated, oldest first."""
-    start = 0
-    if scope != root and scope in stack:
-        start = len(stack) - stack[::-1].index(scope)
-    prefix = scope + "/"
-    return [step for step in stack[start:] if step.startswith(prefix)]
+    start, prefix = 0, scope + "/"
+    if scope != root and prefix in stack:
+        start = len(stack) - stack[::-1].index(prefix)
+    return [step for step in stack[start:] if step.startswith(prefix) and step[-1] != "/"]
 
 
 def next_compensation(
@@ -257,11 +268,15 @@ def next_compensation(
         fields = (definition.name, definition.fingerprint, node.events, state.status, state.error)
         rest = (issued, seq, outputs, not_before, None, attempts, state.run_id)
         return _new(State, (*fields, *rest, state.times, state.groups, state.mailbox)), issued
-    if scope != root and scope in stack:
-        outputs = _with_stack(outputs, root, _without_last(stack, scope))
+    if scope != root and scope + "/" in stack:
+        outputs = _with_stack(outputs, root, _without_last(stack, scope + "/"))
     error = pending_error(outputs.get(scope))
-    assert error is not None  # a saga compensates only for something (Rule 5)
     taken = state._replace(outputs=outputs, attempts=attempts)
+    if error is None:  # (a state placed here by hand, compensating for nothing): go on
+        target = definition._node(node.on_true)
+        from stepflow.core.advance import _enter
+
+        return _enter(definition, taken, target, outputs, attempts, at, None)
     if state.status == CANCELLING or is_cancellation(error):
         taken = taken._replace(status=CANCELLING, error=state.error or error)
         return cancel_from(definition, taken, node, at, max(node.shield, 0))
@@ -375,6 +390,33 @@ def cancel_from(
     fields = (definition.name, definition.fingerprint, (node.event,), CANCELLED, record, ())
     rest = (state.seq, state.outputs, None, None, state.attempts, state.run_id)
     return _new(State, (*fields, *rest, state.times, state.groups, state.mailbox)), ()
+
+
+def interrupted(
+    definition: FlowDefinition,
+    state: State,
+    command: Command,
+    node: _Node,
+    effect: Effect,
+    at: float | None,
+) -> tuple[State, tuple[Command, ...]]:
+    """Record the outcome of a command in flight when the run was cancelled; unwind (Rule 8)."""
+    outputs = state.outputs
+    kind = command.kind
+    if type(effect) is HandlerReturned and (kind == "do" or kind == "wait_event"):
+        value = effect.value
+        if value is not None:
+            try:
+                outputs = outputs.set(command.step, freeze_json(value))
+            except NotJSON:  # a value JSON cannot hold is not kept (its step was cancelled)
+                pass
+            else:
+                if node.compensable:
+                    outputs = push_compensation(node, outputs, command.step)
+        elif node.compensable:
+            outputs = push_compensation(node, outputs, command.step)
+    stopped = state._replace(in_flight=(), wake_at=None, timeout_at=None, outputs=outputs)
+    return cancel_from(definition, stopped, node, at)
 
 
 def with_cancel(

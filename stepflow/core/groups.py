@@ -505,6 +505,10 @@ class _Run:
         self, view: State, command: Command, node: _Node, effect: Effect, at: float | None
     ) -> None:
         """Apply the outcome of a map's ``items`` command: start its items, or fail it."""
+        if view.status == CANCELLING and node.shield < 0:  # cleanup rule 8: no item starts
+            moved, _ = cancel_from(self.definition, view, node, at)
+            self.absorb(moved, node, at)
+            return
         if type(effect) is HandlerReturned:
             value = effect.value
             if type(value) is list:

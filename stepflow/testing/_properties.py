@@ -9,8 +9,15 @@ from stepflow.codec import dumps, loads
 from stepflow.core.advance import advance, initial_state
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.groups import command_times
+from stepflow.core.messages import CancelRequested
 from stepflow.flow import Flow
-from stepflow.testing._scripts import Script, ScriptedWorld, next_command, simulate
+from stepflow.testing._scripts import (
+    SCRIPTED_CANCEL,
+    Script,
+    ScriptedWorld,
+    next_command,
+    simulate,
+)
 
 __all__ = [
     "Crash",
@@ -36,17 +43,24 @@ def run_with_crashes(
     crashes: Sequence[Crash],
     *,
     max_steps: int = 100_000,
+    cancel_after: int | None = None,
 ) -> str:
     """Drive a run as a worker would, crashing where ``crashes`` says; return the last save.
 
     Each iteration loads the last save, advances (issuing or re-issuing the
     command in flight), saves, executes the command and saves its effect's
-    result. A crash loses whatever was not saved.
+    result. A crash loses whatever was not saved. With ``cancel_after=n``, the
+    run is cancelled, durably, once ``n`` effects were saved (as
+    :func:`~stepflow.testing.simulate` does).
     """
     first, _ = advance(definition, initial_state(definition), now=world.clock.now())
     saved = dumps(first)
+    applied = 0
     for step in range(max_steps):
         state = loads(saved, definition)
+        if applied == cancel_after and state.status == "running":
+            cancel = CancelRequested(SCRIPTED_CANCEL, world.clock.now())
+            state, _ = advance(definition, state, (cancel,))
         state, commands = advance(definition, state)
         saved = dumps(state)
         if not commands:
@@ -60,6 +74,7 @@ def run_with_crashes(
             continue
         state, _ = advance(definition, state, (effect,))
         saved = dumps(state)
+        applied += 1
     raise AssertionError(f"the run did not end within {max_steps} steps")
 
 

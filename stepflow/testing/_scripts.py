@@ -22,6 +22,7 @@ from stepflow.core.definition import FlowDefinition, template_of
 from stepflow.core.groups import command_times
 from stepflow.core.messages import (
     AwaitEvent,
+    CancelRequested,
     Command,
     Effect,
     EventReceived,
@@ -37,6 +38,7 @@ from stepflow.interpreter import rebuild_exception
 
 __all__ = [
     "EXIT_OUTCOMES",
+    "SCRIPTED_CANCEL",
     "START",
     "HandlerKey",
     "Outcome",
@@ -62,6 +64,8 @@ HandlerKey = tuple[str, str]
 
 #: When scripted worlds start, unless told otherwise (seconds since the epoch).
 START = 1_000.0
+#: The reason of the cancellations scripted runs are given (``cancel_after=``).
+SCRIPTED_CANCEL = "cancelled by the script"
 
 
 @attrs.frozen
@@ -147,6 +151,7 @@ EXIT_OUTCOMES: Mapping[str, Outcome] = {
     "wait_event": Returns(None),
     "switch": Returns(None),
     "sleep_until": Returns(0),  # a time long past: the timer fires at once
+    "compensate": Returns(None),
 }
 
 
@@ -157,13 +162,21 @@ class WrongKind:
         return "WrongKind()"
 
 
+# Transitions whose kind names no handler: timers, forks and joins, and the
+# cleanup transitions, taken from the state alone (a saga's compensate calls
+# the compensate handlers of its steps, listed by step).
+_NO_HANDLER = ("sleep", "parallel", "join", "finally", "saga", "leave", "compensate")
+
+
 def handler_keys(definition: FlowDefinition) -> list[HandlerKey]:
     """Every ``(kind, step)`` a handler of ``definition`` serves (timers have none)."""
     keys: list[HandlerKey] = [
         (t.kind, t.step or "")
         for t in definition.handler_transitions()
-        if t.kind not in ("sleep", "parallel", "join")
+        if t.kind not in _NO_HANDLER
     ]
+    # A saga compensates with each compensable do's own compensate handler.
+    keys += [("compensate", t.step or "") for t in definition.transitions if t.compensate]
     keys += [
         ("on_error", scope)
         for scope in definition.retry_scopes()
@@ -321,13 +334,14 @@ class TraceStep:
     """One step of a simulated run: a command, its effect, and the state after.
 
     Attributes:
-        command: The command executed.
+        command: The command executed; ``None`` for an effect addressed to the
+            run (the cancellation of ``simulate(cancel_after=)``).
         effect: What happened.
         state: The state after applying it.
 
     """
 
-    command: Command
+    command: Command | None
     effect: Effect
     state: State
 
@@ -412,11 +426,15 @@ def simulate(
     run_id: str = "",
     handler_seconds: float = 1.0,
     max_steps: int = 100_000,
+    cancel_after: int | None = None,
 ) -> Trace:
     """Drive a run of ``flow`` by ``script``, calling no real handler, skipping time.
 
     Polls, sleeps and retry backoffs take no real time: the virtual ``clock``
-    jumps to each ``wake_at``.
+    jumps to each ``wake_at``. With ``cancel_after=n``, the run is cancelled
+    (:class:`~stepflow.core.messages.CancelRequested`, reason
+    :data:`SCRIPTED_CANCEL`) once ``n`` effects were applied, if it still
+    runs: a step of the trace with no command.
 
     Args:
         flow: The flow, or its definition.
@@ -426,6 +444,7 @@ def simulate(
         run_id: The run's id (seeds retry jitter).
         handler_seconds: How long each handler call takes.
         max_steps: A bound, in case a script keeps a loop going forever.
+        cancel_after: Cancel the run once this many effects were applied.
 
     Returns:
         The :class:`Trace`: every command, effect and state.
@@ -441,9 +460,17 @@ def simulate(
     state, commands = advance(definition, initial_state(definition, run_id), now=world.clock.now())
     initial = state
     steps: list[TraceStep] = []
+    applied = 0
     while commands:
         if len(steps) >= max_steps:
             raise AssertionError(f"the simulated run did not end within {max_steps} steps")
+        if applied == cancel_after and state.status == "running":
+            cancel = CancelRequested(SCRIPTED_CANCEL, world.clock.now())
+            state, commands = advance(definition, state, (cancel,))
+            steps.append(TraceStep(None, cancel, state))
+            if not commands:
+                break
+        applied += 1
         command = next_command(state, commands)
         effect = world.execute(command, *command_times(state, command))
         state, commands = advance(definition, state, (effect,))

@@ -20,12 +20,14 @@ from stepflow.core.spec import (
     Case,
     Catch,
     Do,
+    Finally,
     Group,
     Item,
     LoopUntil,
     Map,
     Parallel,
     Retry,
+    Saga,
     Sleep,
     SleepUntil,
     Steps,
@@ -163,6 +165,9 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
         ),
         # (Its steps begin with a do, which can fail: the handler is always reachable.)
         st.builds(Catch, step_names, body.map(_failing_first), body, catch_errors),
+        st.builds(Finally, step_names, body, body),
+        # (Its own dos can be undone, and it ends with one that can fail.)
+        st.builds(Saga, step_names, body.map(_compensable), st.none() | policies),
         st.builds(
             Parallel,
             step_names,
@@ -194,6 +199,13 @@ def _waits_with_timeout_steps(draw: st.DrawFn, depth: int, fork: bool) -> Item:
 
 def _failing_first(body: Steps) -> Steps:
     return Steps(body.name, (Do("try", _unused), *body.items))
+
+
+def _compensable(body: Steps) -> Steps:
+    undoable = tuple(
+        Do(i.name, i.fn, i.timeout, _unused) if isinstance(i, Do) else i for i in body.items
+    )
+    return Steps(body.name, (Do("book", _unused, None, _unused), *undoable, Do("try", _unused)))
 
 
 def _first(pair: tuple[str, Any]) -> str:
@@ -249,7 +261,7 @@ json_values = st.recursive(
 
 def outcomes_for(kind: str) -> st.SearchStrategy[Outcome]:
     """Outcomes a handler of ``kind`` can have: mostly successes, sometimes failures."""
-    if kind == "do":
+    if kind == "do" or kind == "compensate":
         value: st.SearchStrategy[Outcome] = st.builds(Returns, json_values)
     elif kind == "map":
         value = st.builds(Returns, st.lists(json_values, max_size=3))
