@@ -486,3 +486,46 @@ def assert_replays(store: Store, flow: stepflow.Flow, run_id: str) -> None:
     result = replay(flow.definition, history(store, run_id))
     assert result.ok, result.divergences
     assert result.final == loads(store.load(run_id).state, flow.definition)
+
+
+def test_a_parallel_run_cancelled_while_one_branch_executes(
+    make_store: Callable[[], Store],
+) -> None:
+    store = make_store()
+    started, release = threading.Event(), threading.Event()
+    calls = Calls()
+
+    def slow(ctx: RunContext) -> str:
+        started.set()
+        assert release.wait(30)
+        return "slow done"
+
+    branches = {
+        "a": stepflow.steps().do("slow", slow).do("a2", calls("a2")),
+        "b": stepflow.steps().do("quick", calls("quick")).sleep("nap", 3600).do("b2", calls("b2")),
+    }
+    guarded = stepflow.steps().parallel("both", branches)
+    spec = stepflow.named("par/v1").finally_(
+        "guarded", guarded, stepflow.steps().do("unlock", calls("unlock"))
+    )
+    flow = stepflow.new(spec)
+    start_run(store, flow, run_id="p1")
+    worker = Worker(store, [flow], idle_interval=0.05)
+    thread = threading.Thread(
+        target=worker.run_sync, kwargs={"until_idle": True, "handle_signals": False}
+    )
+    thread.start()
+    try:
+        assert started.wait(30)
+        caller = make_store() if isinstance(store, PostgresStore) else store
+        assert stepflow.cancel_run(caller, "p1", "halt") is True
+    finally:
+        release.set()
+        thread.join(60)
+    assert not thread.is_alive()
+    run = store.load("p1")
+    assert run.status == "cancelled"
+    state = loads(run.state, flow.definition)
+    assert state.outputs["par/v1/guardedFinally/steps/bothParallel/a/slow"] == "slow done"
+    assert sorted(calls.log) == ["quick", "unlock"]  # no a2, no b2; the cleanup once
+    assert_replays(store, flow, "p1")
