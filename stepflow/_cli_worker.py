@@ -25,9 +25,10 @@ __all__ = ["Progress", "configure_logging"]
 
 log = logging.getLogger("stepflow.cli")
 
-_STATUS_ORDER = ("running", "parked", "failed", "completed", "cancelled")
+_STATUS_ORDER = ("running", "cancelling", "parked", "failed", "completed", "cancelled")
 _STATUS_STYLES = {
     "running": "cyan",
+    "cancelling": "yellow",
     "parked": "magenta",
     "completed": "green",
     "failed": "red",

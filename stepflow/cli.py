@@ -77,6 +77,7 @@ import stepflow
 from stepflow.codec import Batch, loads
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
+    CancelRequested,
     Command,
     Effect,
     EventReceived,
@@ -108,17 +109,25 @@ from stepflow.runtime.runs import parse_age
 from stepflow.runtime.schedules import OVERLAP_POLICIES, fire_time_label
 from stepflow.runtime.worker import StepReport
 from stepflow.stores import DEFAULT_SQLITE_PATH, ScheduleRecord, open_store
-from stepflow.stores.base import JournalEntry, RunNotes, RunRecord, RunStatus, Store
+from stepflow.stores.base import (
+    FINISHED_STATUSES,
+    JournalEntry,
+    RunNotes,
+    RunRecord,
+    RunStatus,
+    Store,
+)
 
 __all__ = ["UsageProblem", "import_module", "load_flow", "main", "parse_json"]
 
 log = logging.getLogger("stepflow.cli")
 
-_STATUSES = ("running", "completed", "failed", "cancelled")
+_STATUSES = ("running", "cancelling", "completed", "failed", "cancelled")
 # How journal entries other than effect batches read.
 _OP_NAMES = {"resume": "resumed", "cancel": "cancelled", "wake": "woken"}
 _STYLES = {
     "running": "cyan",
+    "cancelling": "yellow",
     "completed": "green",
     "failed": "red",
     "cancelled": "yellow",
@@ -496,6 +505,15 @@ def _position(record: RunRecord, *, short: bool = False) -> str:
     return text.replace(f":{record.flow}/", ":") if short else text
 
 
+def _reason(record: RunRecord) -> str:
+    """Return `` (why)`` for a cancelling or cancelled run whose state says why, else ``""``."""
+    if record.status not in ("cancelling", "cancelled"):
+        return ""
+    error = _peek(record).get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return f" ({message})" if isinstance(message, str) and message else ""
+
+
 def _ago(seconds: float) -> str:
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
         if seconds >= size:
@@ -548,6 +566,9 @@ def _effect_lines(batch: Batch, flow: str) -> list[Text]:
             line.append(effect.name)
             line.append(f" -> {_json(effect.payload)}", style="dim")
             lines.append(line)
+            continue
+        if type(effect) is CancelRequested:
+            lines.append(Text(_cancel_text(effect), style="yellow"))
             continue
         command = commands.get(answered_id(effect))
         where = f"{command.kind} {_step(command.step, flow)}" if command else f"#{effect[0]}"
@@ -620,12 +641,18 @@ def demo(apps: int, db: str | None, fresh: bool, speed: float, concurrency: int)
     "--from", "from_file", metavar="FILE.jsonl",
     help='Start one run per line of FILE: {"input": ..., "id": "optional"} (- stdin).',
 )  # fmt: skip
+@click.option(
+    "--deadline", metavar="AGE",
+    help="Cancel the run (cleanups run) if not over within AGE: 30m, 12h, 7d "
+    "(default: the flow's named(deadline=)).",
+)  # fmt: skip
 @_db_option
 def start(
     flow_ref: str,
     input_text: str | None,
     run_id: str | None,
     from_file: str | None,
+    deadline: str | None,
     db: str | None,
 ) -> None:
     """Start a run of MODULE:FLOW and print its id; a worker will drive it.
@@ -639,17 +666,33 @@ def start(
     input, are skipped, so starting the same file again starts nothing new. A
     line without an id gets a random one, each time. Prints the id of each run
     started, one a line, and a summary on standard error.
+
+    With --deadline AGE, each run started must be over within AGE of its
+    start: past it, a worker cancels it (its cleanups run) with a
+    DeadlineExceeded error. Without it, the flow's named(deadline=) applies.
     """
+    seconds = None if deadline is None else _age_option(deadline, "--deadline")
     if from_file is not None:
         if input_text is not None or run_id is not None:
             raise UsageProblem("--from FILE gives each run's input and id: drop --input and --id")
-        _start_many(load_flow(flow_ref), from_file, db)
+        _start_many(load_flow(flow_ref), from_file, db, seconds)
         return
     value = _json_argument(input_text, "--input")
     flow = load_flow(flow_ref)
     with _store(db) as store:
-        record = stepflow.start_run(store, flow, value, run_id=run_id)
+        record = stepflow.start_run(store, flow, value, run_id=run_id, deadline=seconds)
     click.echo(record.run_id)
+
+
+def _age_option(text: str, option: str) -> float:
+    """Read an AGE option (``30m``) as seconds; a bad one is a usage problem."""
+    try:
+        seconds = parse_age(text)
+    except StepflowError as exc:
+        raise UsageProblem(f"{option}: {exc}") from None
+    if seconds <= 0:
+        raise UsageProblem(f"{option}: {text!r} is no time at all; give an AGE above 0")
+    return seconds
 
 
 @attrs.frozen
@@ -702,7 +745,7 @@ def _read_lines(path: str) -> tuple[list[_Line], list[str]]:
     return lines, problems
 
 
-def _start_many(flow: Flow, path: str, db: str | None) -> None:
+def _start_many(flow: Flow, path: str, db: str | None, deadline: float | None = None) -> None:
     """Start the runs a JSON Lines file asks for: all checked first, idempotent by id."""
     lines, problems = _read_lines(path)
     with _store(db) as store:
@@ -735,7 +778,9 @@ def _start_many(flow: Flow, path: str, db: str | None) -> None:
             if line.run_id in existing:
                 continue
             try:
-                record = stepflow.start_run(store, flow, line.input, run_id=line.run_id)
+                record = stepflow.start_run(
+                    store, flow, line.input, run_id=line.run_id, deadline=deadline
+                )
             except stepflow.RunExistsError:  # started meanwhile by someone else
                 existing.add(str(line.run_id))
                 continue
@@ -995,7 +1040,7 @@ def _runs_view(rows: list[_Row], total: int, now: float) -> RenderableType:
         position = (
             f"[red]unreadable: {escape(row.unreadable)}[/]"
             if row.unreadable
-            else escape(_position(record, short=True))
+            else escape(_position(record, short=True) + _reason(record))
         )
         table.add_row(
             escape(record.run_id),
@@ -1167,9 +1212,17 @@ def _read_shown(store: Store, run_id: str) -> _Shown:
     return _Shown(run_id, view.record, view.journal, (state,) if state else (), view.notes)
 
 
+def _cancel_text(cancel: CancelRequested) -> str:
+    """Say what a cancellation asked, on one line."""
+    what = "deadline passed" if cancel.deadline else "cancel requested"
+    return f"{what}: {cancel.reason}" if cancel.reason else what
+
+
 def _effect_json(effect: Effect, command: Command | None) -> dict[str, Any]:
     if type(effect) is EventReceived:
         return {"outcome": "event", "name": effect.name, "payload": effect.payload}
+    if type(effect) is CancelRequested:
+        return {"outcome": "cancel", "reason": effect.reason, "deadline": effect.deadline}
     body: dict[str, Any] = {
         "command": effect[0],
         "kind": None if command is None else command.kind,
@@ -1194,6 +1247,7 @@ def _show_document(shown: _Shown) -> dict[str, Any]:
     error = state.get("error")
     body.update(
         timeout_at=state.get("timeout_at"),
+        deadline_at=None if shown.record is None else shown.record.deadline_at,
         outputs=state.get("outputs") or {},
         error=(
             {"type": error.get("type"), "message": error.get("message"), "step": error.get("step")}
@@ -1239,6 +1293,9 @@ def _show_view(shown: _Shown, now: float) -> RenderableType:
     if state.get("timeout_at") is not None:
         timeout_at = float(state["timeout_at"])
         facts.add_row("times out", f"{_clock(timeout_at)} ({_relative(timeout_at, now)})")
+    if record.deadline_at is not None:
+        until = record.deadline_at
+        facts.add_row("deadline", f"{_clock(until)} ({_relative(until, now)})")
     facts.add_row("created", f"{_clock(record.created_at)} ({_relative(record.created_at, now)})")
     facts.add_row("updated", f"{_clock(record.updated_at)} ({_relative(record.updated_at, now)})")
     if record.lease_owner is not None:
@@ -1253,7 +1310,8 @@ def _show_view(shown: _Shown, now: float) -> RenderableType:
     error = state.get("error")
     if isinstance(error, dict):
         text = f"{error.get('type')}: {error.get('message')} (at {error.get('step')})"
-        facts.add_row("error", f"[red]{escape(text)}[/]")
+        label = "cancelled" if record.status in ("cancelling", "cancelled") else "error"
+        facts.add_row(label, f"[red]{escape(text)}[/]")
     notes = shown.notes
     if notes is not None and notes.progress_at is not None:
         reported = f"{_json(notes.progress, 2000)} (reported {_relative(notes.progress_at, now)})"
@@ -1346,13 +1404,29 @@ def resume(run_id: str, flow_ref: str, db: str | None) -> None:
 
 @main.command()
 @click.argument("run_id", metavar="RUN")
+@click.option("--reason", default="", metavar="TEXT", help="Why (kept as the run's error).")
 @_db_option
-def cancel(run_id: str, db: str | None) -> None:
-    """Cancel a running or failed run: no worker will advance it again."""
+def cancel(run_id: str, reason: str, db: str | None) -> None:
+    """Cancel a run: commands in flight finish, cleanups and compensations run.
+
+    The cancellation is sent to the run (accepted even while a worker runs one
+    of its steps); a worker serving its flow delivers it: the run is
+    cancelling while its cleanups run, then cancelled. A failed run is marked
+    cancelled at once (abandoned). A finished run, or one being cancelled
+    already, is left as it is (exit 0).
+    """
     with _store(db, create=False) as store:
         run_id = stepflow.resolve_run_id(store, run_id)
-        record = stepflow.cancel_run(store, run_id)
-    click.echo(f"Cancelled run {run_id} at {_position(record)}.")
+        sent = stepflow.cancel_run(store, run_id, reason)
+        record = store.load(run_id)
+    if not sent and record.status in FINISHED_STATUSES:
+        click.echo(f"Run {run_id} is {record.status} already: nothing to cancel.")
+    elif not sent:
+        click.echo(f"Run {run_id} is being cancelled already: nothing changed.")
+    elif record.status == "cancelled":
+        click.echo(f"Cancelled run {run_id} at {_position(record)}.")
+    else:
+        click.echo(f"Cancelling run {run_id}; a worker will run its cleanups, then cancel it.")
 
 
 @main.command()
@@ -1661,6 +1735,8 @@ def _outcome(effect: Effect) -> Text:
         return Text(f"raised {effect.error.type}: {effect.error.message}", style="red")
     if type(effect) is TimerFired:
         return Text("timer fired", style="magenta")
+    if type(effect) is CancelRequested:
+        return Text(_cancel_text(effect), style="yellow")
     event = cast(EventReceived, effect)
     return Text(f"event {event.name} -> {_json(event.payload)}", style="cyan")
 
@@ -1762,7 +1838,13 @@ def show_history(run_id: str, flow_ref: str | None, db: str | None) -> None:
             for effect in batch.effects:
                 command = commands.get(answered_id(effect))
                 if command is None:
-                    what = effect[0] if type(effect) is EventReceived else f"#{effect[0]}"
+                    what = (
+                        "run"
+                        if type(effect) is CancelRequested
+                        else effect[0]
+                        if type(effect) is EventReceived
+                        else f"#{effect[0]}"
+                    )
                     rows.append((what, _outcome(effect), "", ""))
                     continue
                 key = (command.kind, command.step)

@@ -531,7 +531,13 @@ def _rank(order: list[str], label: str) -> int:
 
 _CELL = 36  # characters per run in the live display
 
-_STYLES = {"running": "cyan", "completed": "green", "failed": "red", "cancelled": "yellow"}
+_STYLES = {
+    "running": "cyan",
+    "cancelling": "yellow",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
 
 
 @attrs.define

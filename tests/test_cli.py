@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -167,13 +168,28 @@ def test_cancel_stops_a_run(project: Path) -> None:
             "start", "flows:hello", "--input", '{"name": "x"}', "--id", "c1", *db, cwd=project
         )
     )
-    assert "Cancelled run c1" in ok(stepflow_cli("cancel", "c1", *db, cwd=project))
+    sent = ok(stepflow_cli("cancel", "c1", "--reason", "not needed", *db, cwd=project))
+    assert "Cancelling run c1; a worker will run its cleanups" in sent
+    again = ok(stepflow_cli("cancel", "c1", *db, cwd=project))
+    assert "Run c1 is being cancelled already: nothing changed." in again
     worker = stepflow_cli("worker", "flows:hello", "--until-idle", *db, cwd=project)
     ok(worker)
-    assert not re.search(r"\bc1\b", worker.stderr)  # the worker never touched it
+    assert "run c1: cancellation requested (not needed)" in worker.stderr
     listing = ok(stepflow_cli("runs", "--status", "cancelled", *db, cwd=project))
-    assert re.search(r"c1\s.*cancelled", listing)
-    assert "cancel" in ok(stepflow_cli("show", "c1", *db, cwd=project))
+    assert re.search(r"c1\s.*cancelled.*\(not needed\)", listing)
+    shown = ok(stepflow_cli("show", "c1", *db, cwd=project))
+    assert "stepflow.errors.RunCancelled: not needed" in shown
+    # A finished run: a clear no-op, exit 0.
+    done = ok(stepflow_cli("cancel", "c1", *db, cwd=project))
+    assert "Run c1 is cancelled already: nothing to cancel." in done
+
+
+def test_start_with_a_deadline_records_it(project: Path) -> None:
+    db = db_args(project)
+    ok(stepflow_cli("start", "flows:hello", "--id", "d1", "--deadline", "30m", *db, cwd=project))
+    shown = json.loads(ok(stepflow_cli("show", "d1", "--json", *db, cwd=project)))
+    assert shown["status"] == "running"
+    assert "deadline" in ok(stepflow_cli("show", "d1", *db, cwd=project))
 
 
 def test_worker_serves_several_versions_side_by_side(project: Path) -> None:
@@ -256,7 +272,8 @@ BAD_INPUT = [
     (["start", "flows:hello", "--id", "r1"], 1, "already exists"),
     (["show", "ghost"], 1, "no run has id 'ghost'"),
     (["cancel", "ghost"], 1, "no run has id 'ghost'"),
-    (["cancel", "done"], 1, "already completed"),
+    (["start", "flows:hello", "--deadline", "0m"], 2, "--deadline: '0m' is no time at all"),
+    (["start", "flows:hello", "--deadline", "soon"], 2, "--deadline: 'soon' is not an age"),
     (["resume", "ghost", "--flow", "flows:hello"], 1, "no run has id 'ghost'"),
     (["resume", "r1", "--flow", "flows:hello"], 1, "only a failed run can be resumed"),
     (["resume", "done", "--flow", "flows:hello"], 1, "is a run of 'hello/v2'"),

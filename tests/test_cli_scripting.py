@@ -185,7 +185,8 @@ def test_show_json_has_the_run_fields_outputs_error_and_journal(ref: str, projec
     document = json.loads(ok(run("show", run_id, "--json")))
     assert list(document) == [
         *RUN_FIELDS,
-        *("timeout_at", "outputs", "error", "journal", "progress", "progress_at", "journal_pruned"),
+        *("timeout_at", "deadline_at", "outputs", "error", "journal", "progress", "progress_at"),
+        "journal_pruned",
     ]
     assert document["id"] == run_id
     assert document["input"] == "world"
@@ -237,9 +238,9 @@ def test_every_command_taking_a_run_accepts_a_unique_prefix(ref: str, project: P
     assert "history of run alpha-1234" in ok(run("history", "alpha"))
     assert json.loads(ok(run("export", "a")))["run_id"] == "alpha-1234"
     assert "class step_greet current" in ok(run("graph", ref, "--run", "be"))
-    assert ok(run("cancel", "bet")).startswith("Cancelled run beta-5678 ")
+    assert ok(run("cancel", "bet")).startswith("Cancelling run beta-5678;")
     message = one_line_error(run("resume", "bet", "--flow", ref))
-    assert "run 'beta-5678' is 'cancelled'" in message
+    assert "run 'beta-5678' is 'running'; only a failed run can be resumed" in message
 
 
 def test_an_exact_id_wins_over_the_longer_ids_it_starts(ref: str) -> None:

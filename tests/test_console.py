@@ -72,7 +72,14 @@ def test_the_runs_page_lists_runs_newest_first_with_counts_by_status(
     assert page.status_code == 200
     assert _run_ids(page.text) == ["other-1", "wait-1", "fail-1", "done-2", "done-1"]
     counts = dict(re.findall(r'data-status="(\w+)">\w+<span class="n">(\d+)</span>', page.text))
-    assert counts == {"all": "5", "running": "2", "failed": "1", "completed": "2", "cancelled": "0"}
+    assert counts == {
+        "all": "5",
+        "running": "2",
+        "cancelling": "0",
+        "failed": "1",
+        "completed": "2",
+        "cancelled": "0",
+    }
 
 
 @pytest.mark.parametrize(
@@ -277,15 +284,34 @@ def test_user_data_is_escaped_everywhere_and_only_the_nonce_script_runs(
 # -- actions ---------------------------------------------------------------------------
 
 
-def test_cancel_with_the_csrf_token_cancels_the_run(store: Store, runs: dict[str, str]) -> None:
+def test_cancel_with_the_csrf_token_sends_the_run_a_cancellation(
+    store: Store, runs: dict[str, str]
+) -> None:
     with client(store) as web:
         token = _csrf(web.get("/runs/wait-1").text)
-        done = web.post("/actions/cancel", data={"run_id": "wait-1", "csrftoken": token})
+        form = {"run_id": "wait-1", "csrftoken": token, "reason": "by hand"}
+        done = web.post("/actions/cancel", data=form)
         assert done.status_code == 303
-        assert done.headers["location"] == "/runs/wait-1?done=cancelled"
-        assert "Run cancelled." in web.get(done.headers["location"]).text
+        assert done.headers["location"] == "/runs/wait-1?done=cancelling"
+        assert "Cancellation sent" in web.get(done.headers["location"]).text
+    (pending,) = store.pending_events("wait-1", limit=5)
+    assert (pending.name, pending.payload) == ("stepflow:cancel", "by hand")
+    # A worker delivers it: the run ends cancelled, the reason on its pages.
+    stepflow.Worker(store, [shop]).run_sync(until_idle=True, handle_signals=False)
     assert store.load("wait-1").status == "cancelled"
-    assert [loads_batch(e.batch).op for e in store.history("wait-1")][-1] == "cancel"
+    with client(store) as web:
+        assert "by hand" in web.get("/runs?status=cancelled").text
+        assert "stepflow.errors.RunCancelled: by hand" in web.get("/runs/wait-1").text
+
+
+def test_cancel_abandons_a_failed_run_at_once(store: Store, runs: dict[str, str]) -> None:
+    with client(store) as web:
+        token = _csrf(web.get("/runs/fail-1").text)
+        done = web.post("/actions/cancel", data={"run_id": "fail-1", "csrftoken": token})
+        assert done.headers["location"] == "/runs/fail-1?done=cancelled"
+        assert "Run cancelled." in web.get(done.headers["location"]).text
+    assert store.load("fail-1").status == "cancelled"
+    assert [loads_batch(e.batch).op for e in store.history("fail-1")][-1] == "cancel"
 
 
 def test_resume_with_the_csrf_token_resumes_a_failed_run(
@@ -363,7 +389,7 @@ def test_with_a_token_every_request_must_carry_it(store: Store, runs: dict[str, 
             web.post("/actions/cancel", data={"run_id": "wait-1", "csrftoken": token}).status_code
             == 303
         )
-    assert store.load("wait-1").status == "cancelled"
+    assert [e.name for e in store.pending_events("wait-1", limit=5)] == ["stepflow:cancel"]
 
 
 def test_without_a_token_only_loopback_host_names_are_answered(
@@ -425,7 +451,13 @@ def test_the_flows_page_shows_each_flow_with_runs_by_status_and_fingerprints(
     assert page.status_code == 200
     section = page.text.split('data-flow="shop/v1"')[1]
     counts = dict(re.findall(r'data-status="(\w+)">\w+<span class="n">(\d+)</span>', section))
-    assert counts == {"running": "1", "failed": "1", "completed": "2", "cancelled": "0"}
+    assert counts == {
+        "running": "1",
+        "cancelling": "0",
+        "failed": "1",
+        "completed": "2",
+        "cancelled": "0",
+    }
     assert f'<td class="id">{shop.definition.fingerprint}</td><td>4</td><td>served' in section
     assert "<svg" in section
 

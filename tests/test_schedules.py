@@ -56,6 +56,14 @@ def run_ids(store: Store) -> list[str]:
     return [run.run_id for run in store.runs()]
 
 
+def cancel(store: Store, run_id: str, now: float) -> None:
+    """Cancel a run and let a worker deliver the cancellation (it ends cancelled)."""
+    clock = FakeClock(now)
+    assert cancel_run(store, run_id, clock=clock)
+    Worker(store, [quick, slow], clock=clock).run_sync(until_idle=True, handle_signals=False)
+    assert store.load(run_id).status == "cancelled"
+
+
 # -- fire times ---------------------------------------------------------------------------
 
 
@@ -250,7 +258,7 @@ def test_skip_does_not_start_a_fire_time_while_the_previous_run_is_running(
     assert "skipped fire time 2026-01-01T00:02:00Z: run s/2026-01-01T00:01:00Z is still" in (
         caplog.text
     )
-    cancel_run(store, "s/2026-01-01T00:01:00Z", clock=FakeClock(T0 + 150))
+    cancel(store, "s/2026-01-01T00:01:00Z", T0 + 150)
     looker.look(T0 + 180)
     assert run_ids(store) == ["s/2026-01-01T00:01:00Z", "s/2026-01-01T00:03:00Z"]
 
@@ -278,7 +286,7 @@ def test_buffer_one_starts_one_fire_time_once_the_previous_run_ends() -> None:
     assert store.load_schedule("b").buffered_at == T0 + 120
     looker.look(T0 + 190)  # still running: still waiting
     assert run_ids(store) == ["b/2026-01-01T00:01:00Z"]
-    cancel_run(store, "b/2026-01-01T00:01:00Z", clock=FakeClock(T0 + 195))
+    cancel(store, "b/2026-01-01T00:01:00Z", T0 + 195)
     looker.look(T0 + 200)
     # The buffered run keeps its fire time's id; nothing more is buffered.
     assert run_ids(store) == ["b/2026-01-01T00:01:00Z", "b/2026-01-01T00:02:00Z"]

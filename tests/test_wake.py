@@ -86,7 +86,9 @@ def test_wake_of_a_finished_run_changes_nothing_and_of_an_unknown_one_raises(
     clock = stepflow.FakeClock(T0)
     run_id = start_run(store, flow, {}, clock=clock).run_id
     stepflow.cancel_run(store, run_id, clock=clock)
+    Worker(store, [flow], clock=clock).run_sync(until_idle=True, handle_signals=False)
     before = store.load(run_id)
+    assert before.status == "cancelled"
     assert store.wake(run_id, now=T0 + 1) is False
     assert store.load(run_id) == before
     with pytest.raises(UnknownRunError):
@@ -247,6 +249,7 @@ def test_cli_wake(project: Path) -> None:
     ok(stepflow_cli(*start, cwd=project))
     assert "Woke run wake-1" in ok(stepflow_cli("wake", "wake-", *db, cwd=project))
     ok(stepflow_cli("cancel", "wake-1", *db, cwd=project))
+    ok(stepflow_cli("worker", "flows:hello", "--until-idle", *db, cwd=project))
     finished = stepflow_cli("wake", "wake-1", *db, cwd=project)
     assert "Run wake-1 is cancelled: nothing to wake." in ok(finished)
     unknown = stepflow_cli("wake", "nobody", *db, cwd=project)

@@ -559,21 +559,27 @@ def test_a_failed_run_records_its_error_and_completes_once_resumed(
     assert failed_at == 3
 
 
-def test_a_cancelled_run_is_never_touched(make_store: StoreMaker) -> None:
+def test_a_run_cancelled_before_its_first_step_runs_none(make_store: StoreMaker) -> None:
     clock = FakeClock(START)
     called: list[str] = []
     flow = chain(size=2, fn=lambda ctx: called.append(ctx.run_id))
     store = make_store()
     kept = start_run(store, flow, {"n": 0}, run_id="kept", clock=clock).run_id
     gone = start_run(store, flow, {"n": 1}, run_id="gone", clock=clock).run_id
-    cancel_run(store, gone, clock=clock)
-    before = store.load(gone)
+    assert cancel_run(store, gone, clock=clock) is True
     stats = drive(store, [flow], clock=clock)
-    assert (stats.claimed, stats.completed) == (1, 1)
+    assert (stats.claimed, stats.completed, stats.cancelled) == (2, 1, 1)
     assert called == [kept, kept]
-    assert store.load(gone) == before
-    assert (before.status, before.version, before.lease_token) == ("cancelled", 2, None)
-    assert [loads_batch(entry.batch).op for entry in store.history(gone)] == ["start", "cancel"]
+    after = store.load(gone)
+    assert (after.status, after.version, after.lease_token, after.wake_at) == (
+        "cancelled",
+        2,
+        None,
+        None,
+    )
+    assert [loads_batch(entry.batch).op for entry in store.history(gone)] == ["start", "effects"]
+    # Never claimed again.
+    assert drive(store, [flow], clock=clock).claimed == 0
 
 
 # -- a lost lease -------------------------------------------------------------------------
@@ -827,7 +833,10 @@ def test_a_parked_run_can_be_cancelled() -> None:
     start_many(store, flow, 1, clock)
     _set_column(store, "run-000", "input", "nope")
     drive(store, [flow], clock=clock)
-    assert cancel_run(store, "run-000", clock=clock).status == "cancelled"
+    assert store.load("run-000").status == "parked"
+    # It cannot be driven: it is abandoned at once, as a failed run is.
+    assert cancel_run(store, "run-000", clock=clock) is True
+    assert store.load("run-000").status == "cancelled"
 
 
 def test_on_step_raising_is_logged_and_the_run_goes_on(caplog: pytest.LogCaptureFixture) -> None:

@@ -265,8 +265,12 @@ def build_app(
         target = f"/runs/{_quote(run_id)}"
         try:
             if verb == "cancel":
-                await run_in_threadpool(cancel_run, store, run_id)
-                done = "cancelled"
+                reason = str(form.get("reason") or "")
+                if not await run_in_threadpool(cancel_run, store, run_id, reason):
+                    status = (await run_in_threadpool(store.load, run_id)).status
+                    raise StateError(f"run {run_id!r} is already {status}; nothing to cancel")
+                status = (await run_in_threadpool(store.load, run_id)).status
+                done = "cancelled" if status == "cancelled" else "cancelling"
             else:
                 record = await run_in_threadpool(store.load, run_id)
                 flow = served.get(record.flow)

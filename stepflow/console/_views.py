@@ -37,6 +37,7 @@ import orjson
 from stepflow.codec import Batch, loads
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
+    CancelRequested,
     Command,
     EventReceived,
     HandlerRaised,
@@ -76,7 +77,7 @@ __all__ = [
 ]
 
 #: The statuses the runs page has a tab for, in its order.
-STATUSES = ("running", "failed", "completed", "cancelled")
+STATUSES = ("running", "cancelling", "failed", "completed", "cancelled")
 
 # Longest a value is shown inline (a table cell) before it is cut.
 _INLINE = 120
@@ -162,6 +163,7 @@ class RunRow:
     created_at: float
     updated_at: float
     leased_by: str | None
+    reason: str = ""  # why a cancelling or cancelled run was cancelled
 
 
 @attrs.frozen
@@ -187,8 +189,11 @@ class RunsPage:
 
 
 def _row(record: RunRecord) -> RunRow:
-    events = _inner(_peek(record)).get("events") or ["?"]
+    inner = _inner(_peek(record))
+    events = inner.get("events") or ["?"]
     position = ", ".join(_where(str(e), record.flow) for e in events)
+    error = inner.get("error") if record.status in ("cancelling", "cancelled") else None
+    reason = error.get("message") if isinstance(error, dict) else None
     return RunRow(
         record.run_id,
         record.flow,
@@ -198,6 +203,7 @@ def _row(record: RunRecord) -> RunRow:
         record.created_at,
         record.updated_at,
         record.lease_owner,
+        reason if isinstance(reason, str) else "",
     )
 
 
@@ -475,6 +481,9 @@ def _outcome(effect: Any) -> tuple[str, str]:
         return "timer", "timer fired"
     if type(effect) is EventReceived:
         return "event", f"{effect.name}: {inline(effect.payload)}"
+    if type(effect) is CancelRequested:
+        what = "deadline passed" if effect.deadline else "cancel requested"
+        return "cancel", f"{what}: {effect.reason}" if effect.reason else what
     return "other", repr(effect)
 
 
@@ -487,6 +496,8 @@ def _journal_row(entry: JournalEntry, batch: Batch, flow: str) -> JournalRow:
             where = (
                 f"{command.kind} {_step(command.kind, command.step, flow)}"
                 if command
+                else "run"
+                if type(effect) is CancelRequested
                 else f"#{effect[0]}"
             )
             outcome, detail = _outcome(effect)
@@ -677,7 +688,7 @@ def run_page(store: Store, flows: Mapping[str, Flow], run_id: str) -> RunPage:
     if flow is not None:
         states, note = _replayed(store, record, flow.definition)
     in_flight: Sequence[Command] = ()
-    if state is not None and record.status == "running":
+    if state is not None and record.status in ("running", "cancelling"):
         in_flight = state.in_flight
     now = time.time()
     chart = timeline(

@@ -2,11 +2,13 @@
 
 These are what the CLI's ``start``, ``resume``, ``cancel`` and ``show`` do, for
 applications to call directly. Each is one store transaction; each records what
-it did in the run's journal, so nothing is lost.
+it did in the run's journal (a cancellation, once a worker delivers it), so
+nothing is lost.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 import uuid
@@ -19,10 +21,18 @@ from stepflow.clock import Clock, SystemClock
 from stepflow.codec import Batch, dumps, dumps_batch, loads, loads_batch
 from stepflow.core.advance import advance, initial_state, resume
 from stepflow.core.events import resting
-from stepflow.core.state import RUNNING, State
-from stepflow.errors import AmbiguousRunError, ConfigurationError, StateError, UnknownRunError
+from stepflow.core.state import CANCELLING, RUNNING, State
+from stepflow.errors import (
+    AmbiguousRunError,
+    ConfigurationError,
+    RunFinishedError,
+    StateError,
+    UnknownRunError,
+)
 from stepflow.flow import Flow
+from stepflow.stores._inbox import CANCEL_EVENT
 from stepflow.stores.base import (
+    FINISHED_STATUSES,
     JournalEntry,
     PruneResult,
     RunNotes,
@@ -33,8 +43,11 @@ from stepflow.stores.base import (
 )
 
 __all__ = [
+    "Deadline",
     "RunView",
     "cancel_run",
+    "deadline_at",
+    "deadline_reason",
     "non_finite_path",
     "parse_age",
     "prune_runs",
@@ -47,18 +60,78 @@ __all__ = [
 ]
 
 
-def store_wake_at(state: State, now: float) -> float | None:
+def store_wake_at(state: State, now: float, deadline_at: float | None = None) -> float | None:
     """When a store should hand ``state``'s run to a worker next (``None``: never).
 
-    A run resting at ``wait_event`` steps without timeouts has nothing to do
-    until an event comes: ``None`` too (a send makes it due; see
-    :func:`stepflow.send_event`).
+    A running or cancelling run is handed over at its state's ``wake_at``. A run
+    resting at ``wait_event`` steps without timeouts has nothing to do until an
+    event comes: ``None`` too (a send makes it due; see
+    :func:`stepflow.send_event`). A *running* run with a ``deadline_at`` is handed
+    over by then at the latest, so the worker can cancel it (once cancelling, the
+    deadline was delivered and counts no more).
     """
-    if state.status != RUNNING:
+    if state.status != RUNNING and state.status != CANCELLING:
         return None
-    if state.wake_at is not None:
-        return state.wake_at
-    return None if resting(state) else now
+    wake_at = state.wake_at
+    if wake_at is None and not resting(state):
+        wake_at = now
+    if deadline_at is not None and state.status == RUNNING:
+        return deadline_at if wake_at is None else min(wake_at, deadline_at)
+    return wake_at
+
+
+#: A run deadline as :func:`start_run` takes it: seconds from the start, a
+#: ``timedelta``, or a timezone-aware ``datetime``.
+Deadline = float | dt.timedelta | dt.datetime
+
+
+def deadline_at(deadline: Deadline, now: float) -> float:
+    """Return the time (seconds since the epoch) a run started at ``now`` must be over by.
+
+    >>> deadline_at(90, 1000.0), deadline_at(dt.timedelta(minutes=1), 1000.0)
+    (1090.0, 1060.0)
+
+    Raises:
+        ConfigurationError: ``deadline`` is not a positive finite number of
+            seconds, a positive ``timedelta``, or an aware ``datetime`` after
+            ``now``.
+
+    """
+    if isinstance(deadline, dt.datetime):
+        if deadline.tzinfo is None or deadline.utcoffset() is None:
+            raise ConfigurationError(
+                f"a deadline datetime must be timezone-aware, got {deadline!r}: "
+                "add tzinfo=datetime.timezone.utc (or give seconds or a timedelta)"
+            )
+        at = deadline.timestamp()
+        if at <= now:
+            raise ConfigurationError(
+                f"the deadline {deadline.isoformat()} has passed already: "
+                "give a time after the run's start"
+            )
+        return at
+    seconds = deadline.total_seconds() if isinstance(deadline, dt.timedelta) else deadline
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
+        raise ConfigurationError(
+            f"a run deadline is a number of seconds > 0, a timedelta > 0 or an aware "
+            f"datetime, got {deadline!r:.80}"
+        )
+    return now + float(seconds)
+
+
+def deadline_reason(at: float) -> str:
+    """Return the reason given by a run cancelled for passing its deadline ``at``.
+
+    >>> deadline_reason(0.0)
+    'the deadline of 1970-01-01T00:00:00Z passed'
+    """
+    when = dt.datetime.fromtimestamp(at, dt.timezone.utc)
+    return f"the deadline of {when.strftime('%Y-%m-%dT%H:%M:%S')}Z passed"
 
 
 def non_finite_path(value: Any, path: str = "$") -> str | None:
@@ -110,6 +183,7 @@ def start_run(
     *,
     run_id: str | None = None,
     clock: Clock | None = None,
+    deadline: Deadline | None = None,
 ) -> RunRecord:
     """Create a run of ``flow`` in ``store``, its first command issued, due now.
 
@@ -120,11 +194,19 @@ def start_run(
             ``ctx.input``.
         run_id: The run's id (default: a random hex id).
         clock: Where the start time is read (default: the system clock).
+        deadline: When the run must be over: seconds from now, a
+            ``timedelta``, or a timezone-aware ``datetime`` (default: the
+            flow's ``named(..., deadline=)``, if any). Kept as the record's
+            ``deadline_at``. Past it, the worker that next holds the run (the
+            store hands it over by then, even when it rests at a long wait)
+            cancels it, its cleanups and compensations run, and its error is a
+            :class:`~stepflow.errors.DeadlineExceeded`.
 
     Raises:
         RunExistsError: a run with ``run_id`` exists.
         ConfigurationError: ``input`` is not JSON data, or holds NaN or an
-            infinity (JSON has no such numbers).
+            infinity (JSON has no such numbers); ``deadline`` is not a
+            positive duration or a future aware datetime.
 
     """
     now = (clock or SystemClock()).now()
@@ -132,16 +214,21 @@ def start_run(
     if not isinstance(run_id, str) or not run_id:
         raise ConfigurationError(f"a run id is a non-empty str, got {run_id!r}")
     definition = flow.definition
+    if deadline is None:
+        deadline = definition.deadline
+    until = None if deadline is None else deadline_at(deadline, now)
+    run_input = _check_input(input)
     state, _ = advance(definition, initial_state(definition, run_id), now=now)
     return store.create_run(
         run_id,
         definition.name,
         dumps(state),
-        input=_check_input(input),
+        input=run_input,
         status=state.status,
-        wake_at=store_wake_at(state, now),
+        wake_at=store_wake_at(state, now, until),
         now=now,
         batch=dumps_batch(Batch("start", now, state=state)),
+        deadline_at=until,
     )
 
 
@@ -165,32 +252,60 @@ def resume_run(store: Store, flow: Flow, run_id: str, *, clock: Clock | None = N
         None,
         dumps(state),
         state.status,
-        store_wake_at(state, now),
+        store_wake_at(state, now, record.deadline_at),
         dumps_batch(Batch("resume", now)),
     )
     return store.save(save, now=now)
 
 
-def cancel_run(store: Store, run_id: str, *, clock: Clock | None = None) -> RunRecord:
-    """Cancel a running or failed run: no worker will advance it again.
+def cancel_run(store: Store, run_id: str, reason: str = "", *, clock: Clock | None = None) -> bool:
+    """Ask for a run to be cancelled, for ``reason``: its cleanups run, then it is cancelled.
 
-    Its state is kept as it was; the cancellation is recorded in its journal.
+    A cancellation is an event: it is kept in the run's inbox (never touching
+    its state, version or lease, so it is accepted while a worker holds the
+    run mid-step, without a :class:`~stepflow.errors.StaleWriteError`) and
+    makes the run due at once. The worker that next holds the run delivers it
+    (a :class:`~stepflow.core.messages.CancelRequested` effect, journaled): the
+    run is ``"cancelling"`` while its commands in flight finish and the
+    cleanups of its ``finally_`` groups and the compensations of its sagas
+    run, then ``"cancelled"``, with a :class:`~stepflow.errors.RunCancelled`
+    error whose message is ``reason``. A run with nothing left to run is
+    ``"cancelled"`` at once.
+
+    A *failed* run cannot advance, nor can a *parked* one (no worker could
+    drive it), so neither is sent an event: it is marked ``"cancelled"`` at
+    once (its state kept as it was, journal op ``"cancel"``; no cleanup
+    runs), so an operator can abandon it; it cannot be resumed after.
+
+    Returns:
+        ``True`` when the cancellation was recorded; ``False`` when nothing
+        changed: the run is completed or cancelled already, or a
+        cancellation of it is under way (it is ``"cancelling"``, or one was
+        sent and not delivered yet).
 
     Raises:
         UnknownRunError: no run has this id.
-        StateError: the run is already completed or cancelled.
-        StaleWriteError: a worker holds the run's lease (retry once it is
-            released).
+        ConfigurationError: ``reason`` is not a str.
+        StaleWriteError: only for a failed or parked run, saved by someone
+            else meanwhile.
 
     """
+    if not isinstance(reason, str):
+        raise ConfigurationError(f"a cancellation's reason is a str, got {reason!r:.80}")
     now = (clock or SystemClock()).now()
     record = store.load(run_id)
-    if record.status in ("completed", "cancelled"):
-        raise StateError(f"run {run_id!r} is already {record.status}; nothing to cancel")
-    status: RunStatus = "cancelled"
-    batch = dumps_batch(Batch("cancel", now))
-    save = Save(run_id, record.version, None, record.state, status, None, batch)
-    return store.save(save, now=now)
+    if record.status == "failed" or record.status == "parked":
+        status: RunStatus = "cancelled"
+        batch = dumps_batch(Batch("cancel", now))
+        store.save(Save(run_id, record.version, None, record.state, status, None, batch), now=now)
+        return True
+    if record.status in FINISHED_STATUSES or record.status == "cancelling":
+        return False
+    try:
+        # The key makes every cancellation of a run after the first a no-op.
+        return store.send_event(run_id, CANCEL_EVENT, reason, key=CANCEL_EVENT, now=now)
+    except RunFinishedError:
+        return False  # it finished meanwhile
 
 
 def wake(store: Store, run_id: str, *, clock: Clock | None = None) -> bool:

@@ -426,11 +426,11 @@ class Scheduler:
         return next_look
 
     def _running(self, run_id: str | None) -> bool:
-        """Whether the run ``run_id`` is still running (or parked, to be driven again)."""
+        """Whether the run ``run_id`` is still active (running, cancelling, or parked)."""
         if run_id is None:
             return False
         try:
-            return self.store.load(run_id).status in ("running", "parked")
+            return self.store.load(run_id).status in ("running", "cancelling", "parked")
         except UnknownRunError:
             return False
 

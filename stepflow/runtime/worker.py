@@ -31,6 +31,16 @@ answered with ``TimerFired`` once its timeout is due, as a ``sleep`` is. The
 worker listens to its store object's sends (``Store.subscribe``), so a send in
 the same process wakes it at once instead of at its next look.
 
+A cancellation (:func:`stepflow.cancel_run`) waits in the inbox too, under a
+reserved name; it is delivered on its own, after the events sent before it, as
+a :class:`~stepflow.core.messages.CancelRequested` effect. A run past its
+deadline (the record's ``deadline_at``, which the store's ``wake_at`` never
+passes while the run is running) is sent ``CancelRequested(deadline=True)``
+once, journaled likewise. The run's store status follows its state's:
+``"cancelling"`` runs are claimed and driven like running ones (their commands
+in flight finish, their cleanups run), until they are ``"cancelled"``, saved
+finished and never claimed again.
+
 When nothing is due it sleeps until the store's next ``wake_at`` (bounded by
 ``idle_interval`` on the system clock; a virtual clock, such as a
 :class:`~stepflow.clock.FakeClock`, jumps straight to it), so a waiting run
@@ -88,11 +98,13 @@ import orjson
 from stepflow.clock import Clock, SystemClock
 from stepflow.codec import Batch, dumps, dumps_batch, loads, structure_state
 from stepflow.core.advance import advance
+from stepflow.core.cleanup import cancel_record, may_run
 from stepflow.core.events import MAILBOX_LIMIT, mailbox_room, untimed_wait, with_events
 from stepflow.core.groups import command_times, item_of
 from stepflow.core.messages import (
     AwaitEvent,
     CallHandler,
+    CancelRequested,
     Command,
     Effect,
     EventReceived,
@@ -116,9 +128,10 @@ from stepflow.interpreter import Interpreter
 from stepflow.runtime import _owner
 from stepflow.runtime.context import RunContext
 from stepflow.runtime.metrics import WorkerMetrics
-from stepflow.runtime.runs import store_wake_at
+from stepflow.runtime.runs import deadline_reason, store_wake_at
 from stepflow.runtime.schedules import Schedule, Scheduler
-from stepflow.stores.base import Lease, RunRecord, RunStatus, Save, Store
+from stepflow.stores._inbox import CANCEL_EVENT
+from stepflow.stores.base import RUN_STATUSES, InboxEvent, Lease, RunRecord, Save, Store
 from stepflow.versioning import Migration, migrate
 
 __all__ = ["StepReport", "Worker", "WorkerStats"]
@@ -167,6 +180,7 @@ class WorkerStats:
         claimed: Leases taken.
         completed: Runs the worker saw complete.
         failed: Runs the worker saw fail.
+        cancelled: Runs the worker saw end cancelled (their cleanups done).
         stale: Saves refused because the run moved on (lease lost).
         commits: Store transactions used to save steps.
         parked: Runs parked because the worker could not drive them.
@@ -180,6 +194,7 @@ class WorkerStats:
     claimed: int = 0
     completed: int = 0
     failed: int = 0
+    cancelled: int = 0
     stale: int = 0
     commits: int = 0
     parked: int = 0
@@ -349,6 +364,7 @@ class Worker:
         self._stopping = False
         self._wakeup: asyncio.Event | None = None
         self._leases: dict[str, str] = {}  # run id -> lease token, for renewal
+        self._deadlines: dict[str, float | None] = {}  # run id -> its deadline_at
         # run id -> when its lease ends by this worker's clock (the store's measure).
         self._expires: dict[str, float] = {}
         self._pending: list[tuple[Save, asyncio.Future[RunRecord]]] = []
@@ -630,11 +646,10 @@ class Worker:
 
     async def _count_runs_once(self) -> None:
         assert self.metrics is not None
-        statuses: tuple[RunStatus, ...] = ("running", "completed", "failed", "cancelled", "parked")
         try:
             counts: dict[tuple[str, str], int] = {}
             for flow in (*self.flows, *self._adopt):
-                for status in statuses:
+                for status in RUN_STATUSES:
                     count = await self._store(self.store.count, status=status, flow=flow)
                     if count:
                         counts[(flow, status)] = count
@@ -723,10 +738,12 @@ class Worker:
         record = lease.run
         run_id, token, version, run_input = record.run_id, lease.token, record.version, record.input
         flow_name = record.flow
+        deadline = record.deadline_at
         # The commands of this run being executed, by id: one per position at most,
         # each with when it started and its trace span.
         running: dict[int, asyncio.Task[Effect]] = {}
         watching: dict[int, tuple[float, Any]] = {}
+        self._deadlines[run_id] = deadline
         try:
             try:
                 if record.unreadable is not None:
@@ -757,13 +774,17 @@ class Worker:
             if woken_at is not None:
                 version = await self._take_wake(run_id, version, token, state, woken_at)
             while True:
-                if inbox and state.status == RUNNING:
-                    delivered = await self._deliver(flow, run_id, token, version, state, running)
+                deadline = self._deadlines.get(run_id)
+                if state.status == RUNNING and (inbox or _past(deadline, self.clock.now())):
+                    delivered = await self._deliver(
+                        flow, run_id, token, version, state, running, inbox=inbox > 0
+                    )
                     inbox = 0
                     if delivered is not None:
                         state, version, inbox, released = delivered
                         if released:
                             return
+                        continue  # more may wait: events sent meanwhile, a cancellation
                 now = self.clock.now()
                 state, commands = advance(flow.definition, state, now=now)
                 due = [
@@ -840,6 +861,7 @@ class Worker:
         finally:
             for task in running.values():
                 task.cancel()
+            self._deadlines.pop(run_id, None)
             self._leases.pop(run_id, None)  # one task per run: this one ends
             self._expires.pop(run_id, None)
 
@@ -932,7 +954,7 @@ class Worker:
             token,
             dumps(state),
             state.status,
-            store_wake_at(state, now),
+            store_wake_at(state, now, record.deadline_at),
             batch,
             flow=flow.name,
         )
@@ -949,6 +971,8 @@ class Worker:
             self.stats.completed += 1
         elif state.status == "failed":
             self.stats.failed += 1
+        elif state.status == "cancelled":
+            self.stats.cancelled += 1
 
     def _token(self, run_id: str, claimed: str) -> str:
         """Return the lease token this worker holds on the run now (it may be re-claimed)."""
@@ -961,7 +985,7 @@ class Worker:
 
         The journal gets an empty batch, so its sequence stays contiguous.
         """
-        wake_at = store_wake_at(state, now)
+        wake_at = store_wake_at(state, now, self._deadlines.get(run_id))
         full = len(state.mailbox) >= MAILBOX_LIMIT
         save = Save(
             run_id,
@@ -994,7 +1018,7 @@ class Worker:
         ``delivered`` is the last inbox event the batch delivered, if any.
         """
         now = self.clock.now()
-        wake_at = store_wake_at(new_state, now)
+        wake_at = store_wake_at(new_state, now, self._deadlines.get(run_id))
         release = not running and (self._stopping or wake_at is None or wake_at > now)
         save = Save(
             run_id,
@@ -1019,7 +1043,7 @@ class Worker:
         """
         now = self.clock.now()
         batch = dumps_batch(Batch("wake", woken_at))
-        wake_at = store_wake_at(state, now)
+        wake_at = store_wake_at(state, now, self._deadlines.get(run_id))
         token = self._token(run_id, token)
         save = Save(run_id, version, token, dumps(state), state.status, wake_at, batch)
         saved = await self._save(attrs.evolve(save, takes_wake=True), now)
@@ -1034,24 +1058,52 @@ class Worker:
         version: int,
         state: State,
         running: dict[int, asyncio.Task[Effect]],
+        *,
+        inbox: bool,
     ) -> tuple[State, int, int, bool] | None:
-        """Deliver the events waiting in the run's inbox to its state, in one save.
+        """Deliver what waits for the running run: a cancellation, or its inbox's events.
 
-        As many as the state's mailbox has room for, oldest first, as one
-        journaled batch of ``EventReceived`` effects; the save marks them
-        delivered. The lease is released in the same save when the run has
-        nothing left to do now (as after a step).
+        Past the run's deadline, a ``CancelRequested(deadline=True)``. Else,
+        with ``inbox``: as many events as the state's mailbox has room for,
+        oldest first, as one journaled batch of ``EventReceived`` effects, up
+        to a cancellation (:data:`~stepflow.stores._inbox.CANCEL_EVENT`), which
+        goes in a batch of its own once the events before it are delivered.
+        The save marks what it delivered; the lease is released in it when
+        the run has nothing left to do now (as after a step).
 
         Returns:
-            The new state, its version, how many events still wait, and whether
-            the lease was released; ``None`` when none could be delivered (none
-            waits any more, or the mailbox is full).
+            The new state, its version, how many inbox entries still wait, and
+            whether the lease was released; ``None`` when nothing could be
+            delivered (nothing waits any more, or the mailbox is full).
 
         """
-        room = mailbox_room(state)
-        if room <= 0:
+        now = self.clock.now()
+        deadline = self._deadlines.get(run_id)
+        if _past(deadline, now):
+            assert deadline is not None
+            cancel = CancelRequested(deadline_reason(deadline), now, True)
+            log.info("run %s passed its deadline; cancelling it", run_id)
+            self._deadlines[run_id] = None  # delivered: once
+            return await self._cancel(flow, run_id, token, version, state, running, cancel, None)
+        if not inbox:
             return None
-        events = await self._store(self.store.pending_events, run_id, limit=room)
+        room = mailbox_room(state)
+        # A cancellation takes no room in the mailbox: look at one entry at least.
+        pending = await self._store(self.store.pending_events, run_id, limit=max(room, 1))
+        events: list[InboxEvent] = []
+        for entry in pending:
+            if entry.name == CANCEL_EVENT:
+                if not events:
+                    reason = entry.payload if isinstance(entry.payload, str) else str(entry.payload)
+                    cancel = CancelRequested(reason, entry.sent_at)
+                    log.info("run %s: cancellation requested (%s)", run_id, reason or "no reason")
+                    return await self._cancel(
+                        flow, run_id, token, version, state, running, cancel, entry.seq
+                    )
+                break
+            if len(events) >= room:
+                break
+            events.append(entry)
         if not events:
             return None
         effects = tuple(EventReceived(e.name, e.payload, e.sent_at) for e in events)
@@ -1070,6 +1122,51 @@ class Worker:
         self._count_finish(new_state)
         if self.on_step is not None:
             self._report_waits(run_id, flow, answered, new_state, effects)
+        return new_state, saved.version, saved.inbox, release
+
+    async def _cancel(
+        self,
+        flow: Flow,
+        run_id: str,
+        token: str,
+        version: int,
+        state: State,
+        running: dict[int, asyncio.Task[Effect]],
+        cancel: CancelRequested,
+        delivered: int | None,
+    ) -> tuple[State, int, int, bool]:
+        """Apply ``cancel`` to the running run and save it, journaled as a batch of its own.
+
+        ``delivered`` is the cancellation's inbox ``seq`` (``None`` for a
+        deadline). The commands executing go on (``running``); the store
+        status follows the new state: ``"cancelling"`` or ``"cancelled"``.
+
+        The core keeps in flight every handler call that may be executing (one
+        due when the request came), since it cannot know; this worker holds
+        the run, so it knows which are: those in ``running``. Each other due
+        call, outside a cleanup (cleanups are never cut short), never started
+        and never will: it is answered in the same batch, after the
+        cancellation, with the cancellation's record as its error, so its
+        position unwinds at once instead of starting a new step.
+        """
+        definition = flow.definition
+        unstarted = tuple(
+            c
+            for c in state.in_flight
+            if type(c) is CallHandler
+            and c[0] not in running
+            and definition._node(c.event).shield < 0  # not inside a cleanup
+            and may_run(c, command_times(state, c)[0], cancel.at)
+        )
+        at = cancel.at
+        never = [HandlerRaised(c.id, cancel_record(cancel, c.step), None, at) for c in unstarted]
+        effects: tuple[Effect, ...] = (cancel, *never)
+        new_state, _ = advance(definition, state, effects)
+        batch = dumps_batch(Batch("effects", cancel.at, effects, unstarted))
+        saved, release = await self._save_batch(
+            run_id, version, token, new_state, batch, bool(running), delivered=delivered
+        )
+        self._count_finish(new_state)
         return new_state, saved.version, saved.inbox, release
 
     def _report_waits(
@@ -1238,6 +1335,11 @@ class Worker:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+
+def _past(deadline: float | None, now: float) -> bool:
+    """Whether a run's deadline (``None``: none) has come at ``now``."""
+    return deadline is not None and now >= deadline
 
 
 def _due(state: State, command: Command, now: float) -> bool:

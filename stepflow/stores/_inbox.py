@@ -30,7 +30,21 @@ from stepflow.errors import EventError, InboxFullError, RunFinishedError, StoreE
 from stepflow.stores._json import dump_limited
 from stepflow.stores.base import FINISHED_STATUSES, INBOX_LIMIT, MAX_EVENT_BYTES
 
-__all__ = ["Listeners", "check_name", "dump_event", "inbox_wake_at", "load_payload", "refusal"]
+__all__ = [
+    "CANCEL_EVENT",
+    "Listeners",
+    "check_name",
+    "dump_event",
+    "inbox_wake_at",
+    "load_payload",
+    "refusal",
+]
+
+#: The inbox name of a cancellation (:func:`stepflow.cancel_run`), its reason as
+#: the payload, sent with this name as its key too, so a run holds one at most.
+#: No user event can have it: event names may not hold ``:``. A worker delivers it
+#: as a :class:`~stepflow.core.messages.CancelRequested` effect.
+CANCEL_EVENT = "stepflow:cancel"
 
 log = logging.getLogger("stepflow.stores")
 
@@ -52,7 +66,8 @@ def dump_event(name: object, payload: Any) -> str:
             :data:`~stepflow.stores.base.MAX_EVENT_BYTES`.
 
     """
-    check_name(name)
+    if name != CANCEL_EVENT:
+        check_name(name)
     return dump_limited(
         payload,
         limit=MAX_EVENT_BYTES,
@@ -70,11 +85,14 @@ def load_payload(text: Any) -> Any:
         return text
 
 
-def refusal(run_id: str, status: str, inbox: int) -> StoreError | None:
-    """Return why a run of ``status`` holding ``inbox`` undelivered events refuses one more."""
+def refusal(run_id: str, status: str, inbox: int, name: str = "") -> StoreError | None:
+    """Return why a run of ``status`` holding ``inbox`` undelivered events refuses one more.
+
+    A cancellation (:data:`CANCEL_EVENT`) is never refused for a full inbox.
+    """
     if status in FINISHED_STATUSES:
         return RunFinishedError(run_id, status)
-    if inbox >= INBOX_LIMIT:
+    if inbox >= INBOX_LIMIT and name != CANCEL_EVENT:
         return InboxFullError(run_id, INBOX_LIMIT)
     return None
 

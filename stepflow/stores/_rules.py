@@ -102,7 +102,7 @@ def run_exists(run_id: str) -> RunExistsError:
 
 #: The statuses :meth:`Store.wake <stepflow.stores.base.Store.wake>` acts on: a
 #: parked run woken is tried again at once.
-WAKEABLE = ("running", "parked")
+WAKEABLE = ("running", "cancelling", "parked")
 
 
 def woken(run: RunRecord, now: float) -> RunRecord:

@@ -57,11 +57,13 @@ from stepflow.errors import UnreadableRunError
 from stepflow.stores._schedules import ScheduleStore
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "FINISHED_STATUSES",
     "INBOX_LIMIT",
     "MAX_EVENT_BYTES",
     "MAX_PROGRESS_BYTES",
     "RUN_COLUMNS",
+    "RUN_STATUSES",
     "InboxEvent",
     "JournalEntry",
     "Lease",
@@ -76,9 +78,24 @@ __all__ = [
     "prefix_upper_bound",
 ]
 
-#: A run's status in the store: the state's status, ``"cancelled"``, or ``"parked"``
-#: (set aside by a worker that could not drive it; see :meth:`Store.park`).
-RunStatus = Literal["running", "completed", "failed", "cancelled", "parked"]
+#: A run's status in the store: its state's status (``"running"``, ``"cancelling"``,
+#: ``"completed"``, ``"failed"``, ``"cancelled"``), or ``"parked"`` (set aside by a
+#: worker that could not drive it; see :meth:`Store.park`).
+RunStatus = Literal["running", "cancelling", "completed", "failed", "cancelled", "parked"]
+
+#: Every store status, in the order listings show them.
+RUN_STATUSES: tuple[RunStatus, ...] = (
+    "running",
+    "cancelling",
+    "parked",
+    "failed",
+    "completed",
+    "cancelled",
+)
+
+#: The statuses of runs a worker advances: claimed when due, like a running run.
+#: A ``"cancelling"`` run has commands in flight and cleanups to run.
+ACTIVE_STATUSES: tuple[RunStatus, ...] = ("running", "cancelling")
 
 #: The statuses of finished runs: the only runs :meth:`Store.prune` touches.
 FINISHED_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled")
@@ -129,7 +146,8 @@ class RunRecord:
     Attributes:
         run_id: The run's id, unique in the store.
         flow: The flow's name (its versioned root scope, ``"deploy/v1"``).
-        status: ``"running"``, ``"completed"``, ``"failed"`` or ``"cancelled"``.
+        status: ``"running"``, ``"cancelling"``, ``"completed"``, ``"failed"``,
+            ``"cancelled"`` or ``"parked"`` (see :data:`RunStatus`).
         state: The serialized state (:func:`stepflow.dumps`).
         version: Compare-and-swap version: 1 when created, +1 on every save.
         wake_at: When the run next wants to run (``None``: never, it is finished
@@ -146,6 +164,10 @@ class RunRecord:
             takes the wake in (see :attr:`Save.takes_wake`); ``None`` otherwise.
         inbox: How many events sent to the run wait to be delivered (see
             :meth:`Store.send_event`).
+        deadline_at: When the run must be over (``start_run(deadline=)``), or
+            ``None``. The store only keeps it: the runtime keeps the run's
+            ``wake_at`` no later than it while the run is running, and the
+            worker that claims it past it cancels it.
         unreadable: Why a column of the row cannot be read, or ``None``: the
             record is then incomplete (an unreadable input reads as ``None``).
             Not a column; never part of equality.
@@ -167,6 +189,7 @@ class RunRecord:
     parked_reason: str | None = None
     woken_at: float | None = None
     inbox: int = 0
+    deadline_at: float | None = None
     unreadable: UnreadableRunError | None = attrs.field(default=None, eq=False)
 
 
@@ -362,11 +385,13 @@ class Store(ScheduleStore, Protocol):
         wake_at: float | None,
         now: float,
         batch: str | None = None,
+        deadline_at: float | None = None,
     ) -> RunRecord:
         """Create a run at version 1 and return it.
 
         With ``batch``, the run's journal starts with that entry, at seq 1 (the
         runtime records the run's first state there, so its history is whole).
+        ``deadline_at`` is kept as the run's :attr:`RunRecord.deadline_at`.
 
         Raises:
             RunExistsError: a run with this id exists.
@@ -392,7 +417,10 @@ class Store(ScheduleStore, Protocol):
         lease_seconds: float,
         flows: Collection[str] | None = None,
     ) -> list[Lease]:
-        """Lease up to ``limit`` running runs with ``wake_at <= now``, earliest first.
+        """Lease up to ``limit`` active runs with ``wake_at <= now``, earliest first.
+
+        Active: running or cancelling (:data:`ACTIVE_STATUSES`); then parked
+        ones, if there is room (see :meth:`park`).
 
         Only runs whose lease is free or expired (``lease_expires_at <= now``) are
         claimed; with ``flows``, only runs of those flow names (an empty collection
@@ -498,7 +526,7 @@ class Store(ScheduleStore, Protocol):
         ...
 
     def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
-        """Return the earliest time a running run becomes claimable, or ``None``.
+        """Return the earliest time an active run becomes claimable, or ``None``.
 
         That is ``wake_at`` for an unleased run and ``max(wake_at,
         lease_expires_at)`` for a leased one; the worker sleeps until then.

@@ -32,6 +32,7 @@ from stepflow.stores._rules import (
 )
 from stepflow.stores._schedules import MemorySchedules
 from stepflow.stores.base import (
+    ACTIVE_STATUSES,
     InboxEvent,
     JournalEntry,
     Lease,
@@ -45,6 +46,10 @@ from stepflow.stores.base import (
 )
 
 __all__ = ["MemoryStore"]
+
+# The statuses claimed, in the order claimed: running runs first, then cancelling
+# ones, then parked ones (as the SQL stores' index scans go).
+_CLAIMABLE = {"running": 0, "cancelling": 1, "parked": 2}
 
 
 def _due_order(run: RunRecord) -> tuple[float, str]:
@@ -96,6 +101,7 @@ class MemoryStore(Listeners, MemorySchedules):
         wake_at: float | None,
         now: float,
         batch: str | None = None,
+        deadline_at: float | None = None,
     ) -> RunRecord:
         """Create a run at version 1 and return it (see :meth:`Store.create_run`)."""
         run = RunRecord(
@@ -108,6 +114,7 @@ class MemoryStore(Listeners, MemorySchedules):
             input=dump_input(input),
             created_at=float(now),
             updated_at=float(now),
+            deadline_at=None if deadline_at is None else float(deadline_at),
         )
         with self._lock:
             if run_id in self._runs:
@@ -143,14 +150,14 @@ class MemoryStore(Listeners, MemorySchedules):
                 (
                     run
                     for run in self._runs.values()
-                    if run.status in ("running", "parked")
+                    if run.status in _CLAIMABLE
                     and run.wake_at is not None
                     and run.wake_at <= now
                     and not lease_is_live(run, now)
                     and (flows is None or run.flow in flows)
                 ),
-                # Running runs first, then parked ones (see Store.park).
-                key=lambda run: (run.status == "parked", *_due_order(run)),
+                # Active runs first, then parked ones (see Store.park).
+                key=lambda run: (_CLAIMABLE[run.status], *_due_order(run)),
             )
             for run in due[: max(limit, 0)]:
                 token = new_lease_token()
@@ -255,7 +262,7 @@ class MemoryStore(Listeners, MemorySchedules):
         with self._lock:
             for run in self._runs.values():
                 if (
-                    run.status in ("running", "parked")
+                    run.status in _CLAIMABLE
                     and run.wake_at is not None
                     and run.wake_at <= now
                     and lease_is_live(run, now)
@@ -278,14 +285,14 @@ class MemoryStore(Listeners, MemorySchedules):
         return expired
 
     def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
-        """Return when a running run next becomes claimable (see :meth:`Store.next_due`)."""
+        """Return when an active run next becomes claimable (see :meth:`Store.next_due`)."""
         with self._lock:
             times = [
                 run.wake_at
                 if run.lease_expires_at is None
                 else max(run.wake_at, run.lease_expires_at)
                 for run in self._runs.values()
-                if run.status == "running"
+                if run.status in ACTIVE_STATUSES
                 and run.wake_at is not None
                 and (flows is None or run.flow in flows)
             ]
@@ -466,7 +473,7 @@ class MemoryStore(Listeners, MemorySchedules):
                 raise unknown_run(run_id)
             if key is not None and (run_id, key) in self._keys:
                 return False
-            error = refusal(run_id, run.status, run.inbox)
+            error = refusal(run_id, run.status, run.inbox, name)
             if error is not None:
                 raise error
             sent = self._inbox.setdefault(run_id, [])

@@ -47,6 +47,7 @@ from stepflow.stores._rules import (
 )
 from stepflow.stores._schedules import POSTGRES_MIGRATION, PostgresSchedules
 from stepflow.stores.base import (
+    ACTIVE_STATUSES,
     RUN_COLUMNS,
     InboxEvent,
     JournalEntry,
@@ -153,12 +154,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE runs ADD COLUMN woken_at double precision",),
     # 7: events sent to runs.
     _INBOX,
+    # 8: run deadlines (start_run(deadline=)); the runtime keeps wake_at no later.
+    ("ALTER TABLE runs ADD COLUMN deadline_at double precision",),
 )
 
 #: The schema version this code creates and understands.
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _COLUMNS = ", ".join(RUN_COLUMNS)
+
+# The statuses claim_due hands out, in the order it does (see Store.claim_due).
+_CLAIMED: tuple[RunStatus, ...] = (*ACTIVE_STATUSES, "parked")
 _FLOWS = "(%(flows)s::text[] IS NULL OR flow = ANY(%(flows)s::text[]))"
 
 # The compare-and-swap: the same rule as stepflow.stores._rules.check_save and
@@ -413,6 +419,7 @@ class PostgresStore(Listeners, PostgresSchedules):
         wake_at: float | None,
         now: float,
         batch: str | None = None,
+        deadline_at: float | None = None,
     ) -> RunRecord:
         """Create a run at version 1 and return it (see :meth:`Store.create_run`)."""
         text = dump_input(input)
@@ -420,9 +427,9 @@ class PostgresStore(Listeners, PostgresSchedules):
             cur.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
                 " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s,"
-                " NULL, NULL, NULL, NULL, NULL, 0)"
+                " NULL, NULL, NULL, NULL, NULL, 0, %s)"
                 f" ON CONFLICT (run_id) DO NOTHING RETURNING {_COLUMNS}",
-                (run_id, flow, status, state, wake_at, text, now, now),
+                (run_id, flow, status, state, wake_at, text, now, now, deadline_at),
             )
             row = cur.fetchone()
             if row is not None and batch is not None:
@@ -460,10 +467,12 @@ class PostgresStore(Listeners, PostgresSchedules):
         """Lease up to ``limit`` due runs, earliest first (see :meth:`Store.claim_due`)."""
         expires_at = float(now + lease_seconds)
         with self._transaction() as cur:
-            # Running runs first, then parked ones, each in wake_at order.
-            runs = self._due(cur, "running", now, flows, limit)
-            if len(runs) < limit:
-                runs += self._due(cur, "parked", now, flows, limit - len(runs))
+            # Running runs first, then cancelling ones, then parked ones, each in
+            # wake_at order.
+            runs: list[RunRecord] = []
+            for status in _CLAIMED:
+                if len(runs) < limit:
+                    runs += self._due(cur, status, now, flows, limit - len(runs))
             leases = [
                 Lease(
                     run=attrs.evolve(
@@ -661,10 +670,10 @@ class PostgresStore(Listeners, PostgresSchedules):
         with self._transaction() as cur:
             cur.execute(
                 "SELECT lease_owner, count(*), max(lease_expires_at) FROM runs"
-                " WHERE status IN ('running', 'parked') AND wake_at <= %(now)s"
+                " WHERE status = ANY(%(statuses)s::text[]) AND wake_at <= %(now)s"
                 f" AND lease_expires_at > %(now)s AND {_FLOWS}"
                 " GROUP BY lease_owner ORDER BY lease_owner",
-                {"now": now, "flows": _flows(flows)},
+                {"now": now, "flows": _flows(flows), "statuses": list(_CLAIMED)},
             )
             rows = cur.fetchall()
         return [LeaseHolder(str(owner), int(count), float(until)) for owner, count, until in rows]
@@ -680,13 +689,14 @@ class PostgresStore(Listeners, PostgresSchedules):
             return int(cur.rowcount)
 
     def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
-        """Return when a running run next becomes claimable (see :meth:`Store.next_due`)."""
+        """Return when an active run next becomes claimable (see :meth:`Store.next_due`)."""
         with self._transaction() as cur:
             # GREATEST ignores NULLs: an unleased run is due at its wake_at.
             cur.execute(
                 "SELECT min(GREATEST(wake_at, lease_expires_at)) FROM runs"
-                f" WHERE status = 'running' AND wake_at IS NOT NULL AND {_FLOWS}",
-                {"flows": _flows(flows)},
+                " WHERE status = ANY(%(statuses)s::text[]) AND wake_at IS NOT NULL"
+                f" AND {_FLOWS}",
+                {"flows": _flows(flows), "statuses": list(ACTIVE_STATUSES)},
             )
             row = cur.fetchone()
         return None if row is None or row[0] is None else float(row[0])
@@ -968,7 +978,7 @@ class PostgresStore(Listeners, PostgresSchedules):
                 cur.execute("SELECT 1 FROM inbox WHERE run_id = %s AND key = %s", (run_id, key))
                 if cur.fetchone() is not None:
                     return False
-            error = refusal(run_id, row[0], row[1])
+            error = refusal(run_id, row[0], row[1], name)
             if error is not None:
                 raise error
             cur.execute(

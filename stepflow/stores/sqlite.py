@@ -44,6 +44,7 @@ from stepflow.stores._rules import (
 )
 from stepflow.stores._schedules import SQLITE_MIGRATION, SQLiteSchedules
 from stepflow.stores.base import (
+    ACTIVE_STATUSES,
     RUN_COLUMNS,
     InboxEvent,
     JournalEntry,
@@ -149,12 +150,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE runs ADD COLUMN woken_at REAL",),
     # 7: events sent to runs.
     _INBOX,
+    # 8: run deadlines (start_run(deadline=)); the runtime keeps wake_at no later.
+    ("ALTER TABLE runs ADD COLUMN deadline_at REAL",),
 )
 
 #: The schema version this code creates and understands.
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _COLUMNS = ", ".join(RUN_COLUMNS)
+
+# The statuses claim_due hands out, in the order it does (see Store.claim_due).
+_CLAIMED: tuple[RunStatus, ...] = (*ACTIVE_STATUSES, "parked")
+_CLAIMED_SQL = "(" + ", ".join(f"'{status}'" for status in _CLAIMED) + ")"
+_ACTIVE_SQL = "(" + ", ".join(f"'{status}'" for status in ACTIVE_STATUSES) + ")"
 _SET_LEASE = (
     "UPDATE runs SET lease_owner = ?, lease_token = ?, lease_expires_at = ? WHERE run_id = ?"
 )
@@ -413,15 +421,16 @@ class SQLiteStore(Listeners, SQLiteSchedules):
         wake_at: float | None,
         now: float,
         batch: str | None = None,
+        deadline_at: float | None = None,
     ) -> RunRecord:
         """Create a run at version 1 and return it (see :meth:`Store.create_run`)."""
         text = dump_input(input)
         with self._transaction() as db:
             inserted = db.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
-                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, 0)"
+                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, 0, ?)"
                 " ON CONFLICT (run_id) DO NOTHING",
-                (run_id, flow, status, state, wake_at, text, now, now),
+                (run_id, flow, status, state, wake_at, text, now, now, deadline_at),
             ).rowcount
             if not inserted:
                 raise run_exists(run_id)
@@ -457,11 +466,13 @@ class SQLiteStore(Listeners, SQLiteSchedules):
         """Lease up to ``limit`` due runs, earliest first (see :meth:`Store.claim_due`)."""
         expires_at = float(now + lease_seconds)
         with self._transaction() as db:
-            # Running runs first, then parked ones: two index range scans, each in
-            # wake_at order (an IN over both statuses would sort every due row).
-            runs = self._due(db, "running", now, flows, limit)
-            if len(runs) < limit:
-                runs += self._due(db, "parked", now, flows, limit - len(runs))
+            # Running runs first, then cancelling ones, then parked ones: index range
+            # scans, each in wake_at order (an IN over the statuses would sort every
+            # due row).
+            runs: list[RunRecord] = []
+            for status in _CLAIMED:
+                if len(runs) < limit:
+                    runs += self._due(db, status, now, flows, limit - len(runs))
             leases = [
                 Lease(
                     run=attrs.evolve(
@@ -667,7 +678,7 @@ class SQLiteStore(Listeners, SQLiteSchedules):
         """Return who holds live leases on due runs (see :meth:`Store.lease_holders`)."""
         where, params = _where(
             flows=flows,
-            extra="status IN ('running', 'parked') AND wake_at <= ? AND lease_expires_at > ?",
+            extra=f"status IN {_CLAIMED_SQL} AND wake_at <= ? AND lease_expires_at > ?",
         )
         with self._locked() as db:
             rows = db.execute(
@@ -689,8 +700,10 @@ class SQLiteStore(Listeners, SQLiteSchedules):
             )
 
     def next_due(self, *, flows: Collection[str] | None = None) -> float | None:
-        """Return when a running run next becomes claimable (see :meth:`Store.next_due`)."""
-        where, params = _where(flows=flows, extra="status = 'running' AND wake_at IS NOT NULL")
+        """Return when an active run next becomes claimable (see :meth:`Store.next_due`)."""
+        where, params = _where(
+            flows=flows, extra=f"status IN {_ACTIVE_SQL} AND wake_at IS NOT NULL"
+        )
         with self._locked() as db:
             (due,) = db.execute(
                 "SELECT MIN(CASE WHEN lease_expires_at IS NULL THEN wake_at"
@@ -964,7 +977,7 @@ class SQLiteStore(Listeners, SQLiteSchedules):
                 ).fetchone()
             ):
                 return False
-            error = refusal(run_id, row[0], row[1])
+            error = refusal(run_id, row[0], row[1], name)
             if error is not None:
                 raise error
             db.execute(
