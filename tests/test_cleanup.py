@@ -13,7 +13,13 @@ from stepflow import RetryPolicy, named, steps
 from stepflow.clock import FakeClock
 from stepflow.codec import dumps, dumps_batch, loads, loads_batch
 from stepflow.core.advance import advance, resume
-from stepflow.core.messages import CallHandler, CancelRequested, HandlerRaised, HandlerReturned
+from stepflow.core.messages import (
+    CallHandler,
+    CancelRequested,
+    EventReceived,
+    HandlerRaised,
+    HandlerReturned,
+)
 from stepflow.core.state import ErrorRecord
 from stepflow.errors import DefinitionError, FlowFailed
 from stepflow.history import Batch
@@ -388,6 +394,34 @@ def test_a_cleanup_that_fails_while_cancelling_fails_the_run_and_resume_finishes
     assert state.error is not None
     assert state.error.message == "stop"
     assert log.names == ["book", "unbook", "release", "release"]
+
+
+def test_a_cleanup_waiting_for_an_event_gets_it_while_the_run_is_cancelling() -> None:
+    log = Log()
+    flow = stepflow.new(
+        named("f").finally_(
+            "lease",
+            steps().wait_event("go"),
+            steps().wait_event("released").do("audit", log("audit")),
+        ),
+        clock=FakeClock(0.0),
+    )
+    state = flow.run(flow.cancel(flow.run(), "stop"))
+    assert state.status == "cancelling"
+    state = flow.run(flow.send(state, "released", {"by": "ops"}))
+    assert state.is_cancelled
+    assert state.outputs["f/leaseFinally/cleanup/releasedWaitEvent"] == {"by": "ops"}
+    assert log.names == ["audit"]
+
+
+def test_events_in_the_batch_of_a_cancellation_that_ends_the_run_are_dropped() -> None:
+    flow = stepflow.new(named("f").wait_event("go").wait_event("later"), clock=FakeClock(0.0))
+    state = flow.run()
+    batch = [CancelRequested("stop", 1.0), EventReceived("later", 1, 1.0)]
+    state, commands = advance(flow.definition, state, batch)
+    assert state.is_cancelled
+    assert commands == ()
+    assert state.mailbox == ()
 
 
 def test_catches_and_retries_do_not_take_a_cancellation() -> None:

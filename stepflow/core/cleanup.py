@@ -55,7 +55,8 @@ reason as the message, the position's step. A command in flight that may be
 executing (a handler call due at the time of the request, or with no time
 known) stays in flight, and its outcome is recorded when it comes. Any other
 (a timer, a wait for an event, a poll or a backoff not yet due) is dropped at
-once. Effects of the same batch that answer a dropped command are dropped.
+once. Effects of the same batch that answer a dropped command are dropped, and
+so are its events when the run is cancelled at once (they stay in the journal).
 
 Rule 8: unwinding. A cancelling run starts no step outside a cleanup. When
 the outcome of a command that was in flight at the request comes, it is
@@ -101,6 +102,7 @@ from stepflow.core.messages import (
     CancelRequested,
     Command,
     Effect,
+    EventReceived,
     HandlerReturned,
     answered_id,
 )
@@ -439,7 +441,10 @@ def with_cancel(
         cancelled = _cancel_one(definition, state, request, at)
     kept = {c.id for c in cancelled.in_flight}
     dropped = {c.id for c in state.in_flight} - kept
-    return cancelled, [e for e in rest if answered_id(e) not in dropped]
+    rest = [e for e in rest if answered_id(e) not in dropped]
+    if cancelled.status != CANCELLING:  # cancelled at once: events find no run (journaled)
+        rest = [e for e in rest if type(e) is not EventReceived]
+    return cancelled, rest
 
 
 def may_run(command: Command, wake_at: float | None, at: float | None) -> bool:

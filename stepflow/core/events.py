@@ -17,7 +17,8 @@ told; see :func:`stepflow.send_event`). The mailbox holds at most
 :data:`MAILBOX_LIMIT` events; a batch that would overflow it is refused whole
 with :class:`~stepflow.errors.MailboxFullError`, so a shell delivers at most
 :func:`mailbox_room` events per batch. Events reach running runs only: a
-finished run refuses them with :class:`~stepflow.errors.EffectError`.
+finished run refuses them with :class:`~stepflow.errors.EffectError`; a
+cancelling one takes them (a ``wait_event`` may run in a cleanup).
 
 Rule 3: taking an event. A position resting at a ``wait_event`` step has an
 :class:`~stepflow.core.messages.AwaitEvent` in flight. After the events of a
@@ -52,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from stepflow.core._json import NotJSON, freeze_json, thaw_json
 from stepflow.core.messages import AwaitEvent, Command, Effect, EventReceived, HandlerReturned
-from stepflow.core.state import RUNNING, State
+from stepflow.core.state import CANCELLING, RUNNING, State
 from stepflow.errors import EffectError, MailboxFullError
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def resting(state: State) -> bool:
     an event is sent to it.
     """
     in_flight = state.in_flight
-    if not in_flight or state.status != RUNNING:
+    if not in_flight or (state.status != RUNNING and state.status != CANCELLING):
         return False
     return all(untimed_wait(c) for c in in_flight)
 
@@ -139,10 +140,10 @@ def with_events(
         MailboxFullError: the mailbox would hold more than :data:`MAILBOX_LIMIT`.
 
     """
-    if state.status != RUNNING:
+    if state.status != RUNNING and state.status != CANCELLING:
         raise EffectError(
             f"an event reached a {state.status} run of {state.flow!r}; events reach running "
-            "runs only (the store refuses to send them to finished ones)",
+            "(and cancelling) runs only (the store refuses to send them to finished ones)",
             command_id=-1,
         )
     awaited = _awaited(definition)

@@ -113,7 +113,7 @@ from stepflow.core.messages import (
     Wake,
 )
 from stepflow.core.scopes import handler_error
-from stepflow.core.state import RUNNING, State
+from stepflow.core.state import CANCELLING, RUNNING, State
 from stepflow.errors import (
     ConfigurationError,
     CorruptStateError,
@@ -775,7 +775,8 @@ class Worker:
                 version = await self._take_wake(run_id, version, token, state, woken_at)
             while True:
                 deadline = self._deadlines.get(run_id)
-                if state.status == RUNNING and (inbox or _past(deadline, self.clock.now())):
+                active = state.status == RUNNING or state.status == CANCELLING
+                if active and (inbox or _past(deadline, self.clock.now())):
                     delivered = await self._deliver(
                         flow, run_id, token, version, state, running, inbox=inbox > 0
                     )
