@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -12,7 +13,9 @@ import stepflow
 from stepflow import RetryPolicy, named, steps
 from stepflow.clock import FakeClock
 from stepflow.codec import dumps, dumps_batch, loads, loads_batch
-from stepflow.core.advance import advance, resume
+from stepflow.core._json import freeze_json
+from stepflow.core.advance import advance, result_error, resume
+from stepflow.core.cleanup import pending_error
 from stepflow.core.messages import (
     CallHandler,
     CancelRequested,
@@ -567,3 +570,67 @@ def test_a_random_run_cancelled_anywhere_unwinds_to_the_end_even_across_crashes(
     for step in calm.steps:
         if isinstance(step.command, CallHandler) and step.command.kind == "compensate":
             assert definition._node("start:" + step.command.step).compensable
+
+
+# ---------------------------------------------------------------------- edges
+
+
+def test_a_flow_deadline_is_part_of_the_definition_and_its_fingerprint() -> None:
+    timed = stepflow.new(named("f", deadline=60).do("a", print)).definition
+    plain = stepflow.new(named("f").do("a", print)).definition
+    assert timed.deadline == 60.0
+    assert plain.deadline is None
+    assert timed.fingerprint != plain.fingerprint
+    assert named("f", deadline=60).do("a", print).deadline == 60  # kept as the spec grows
+
+
+def test_a_compensation_value_is_never_a_wrong_result() -> None:
+    command = CallHandler(3, "compensate", "f/sSaga/steps/a", "start:f/sSaga/compensate", None)
+    assert result_error(command, object()) is None
+
+
+def test_a_state_placed_at_a_compensation_with_nothing_pending_goes_on() -> None:
+    flow = stepflow.new(
+        named("f").saga("s", steps().do("a", print, compensate=print)).do("b", print)
+    )
+    placed = loads(json.dumps(["start:f/sSaga/compensate"]), flow.definition)
+    _, (command,) = advance(flow.definition, placed, now=0.0)
+    assert command.step == "f/b"
+    assert pending_error(freeze_json({"done": []})) is None
+
+
+def test_a_compensate_command_must_name_a_compensable_step_of_its_saga() -> None:
+    definition = stepflow.new(
+        named("f").saga("s", steps().do("a", print, compensate=print).do("b", print))
+    ).definition
+    placed = loads(json.dumps(["start:f/sSaga/compensate"]), definition)
+    for step in ("f/sSaga/steps/b", "f/other/a"):
+        bad = placed._replace(
+            in_flight=(CallHandler(1, "compensate", step, "start:f/sSaga/compensate", None),),
+            seq=1,
+        )
+        with pytest.raises(stepflow.UnknownEventError, match="compensate of"):
+            advance(definition, bad._replace(fingerprint="sha256:other"))
+
+
+def test_cancel_requests_compare_and_hash_by_value() -> None:
+    one, same, other = CancelRequested("x", 1.0), CancelRequested("x", 1.0), CancelRequested("y")
+    assert one == same
+    assert hash(one) == hash(same)
+    assert one != other
+    assert one != ("x", 1.0, False)
+
+
+def test_a_cleanup_running_in_a_failing_group_is_not_cut_short() -> None:
+    log = Log()
+    log.failing["boom"] = 1
+    cleaning = steps().finally_("hold", steps(), steps().sleep("nap", 60).do("free", log("free")))
+    flow = stepflow.new(
+        named("f").parallel(
+            "both", {"a": steps().sleep("wait", 1).do("boom", log("boom")), "b": cleaning}
+        ),
+        clock=FakeClock(0.0),
+    )
+    state = _run(flow)
+    assert state.is_failed
+    assert log.names == ["boom", "free"]

@@ -226,15 +226,13 @@ def leave(
     """End a finally's cleanup: go on after the group, or with what it ran for (Rule 3)."""
     from stepflow.core.advance import _enter
 
-    pending = outputs.get(node.step)
-    if pending is not None and state.status == RUNNING:
-        error = pending_error(pending)
-        if error is not None:
-            if is_cancellation(error):  # a resumed run goes on cancelling (Rule 9)
-                state = state._replace(status=CANCELLING, error=error)
-                return cancel_from(definition, state._replace(outputs=outputs), node, at)
-            taken = state._replace(outputs=outputs, attempts=attempts)
-            return take_failure(definition, taken, node, 0, error, at)
+    error = pending_error(outputs.get(node.step)) if state.status == RUNNING else None
+    if error is not None:
+        if is_cancellation(error):  # a resumed run goes on cancelling (Rule 9)
+            state = state._replace(status=CANCELLING, error=error)
+            return cancel_from(definition, state._replace(outputs=outputs), node, at)
+        taken = state._replace(outputs=outputs, attempts=attempts)
+        return take_failure(definition, taken, node, 0, error, at)
     target = definition._node(node.on_true)
     return _enter(definition, state, target, outputs, attempts, at, None)
 

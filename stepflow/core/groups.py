@@ -517,9 +517,7 @@ class _Run:
                 except NotJSON:
                     pass
                 else:
-                    if self.stopping(node):
-                        self.stop(node, at)
-                    elif not items:
+                    if not items:
                         self.outputs = self.outputs.set(node.step, freeze_json([]))
                         self.record_result(node, node.step, self.outputs[node.step])
                         self.enter(completed_event(node.step), at, node)
