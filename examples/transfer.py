@@ -1,27 +1,26 @@
-"""A money transfer that refunds when the deposit cannot be made: ``catch`` around a ``retry``.
+"""A money transfer as a saga: the withdrawal is compensated by a refund when the deposit fails.
 
 Each run moves money between two accounts::
 
     {"id": "t-1", "source": "alice", "target": "bob", "amount": 40}
 
-The flow, ``transfer/v1``:
+The flow, ``transfer/v1``, is one saga, ``money``:
 
-1. ``withdraw`` takes the amount from the source account (``InsufficientFunds``
-   fails the run at once: nothing was moved, nothing to undo).
+1. ``withdraw`` takes the amount from the source account. It declares its
+   compensation, ``refund``. (``InsufficientFunds`` fails it before anything
+   moved: there is nothing to undo.)
 2. ``deposit`` puts it on the target account, retried by its own policy while
    the bank is unavailable; ``AccountClosed`` is not retried.
-3. If the deposit fails for good, the ``deposit`` catch takes the error (its
-   ``ctx.error`` says why) and its handler ``refund``\\s the source, as a durable
-   step with a retry policy of its own, then records why it was refunded.
-4. ``report`` says how the transfer ended: ``"completed"`` or ``"refunded"``.
+3. If the deposit fails for good, the failure leaves the saga, which runs the
+   compensations of the steps that completed in it, last first: here
+   ``refund``, as a durable command retried by the saga's policy, seeing the
+   error as ``ctx.error``. Then the run fails with the deposit's error, the
+   money back where it was.
+4. ``report`` says how a transfer that went through ended.
 
 Every money movement carries its command's idempotency key, and the ``Bank``
 applies each key once: a step re-run after a crash moves nothing twice. Whatever
 fails, no money is created or lost: the sum of the balances never changes.
-
-(A ``saga`` construct, where each step declares its compensation and a failure
-runs them in reverse order, is planned; this is the same transfer written with
-``catch`` and ``retry`` today.)
 
 Run: ``python examples/transfer.py`` (a SQLite file in a temporary directory).
 """
@@ -37,7 +36,8 @@ import stepflow
 from stepflow import RunContext
 
 FLOW_NAME = "transfer/v1"
-DEPOSIT = f"{FLOW_NAME}/depositCatch"
+SAGA = f"{FLOW_NAME}/moneySaga"
+DEPOSIT_STEP = f"{SAGA}/steps/depositRetry/deposit"
 
 
 class InsufficientFunds(Exception):
@@ -56,7 +56,7 @@ class BankUnavailable(Exception):
 DEPOSIT_RETRY = stepflow.RetryPolicy(
     max_attempts=3, initial_interval=0.05, non_retryable=[AccountClosed, InsufficientFunds]
 )
-#: A refund must happen: it is retried for much longer.
+#: A refund must happen: the saga retries each compensation for much longer.
 REFUND_RETRY = stepflow.RetryPolicy(max_attempts=10, initial_interval=0.05, max_interval=1.0)
 
 
@@ -116,42 +116,37 @@ def deposit(ctx: RunContext) -> dict[str, Any]:
     return {"account": ctx.input["target"], "balance": balance}
 
 
-def refund(ctx: RunContext) -> dict[str, Any]:
-    """Give the amount back to the source account: the deposit failed for good."""
-    balance = _bank(ctx).move(ctx.input["source"], int(ctx.input["amount"]), ctx.idempotency_key)
-    return {"account": ctx.input["source"], "balance": balance}
-
-
-def refunded(ctx: RunContext) -> dict[str, Any]:
-    """Record why the transfer was refunded (the error the catch took)."""
-    assert ctx.error is not None
-    return {"status": "refunded", "reason": ctx.error.message, "error": ctx.error.type}
+def refund(ctx: RunContext) -> None:
+    """Undo ``withdraw``: give the amount back to the source (``ctx.error`` says why)."""
+    assert ctx.error is not None  # the deposit's error, which left the saga
+    _bank(ctx).move(ctx.input["source"], int(ctx.input["amount"]), ctx.idempotency_key)
 
 
 def report(ctx: RunContext) -> dict[str, Any]:
     """Say how the transfer ended."""
-    why = ctx.outputs.get(f"{DEPOSIT}/handler/why")
-    if why is not None:
-        return dict(why)
     return {"status": "completed", "amount": ctx.input["amount"]}
 
 
 def build_flow() -> stepflow.Flow:
-    """Compile ``transfer/v1``: withdraw, deposit (refunding if it cannot be made), report."""
-    deposit_steps = stepflow.steps().retry(
-        "deposit", DEPOSIT_RETRY, stepflow.steps().do("deposit", deposit)
-    )
-    refund_steps = (
+    """Compile ``transfer/v1``: a saga of withdraw (undone by refund) and deposit; report."""
+    money = (
         stepflow.steps()
-        .retry("refund", REFUND_RETRY, stepflow.steps().do("refund", refund))
-        .do("why", refunded)
+        .do("withdraw", withdraw, compensate=refund)
+        .retry("deposit", DEPOSIT_RETRY, stepflow.steps().do("deposit", deposit))
     )
     return stepflow.new(
-        stepflow.named(FLOW_NAME)
-        .do("withdraw", withdraw)
-        .catch("deposit", deposit_steps, refund_steps)
-        .do("report", report)
+        stepflow.named(FLOW_NAME).saga("money", money, policy=REFUND_RETRY).do("report", report)
     )
+
+
+def outcome(state: stepflow.State) -> str:
+    """Say how a finished transfer ended: completed, refunded (and why), or failed (and why)."""
+    if state.status == "completed":
+        return "completed"
+    assert state.error is not None
+    if state.error.step == DEPOSIT_STEP:  # the saga refunded the withdrawal
+        return f"refunded ({state.error.message})"
+    return f"failed ({state.error.message})"
 
 
 flow = build_flow()
@@ -190,15 +185,12 @@ def main() -> int:
         finally:
             store.close()
     for run_id, state in states.items():
-        outcome = state.outputs.get(f"{FLOW_NAME}/report", {"status": state.status})
-        print(
-            f"{run_id}: {outcome['status']}"
-            + (f" ({outcome['reason']})" if "reason" in outcome else "")
-        )
+        print(f"{run_id}: {outcome(state)}")
     print("balances: " + ", ".join(f"{a} {b}" for a, b in sorted(bank.balances.items())))
     conserved = sum(bank.balances.values()) == sum(OPENING.values())
     print(f"money conserved: {conserved}")
-    return 0 if conserved and all(s.status == "completed" for s in states.values()) else 1
+    ended = all(not outcome(s).startswith("failed") for s in states.values())
+    return 0 if conserved and ended else 1
 
 
 if __name__ == "__main__":

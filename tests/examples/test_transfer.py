@@ -26,15 +26,34 @@ def test_a_closed_account_refunds_the_source_and_says_why() -> None:
     one = ({"id": "t", "source": "alice", "target": "carol", "amount": 30},)
     states = transfer.transfer_all(MemoryStore(), bank, one, clock=FakeClock(START))
     state = states["t"]
-    assert state.status == "completed"
-    assert state.outputs["transfer/v1/report"] == {
-        "status": "refunded",
-        "reason": "account carol is closed",
-        "error": "transfer.AccountClosed",
-    }
+    # The saga compensated the withdrawal, then the deposit's error failed the run.
+    assert state.status == "failed"
+    assert state.error is not None
+    assert state.error.type == "transfer.AccountClosed"
+    assert transfer.outcome(state) == "refunded (account carol is closed)"
+    assert list(state.outputs[transfer.SAGA]["done"]) == []  # nothing left to undo
     assert bank.balances == {"alice": 100, "carol": 0}
     # Not retried: AccountClosed is non-retryable; the refund took one attempt.
     assert sorted(bank.applied.values()) == [-30, 30]
+
+
+def test_a_refund_is_retried_by_the_saga_policy_while_the_bank_is_down() -> None:
+    # carol is closed (the deposit fails at once); alice's bank then fails twice.
+    bank = transfer.Bank({"alice": 100, "carol": 0}, closed=frozenset({"carol"}))
+    one = ({"id": "t", "source": "alice", "target": "carol", "amount": 30},)
+    original = bank.move
+
+    def flaky(account: str, amount: int, key: str) -> int:
+        if amount > 0 and account == "alice" and bank.outages.get("refund", 0) < 2:
+            bank.outages["refund"] = bank.outages.get("refund", 0) + 1
+            raise transfer.BankUnavailable("the bank of alice did not answer")
+        return original(account, amount, key)
+
+    bank.move = flaky  # type: ignore[method-assign]
+    state = transfer.transfer_all(MemoryStore(), bank, one, clock=FakeClock(START))["t"]
+    assert transfer.outcome(state) == "refunded (account carol is closed)"
+    assert bank.balances == {"alice": 100, "carol": 0}
+    assert bank.outages["refund"] == 2
 
 
 def test_an_outage_is_retried_and_the_transfer_completes() -> None:
@@ -52,6 +71,7 @@ def test_insufficient_funds_fails_the_run_before_anything_moves() -> None:
     assert state.status == "failed"
     assert state.error is not None
     assert state.error.type == "transfer.InsufficientFunds"
+    assert transfer.outcome(state) == "failed (alice holds 5, not 30)"
     assert bank.balances == {"alice": 5, "bob": 0}
 
 
@@ -80,14 +100,19 @@ def test_whatever_fails_no_money_is_made_or_lost(
     assert sum(bank.balances.values()) == sum(opening.values())
     assert all(balance >= 0 for balance in bank.balances.values())
     for run_id, state in states.items():
+        moved = [v for k, v in bank.applied.items() if k.startswith(f"{run_id}/")]
         if state.status == "completed":
-            status = state.outputs["transfer/v1/report"]["status"]
-            assert status in ("completed", "refunded")
-        else:  # withdrawing failed (no funds, a closed account, the bank down): nothing moved
+            amount = state.outputs["transfer/v1/report"]["amount"]
+            assert sorted(moved) == [-amount, amount]
+        else:
             assert state.status == "failed"
             assert state.error is not None
-            assert state.error.step == "transfer/v1/withdraw"
-            assert not [k for k in bank.applied if k.startswith(f"{run_id}/")]
+            if transfer.outcome(state).startswith("refunded"):  # withdrawn, then refunded
+                assert sum(moved) == 0
+                assert len(moved) == 2
+            else:  # withdrawing failed (no funds, a closed account, the bank down)
+                assert state.error.step == f"{transfer.SAGA}/steps/withdraw"
+                assert moved == []
 
 
 def test_the_example_script_runs_and_conserves_money() -> None:
