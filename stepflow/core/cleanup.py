@@ -154,7 +154,7 @@ def pending_error(value: Any) -> ErrorRecord | None:
     if value is None:
         return None
     raw = thaw_json(value)
-    found = raw.get("cancelled") or raw.get("error") if isinstance(raw, dict) else None
+    found = (raw.get("cancelled") or raw.get("error")) if isinstance(raw, dict) else None
     if not isinstance(found, dict):
         return None
     return ErrorRecord(found["type"], found["message"], found["step"])
