@@ -257,7 +257,7 @@ def answer(
     """
     kind = command[1]
     effect_type = type(effect)
-    if state[3] != RUNNING and node.shield < 0:  # cancelling: record, then unwind from here
+    if state[3] == CANCELLING and node.shield < 0:  # record the outcome, then unwind from here
         return interrupted(definition, state, command, node, effect, _at(effect, now))
     outputs, attempts = state[7], state[10]
     if effect_type is HandlerReturned:
@@ -371,8 +371,8 @@ def _enter(
             if scope not in scopes:
                 attempts = attempts.discard(scope)
     status, error = state[3], None
-    if status != RUNNING:  # cancelling: only cleanups run (stepflow.core.cleanup, rule 8)
-        status, error = CANCELLING, state[4]
+    if status == CANCELLING:  # only cleanups run (stepflow.core.cleanup, rule 8)
+        error = state[4]
         if node.shield < 0:
             taken = state._replace(outputs=outputs, attempts=attempts)
             return cancel_from(definition, taken, node, at)
