@@ -125,7 +125,8 @@ log = logging.getLogger("stepflow.cli")
 _STATUSES = ("running", "cancelling", "completed", "failed", "cancelled")
 # How journal entries other than effect batches read.
 _OP_NAMES = {"resume": "resumed", "cancel": "cancelled", "wake": "woken"}
-_STYLES = {
+#: The color each run status is shown in (the CLI's tables, the demo's display).
+STATUS_STYLES = {
     "running": "cyan",
     "cancelling": "yellow",
     "completed": "green",
@@ -1045,7 +1046,7 @@ def _runs_view(rows: list[_Row], total: int, now: float) -> RenderableType:
         table.add_row(
             escape(record.run_id),
             escape(record.flow),
-            f"[{_STYLES.get(record.status, '')}]{record.status}[/]",
+            f"[{STATUS_STYLES.get(record.status, '')}]{record.status}[/]",
             position,
             _relative(record.wake_at, now),
             _relative(record.updated_at, now),
@@ -1285,7 +1286,7 @@ def _show_view(shown: _Shown, now: float) -> RenderableType:
         return facts
     state = _peek(record)
     facts.add_row("flow", escape(record.flow))
-    facts.add_row("status", f"[{_STYLES.get(record.status, '')}]{record.status}[/]")
+    facts.add_row("status", f"[{STATUS_STYLES.get(record.status, '')}]{record.status}[/]")
     if _state_problem(record) is None:
         facts.add_row("position", escape(_position(record)))
     if record.wake_at is not None:

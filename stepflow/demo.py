@@ -62,6 +62,7 @@ from rich.table import Table
 from rich.text import Text
 
 import stepflow
+from stepflow.cli import STATUS_STYLES
 from stepflow.codec import loads, loads_batch
 from stepflow.core.messages import HandlerRaised
 from stepflow.core.state import State
@@ -531,14 +532,6 @@ def _rank(order: list[str], label: str) -> int:
 
 _CELL = 36  # characters per run in the live display
 
-_STYLES = {
-    "running": "cyan",
-    "cancelling": "yellow",
-    "completed": "green",
-    "failed": "red",
-    "cancelled": "yellow",
-}
-
 
 @attrs.define
 class _Entry:
@@ -638,7 +631,7 @@ class _Board:
         )
         tally = Text()
         for status, count in sorted(by_status.items()):
-            tally.append(f"{count} {status}  ", style=_STYLES.get(status, ""))
+            tally.append(f"{count} {status}  ", style=STATUS_STYLES.get(status, ""))
         tally.append(f"{self.steps} steps, {self.retries} retried errors", style="dim")
         ended, in_flight = self.region_tally()
         tally.append(
@@ -656,7 +649,7 @@ class _Board:
             grid.add_column(width=_CELL, no_wrap=True, overflow="ellipsis")
         cells = []
         for run_id, entry in entries:
-            cell = Text(f"{run_id} ", style=_STYLES.get(entry.status, ""))
+            cell = Text(f"{run_id} ", style=STATUS_STYLES.get(entry.status, ""))
             if entry.status == "failed":
                 cell.append(entry.status)
             elif entry.step == "regions" and entry.status == "running":
@@ -807,7 +800,7 @@ def _summary_table(result: DemoResult) -> Table:
         table.add_row(
             app.run_id,
             app.service,
-            f"[{_STYLES.get(app.status, '')}]{outcome}[/]",
+            f"[{STATUS_STYLES.get(app.status, '')}]{outcome}[/]",
             version,
             "" if app.pull_request is None else f"#{app.pull_request}",
             "" if app.pull_request is None else f"{len(app.deployed_regions)}/{len(app.regions)}",

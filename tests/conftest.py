@@ -11,11 +11,14 @@ Pick one explicitly with ``STEPFLOW_HYPOTHESIS_PROFILE=thorough pytest``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from postgres import PostgresUnavailable, fresh_schema, server
+
+from stepflow.stores import MemoryStore, PostgresStore, SQLiteStore, Store
 
 _common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 settings.register_profile("dev", max_examples=100, **_common)
@@ -55,3 +58,35 @@ def postgres_schema(postgres_dsn: str) -> Iterator[str]:
     """A fresh PostgreSQL schema name for one test, dropped (with its tables) afterwards."""
     with fresh_schema(postgres_dsn) as schema:
         yield schema
+
+
+# Runs on every backend: a factory of store objects on one fresh database of each kind
+# (the memory store is one object). test_worker has a richer one of its own.
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """A factory of store objects on one fresh database of each kind (closed afterwards)."""
+    opened: list[Store] = []
+    schema: list[str] = []
+
+    def make() -> Store:
+        if request.param == "memory":
+            store: Store = opened[0] if opened else MemoryStore()
+        elif request.param == "sqlite":
+            store = SQLiteStore(tmp_path / "runs.db")
+        else:
+            if not schema:
+                schema.append(request.getfixturevalue("postgres_schema"))
+            store = PostgresStore(request.getfixturevalue("postgres_dsn"), schema=schema[0])
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[[], Store]) -> Store:
+    return make_store()

@@ -27,38 +27,10 @@ from stepflow.errors import (
     UnknownRunError,
 )
 from stepflow.runtime import read_run, start_run, store_wake_at
-from stepflow.stores import MemoryStore, PostgresStore, Save, SQLiteStore, Store
+from stepflow.stores import PostgresStore, Save, SQLiteStore, Store
 
 START = 1_700_000_000.0
 WAIT = "approval/v1/approvedWaitEvent"
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
-    """A factory of store objects on one fresh database of each kind (closed afterwards)."""
-    opened: list[Store] = []
-    schema: list[str] = []
-
-    def make() -> Store:
-        if request.param == "memory":
-            store: Store = opened[0] if opened else MemoryStore()
-        elif request.param == "sqlite":
-            store = SQLiteStore(tmp_path / "runs.db")
-        else:
-            if not schema:
-                schema.append(request.getfixturevalue("postgres_schema"))
-            store = PostgresStore(request.getfixturevalue("postgres_dsn"), schema=schema[0])
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store: Callable[[], Store]) -> Store:
-    return make_store()
 
 
 class Seen:
