@@ -295,7 +295,9 @@ def outcomes_for(
     if kind == "sleep":
         return ["fired"]
     if kind == "wait_event":
-        return ["received"] if command[4] is None else ["received", "timed_out"]
+        # Events reach running runs only (stepflow.core.events, Rule 2).
+        received = ["received"] if state.status == RUNNING else []
+        return received if command[4] is None else [*received, "timed_out"]
     if kind == "map":
         options = [f"items:{n}" for n in range(max_items + 1)]
     elif kind == "do" or kind == "compensate":

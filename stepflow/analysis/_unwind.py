@@ -21,9 +21,10 @@ rules of :mod:`stepflow.core.cleanup`:
   that took it (its record changed), a finally's cleanup or a saga's
   compensation (always); with none, the run failed there. While cancelling,
   only the scopes inside the cleanup the position runs in take it (Rule 9).
-* While cancelling, a position that would rest outside every cleanup (or
-  reach the flow's end) unwinds instead, into the innermost finally or saga
-  around it, without entering that step; with none left the run is
+* While cancelling, a position that reaches a transition outside every
+  cleanup (a step, the flow's end, a group's enter or a finally's leave)
+  unwinds from there instead, into the innermost finally or saga around it,
+  without entering that step or group; with none left the run is
   ``cancelled`` (Rule 8).
 * A position reaching a ``wait_event`` whose event the mailbox held (an event
   sent early, taken in this move) passes it (Rule 4 of
@@ -101,10 +102,21 @@ class Unwinder:
                 return
             kind = t.kind
             onward = t.destinations[0].event
-            if kind == "static" or kind in _CLEANUP_START:
-                if kind != "static":
-                    self.pending[self.conc(str(t.step), event)] = None
-                    self.take(template, onward)
+            if kind == "static":
+                self.out.append(event)
+                event = self.conc(onward, event)
+                continue
+            node = definition._node(event)
+            if self.cancelling and node.shield < 0:
+                # Outside every cleanup: it unwinds from here instead (a group is
+                # not entered, a step not started; a cleanup that ended was).
+                if kind == "leave":
+                    self.out.append(event)
+                self.unwind(event, 0)
+                return
+            if kind in _CLEANUP_START:
+                self.pending[self.conc(str(t.step), event)] = None
+                self.take(template, onward)
                 self.out.append(event)
                 event = self.conc(onward, event)
                 continue
@@ -117,10 +129,6 @@ class Unwinder:
                 self.take(template, onward)
                 event = self.conc(onward, event)
                 continue
-            node = definition._node(event)
-            if self.cancelling and node.shield < 0:
-                self.unwind(event, 0)  # it would rest outside every cleanup
-                return
             self.out.append(event)
             if kind == "compensate":
                 if not self.rests(event):
