@@ -29,6 +29,7 @@ from stepflow.analysis import (
     paths,
     replay,
 )
+from stepflow.analysis._explore import Search
 from stepflow.core.compile import scope_name
 from stepflow.core.messages import CancelRequested
 from stepflow.core.policies import RetryPolicy
@@ -462,3 +463,18 @@ def test_a_cancelling_run_receives_the_event_its_cleanup_waits_for() -> None:
     assert [c.kind for c in state.in_flight] == ["wait_event"]
     state, _ = stepflow.advance(definition, state, [stepflow.EventReceived("released", None, 2.0)])
     assert state.status == "cancelled"
+
+
+@settings(max_examples=30, deadline=None)
+@given(cleanup_flows(fork=True), st.booleans())
+def test_the_reduction_keeps_every_state_with_cleanups_and_cancellations(
+    definition: stepflow.FlowDefinition, cancel: bool
+) -> None:
+    assume(not waits_in_a_cleanup(definition))
+    full = Search(definition, max_loops=1, max_states=5_000, cancel=cancel).run()
+    assume(full.complete)
+    reduced = Search(definition, max_loops=1, max_states=5_000, cancel=cancel, reduce=True).run()
+    assert reduced.complete
+    assert set(full.index) == set(reduced.index)
+    depth = {key: full.depth[node] for key, node in full.index.items()}
+    assert all(reduced.depth[node] == depth[key] for key, node in reduced.index.items())

@@ -681,8 +681,9 @@ def explore(
     its outcomes in turn (``do``: returned, raised; ``case``, ``loop_until``,
     ``on_error``: true, false, raised; ``wait_for``: true, false, raised, and
     timed_out when it has a timeout; ``sleep``: fired; ``sleep_until``: past,
-    raised, then its timer fired; ``wait_event``: received, and timed_out when it
-    has a timeout; a map's ``items``: 0 to ``max_items`` items, raised; a
+    raised, then its timer fired; ``wait_event``: received (by the first
+    position waiting for that name, as the core delivers it), and timed_out
+    when it has a timeout; a map's ``items``: 0 to ``max_items`` items, raised; a
     ``switch``'s route: each case's value, a value matching none, raised) and the
     real :func:`stepflow.advance` computes
     where that leads. Loops, false polls and restarts of retries without

@@ -295,8 +295,13 @@ def outcomes_for(
     if kind == "sleep":
         return ["fired"]
     if kind == "wait_event":
-        # Events reach running runs only (stepflow.core.events, Rule 2).
-        received = ["received"] if state.status == RUNNING else []
+        # Events reach running runs only (stepflow.core.events, Rule 2), and an
+        # event reaches the first position waiting for its name (Rule 3).
+        assert isinstance(command, AwaitEvent)
+        first = next(
+            c for c in state.in_flight if isinstance(c, AwaitEvent) and c.name == command.name
+        )
+        received = ["received"] if state.status == RUNNING and first == command else []
         return received if command[4] is None else [*received, "timed_out"]
     if kind == "map":
         options = [f"items:{n}" for n in range(max_items + 1)]
