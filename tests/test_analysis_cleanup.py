@@ -87,7 +87,9 @@ def test_explore_cancels_every_running_state_once_and_each_cancelled_run_release
         cancel=True,
         invariants=[
             released_once,
-            leads_to(is_cancel, RELEASE, name="a cancellation releases the lease"),
+            leads_to(
+                is_cancel, RELEASE, on=("cancelled",), name="a cancellation releases the lease"
+            ),
             never(
                 lambda s: s.status == "completed" and s.error is not None,
                 name="a cancelled run never completes",
@@ -97,6 +99,26 @@ def test_explore_cancels_every_running_state_once_and_each_cancelled_run_release
     assert result.ok, [str(v) for v in result.violations]
     assert result.cancelled >= 3  # at acquire, at the wait, at work
     assert result.states > plain.states
+
+
+def test_a_release_outside_a_finally_is_skipped_by_a_cancellation() -> None:
+    body = stepflow.steps().do("acquire", handler).wait_event("approved", timeout=60)
+    spec = stepflow.named(F).steps("lease", body.do("work", handler).do("release", handler))
+    definition = stepflow.new(spec).definition
+    release = f"{F}/lease/release"
+    released = leads_to(is_cancel, release, on=("cancelled",), name="released")
+    # Without cancellations nothing is owed; with them, a shortest counterexample.
+    assert explore(definition, invariants=[released]).ok
+    violation = explore(definition, cancel=True, invariants=[released]).violation("released")
+    assert violation is not None
+    # (Cancelled while waiting for the approval: the wait is dropped, nothing else runs.)
+    assert violation.trace.outcomes == (
+        ("do", f"{F}/lease/acquire", "returned"),
+        ("cancel", "", "requested"),
+    )
+    assert violation.message == (
+        "the run cancelled, but is_cancel was not followed by 'job/v1/lease/release'"
+    )
 
 
 class CountRuns:
@@ -165,11 +187,27 @@ def test_compensations_run_in_reverse_order_for_a_failure_or_a_cancellation() ->
                 return f"completed {done}, compensated {undone}"
             return None
 
+    def undoes(name: str) -> Any:
+        def match(happening: Happening) -> bool:
+            return happening.kind == "compensate" and happening.name == f"{steps}/{name}"
+
+        match.__name__ = f"undoes_{name}"
+        return match
+
+    def booked(name: str) -> Any:
+        def match(happening: Happening) -> bool:
+            step = f"{steps}/{name}"
+            return happening[:2] == ("ran", step) and happening[2:] == ("returned", "do")
+
+        match.__name__ = f"booked_{name}"
+        return match
+
     result = explore(
         definition,
         cancel=True,
         invariants=[
             ReverseOrder(),
+            before(booked("hotel"), undoes("hotel"), name="only a booked hotel is undone"),
             before(f"{steps}/flight", f"{steps}/hotel"),
             never(
                 lambda s: s.status == "cancelled" and s.outputs.get(BOOK) is None,

@@ -501,7 +501,7 @@ class Search:
             entered = tuple(_conc(definition, e, command.event) for e in chain)
         if self.matchers:
             happenings = (
-                Happening("ran", command.step, outcome),
+                Happening("ran", command.step, outcome, command.kind),
                 *(Happening("entered", e) for e in entered),
             )
             if any(matches(m, h) for m in self.matchers for h in happenings):

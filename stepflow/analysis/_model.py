@@ -116,12 +116,15 @@ class Happening(NamedTuple):
             (``"cancel"``) or an event's name (``"event"``).
         outcome: For ``"ran"``, the :data:`Outcome`; ``"requested"`` or
             ``"sent"``; else ``None``.
+        kind: For ``"ran"``, the command's kind (``"do"``, ``"compensate"``...,
+            telling a step from its compensation); else ``None``.
 
     """
 
     what: Literal["ran", "entered", "cancel", "event"]
     name: str
     outcome: Outcome | None = None
+    kind: str | None = None
 
 
 @attrs.frozen
@@ -159,7 +162,8 @@ class Observation:
             if type(effect) is EventReceived:
                 return (Happening("event", effect.name, SENT), *entered)
             return entered
-        return (Happening("ran", self.command.step, self.outcome), *entered)
+        command = self.command
+        return (Happening("ran", command.step, self.outcome, command.kind), *entered)
 
 
 @attrs.frozen
