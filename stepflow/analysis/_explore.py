@@ -1,20 +1,24 @@
 """Explore every run of a flow: a breadth-first search driven by the real ``advance``.
 
 Rule 1: the search never decides where a run goes. Each successor state comes
-from :func:`stepflow.advance`, given an effect for one explored outcome of the
-command in flight (see :mod:`stepflow.analysis._model` for outcomes and time).
+from :func:`stepflow.advance`, given an effect for one explored outcome of a
+command in flight (see :mod:`stepflow.analysis._model` for outcomes and time),
+or a cancellation or an event sent early (see :func:`explore`).
 
 Rule 2: the search is finite. States carry ever-growing command ids and times,
 so two states are the same search state when they agree on an abstraction:
 position, status, error type and step, the command in flight (kind, step, and
 for ``on_error`` the error's type and step), output keys, retry attempts, the
 ``wake_at`` and ``timeout_at`` relative to the current time (all ``advance``
-computes with is differences of times), a few bounded counters, and the state
-of every invariant's monitor. The counters are how many times the current
-``wait_for`` polled false, a ``loop_until`` looped, and (in ``attempts``) a
-retry with no ``max_attempts`` restarted: an outcome that would push one past
-``max_loops`` is not explored (it is *cut*). Retries bounded by their policy's
-``max_attempts`` are explored to the end.
+computes with is differences of times), the names of the events in the
+mailbox, a few bounded counters, and the state of every invariant's monitor.
+The counters are how many times the current ``wait_for`` polled false, a
+``loop_until`` looped, and (in ``attempts``) a retry with no ``max_attempts``
+restarted: an outcome that would push one past ``max_loops`` is not explored
+(it is *cut*). Retries bounded by their policy's ``max_attempts`` are explored
+to the end. Cancellations (``cancel=True``) are bounded by the status (only a
+``running`` run is cancelled, and none becomes running again), events sent
+early by a counter per name (``max_events``).
 
 Theory of operation
 -------------------
@@ -61,6 +65,8 @@ state and its shortest trace. Two moves ``x`` and ``y`` from a state ``p`` are
   item (their destination, through static hops, stays inside it), are not a
   map's ``items`` nor an ``on_error`` command, and no group around them has
   failed (a failed group stops or drops its positions as they move);
+* are answers to commands: a cancellation or an event sent early is never
+  pruned, and no move is pruned after one;
 * are invisible to every invariant with a monitor: no matcher of a
   :func:`before` or :func:`leads_to` matches what either move does, and there
   is no invariant other than those and :func:`always`/:func:`never`.
