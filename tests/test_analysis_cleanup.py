@@ -516,3 +516,23 @@ def test_the_reduction_keeps_every_state_with_cleanups_and_cancellations(
     assert set(full.index) == set(reduced.index)
     depth = {key: full.depth[node] for key, node in full.index.items()}
     assert all(reduced.depth[node] == depth[key] for key, node in reduced.index.items())
+
+
+def test_a_cancellation_record_names_any_position_of_a_group_and_the_search_ignores_which() -> None:
+    # The record's step is the position the core found first, which depends on
+    # the order the positions moved in; the reduction reorders moves, so the
+    # search tells cancellation records apart by type only.
+    branches = {
+        "poll": stepflow.steps().wait_for("ready", handler, every=0.5),
+        "later": stepflow.steps()
+        .wait_event("go", timeout=0.5)
+        .sleep_until("one", handler)
+        .sleep_until("two", handler),
+    }
+    body = stepflow.steps().parallel("p", branches).do("c", handler)
+    spec = stepflow.named("f").saga("s", body, policy=RetryPolicy(max_attempts=2))
+    definition = stepflow.new(spec).definition
+    full = Search(definition, max_loops=1, cancel=True).run()
+    reduced = Search(definition, max_loops=1, cancel=True, reduce=True).run()
+    assert reduced.pruned > 0
+    assert set(full.index) == set(reduced.index)

@@ -7,25 +7,25 @@ or a cancellation or an event sent early (see :func:`explore`).
 
 Rule 2: the search is finite. States carry ever-growing command ids and times,
 so two states are the same search state when they agree on an abstraction:
-position, status, error type and step, the command in flight (kind, step, and
-for ``on_error`` the error's type and step), output keys, retry attempts, the
-``wake_at`` and ``timeout_at`` relative to the current time (all ``advance``
-computes with is differences of times), the names of the events in the
-mailbox, a few bounded counters, and the state of every invariant's monitor.
-The counters are how many times the current ``wait_for`` polled false, a
-``loop_until`` looped, and (in ``attempts``) a retry with no ``max_attempts``
-restarted: an outcome that would push one past ``max_loops`` is not explored
-(it is *cut*). Retries bounded by their policy's ``max_attempts`` are explored
-to the end. Cancellations (``cancel=True``) are bounded by the status (only a
-``running`` run is cancelled, and none becomes running again), events sent
-early by a counter per name (``max_events``).
+position, status, error type and step (type only, for a cancellation), the
+command in flight (kind, step, and for ``on_error`` the error's type and step),
+output keys, retry attempts, the ``wake_at`` and ``timeout_at`` relative to the
+current time (all ``advance`` computes with is differences of times), the names
+of the events in the mailbox, a few bounded counters, and the state of every
+invariant's monitor. The counters are how many times the current ``wait_for``
+polled false, a ``loop_until`` looped, and (in ``attempts``) a retry with no
+``max_attempts`` restarted: an outcome that would push one past ``max_loops``
+is not explored (it is *cut*). Retries bounded by their policy's
+``max_attempts`` are explored to the end. Cancellations (``cancel=True``) are
+bounded by the status (only a ``running`` run is cancelled, and none becomes
+running again), events sent early by a counter per name (``max_events``).
 
 Theory of operation
 -------------------
 Breadth first, each new search state is checked against every invariant not
 yet violated; the first violation found is therefore one with a shortest trace.
 Every edge is kept (as predecessor lists), so once the search ends, states from
-which no completed or failed state can be reached (*dead ends*) are found by
+which no completed, failed or cancelled state can be reached (*dead ends*) are found by
 reverse reachability.
 
 Several commands in flight
@@ -132,10 +132,11 @@ from stepflow.analysis._model import (
     static_chain,
 )
 from stepflow.core.advance import advance
+from stepflow.core.cleanup import is_cancellation
 from stepflow.core.definition import CLEANUP_KINDS, FlowDefinition, start_event, template_of
 from stepflow.core.groups import command_times
 from stepflow.core.messages import AwaitEvent, Command, Effect
-from stepflow.core.state import CANCELLING, RUNNING, State
+from stepflow.core.state import CANCELLING, RUNNING, ErrorRecord, State
 
 __all__ = ["Exploration", "Violation", "explore"]
 
@@ -253,6 +254,18 @@ def _command_key(command: Command) -> Hashable:
     return (command.kind, command.step, error_key)
 
 
+def _error_key(error: ErrorRecord | None) -> Hashable:
+    """Return an error's type and step; a cancellation's type only.
+
+    A cancellation's record names the step of the position it found first,
+    which in a run with groups depends on the order the positions moved in,
+    not on what the run does next: the search tells such states apart by type.
+    """
+    if error is None:
+        return None
+    return (error.type, None if is_cancellation(error) else error.step)
+
+
 def _group_key(state: State) -> Hashable:
     return tuple(
         sorted(
@@ -263,7 +276,7 @@ def _group_key(state: State) -> Hashable:
                 p.started,
                 p.active,
                 p.failures,
-                None if p.error is None else (p.error.type, p.error.step),
+                _error_key(p.error),
                 frozenset(p.results),
             )
             for scope, p in state.groups.items()
@@ -287,7 +300,7 @@ def _positions_key(state: State, clock: float) -> Hashable:
 def _concurrent_key(
     state: State, clock: float, counters: Counters, monitors: tuple[Hashable, ...]
 ) -> Hashable:
-    error_key = None if state.error is None else (state.error.type, state.error.step)
+    error_key = _error_key(state.error)
     return (
         _positions_key(state, clock),
         state.status,
@@ -310,7 +323,7 @@ def _key(
         error = getattr(command, "error", None) if command.kind == "on_error" else None
         error_key = None if error is None else (error.type, error.step)
         command_key = (command.kind, command.step, command.event, error_key)
-    error_key = None if state.error is None else (state.error.type, state.error.step)
+    error_key = _error_key(state.error)
     return (
         state.events,
         state.status,
