@@ -321,13 +321,12 @@ def _key(
     command_key: Hashable = None
     if command is not None:
         error = getattr(command, "error", None) if command.kind == "on_error" else None
-        error_key = None if error is None else (error.type, error.step)
-        command_key = (command.kind, command.step, command.event, error_key)
-    error_key = _error_key(state.error)
+        asked = None if error is None else (error.type, error.step)
+        command_key = (command.kind, command.step, command.event, asked)
     return (
         state.events,
         state.status,
-        error_key,
+        _error_key(state.error),
         command_key,
         frozenset(state.outputs) if state.outputs else None,
         tuple(sorted(state.attempts.items())) if state.attempts else None,
