@@ -552,3 +552,20 @@ def test_a_cancellation_record_names_any_position_of_a_group_and_the_search_igno
     reduced = Search(definition, max_loops=1, cancel=True, reduce=True).run()
     assert reduced.pruned > 0
     assert set(full.index) == set(reduced.index)
+
+
+def test_a_cancelled_group_enters_the_cleanups_of_its_branches() -> None:
+    lease = stepflow.steps().do("use", handler)
+    branches = {
+        name: stepflow.steps().finally_("lease", lease, stepflow.steps().do("release", handler))
+        for name in ("a", "b")
+    }
+    definition = stepflow.new(stepflow.named("f").parallel("p", branches)).definition
+    released = [f"f/pParallel/{name}/leaseFinally/cleanup/release" for name in ("a", "b")]
+    # Each branch's lease is released exactly once in every cancelled run.
+    invariants = [
+        CountRuns(step, lambda n, s: s.status != "cancelled" or n == 1) for step in released
+    ]
+    result = explore(definition, cancel=True, invariants=invariants)
+    assert result.ok, [str(v) for v in result.violations]
+    assert result.cancelled

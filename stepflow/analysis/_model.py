@@ -603,7 +603,9 @@ def entered_events(
     :class:`Move`).
     """
     if command is None and definition._concurrent:
-        return (), ()  # (groups cancel their positions at once: not retraced)
+        # Groups cancel their positions at once: not retraced; what the move
+        # entered is taken as where its new positions rest.
+        return tuple(e for e in after.events if e not in before.events), ()
     if command is None or _unwinds(definition, before, after):
         from stepflow.analysis._unwind import retrace
 
