@@ -7,15 +7,15 @@ or a cancellation or an event sent early (see :func:`explore`).
 
 Rule 2: the search is finite. States carry ever-growing command ids and times,
 so two states are the same search state when they agree on an abstraction:
-position, status, error type and step (type only, for a cancellation), the
-command in flight (kind, step, and for ``on_error`` the error's type and step),
-output keys, retry attempts, the ``wake_at`` and ``timeout_at`` relative to the
-current time (all ``advance`` computes with is differences of times), the names
-of the events in the mailbox, a few bounded counters, and the state of every
-invariant's monitor. The counters are how many times the current ``wait_for``
-polled false, a ``loop_until`` looped, and (in ``attempts``) a retry with no
-``max_attempts`` restarted: an outcome that would push one past ``max_loops``
-is not explored (it is *cut*). Retries bounded by their policy's
+position, status, error type and step (in a run with groups, a cancellation's
+type only), the command in flight (kind, step, and for ``on_error`` the error's
+type and step), output keys, retry attempts, the ``wake_at`` and ``timeout_at``
+relative to the current time (all ``advance`` computes with is differences of
+times), the names of the events in the mailbox, a few bounded counters, and the
+state of every invariant's monitor. The counters are how many times the current
+``wait_for`` polled false, a ``loop_until`` looped, and (in ``attempts``) a
+retry with no ``max_attempts`` restarted: an outcome that would push one past
+``max_loops`` is not explored (it is *cut*). Retries bounded by their policy's
 ``max_attempts`` are explored to the end. Cancellations (``cancel=True``) are
 bounded by the status (only a ``running`` run is cancelled, and none becomes
 running again), events sent early by a counter per name (``max_events``).
@@ -326,7 +326,7 @@ def _key(
     return (
         state.events,
         state.status,
-        _error_key(state.error),
+        None if state.error is None else (state.error.type, state.error.step),
         command_key,
         frozenset(state.outputs) if state.outputs else None,
         tuple(sorted(state.attempts.items())) if state.attempts else None,
