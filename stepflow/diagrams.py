@@ -31,6 +31,20 @@ Granularity
   one edge per case (``route returned "eu"``) to the first step of that case's
   scope (``case0``...), and one for no match, to the ``default`` scope or past
   the switch. A ``catch`` scope holds its ``steps`` and its ``handler`` scope.
+* **Cleanup scopes** (:mod:`stepflow.core.cleanup`): a ``finally`` scope holds
+  its *enter* node (``finally``), its ``steps``, its ``cleanup`` scope and its
+  *leave* node (a decision: on past the group, or on with the error the
+  cleanup ran for, along the leave's failure edges); a ``saga`` scope holds
+  its enter node (``saga``), its ``steps`` and its *compensate* node (one
+  ``compensate`` command per step to undo, the last done first). Each step
+  inside gets a ``finally`` (or ``saga``) failure edge to the cleanup's first
+  step (or the compensate node), like a catch edge (Mermaid's prefix ``↳``,
+  DOT dashed violet or rose). A cancellation is drawn once per group, from
+  its enter node: a ``cancelled`` edge (Mermaid's prefix ``⊘``, DOT dotted
+  slate) to the same place, for a cancellation unwinds from wherever in the
+  group the run is, timers included. The compensate node's ``compensated``
+  edge is the table's first destination; the core passes the error on along
+  its failure edges instead (with none, the run fails or is cancelled there).
 * **Scopes are nested groups** (Mermaid composite states, DOT clusters): the
   flow's root, ``retry``, ``case``, ``loop_until`` and ``steps`` groups (the
   ``steps`` child of a case or loop, and named ``.steps(...)`` groups). A retry
@@ -91,8 +105,17 @@ _ROOT = "flow"
 _SUFFIX = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
 _SUFFIX.update({"wait_event": "WaitEvent", "parallel": "Parallel", "map": "Map"})
 _SUFFIX["switch"] = "Switch"
+_SUFFIX.update({"finally": "Finally", "leave": "Finally", "saga": "Saga", "compensate": "Saga"})
 # Kinds of handler transition whose step path is a scope drawn around their node.
-_GROUP_KINDS = frozenset({"case", "loop_until", "parallel", "map", "join", "switch"})
+_GROUP_KINDS = frozenset(
+    {"case", "loop_until", "parallel", "map", "join", "switch"}
+    | {"finally", "saga", "leave", "compensate"}
+)
+# Where a cleanup scope's cleanup starts: a finally's cleanup, a saga's compensation.
+_CLEANUP_STARTS = {"finally": "/cleanup", "saga": "/compensate"}
+# The edge kind of entering a finally or a saga ("finally" and "saga" edges are
+# failures handed to its cleanup or compensation, as "catch" ones to a handler).
+_ENTER = {"finally": "enter", "saga": "enter"}
 # Node kinds drawn as bars (fork and join of a group).
 _BARS = frozenset({"parallel", "join"})
 
@@ -207,6 +230,24 @@ def _retry_detail(definition: FlowDefinition, scope: str) -> str:
     return ", ".join(parts)
 
 
+def _saga_detail(definition: FlowDefinition, scope: str) -> str:
+    """Return the label detail of a saga: its compensations' retry policy, if any."""
+    own = scope + "/compensate"
+    if own not in definition.retry_scopes():
+        return "saga"
+    return "saga, compensations " + _retry_detail(definition, own)
+
+
+def _failure_scope(reason: str, event: str) -> str:
+    """Return the scope a failure destination hands the error to (its retry scope field)."""
+    path = _path(event)
+    if reason == "catch":
+        return path.removesuffix("/handler")
+    if reason in _CLEANUP_STARTS:
+        return path.removesuffix(_CLEANUP_STARTS[reason])
+    return path
+
+
 def _timeout_steps(t: Transition) -> bool:
     """Whether ``t`` is a ``wait_event`` with ``on_timeout`` steps: drawn as a scope."""
     return t.kind == "wait_event" and any(d.reason == "timed out" for d in t.destinations)
@@ -238,6 +279,11 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
     for scope in definition.catch_scopes():
         group_steps[scope] = "catch"
         group_steps[scope + "/handler"] = "handler"
+    cleanups = [t for t in handlers if t.kind in _CLEANUP_STARTS]
+    for t in cleanups:
+        group_steps[str(t.step)] = t.kind
+        if t.kind == "finally":
+            group_steps[f"{t.step}/cleanup"] = "cleanup"
 
     # Scopes, in the order their events first appear: a pre-order of the tree.
     paths: dict[str, int] = {}
@@ -276,6 +322,10 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
                 detail = "catch" + ("" if errors is None else " " + ", ".join(errors))
             elif kind in ("parallel", "map", "item"):
                 detail = _group_detail(definition, kind, path)
+            elif kind == "saga":
+                detail = _saga_detail(definition, path)
+            elif kind == "cleanup":
+                detail = "runs whatever happens"
             else:
                 detail = kind
         name = path if path == flow else path.rpartition("/")[2]
@@ -320,9 +370,10 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
                 continue  # the group's join node leaves once
             left.add(source)
         # Retry destinations go back to their retry scope's start (timers have none),
-        # catch destinations to their catch's handler.
+        # catch destinations to their catch's handler, finally and saga ones to the
+        # cleanup or the compensation.
         edges.extend(
-            _Edge(source, target(d.event), d.reason, t.kind, None)
+            _Edge(source, target(d.event), d.reason, _ENTER.get(t.kind, t.kind), None)
             for d in t.destinations
             if d.reason not in FAILURE_REASONS
         )
@@ -332,11 +383,23 @@ def _build(definition: FlowDefinition, state: State | None) -> _Graph:
                 target(d.event),
                 d.reason,
                 d.reason,
-                _path(d.event).removesuffix("/handler") if d.reason == "catch" else _path(d.event),
+                _failure_scope(d.reason, d.event),
             )
             for d in t.destinations
             if d.reason in FAILURE_REASONS
         )
+    # Once a finally or saga is entered, a cancellation goes to its cleanup or
+    # compensation from wherever in its steps the run is (timers included).
+    edges.extend(
+        _Edge(
+            ids["node " + t.source],
+            target(start_event(str(t.step) + _CLEANUP_STARTS[t.kind])),
+            "cancelled",
+            "cancel",
+            str(t.step),
+        )
+        for t in cleanups
+    )
 
     items: dict[str, int] = {}
     positions: dict[str, list[str]] = {}
@@ -444,9 +507,20 @@ def _children(graph: _Graph) -> dict[str | None, list[_Scope | _Node]]:
     return children
 
 
+#: What a cleanup transition's node does, after its kind.
+_CLEANUP_DETAILS = {
+    "finally": "finally (enter)",
+    "saga": "saga (enter)",
+    "leave": "leave (go on, or pass on the error)",
+    "compensate": "compensate (last done, first undone)",
+}
+
+
 def _node_detail(node: _Node) -> str:
     if node.kind == "map":
         return "items"
+    if node.kind in _CLEANUP_DETAILS:
+        return _CLEANUP_DETAILS[node.kind]
     timing = []
     if node.kind == "wait_for" and node.delay is not None:
         timing.append(f"every {_seconds(node.delay)}")
@@ -580,7 +654,7 @@ def to_mermaid(definition: FlowDefinition, state: State | None = None) -> str:
         label = re.sub(r"[:;\n]", "_", edge.reason)
         if edge.retry_scope is not None:
             name = edge.retry_scope.rpartition("/")[2]
-            mark = "↳" if edge.kind == "catch" else "⟲"
+            mark = {"retry": "⟲", "cancel": "⊘"}.get(edge.kind, "↳")
             label = f"{mark} {label} {_mermaid_edge_text(name)}"
         lines.append(f"    {source} --> {target} : {label}")
     marked = sorted(graph.current - {_START, _END})
@@ -614,6 +688,10 @@ _SHAPES = {
     "case": "diamond",
     "loop_until": "diamond",
     "switch": "diamond",
+    "finally": "invhouse",
+    "saga": "invhouse",
+    "leave": "diamond",
+    "compensate": "box3d",
 }
 _CLUSTER_STYLES = {
     "flow": ("solid", "#334155"),
@@ -629,6 +707,17 @@ _CLUSTER_STYLES = {
     "switch": ("solid", "#0369a1"),
     "catch": ("dashed", "#b91c1c"),
     "handler": ("dotted", "#b91c1c"),
+    "finally": ("solid", "#6d28d9"),
+    "cleanup": ("dashed", "#6d28d9"),
+    "saga": ("solid", "#9d174d"),
+}
+# Failure and cancellation edges: dashed, in these colors, not constraining the layout.
+_EDGE_COLORS = {
+    "retry": "#b45309",
+    "catch": "#b91c1c",
+    "finally": "#6d28d9",
+    "saga": "#9d174d",
+    "cancel": "#475569",
 }
 
 
@@ -759,9 +848,10 @@ def to_dot(definition: FlowDefinition, state: State | None = None) -> str:
             if edge.retry_scope is not None:
                 label += " " + edge.retry_scope.rpartition("/")[2]
             pairs.append(("label", _dot(label)))
-        if edge.kind in ("retry", "catch"):
-            color = "#b45309" if edge.kind == "retry" else "#b91c1c"
-            pairs += [("style", "dashed"), ("color", _dot(color)), ("constraint", "false")]
+        color = _EDGE_COLORS.get(edge.kind)
+        if color is not None:
+            style = "dotted" if edge.kind == "cancel" else "dashed"
+            pairs += [("style", style), ("color", _dot(color)), ("constraint", "false")]
         attrs = f" {_attrs(pairs)}" if pairs else ""
         lines.append(f"    {_dot(edge.source)} -> {_dot(edge.target)}{attrs};")
     lines.append("}")
@@ -785,7 +875,8 @@ def to_json(definition: FlowDefinition, state: State | None = None) -> dict[str,
     Scope kinds are ``flow``, ``retry``, ``case``, ``loop_until``, ``steps``,
     ``parallel``, ``branch`` (one branch of a parallel), ``map``, ``item``
     (the scope each item of a map runs in), ``switch`` (its cases and default
-    are ``steps``), ``catch`` and ``handler`` (a catch's handler);
+    are ``steps``), ``catch`` and ``handler`` (a catch's handler), ``finally``,
+    ``cleanup`` (a finally's cleanup) and ``saga``;
     every scope is listed, drawn or not. Node kinds are ``start``, ``end`` and the
     transition kinds (``parallel`` is a group's fork, ``join`` its join, ``map``
     the command that asks for a map's items); a node's ``scope`` is the path of
@@ -793,7 +884,10 @@ def to_json(definition: FlowDefinition, state: State | None = None) -> dict[str,
     at the node, as the state holds them (map item indices included, so a node
     inside a map lists one per item there); ``current`` says whether there is one.
     Edge kinds are ``start`` (the static hops to the first resting event),
-    ``retry``, ``catch``, or the kind of the transition the edge leaves by. ``status`` and
+    ``retry``, ``catch``, ``finally`` and ``saga`` (a failure handed to that
+    cleanup or compensation), ``cancel`` (a cancellation unwinding into it,
+    from the group's enter node), ``enter`` (into a finally's or saga's
+    steps), or the kind of the transition the edge leaves by. ``status`` and
     ``error`` (``{"type", "message", "step"}``) come from ``state``, else ``None``.
 
     Args:

@@ -29,6 +29,7 @@ from stepflow.analysis import (
     replay,
 )
 from stepflow.analysis._explore import Search
+from stepflow.analysis._model import outcomes_for
 from stepflow.core.state import State
 
 
@@ -503,3 +504,26 @@ def test_nested_groups_are_explored_completely_and_every_path_replays(name: str)
         assert case.trace is not None
         assert replay(definition, case.outcomes).final == case.trace.final
     assert {f.code for f in check(definition)} <= {"unbounded-retry"}
+
+
+def test_an_event_two_branches_wait_for_is_received_by_the_first_only() -> None:
+    # The core hands an event to the first position waiting for its name
+    # (stepflow.core.events, Rule 3): "received" is explored for that one only,
+    # so every move's label says which position moved, as the reduction needs.
+    branches = {
+        "a": stepflow.steps().do("x", handler).sleep("nap", 0).wait_event("go", timeout=5),
+        "b": stepflow.steps().do("y", handler).wait_event("go").do("z", handler),
+    }
+    definition = stepflow.new(
+        stepflow.named("f").parallel("p", branches, max_failures=1)
+    ).definition
+    full = Search(definition, max_loops=1).run()
+    reduced = Search(definition, max_loops=1, reduce=True).run()
+    assert set(full.index) == set(reduced.index)
+    for node, state in enumerate(full.states):
+        waiting = [c for c in state.in_flight if c.kind == "wait_event"]
+        if len(waiting) == 2:
+            received = [
+                c.step for c in waiting if "received" in outcomes_for(definition, state, 0.0, c)
+            ]
+            assert received == [waiting[0].step], full.trace(node).describe()

@@ -19,8 +19,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from strategies import World, definitions, flows_and_scripts, run
+from test_analysis_cleanup import cleanup_flows
 
 import stepflow
+from stepflow.analysis import replay
 from stepflow.core.definition import template_of
 from stepflow.diagrams import to_dot, to_json, to_mermaid
 
@@ -217,9 +219,9 @@ def same_edges(drawn: list[tuple[str, str, str]], graph: dict[str, Any], *, merm
     assert len(drawn) == len(expected)
     for (source, target, label), (e_source, e_target, e_label) in zip(drawn, expected, strict=True):
         assert (source, target) == (e_source, e_target)
-        if mermaid and label.startswith(("⟲ ", "↳ ")):
+        if mermaid and label.startswith(("⟲ ", "↳ ", "⊘ ")):
             assert label[2:].startswith(e_label + " ")
-        elif not mermaid and e_label in ("retry", "catch"):
+        elif not mermaid and e_label in ("retry", "catch", "finally", "saga", "cancelled"):
             assert label.startswith(e_label + " ")
         elif not mermaid:
             assert label.replace('\\"', '"') == e_label  # (DOT escapes a case value's quotes)
@@ -658,7 +660,12 @@ def test_positions_a_flow_does_not_have_are_refused_with_their_indices() -> None
 # -- random flows ------------------------------------------------------------------------
 
 
-@given(definitions())
+def drawable() -> st.SearchStrategy[stepflow.FlowDefinition]:
+    """Random flows: every construct, and finally_ groups and sagas (with groups or not)."""
+    return definitions() | cleanup_flows() | cleanup_flows(fork=True)
+
+
+@given(drawable())
 def test_every_step_and_reason_of_a_random_flow_is_drawn(
     definition: stepflow.FlowDefinition,
 ) -> None:
@@ -680,10 +687,13 @@ def test_every_step_and_reason_of_a_random_flow_is_drawn(
             assert 'label="' + d.reason.replace('"', '\\"') in dot
     handlers = [t for t in definition.handler_transitions() if t.kind != "join"]
     assert len(graph["nodes"]) == len(handlers) + len(joins) + 2
-    assert len(graph["edges"]) == 1 + len(joins) + sum(len(t.destinations) for t in handlers)
+    # (Plus one cancellation edge per finally_ or saga.)
+    cleanups = [t for t in handlers if t.kind in ("finally", "saga")]
+    destinations = sum(len(t.destinations) for t in handlers)
+    assert len(graph["edges"]) == 1 + len(joins) + destinations + len(cleanups)
 
 
-@given(definitions())
+@given(drawable())
 def test_the_json_graph_of_a_random_flow_is_consistent(
     definition: stepflow.FlowDefinition,
 ) -> None:
@@ -707,7 +717,7 @@ def test_the_json_graph_of_a_random_flow_is_consistent(
     assert retry_scopes == set(definition.retry_scopes())
 
 
-@given(definitions())
+@given(drawable())
 def test_mermaid_and_dot_draw_exactly_the_json_edges(
     definition: stepflow.FlowDefinition,
 ) -> None:
@@ -718,7 +728,7 @@ def test_mermaid_and_dot_draw_exactly_the_json_edges(
     same_edges(dot_edges(to_dot(definition)), graph, mermaid=False)
 
 
-@given(definitions())
+@given(drawable())
 def test_diagrams_are_deterministic(definition: stepflow.FlowDefinition) -> None:
     again = pickle.loads(pickle.dumps(definition))  # an equal definition, rebuilt
     assert to_mermaid(definition) == to_mermaid(again)
@@ -792,3 +802,95 @@ def test_a_retried_parallel_group_restarts_from_its_fork() -> None:
     assert retries == [{"source": fork, "target": fork, "reason": "retry", "kind": "retry"}]
     kinds = {s["path"]: s["kind"] for s in graph["scopes"]}
     assert kinds["again/v1/wholeRetry/bothParallel/a"] == "branch"
+
+
+# -- finally_, sagas and cancellation ------------------------------------------------------
+
+
+def lease_and_booking() -> stepflow.FlowDefinition:
+    """A finally around a sleep, then a saga whose compensations are retried."""
+    body = stepflow.steps().do("acquire", _unused).sleep("nap", 5)
+    cleanup = stepflow.steps().do("release", _unused)
+    trip = (
+        stepflow.steps()
+        .do("flight", _unused, compensate=_unused)
+        .do("hotel", _unused, compensate=_unused)
+    )
+    policy = stepflow.RetryPolicy(max_attempts=3)
+    spec = (
+        stepflow.named("job/v1").finally_("lease", body, cleanup).saga("book", trip, policy=policy)
+    )
+    return stepflow.new(spec).definition
+
+
+def test_a_finally_is_drawn_as_its_steps_then_its_cleanup_with_a_leave_decision() -> None:
+    graph = to_json(lease_and_booking())
+    kinds = {s["path"].removeprefix("job/v1/"): s["kind"] for s in graph["scopes"]}
+    assert kinds["leaseFinally"] == "finally"
+    assert kinds["leaseFinally/cleanup"] == "cleanup"
+    assert kinds["leaseFinally/steps"] == "steps"
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    edges = {(e["source"], e["target"], e["kind"]) for e in graph["edges"]}
+    enter, leave = "step_leaseFinally_2", "step_leaseFinally"
+    release = "step_leaseFinally_cleanup_release"
+    assert nodes[enter]["kind"] == "finally"
+    assert nodes[leave]["kind"] == "leave"
+    assert nodes[leave]["event"] == "completed:job/v1/leaseFinally/cleanup"
+    assert (enter, "step_leaseFinally_steps_acquire", "enter") in edges
+    # The steps hand failures to the cleanup; a timer cannot fail, but it can be cancelled.
+    assert ("step_leaseFinally_steps_acquire", release, "finally") in edges
+    assert not any(s == "step_leaseFinally_steps_nap" and k == "finally" for s, _, k in edges)
+    assert (enter, release, "cancel") in edges
+    # The leave decision: on to the saga, or the error goes on (no scope: the run fails).
+    assert (leave, "step_bookSaga", "leave") in edges
+
+
+def test_a_saga_is_drawn_with_its_compensate_node_and_edges() -> None:
+    definition = lease_and_booking()
+    graph = to_json(definition)
+    saga = next(s for s in graph["scopes"] if s["kind"] == "saga")
+    assert saga["path"] == "job/v1/bookSaga"
+    compensate = next(n for n in graph["nodes"] if n["kind"] == "compensate")
+    assert compensate["scope"] == "job/v1/bookSaga"
+    into = {e["source"] for e in graph["edges"] if e["target"] == compensate["id"]}
+    assert into == {
+        "step_bookSaga",  # cancelled
+        "step_bookSaga_steps_flight",
+        "step_bookSaga_steps_hotel",
+        compensate["id"],  # its own retry
+    }
+    mermaid = to_mermaid(definition)
+    check_mermaid_syntax(mermaid)
+    assert "compensate book (last done, first undone)" in mermaid
+    assert "saga, compensations retry, up to 3 attempts" in mermaid
+    assert f"step_bookSaga --> {compensate['id']} : ⊘ cancelled bookSaga" in mermaid
+    assert "step_bookSaga_steps_hotel --> step_bookSaga_2 : ↳ saga bookSaga" in mermaid
+    dot = to_dot(definition)
+    assert f'"{compensate["id"]}" [label="book\\ncompensate' in dot
+    assert 'label="cancelled bookSaga", style=dotted' in dot
+    same_edges(mermaid_edges(mermaid), graph, mermaid=True)
+    same_edges(dot_edges(dot), graph, mermaid=False)
+
+
+def test_a_run_compensating_is_highlighted_at_the_compensate_node() -> None:
+    definition = lease_and_booking()
+    trace = replay(
+        definition,
+        [
+            ("do", "job/v1/leaseFinally/steps/acquire", "returned"),
+            ("sleep", "job/v1/leaseFinally/steps/nap", "fired"),
+            ("do", "job/v1/leaseFinally/cleanup/release", "returned"),
+            ("do", "job/v1/bookSaga/steps/flight", "returned"),
+            ("cancel", "", "requested"),  # the hotel is being booked: it ends first
+            ("do", "job/v1/bookSaga/steps/hotel", "raised"),
+        ],
+    )
+    state = trace.final
+    assert state.status == "cancelling"
+    assert [(c.kind, c.step) for c in state.in_flight] == [
+        ("compensate", "job/v1/bookSaga/steps/flight")
+    ]
+    graph = to_json(definition, state)
+    assert [n["id"] for n in graph["nodes"] if n["current"]] == ["step_bookSaga_2"]
+    assert graph["status"] == "cancelling"
+    assert "class step_bookSaga_2 current" in to_mermaid(definition, state)

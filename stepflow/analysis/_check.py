@@ -166,6 +166,8 @@ def _unreachable_transitions(
     for target in missing:
         transition: Transition = definition.table[target.source]
         step = transition.step or ""
+        if transition.kind == "compensate" and target.destination.startswith("completed:"):
+            continue  # listed, but a saga that compensated passes on what it ran for
         if target.reason == "retry":
             if transition.kind == "sleep":
                 continue  # the table lists it, but a timer cannot fail
@@ -300,6 +302,6 @@ def _findings(definition: FlowDefinition, max_states: int, max_items: int) -> li
             "this is a bug of stepflow's core: report it",
         )
         for state in search.states
-        if state.status != "running" and advance(definition, state)[1]
+        if state.is_finished and advance(definition, state)[1]
     )
     return findings

@@ -1,27 +1,31 @@
 """Explore every run of a flow: a breadth-first search driven by the real ``advance``.
 
 Rule 1: the search never decides where a run goes. Each successor state comes
-from :func:`stepflow.advance`, given an effect for one explored outcome of the
-command in flight (see :mod:`stepflow.analysis._model` for outcomes and time).
+from :func:`stepflow.advance`, given an effect for one explored outcome of a
+command in flight (see :mod:`stepflow.analysis._model` for outcomes and time),
+or a cancellation or an event sent early (see :func:`explore`).
 
 Rule 2: the search is finite. States carry ever-growing command ids and times,
 so two states are the same search state when they agree on an abstraction:
-position, status, error type and step, the command in flight (kind, step, and
-for ``on_error`` the error's type and step), output keys, retry attempts, the
-``wake_at`` and ``timeout_at`` relative to the current time (all ``advance``
-computes with is differences of times), a few bounded counters, and the state
-of every invariant's monitor. The counters are how many times the current
+position, status, error type and step (in a run with groups, a cancellation's
+type only), the command in flight (kind, step, and for ``on_error`` the error's
+type and step), output keys, retry attempts, the ``wake_at`` and ``timeout_at``
+relative to the current time (all ``advance`` computes with is differences of
+times), the names of the events in the mailbox, a few bounded counters, and the
+state of every invariant's monitor. The counters are how many times the current
 ``wait_for`` polled false, a ``loop_until`` looped, and (in ``attempts``) a
 retry with no ``max_attempts`` restarted: an outcome that would push one past
 ``max_loops`` is not explored (it is *cut*). Retries bounded by their policy's
-``max_attempts`` are explored to the end.
+``max_attempts`` are explored to the end. Cancellations (``cancel=True``) are
+bounded by the status (only a ``running`` run is cancelled, and none becomes
+running again), events sent early by a counter per name (``max_events``).
 
 Theory of operation
 -------------------
 Breadth first, each new search state is checked against every invariant not
 yet violated; the first violation found is therefore one with a shortest trace.
 Every edge is kept (as predecessor lists), so once the search ends, states from
-which no completed or failed state can be reached (*dead ends*) are found by
+which no completed, failed or cancelled state can be reached (*dead ends*) are found by
 reverse reachability.
 
 Several commands in flight
@@ -61,6 +65,8 @@ state and its shortest trace. Two moves ``x`` and ``y`` from a state ``p`` are
   item (their destination, through static hops, stays inside it), are not a
   map's ``items`` nor an ``on_error`` command, and no group around them has
   failed (a failed group stops or drops its positions as they move);
+* are answers to commands: a cancellation or an event sent early is never
+  pruned, and no move is pruned after one;
 * are invisible to every invariant with a monitor: no matcher of a
   :func:`before` or :func:`leads_to` matches what either move does, and there
   is no invariant other than those and :func:`always`/:func:`never`.
@@ -104,7 +110,9 @@ from stepflow.analysis._invariants import (
     matches,
 )
 from stepflow.analysis._model import (
+    CANCEL,
     MAX_ITEMS,
+    SENT,
     AnalysisError,
     Happening,
     Move,
@@ -114,6 +122,8 @@ from stepflow.analysis._model import (
     _conc,
     _failing,
     answer_time,
+    cancel_effect,
+    early_event,
     effect_time,
     entered_events,
     initial,
@@ -122,16 +132,19 @@ from stepflow.analysis._model import (
     static_chain,
 )
 from stepflow.core.advance import advance
-from stepflow.core.definition import FlowDefinition, start_event, template_of
+from stepflow.core.cleanup import is_cancellation
+from stepflow.core.definition import CLEANUP_KINDS, FlowDefinition, start_event, template_of
 from stepflow.core.groups import command_times
-from stepflow.core.messages import Command
-from stepflow.core.state import State
+from stepflow.core.messages import AwaitEvent, Command, Effect
+from stepflow.core.state import CANCELLING, RUNNING, ErrorRecord, State
 
 __all__ = ["Exploration", "Violation", "explore"]
 
 Counters = tuple[tuple[str, int], ...]
 #: Called for every explored edge: source node, the move, what it did, target node.
 EdgeHook = Callable[[int, Move, Observation, int], None]
+# The counter of an event sent early, in Counters ("sent:" never starts a scope path).
+_SENT = "sent:"
 
 
 @attrs.frozen
@@ -150,7 +163,7 @@ class Violation:
     trace: Trace
 
     @property
-    def path(self) -> tuple[tuple[Command, Outcome], ...]:
+    def path(self) -> tuple[tuple[Command | None, Outcome], ...]:
         """``(command, outcome)`` per move of :attr:`trace`."""
         return self.trace.path
 
@@ -174,14 +187,16 @@ class Exploration:
             Loops, polls and unbounded retries are still cut at ``max_loops``.
         completed: Distinct completed states reached.
         failed: Distinct failed states reached.
+        cancelled: Distinct cancelled states reached (``cancel=True``).
         cut: Outcomes not explored because they passed ``max_loops``.
         pruned: Moves not taken by the reduction (see the module docstring):
             another interleaving of the same moves, no longer, reaches where
             they lead.
         violations: The first (shortest) violation of each invariant broken.
         dead_ends: A shortest trace to each state from which the run can
-            neither complete nor fail (always empty for flows compiled from a
-            spec; states left unexplored by an incomplete search do not count).
+            neither complete, fail nor be cancelled (always empty for flows
+            compiled from a spec; states left unexplored by an incomplete
+            search do not count).
 
     """
 
@@ -194,6 +209,7 @@ class Exploration:
     violations: tuple[Violation, ...] = ()
     dead_ends: tuple[Trace, ...] = ()
     pruned: int = 0
+    cancelled: int = 0
 
     @property
     def ok(self) -> bool:
@@ -238,6 +254,18 @@ def _command_key(command: Command) -> Hashable:
     return (command.kind, command.step, error_key)
 
 
+def _error_key(error: ErrorRecord | None) -> Hashable:
+    """Return an error's type and step; a cancellation's type only.
+
+    A cancellation's record names the step of the position it found first,
+    which in a run with groups depends on the order the positions moved in,
+    not on what the run does next: the search tells such states apart by type.
+    """
+    if error is None:
+        return None
+    return (error.type, None if is_cancellation(error) else error.step)
+
+
 def _group_key(state: State) -> Hashable:
     return tuple(
         sorted(
@@ -248,7 +276,7 @@ def _group_key(state: State) -> Hashable:
                 p.started,
                 p.active,
                 p.failures,
-                None if p.error is None else (p.error.type, p.error.step),
+                _error_key(p.error),
                 frozenset(p.results),
             )
             for scope, p in state.groups.items()
@@ -272,7 +300,7 @@ def _positions_key(state: State, clock: float) -> Hashable:
 def _concurrent_key(
     state: State, clock: float, counters: Counters, monitors: tuple[Hashable, ...]
 ) -> Hashable:
-    error_key = None if state.error is None else (state.error.type, state.error.step)
+    error_key = _error_key(state.error)
     return (
         _positions_key(state, clock),
         state.status,
@@ -280,6 +308,7 @@ def _concurrent_key(
         frozenset(state.outputs) if state.outputs else None,
         tuple(sorted(state.attempts.items())) if state.attempts else None,
         _group_key(state) if state.groups else None,
+        tuple(name for name, _ in state.mailbox),
         counters,
         monitors,
     )
@@ -292,18 +321,18 @@ def _key(
     command_key: Hashable = None
     if command is not None:
         error = getattr(command, "error", None) if command.kind == "on_error" else None
-        error_key = None if error is None else (error.type, error.step)
-        command_key = (command.kind, command.step, command.event, error_key)
-    error_key = None if state.error is None else (state.error.type, state.error.step)
+        asked = None if error is None else (error.type, error.step)
+        command_key = (command.kind, command.step, command.event, asked)
     return (
         state.events,
         state.status,
-        error_key,
+        None if state.error is None else (state.error.type, state.error.step),
         command_key,
         frozenset(state.outputs) if state.outputs else None,
         tuple(sorted(state.attempts.items())) if state.attempts else None,
         _relative(state.wake_at, clock),
         _relative(state.timeout_at, clock),
+        tuple(name for name, _ in state.mailbox),
         counters,
         monitors,
     )
@@ -325,13 +354,19 @@ class Search:
         max_loops: int = 3,
         max_items: int = MAX_ITEMS,
         reduce: bool = False,
+        cancel: bool = False,
+        events: Iterable[str] | bool = (),
+        max_events: int = 1,
     ) -> None:
-        if max_loops < 0 or max_states < 1 or max_items < 0:
+        if max_loops < 0 or max_states < 1 or max_items < 0 or max_events < 0:
             raise AnalysisError(
-                f"max_loops and max_items must be >= 0 and max_states >= 1, got {max_loops}, "
-                f"{max_items} and {max_states}"
+                f"max_loops, max_items and max_events must be >= 0 and max_states >= 1, got "
+                f"{max_loops}, {max_items}, {max_events} and {max_states}"
             )
         self.definition = definition
+        self.cancel = cancel
+        self.events = _event_names(definition, events)
+        self.max_events = max_events
         self.invariants = tuple(invariants)
         self.max_states, self.max_loops, self.max_items = max_states, max_loops, max_items
         concurrent = definition._concurrent
@@ -415,16 +450,24 @@ class Search:
     def _counters(self, node: int, move: Move, entered: tuple[str, ...]) -> Counters | None:
         """Return the counters after ``move`` from ``node``, or ``None`` if it passes a bound."""
         after = move.state
-        if after.status != "running":
+        if after.status != RUNNING and after.status != CANCELLING:
             return ()
         counts = dict(self.counters[node])
+        sent = {k: n for k, n in counts.items() if k.startswith(_SENT)}
         command = move.command
+        if command is None:
+            if move.outcome == SENT:
+                key = _SENT + move.key[1]
+                sent[key] = sent.get(key, 0) + 1
+            kind = None
+        else:
+            kind = command.kind
         for step in list(counts):
             if start_event(step) in entered:
                 del counts[step]  # the loop or wait started over
-        looped = command.kind == "loop_until" and move.outcome == "false"
-        polled = command.kind == "wait_for" and move.outcome == "false"
-        if looped or polled:
+        looped = kind == "loop_until" and move.outcome == "false"
+        polled = kind == "wait_for" and move.outcome == "false"
+        if command is not None and (looped or polled):
             counts[command.step] = counts.get(command.step, 0) + 1
             if counts[command.step] > self.max_loops:
                 return None
@@ -433,9 +476,8 @@ class Search:
                 if attempt > self.max_loops and template_of(scope) in self.unbounded:
                     return None
         positions = after.events
-        return tuple(
-            sorted((s, n) for s, n in counts.items() if any(_inside(e, s) for e in positions))
-        )
+        kept = [(s, n) for s, n in counts.items() if any(_inside(e, s) for e in positions)]
+        return tuple(sorted([*kept, *sent.items()]))
 
     # -- the reduction ------------------------------------------------------------
 
@@ -451,7 +493,7 @@ class Search:
 
     def _local(self, node: int, command: Command, outcome: Outcome) -> str | None:
         definition, state = self.definition, self.states[node]
-        if command.kind not in _LOCAL_KINDS or _failing(outcome):
+        if command.kind not in _LOCAL_KINDS or _failing(outcome) or state.status != RUNNING:
             return None
         if answer_time(state, self.clocks[node], command) != self.clocks[node]:
             return None  # answering it moves the clock
@@ -471,10 +513,13 @@ class Search:
             chain = static_chain(definition.table, target.event)
             if not chain[-1].partition(":")[2].startswith(template_of(branch) + "/"):
                 return None  # it leaves its branch or item: the group notices
+            end = definition.table.get(chain[-1])
+            if end is not None and (end.kind in CLEANUP_KINDS or end.kind == "compensate"):
+                return None  # the state decides where it goes: kept simple, never pruned
             entered = tuple(_conc(definition, e, command.event) for e in chain)
         if self.matchers:
             happenings = (
-                Happening("ran", command.step, outcome),
+                Happening("ran", command.step, outcome, command.kind),
                 *(Happening("entered", e) for e in entered),
             )
             if any(matches(m, h) for m in self.matchers for h in happenings):
@@ -488,6 +533,8 @@ class Search:
             return False
         label = (command.event, outcome)
         for parent, move in incoming:
+            if move.command is None:  # a cancellation or an event: never reordered
+                return False
             if label >= (move.command.event, move.outcome):
                 return False
             # The same command at the parent: found by position, since command ids
@@ -525,14 +572,26 @@ class Search:
                 return self
         return self
 
-    def _moves(self, node: int, state: State, clock: float) -> Iterable[tuple[Command, Outcome]]:
+    def _moves(
+        self, node: int, state: State, clock: float
+    ) -> Iterable[tuple[Command | None, Outcome, Effect]]:
         definition, max_items = self.definition, self.max_items
         for command in state.in_flight:
             for outcome in outcomes_for(definition, state, clock, command, max_items=max_items):
                 if self.reduce and self.skipped(node, command, outcome):
                     self.pruned += 1
                     continue
-                yield command, outcome
+                yield command, outcome, make_effect(state, outcome, clock, command)
+        if state.status != RUNNING:
+            return
+        if self.cancel:
+            yield None, CANCEL, cancel_effect(clock)
+        if self.events:
+            sent = dict(self.counters[node])
+            waiting = {c.name for c in state.in_flight if isinstance(c, AwaitEvent)}
+            for name in self.events:
+                if name not in waiting and sent.get(_SENT + name, 0) < self.max_events:
+                    yield None, SENT, early_event(name, clock)
 
     def _expand(
         self,
@@ -544,8 +603,7 @@ class Search:
     ) -> bool:
         """Explore every move from ``node``; return ``True`` if ``max_states`` was reached."""
         definition = self.definition
-        for command, outcome in self._moves(node, before, clock):
-            effect = make_effect(before, outcome, clock, command)
+        for command, outcome, effect in self._moves(node, before, clock):
             after, _ = advance(definition, before, (effect,))
             entered, _ = entered_events(definition, before, command, outcome, after)
             move = Move(command, outcome, effect, after)
@@ -583,7 +641,7 @@ class Search:
     def dead_ends(self) -> list[int]:
         """Return the nodes from which no end, unexplored node or cut outcome is reachable."""
         alive = [
-            s.status != "running" or not self.expanded[i] or self.has_cut[i]
+            s.is_finished or not self.expanded[i] or self.has_cut[i]
             for i, s in enumerate(self.states)
         ]
         stack = [i for i, ok in enumerate(alive) if ok]
@@ -593,6 +651,23 @@ class Search:
                     alive[p] = True
                     stack.append(p)
         return [i for i, ok in enumerate(alive) if not ok]
+
+
+def _event_names(definition: FlowDefinition, events: Iterable[str] | bool) -> tuple[str, ...]:
+    """Return the names of the events to send early: every ``wait_event``'s for ``True``."""
+    awaited = sorted({t.awaits for t in definition.transitions if t.awaits})
+    if events is True:
+        return tuple(awaited)
+    if events is False:
+        return ()
+    names = tuple(dict.fromkeys(events))
+    for name in names:
+        if name not in awaited:
+            raise AnalysisError(
+                f"events= names {name!r}, which no wait_event of flow {definition.name!r} "
+                f"waits for; the flow waits for {awaited!r}"
+            )
+    return names
 
 
 def check_invariants(definition: FlowDefinition, invariants: Iterable[Invariant]) -> None:
@@ -614,6 +689,9 @@ def explore(
     max_loops: int = 3,
     max_items: int = MAX_ITEMS,
     reduce: bool = True,
+    cancel: bool = False,
+    events: Iterable[str] | bool = (),
+    max_events: int = 1,
 ) -> Exploration:
     """Explore every run of ``definition`` under every outcome of every command.
 
@@ -621,8 +699,9 @@ def explore(
     its outcomes in turn (``do``: returned, raised; ``case``, ``loop_until``,
     ``on_error``: true, false, raised; ``wait_for``: true, false, raised, and
     timed_out when it has a timeout; ``sleep``: fired; ``sleep_until``: past,
-    raised, then its timer fired; ``wait_event``: received, and timed_out when it
-    has a timeout; a map's ``items``: 0 to ``max_items`` items, raised; a
+    raised, then its timer fired; ``wait_event``: received (by the first
+    position waiting for that name, as the core delivers it), and timed_out
+    when it has a timeout; a map's ``items``: 0 to ``max_items`` items, raised; a
     ``switch``'s route: each case's value, a value matching none, raised) and the
     real :func:`stepflow.advance` computes
     where that leads. Loops, false polls and restarts of retries without
@@ -634,6 +713,17 @@ def explore(
     every state and its shortest trace (see :mod:`stepflow.analysis._explore`,
     "Reduction", and docs/testing.md).
 
+    Cancellations and early events (moves with no command, see
+    :class:`~stepflow.analysis.Move`): with ``cancel=True``, from every
+    search state whose run is ``running``, the run is also cancelled (a
+    :class:`~stepflow.core.messages.CancelRequested` at the current virtual
+    time). A run is cancelled at most once: a ``cancelling`` or ``cancelled``
+    run is not running. With ``events``, an event a ``wait_event`` waits for is
+    also sent to a running run that no position currently waits for it at
+    (it waits in the mailbox, taken when a step reaches it), at most
+    ``max_events`` times per name and run. The search state keeps the run's
+    status and the names in its mailbox, so the search stays finite.
+
     Args:
         definition: The compiled flow.
         invariants: Properties to check (:func:`always`, :func:`never`,
@@ -643,13 +733,18 @@ def explore(
         max_items: The most items a map's ``items`` handler returns.
         reduce: Prune reorderings of independent branches (``False``:
             explore every interleaving edge, for comparison).
+        cancel: Also cancel every running run, at every point.
+        events: Event names to send early (``True``: every name a
+            ``wait_event`` of the flow waits for).
+        max_events: How many times each of ``events`` is sent early per run.
 
     Returns:
         The counts, the first violation of each invariant (with a shortest
         trace) and the dead ends.
 
     Raises:
-        AnalysisError: an invariant names a step or event the flow lacks.
+        AnalysisError: an invariant names a step or event the flow lacks, or
+            ``events`` an event no ``wait_event`` waits for.
 
     >>> import stepflow
     >>> flow = stepflow.named("f").do("a", print).wait_for("b", bool, timeout=5)
@@ -667,9 +762,13 @@ def explore(
         max_loops=max_loops,
         max_items=max_items,
         reduce=reduce,
+        cancel=cancel,
+        events=events,
+        max_events=max_events,
     ).run()
     completed = sum(1 for _ in search.nodes_where(lambda s: s.status == "completed"))
     failed = sum(1 for _ in search.nodes_where(lambda s: s.status == "failed"))
+    cancelled = sum(1 for _ in search.nodes_where(lambda s: s.status == "cancelled"))
     return Exploration(
         states=len(search.states),
         transitions=search.transitions,
@@ -680,4 +779,5 @@ def explore(
         violations=tuple(search.violations[i] for i in sorted(search.violations)),
         dead_ends=tuple(search.trace(node) for node in search.dead_ends()),
         pruned=search.pruned,
+        cancelled=cancelled,
     )

@@ -198,12 +198,14 @@ class LeadsTo:
         name: How reports name the invariant.
         trigger: What asks for a response.
         response: What must follow before the run completes.
+        on: The statuses of the ended runs checked (``("completed",)``).
 
     """
 
     name: str
     trigger: Matcher
     response: Matcher
+    on: tuple[str, ...] = ("completed",)
 
     def start(self) -> bool:
         """Return ``False``: no response is owed."""
@@ -220,11 +222,11 @@ class LeadsTo:
         return pending
 
     def violation(self, monitor: Any, state: State) -> str | None:
-        """Report a completed run that still owes a response (failed runs owe nothing)."""
-        if monitor and state.status == "completed":
+        """Report a run ended in one of ``on`` that still owes a response."""
+        if monitor and state.status in self.on:
             return (
-                f"the run completed, but {_label(self.trigger)} was not followed by "
-                f"{_label(self.response)}"
+                f"the run {state.status}, but "
+                f"{_label(self.trigger)} was not followed by {_label(self.response)}"
             )
         return None
 
@@ -271,13 +273,27 @@ def before(first: Matcher, then: Matcher, *, name: str | None = None) -> Before:
     return Before(name or f"before({_label(first)}, {_label(then)})", first, then)
 
 
-def leads_to(trigger: Matcher, response: Matcher, *, name: str | None = None) -> LeadsTo:
+def leads_to(
+    trigger: Matcher,
+    response: Matcher,
+    *,
+    name: str | None = None,
+    on: Iterable[str] = ("completed",),
+) -> LeadsTo:
     """Whenever ``trigger`` happens, ``response`` happens later, on every completed run.
 
-    Checked when a run completes: a run that fails owes nothing. For example
-    "validate always runs after a deploy request"::
+    Checked when a run ends with a status in ``on`` (by default when it
+    completes: a run that fails owes nothing). For example "validate always
+    runs after a deploy request"::
 
         leads_to("deploy/v1/deployCase/steps/createDeployRequest",
                  "deploy/v1/deployCase/steps/validatePostDeployActualState")
+
+    and, exploring with ``cancel=True``, "a cancelled run releases its lease"::
+
+        leads_to(lambda h: h.what == "cancel", "job/v1/leaseFinally/cleanup/release",
+                 on=("cancelled",))
     """
-    return LeadsTo(name or f"leads_to({_label(trigger)}, {_label(response)})", trigger, response)
+    statuses = tuple(on)
+    label = name or f"leads_to({_label(trigger)}, {_label(response)})"
+    return LeadsTo(label, trigger, response, statuses)

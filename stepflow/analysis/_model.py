@@ -49,6 +49,7 @@ from stepflow.core.groups import command_times
 from stepflow.core.messages import (
     AwaitEvent,
     CallHandler,
+    CancelRequested,
     Command,
     Effect,
     EventReceived,
@@ -57,7 +58,7 @@ from stepflow.core.messages import (
     TimerFired,
     Wake,
 )
-from stepflow.core.state import ErrorRecord, State
+from stepflow.core.state import CANCELLED, CANCELLING, RUNNING, ErrorRecord, State
 from stepflow.errors import StepflowError
 
 __all__ = [
@@ -85,6 +86,10 @@ Outcome = str
 
 #: The type name recorded for a plain ``"raised"`` outcome.
 GENERIC_ERROR = "Exception"
+#: The outcome of a cancellation move, and of an event sent early (see :class:`Move`).
+CANCEL, SENT = "requested", "sent"
+#: The reason of the cancellations the analysis requests.
+CANCEL_REASON = "explored cancellation"
 _MESSAGE = "simulated failure"
 
 
@@ -101,16 +106,25 @@ class Happening(NamedTuple):
 
     Attributes:
         what: ``"ran"``: the handler (or timer) of ``name`` answered with
-            ``outcome``; ``"entered"``: the run entered the event ``name``.
+            ``outcome``; ``"entered"``: the run entered the event ``name``;
+            ``"cancel"``: the run was asked to cancel (``name`` is the flow's
+            name, ``outcome`` ``"requested"``); ``"event"``: the event
+            ``name`` was sent to the run before a step waited for it
+            (``outcome`` ``"sent"``).
         name: A step path (for ``"ran"``; a retry scope for its ``on_error``
-            handler) or an event string (for ``"entered"``).
-        outcome: For ``"ran"``, the :data:`Outcome`; else ``None``.
+            handler), an event string (for ``"entered"``), the flow's name
+            (``"cancel"``) or an event's name (``"event"``).
+        outcome: For ``"ran"``, the :data:`Outcome`; ``"requested"`` or
+            ``"sent"``; else ``None``.
+        kind: For ``"ran"``, the command's kind (``"do"``, ``"compensate"``...,
+            telling a step from its compensation); else ``None``.
 
     """
 
-    what: Literal["ran", "entered"]
+    what: Literal["ran", "entered", "cancel", "event"]
     name: str
     outcome: Outcome | None = None
+    kind: str | None = None
 
 
 @attrs.frozen
@@ -119,7 +133,8 @@ class Observation:
 
     Attributes:
         before: The state before the step, or ``None`` for the start of the run.
-        command: The command answered, or ``None`` for the start of the run.
+        command: The command answered, or ``None`` for the start of the run,
+            a cancellation or an event sent early (see ``effect``).
         outcome: How it was answered (an :data:`Outcome`), or ``None``.
         effect: The effect fed to :func:`stepflow.advance`, or ``None``.
         after: The state :func:`stepflow.advance` returned.
@@ -141,31 +156,50 @@ class Observation:
         """The command that ran (if any), then each event entered, in order."""
         entered = tuple(Happening("entered", event) for event in self.entered)
         if self.command is None:
+            effect = self.effect
+            if type(effect) is CancelRequested:
+                return (Happening("cancel", self.after.flow, CANCEL), *entered)
+            if type(effect) is EventReceived:
+                return (Happening("event", effect.name, SENT), *entered)
             return entered
-        return (Happening("ran", self.command.step, self.outcome), *entered)
+        command = self.command
+        return (Happening("ran", command.step, self.outcome, command.kind), *entered)
 
 
 @attrs.frozen
 class Move:
-    """One answered command of a trace.
+    """One move of a trace: an answered command, a cancellation or an event sent early.
 
     Attributes:
-        command: The command the run was waiting for.
+        command: The command the run was waiting for; ``None`` for a
+            cancellation (outcome ``"requested"``, effect a
+            :class:`~stepflow.core.messages.CancelRequested`) or an event sent
+            before a step waited for it (outcome ``"sent"``, effect an
+            :class:`~stepflow.core.messages.EventReceived`).
         outcome: How it was answered (an :data:`Outcome`).
         effect: The effect given to :func:`stepflow.advance`.
         state: The state :func:`stepflow.advance` returned.
 
     """
 
-    command: Command
+    command: Command | None
     outcome: Outcome
     effect: Effect
     state: State
 
     @property
     def key(self) -> tuple[str, str]:
-        """``(command kind, step)``: the handler that answered."""
-        return (self.command.kind, self.command.step)
+        """``(command kind, step)``: the handler that answered.
+
+        ``("cancel", "")`` for a cancellation, ``("event", <name>)`` for an
+        event sent early.
+        """
+        command, effect = self.command, self.effect
+        if command is not None:
+            return (command.kind, command.step)
+        if type(effect) is EventReceived:
+            return ("event", effect.name)
+        return ("cancel", "")
 
 
 @attrs.frozen
@@ -195,14 +229,18 @@ class Trace:
         return self.moves[-1].state if self.moves else self.start
 
     @property
-    def path(self) -> tuple[tuple[Command, Outcome], ...]:
-        """``(command, outcome)`` per move, from the start."""
+    def path(self) -> tuple[tuple[Command | None, Outcome], ...]:
+        """``(command, outcome)`` per move, from the start (``None``: see :class:`Move`)."""
         return tuple((m.command, m.outcome) for m in self.moves)
 
     @property
     def outcomes(self) -> tuple[tuple[str, str, Outcome], ...]:
-        """``(command kind, step, outcome)`` per move: the input of :func:`replay`."""
-        return tuple((m.command.kind, m.command.step, m.outcome) for m in self.moves)
+        """``(command kind, step, outcome)`` per move: the input of :func:`replay`.
+
+        A cancellation is ``("cancel", "", "requested")``, an event sent early
+        ``("event", <name>, "sent")``.
+        """
+        return tuple((*m.key, m.outcome) for m in self.moves)
 
     @property
     def script(self) -> dict[tuple[str, str], list[Outcome]]:
@@ -214,7 +252,7 @@ class Trace:
         """
         script: dict[tuple[str, str], list[Outcome]] = {}
         for m in self.moves:
-            if m.command.kind != "sleep":
+            if m.command is not None and m.command.kind != "sleep":
                 key = (m.command.kind, template_of(m.command.step))
                 script.setdefault(key, []).append(m.outcome)
         return script
@@ -224,9 +262,9 @@ class Trace:
         lines = [f"start -> {_where(self.start)} ({self.start.status})"]
         for m in self.moves:
             s = m.state
-            lines.append(
-                f"{m.command.kind} {m.command.step} {m.outcome} -> {_where(s)} ({s.status})"
-            )
+            kind, step = m.key
+            what = f"{kind} {step}" if step else kind
+            lines.append(f"{what} {m.outcome} -> {_where(s)} ({s.status})")
         return "\n".join(lines)
 
 
@@ -261,10 +299,18 @@ def outcomes_for(
     if kind == "sleep":
         return ["fired"]
     if kind == "wait_event":
-        return ["received"] if command[4] is None else ["received", "timed_out"]
+        # Events reach running and cancelling runs (stepflow.core.events, Rule 2),
+        # and an event reaches the first position waiting for its name (Rule 3).
+        assert isinstance(command, AwaitEvent)
+        first = next(
+            c for c in state.in_flight if isinstance(c, AwaitEvent) and c.name == command.name
+        )
+        active = state.status == RUNNING or state.status == CANCELLING
+        received = ["received"] if active and first == command else []
+        return received if command[4] is None else [*received, "timed_out"]
     if kind == "map":
         options = [f"items:{n}" for n in range(max_items + 1)]
-    elif kind == "do":
+    elif kind == "do" or kind == "compensate":
         options = ["returned"]
     elif kind == "switch":
         cases = definition.table[template_of(command.event)].cases
@@ -301,6 +347,8 @@ def _non_retryable(definition: FlowDefinition, command: Command) -> list[str]:
         scopes = scopes[scopes.index(template_of(command.step)) + 1 :]
     names: list[str] = []
     for scope in scopes:
+        if scope in definition._cleanups:
+            continue  # a finally or a saga takes every error
         if scope in definition._catches:
             listed = definition.catch_rule(scope).errors or ()
         else:
@@ -332,7 +380,7 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
             f"a wait_event can only be 'received' (or 'timed_out', with a timeout), not {outcome!r}"
         )
     assert isinstance(command, CallHandler)
-    if outcome == "returned" and command.kind == "do":
+    if outcome == "returned" and (command.kind == "do" or command.kind == "compensate"):
         return HandlerReturned(command.id, None, at)
     if outcome == "past" and command.kind == "sleep_until":
         return HandlerReturned(command.id, 0, at)
@@ -355,10 +403,20 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
         return HandlerRaised(command.id, ErrorRecord(error_type, _MESSAGE, command.step), None, at)
     raise AnalysisError(
         f"outcome {outcome!r} cannot answer the {command.kind} command of {command.step!r}; "
-        "use returned (do), true/false (conditions, on_error), timed_out (wait_for with a "
-        "timeout), fired (sleep), past (sleep_until), received/timed_out (wait_event), "
-        "items:<n> (a map's items), route:<JSON> (a switch), raised or raised:<type>"
+        "use returned (do, compensate), true/false (conditions, on_error), timed_out "
+        "(wait_for with a timeout), fired (sleep), past (sleep_until), received/timed_out "
+        "(wait_event), items:<n> (a map's items), route:<JSON> (a switch), raised or raised:<type>"
     )
+
+
+def cancel_effect(clock: float) -> CancelRequested:
+    """Return the cancellation the analysis requests at virtual time ``clock``."""
+    return CancelRequested(CANCEL_REASON, clock)
+
+
+def early_event(name: str, clock: float) -> EventReceived:
+    """Return the event ``name`` (no payload), sent at virtual time ``clock``."""
+    return EventReceived(name, None, clock)
 
 
 def effect_time(effect: Effect) -> float:
@@ -471,7 +529,17 @@ def _walk(
         t = table.get(template)
         if t is None:  # the flow's end
             return
-        if t.kind == "static":
+        if (
+            t.kind == "static"
+            or t.kind == "finally"
+            or t.kind == "saga"
+            or (
+                t.kind == "leave"
+                and after.outputs.get(_conc(definition, str(t.step), event)) is None
+            )
+        ):
+            if not t.is_static:
+                taken.append((template, t.destinations[0].event))
             event = _conc(definition, t.destinations[0].event, event)
             continue
         if t.kind == "parallel":
@@ -507,8 +575,23 @@ def _restart_source(definition: FlowDefinition, command: Command, scope: str) ->
     return max(forks, key=lambda t: len(str(t.step))).source
 
 
+def _unwinds(definition: FlowDefinition, before: State, after: State) -> bool:
+    """Whether a move of a run of one position is retraced by :mod:`._unwind`."""
+    return not definition._concurrent and bool(
+        definition._cleanups
+        or before.mailbox
+        or before.status != RUNNING
+        or after.status == CANCELLING
+        or after.status == CANCELLED
+    )
+
+
 def entered_events(
-    definition: FlowDefinition, before: State, command: Command, outcome: Outcome, after: State
+    definition: FlowDefinition,
+    before: State,
+    command: Command | None,
+    outcome: Outcome,
+    after: State,
 ) -> tuple[tuple[str, ...], tuple[Taken, ...]]:
     """Return the events a move entered, and the table entries it took, in order.
 
@@ -517,7 +600,17 @@ def entered_events(
     against ``after``'s position. In a flow with groups a move may take several
     entries (a branch ends, its group completes, the next group forks) or take
     one and enter nothing more (a position in a failed group stops).
+    ``command`` is ``None`` for a cancellation or an event sent early (see
+    :class:`Move`).
     """
+    if command is None and definition._concurrent:
+        # Groups cancel their positions at once: not retraced; what the move
+        # entered is taken as where its new positions rest.
+        return tuple(e for e in after.events if e not in before.events), ()
+    if command is None or _unwinds(definition, before, after):
+        from stepflow.analysis._unwind import retrace
+
+        return retrace(definition, before, command, outcome, after)
     scope = restarted_scope(before, after)
     template = template_of(command.event)
     transition = definition.table[template]
@@ -613,7 +706,7 @@ def _caught(definition: FlowDefinition, before: State, after: State) -> str | No
 def initial(definition: FlowDefinition, now: float = 0.0) -> tuple[State, Observation]:
     """Start a run at ``now``; return its state and the observation of its start."""
     state, _ = advance(definition, None, now=now)
-    if definition._concurrent:
+    if definition._concurrent or definition._cleanups:
         entered, _ = started(definition, state)
     else:
         entered = static_chain(definition.table, definition.start_event)
@@ -644,6 +737,8 @@ def replay(
     :attr:`Trace.outcomes` (with several commands in flight, the one of that
     step, item indices included); time runs as described in this module's docstring,
     so replaying a trace found by :func:`explore` or :func:`paths` reproduces it.
+    ``("cancel", "", "requested")`` cancels the run, and ``("event", name,
+    "sent")`` sends it the event ``name``, at the current virtual time.
 
     Raises:
         AnalysisError: the run is not waiting for the named command, or is over.
@@ -652,6 +747,16 @@ def replay(
     state, _ = initial(definition, now)
     start, clock, moves = state, now, []
     for index, (kind, step, outcome) in enumerate(outcomes):
+        if kind in ("cancel", "event"):
+            if state.status != RUNNING:
+                raise AnalysisError(
+                    f"outcome #{index} ({kind} {step!r}) comes when the run is {state.status}; "
+                    "only a running run is cancelled or sent an event"
+                )
+            effect: Effect = cancel_effect(clock) if kind == "cancel" else early_event(step, clock)
+            state, _ = advance(definition, state, (effect,))
+            moves.append(Move(None, CANCEL if kind == "cancel" else SENT, effect, state))
+            continue
         if not state.in_flight:
             raise AnalysisError(
                 f"outcome #{index} ({kind} {step!r} {outcome!r}) comes after the run ended "
