@@ -50,11 +50,12 @@ Rule 8: failure. An error that leaves a branch or an item (past the retries
 inside it) is recorded as its result, ``{"error": {"type", "message", "step"}}``.
 While no more than ``max_failures`` have failed, the group goes on. Past that,
 the group fails: no new command starts inside it; positions inside it that
-wait for a timer, or for a poll or backoff not yet due at the time of the
+wait for a timer, an event, or a poll or backoff not yet due at the time of the
 failing batch, are dropped at once (nothing can be executing them); the
 effects of commands already in flight are still accepted and recorded (their
-outputs kept), and their positions then stop. When nothing is left in flight in
-the group, its first error leaves it: to the retry enclosing the group, which
+outputs kept). Each position stopped so is cancelled inside its branch or item
+(:mod:`stepflow.core.cleanup`, Rule 10): the cleanups around it there run, then
+it stops. When nothing is left in flight in the group, its first error leaves it: to the retry enclosing the group, which
 restarts it whole, or to the enclosing branch or item, or it fails the run.
 
 Rule 9: a failed run keeps the position of the step that failed, as in a run of
