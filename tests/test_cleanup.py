@@ -427,6 +427,45 @@ def test_events_in_the_batch_of_a_cancellation_that_ends_the_run_are_dropped() -
     assert state.mailbox == ()
 
 
+def test_inside_a_cleanup_a_nested_cleanup_fails_to_the_scopes_of_the_outer_one() -> None:
+    log = Log()
+    log.failing["inner-work"] = 1
+    log.failing["undo"] = 1
+    inner = steps().finally_(
+        "inner", steps().do("inner-work", log("inner-work")), steps().do("tidy", log("tidy"))
+    )
+    saga = steps().saga("s", steps().do("a", log("a"), compensate=log("undo")).do("b", log("b")))
+    log.failing["b"] = 1
+    cleanup = (
+        steps()
+        .catch("c1", inner, steps().do("caught-1", log("caught-1")))
+        .catch("c2", saga, steps().do("caught-2", log("caught-2")))
+        .do("release", log("release"))
+    )
+    flow = stepflow.new(
+        named("f").finally_("lease", steps().wait_event("go"), cleanup), clock=FakeClock(0.0)
+    )
+    state = flow.run(flow.cancel(flow.run(), "stop"))
+    assert state.is_cancelled
+    assert log.names == ["inner-work", "tidy", "caught-1", "a", "b", "undo", "caught-2", "release"]
+
+
+def test_a_failure_leaving_a_nested_cleanup_while_cancelling_fails_the_run() -> None:
+    log = Log()
+    log.failing["b"] = 1
+    saga = steps().saga("s", steps().do("a", log("a"), compensate=log("undo")).do("b", log("b")))
+    flow = stepflow.new(
+        named("f").finally_("lease", steps().wait_event("go"), saga), clock=FakeClock(0.0)
+    )
+    state = _run(flow, flow.cancel(flow.run(), "stop"))
+    assert state.is_failed
+    assert state.error is not None
+    assert state.error.message == "b failed"
+    assert log.names == ["a", "b", "undo"]
+    # Nothing is lost: the cancellation the cleanup ran for stays recorded.
+    assert state.outputs["f/leaseFinally"]["cancelled"]["message"] == "stop"
+
+
 def test_catches_and_retries_do_not_take_a_cancellation() -> None:
     log = Log()
     body = steps().finally_(

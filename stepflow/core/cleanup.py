@@ -72,11 +72,12 @@ cleanup's group ends. When no cleanup scope is left, the run is
 
 Rule 9: cleanups are shielded. A finally's cleanup and a saga's compensations
 are never cut short by a cancellation: inside them, steps run, poll, sleep,
-wait, retry and catch as usual. A failure that leaves a cleanup while the run
-is cancelling fails the run (``failed``, that failure its error): the
-cancellation stays in ``outputs``, so a resumed run finishes the cleanup and
-then goes on cancelling. A cancelled run can be inspected and replayed; it
-cannot be resumed.
+wait, retry and catch as usual, and so do cleanups nested in them: a failure
+inside goes to the scopes inside the outermost cleanup. A failure that leaves
+the outermost cleanup while the run is cancelling fails the run (``failed``,
+that failure its error): the cancellation stays in ``outputs``, so a resumed
+run finishes the cleanup and then goes on cancelling. A cancelled run can be
+inspected and replayed; it cannot be resumed.
 
 Rule 10: groups. In a ``parallel`` or ``map`` group each position unwinds
 inside its branch or item as above. A branch or item that unwinds to its end
@@ -226,13 +227,14 @@ def leave(
     """End a finally's cleanup: go on after the group, or with what it ran for (Rule 3)."""
     from stepflow.core.advance import _enter
 
-    error = pending_error(outputs.get(node.step)) if state.status == RUNNING else None
+    # (A cancelling run reaches a leave outside every cleanup never: it unwound first.)
+    error = pending_error(outputs.get(node.step))
     if error is not None:
-        if is_cancellation(error):  # a resumed run goes on cancelling (Rule 9)
-            state = state._replace(status=CANCELLING, error=error)
-            return cancel_from(definition, state._replace(outputs=outputs), node, at)
         taken = state._replace(outputs=outputs, attempts=attempts)
-        return take_failure(definition, taken, node, 0, error, at)
+        if not is_cancellation(error):
+            return take_failure(definition, taken, node, 0, error, at)
+        if state.status == RUNNING:  # a resumed run goes on cancelling (Rule 9)
+            return cancel_from(definition, taken._replace(status=CANCELLING, error=error), node, at)
     target = definition._node(node.on_true)
     return _enter(definition, state, target, outputs, attempts, at, None)
 
@@ -277,10 +279,14 @@ def next_compensation(
         from stepflow.core.advance import _enter
 
         return _enter(definition, taken, target, outputs, attempts, at, None)
-    if state.status == CANCELLING or is_cancellation(error):
+    own = 1 if node.failures[:1] == (scope + _COMPENSATE,) else 0  # its own retry scope
+    # A cancelling run goes on unwinding, unless the saga runs in a cleanup, whose
+    # scopes take its failure (Rule 9).
+    shielded = definition._node(start_event(scope)).shield >= 0  # the saga runs in a cleanup
+    if is_cancellation(error) or (state.status == CANCELLING and not shielded):
         taken = taken._replace(status=CANCELLING, error=state.error or error)
-        return cancel_from(definition, taken, node, at, max(node.shield, 0))
-    return take_failure(definition, taken, node, max(node.shield, 0), error, at)
+        return cancel_from(definition, taken, node, at, own)
+    return take_failure(definition, taken, node, own, error, at)
 
 
 def compensated(

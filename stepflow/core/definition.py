@@ -276,7 +276,7 @@ class _Node(NamedTuple):
     failures: tuple[str, ...] = ()
     # A wait_event's event name ("" otherwise).
     awaits: str = ""
-    # How many of ``failures`` (the innermost) lie inside the innermost cleanup
+    # How many of ``failures`` (the innermost) lie inside the outermost cleanup
     # the node runs in (a finally's cleanup or a saga's compensation); -1: in none.
     shield: int = -1
     # The sagas enclosing the step, outermost first (a saga's own enter and
@@ -338,7 +338,7 @@ def _canonical(
 
 
 def _shield(path: str, failures: tuple[str, ...], finallies: list[str], sagas: list[str]) -> int:
-    """Return how many of ``failures`` lie in the innermost cleanup ``path`` runs in, or -1.
+    """Return how many of ``failures`` lie in the outermost cleanup ``path`` runs in, or -1.
 
     A finally's cleanup steps run in ``<finally>/cleanup/...``; a saga compensates
     at ``<saga>/compensate`` (whose own retry scope has that path).
@@ -347,7 +347,7 @@ def _shield(path: str, failures: tuple[str, ...], finallies: list[str], sagas: l
     regions += [s + "/compensate" for s in sagas if path == s + "/compensate"]
     if not regions:
         return -1
-    region = max(regions, key=len)
+    region = min(regions, key=len)  # the outermost: cleanups inside it are shielded too
     return sum(1 for f in failures if f == region or f.startswith(region + "/"))
 
 

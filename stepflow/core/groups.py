@@ -55,8 +55,9 @@ failing batch, are dropped at once (nothing can be executing them); the
 effects of commands already in flight are still accepted and recorded (their
 outputs kept). Each position stopped so is cancelled inside its branch or item
 (:mod:`stepflow.core.cleanup`, Rule 10): the cleanups around it there run, then
-it stops. When nothing is left in flight in the group, its first error leaves it: to the retry enclosing the group, which
-restarts it whole, or to the enclosing branch or item, or it fails the run.
+it stops. When nothing is left in flight in the group, its first error leaves
+it: to the retry enclosing the group, which restarts it whole, or to the
+enclosing branch or item, or it fails the run.
 
 Rule 9: a failed run keeps the position of the step that failed, as in a run of
 one position; for an error that left a group, that is the group's start. Resuming
