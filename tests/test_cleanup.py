@@ -673,3 +673,16 @@ def test_a_cleanup_running_in_a_failing_group_is_not_cut_short() -> None:
     state = _run(flow)
     assert state.is_failed
     assert log.names == ["boom", "free"]
+
+
+def test_a_retry_around_a_saga_or_a_finally_counts_its_attempts() -> None:
+    log = Log()
+    log.failing["book"] = 5
+    log.failing["work"] = 5
+    saga = steps().saga("s", steps().do("book", log("book"), compensate=log("undo")))
+    lease = steps().finally_("l", steps().do("work", log("work")), steps())
+    for body, step in ((saga, "book"), (lease, "work")):
+        flow = stepflow.new(named("f").retry("r", RetryPolicy(max_attempts=3), body))
+        state = _run(flow)
+        assert state.is_failed
+        assert log.names.count(step) == 3

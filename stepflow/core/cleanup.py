@@ -233,8 +233,8 @@ def leave(
         taken = state._replace(outputs=outputs, attempts=attempts)
         if not is_cancellation(error):
             return take_failure(definition, taken, node, 0, error, at)
-        if state.status == RUNNING:  # a resumed run goes on cancelling (Rule 9)
-            return cancel_from(definition, taken._replace(status=CANCELLING, error=error), node, at)
+        # (Only a resumed run gets here so: it goes on cancelling, Rule 9.)
+        return cancel_from(definition, taken._replace(status=CANCELLING, error=error), node, at)
     target = definition._node(node.on_true)
     return _enter(definition, state, target, outputs, attempts, at, None)
 

@@ -533,7 +533,7 @@ class _Compiler:
         body, cleanup = f"{scope}/steps", f"{scope}/cleanup"
         self.finally_scopes.add(scope)
         entered = (Destination(start_event(body), "finally entered"),)
-        self.transitions.append(Transition(start_event(scope), "finally", scope, entered))
+        self.enter(start_event(scope), "finally", scope, entered, scopes)
         self.steps(body, item.body, (scope, *scopes))
         self.static(completed_event(body), start_event(cleanup))
         self.steps(cleanup, item.cleanup, scopes)
@@ -549,7 +549,7 @@ class _Compiler:
         body, compensating = f"{scope}/steps", f"{scope}/compensate"
         self.saga_scopes.add(scope)
         entered = (Destination(start_event(body), "saga entered"),)
-        self.transitions.append(Transition(start_event(scope), "saga", scope, entered))
+        self.enter(start_event(scope), "saga", scope, entered, scopes)
         self.sagas += 1
         self.steps(body, item.body, (scope, *scopes))
         self.sagas -= 1
@@ -558,6 +558,27 @@ class _Compiler:
         if own:
             self.rules.append(RetryRule(compensating, item.policy, False))
         self.leave(start_event(compensating), scope, "compensated", (*own, *scopes), "compensate")
+
+    def enter(
+        self,
+        source: str,
+        kind: TransitionKind,
+        scope: str,
+        destinations: tuple[Destination, ...],
+        scopes: tuple[str, ...],
+    ) -> None:
+        """Compile the entry of a finally or a saga: it keeps the scopes around it.
+
+        (The retry attempts around it survive the entry, and a cancellation that
+        unwinds from it finds the cleanups around it.)
+        """
+        retries, catches, cleanups = self.split(scopes)
+        self.transitions.append(
+            Transition(
+                source, kind, scope, destinations, retries, catch_scopes=catches,
+                cleanup_scopes=cleanups,
+            )
+        )  # fmt: skip
 
     def leave(
         self,
