@@ -25,6 +25,7 @@ from stepflow.errors import DefinitionError
 
 __all__ = [
     "DEFAULT_POLL_INTERVAL",
+    "Call",
     "Case",
     "Catch",
     "Do",
@@ -63,6 +64,8 @@ RouteFn = Callable[[Any], Any]
 ItemsFn = Callable[[Any], Any]
 #: ``when(ctx)``: a ``datetime`` (naive means UTC) or seconds since the epoch. May be ``async def``.
 WhenFn = Callable[[Any], Any]
+#: ``input(ctx)``: a child run's JSON input; ``id(ctx)``: its run id (a ``str``).
+ChildFn = Callable[[Any], Any]
 
 
 @attrs.frozen
@@ -244,6 +247,30 @@ class Saga:
     policy: RetryPolicy | None = None
 
 
+@attrs.frozen
+class Call:
+    """A child run of ``flow`` (a :class:`~stepflow.Flow` or a flow name), waited for.
+
+    Calling it calls ``input(ctx)`` (``None`` without one): it is bound as the
+    step's ``call`` handler, and the shell reads ``flow`` and ``id`` from it.
+    See :mod:`stepflow.core.children`.
+    """
+
+    name: str
+    flow: Any
+    input: ChildFn | None = None
+    id: ChildFn | None = None
+
+    def __call__(self, ctx: Any) -> Any:
+        """Return the child's input: ``input(ctx)``, or ``None`` without an ``input``."""
+        return None if self.input is None else self.input(ctx)
+
+    @property
+    def flow_name(self) -> str:
+        """The name of the child's flow (``flow`` itself, or its ``name``)."""
+        return self.flow if isinstance(self.flow, str) else str(self.flow.name)
+
+
 Item = (
     Do
     | WaitFor
@@ -260,6 +287,7 @@ Item = (
     | SleepUntil
     | Finally
     | Saga
+    | Call
 )
 
 
@@ -367,6 +395,33 @@ class Steps:
         state, so a restart never extends it. Its scope is ``<name>``.
         """
         return self._add(Sleep(name, duration))
+
+    def call(
+        self,
+        name: str,
+        flow: Any,
+        input: ChildFn | None = None,
+        id: ChildFn | None = None,
+    ) -> Steps:
+        """Add a step that starts a child run of ``flow`` and waits for it to end.
+
+        ``flow`` is a :class:`~stepflow.Flow` or a flow name (a ``str``, which a
+        worker resolves among the flows it serves). ``input(ctx)`` returns the
+        child's JSON input (default: ``None``); ``id(ctx)`` its run id (default:
+        ``"<parent run id>/<step path>#<command id>"``, deterministic, so a
+        crashed worker's successor finds the same child). Both are called once
+        per start, like a handler.
+
+        The parent rests until the child ends. A completed child's outputs
+        (its state's ``outputs``: a JSON object of step path to output) become
+        this step's output.
+        A failed or cancelled child fails the step with
+        :class:`~stepflow.errors.ChildFailed`, which retries (a retry starts a
+        new child, with a new id) and catches take like any failure.
+        Cancelling the parent cancels the child, and waits for it. Its scope is
+        ``<name>Call``. See :mod:`stepflow.core.children` for every rule.
+        """
+        return self._add(Call(name, flow, input, id))
 
     def sleep_until(self, name: str, when: WhenFn) -> Steps:
         """Add a durable timer at the time ``when(ctx)`` returns: no drift, across restarts.
