@@ -27,7 +27,7 @@ from stepflow import (
 )
 from stepflow.core.checks import check_state
 from stepflow.core.children import CHILD_FAILED, child_failure, with_children
-from stepflow.core.messages import CancelRequested, CallHandler
+from stepflow.core.messages import CallHandler, CancelRequested
 from stepflow.errors import (
     ConfigurationError,
     CorruptStateError,
@@ -175,7 +175,8 @@ def test_a_retry_starts_a_new_child_with_a_new_command() -> None:
     state, first = started(flow)
     state, commands = advance(flow.definition, state, [ChildEnded(first.id, "failed", at=T0)])
     (second,) = commands
-    assert type(second) is StartChild and second.id != first.id
+    assert type(second) is StartChild
+    assert second.id != first.id
     assert second.step == first.step
     state, _ = advance(flow.definition, state, [ChildEnded(second.id, "completed", "ok", at=T0)])
     assert state.status == "completed"
@@ -229,9 +230,7 @@ def test_bad_child_answers_are_refused_and_the_state_is_unchanged() -> None:
 
 
 def test_events_and_a_child_end_apply_in_one_batch() -> None:
-    flow = stepflow.new(
-        stepflow.named("p/v1").call("run", "c/v1").wait_event("go").do("x", _after)
-    )
+    flow = stepflow.new(stepflow.named("p/v1").call("run", "c/v1").wait_event("go").do("x", _after))
     state, command = started(flow)
     batch = [EventReceived("go", "early", T0), ChildEnded(command.id, "completed", 1, at=T0)]
     state, commands = advance(flow.definition, state, batch)
@@ -280,7 +279,8 @@ def test_a_call_waiting_for_its_backoff_is_dropped_at_once_by_a_cancellation() -
     )
     state, command = started(flow)
     state, commands = advance(flow.definition, state, [ChildEnded(command.id, "failed", at=T0)])
-    assert state.wake_at is not None and state.wake_at > T0 + 1
+    assert state.wake_at is not None
+    assert state.wake_at > T0 + 1
     assert type(commands[0]) is StartChild
     state, commands = advance(flow.definition, state, [CancelRequested("stop", T0 + 1)])
     assert (state.status, commands) == ("cancelled", ())
@@ -291,9 +291,7 @@ def test_a_call_waiting_for_its_backoff_is_dropped_at_once_by_a_cancellation() -
 
 def test_a_map_of_calls_collects_each_child_output_in_item_order() -> None:
     flow = stepflow.new(
-        stepflow.named("p/v1").map(
-            "each", lambda ctx: [1, 2], stepflow.steps().call("run", "c/v1")
-        )
+        stepflow.named("p/v1").map("each", lambda ctx: [1, 2], stepflow.steps().call("run", "c/v1"))
     )
     state, commands = advance(flow.definition, None, now=T0)
     state, commands = advance(flow.definition, state, [HandlerReturned(commands[0].id, [1, 2])])
@@ -319,7 +317,8 @@ def test_a_failed_child_in_a_parallel_branch_fails_the_group() -> None:
     batch = [ChildEnded(child.id, "failed", at=T0), HandlerReturned(other.id, 1, T0)]
     state, _ = advance(flow.definition, state, batch)
     assert state.status == "failed"
-    assert state.error is not None and state.error.type == CHILD_FAILED
+    assert state.error is not None
+    assert state.error.type == CHILD_FAILED
 
 
 # ------------------------------------------------------------------ checks and codec
