@@ -109,6 +109,7 @@ from stepflow.core.messages import (
     Effect,
     EventReceived,
     HandlerRaised,
+    StartChild,
     TimerFired,
     Wake,
 )
@@ -1223,6 +1224,14 @@ class Worker:
         interpreter = self._interpreters[flow.name]
         if type(command) is Wake or type(command) is AwaitEvent:
             return interpreter.fire(command)  # a timer, or a wait for an event timing out
+        if type(command) is StartChild:
+            # Child runs are not driven by workers yet: the run is parked as it
+            # is (nothing lost), and taken up again by a worker that drives them.
+            raise InterpreterError(
+                f"step {command.step!r} starts a child run of {command.flow!r}, and this "
+                "worker does not start child runs yet; run the parent with Flow.run (an "
+                "inline child), or wait for a stepflow that drives them"
+            )
         assert type(command) is CallHandler
         assert self._slots is not None
         attempt = _attempt(flow, state, command)
