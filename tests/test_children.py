@@ -473,3 +473,23 @@ def test_a_script_answers_a_call_with_the_childs_end_without_running_it() -> Non
     failed = simulate(flow, {key: [Raises("no capacity", "KeyError")]}).final
     assert failed.error is not None
     assert failed.error.message.endswith("failed: KeyError: no capacity (at c/v1)")
+
+
+# ------------------------------------------------------------------ map(call=)
+
+
+def test_a_map_with_call_runs_one_child_per_item_with_the_item_as_input() -> None:
+    child = stepflow.new(stepflow.named("sq/v1").do("sq", lambda ctx: ctx.input**2))
+    flow = stepflow.new(stepflow.named("p/v1").map("each", lambda ctx: [2, 3], call=child))
+    state = flow.run()
+    assert state.outputs["p/v1/eachMap"] == [{"sq/v1/sq": 4}, {"sq/v1/sq": 9}]
+    transition = flow.definition.table["start:p/v1/eachMap/steps/eachCall"]
+    assert (transition.kind, transition.calls) == ("call", "sq/v1")
+
+
+@pytest.mark.parametrize("both", [True, False])
+def test_a_map_takes_steps_or_call_not_both_nor_neither(both: bool) -> None:
+    body = stepflow.steps().do("x", _after) if both else None
+    with pytest.raises(DefinitionError, match="exactly one of steps") as caught:
+        stepflow.steps().map("each", lambda ctx: [], body, call="c/v1" if both else None)
+    assert caught.value.path == "each"

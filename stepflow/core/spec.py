@@ -247,6 +247,11 @@ class Saga:
     policy: RetryPolicy | None = None
 
 
+def _the_item(ctx: Any) -> Any:
+    """The input of a ``map(call=)`` item's child: the item."""
+    return ctx.item
+
+
 @attrs.frozen
 class Call:
     """A child run of ``flow`` (a :class:`~stepflow.Flow` or a flow name), waited for.
@@ -510,10 +515,11 @@ class Steps:
         self,
         name: str,
         items: ItemsFn,
-        steps: Steps,
+        steps: Steps | None = None,
         *,
         max_concurrency: int | None = None,
         max_failures: int = 0,
+        call: Any = None,
     ) -> Steps:
         """Add a group that runs ``steps`` once for each item of ``items(ctx)``.
 
@@ -523,8 +529,25 @@ class Steps:
         The group's output is the list of each item's last ``do`` output, in item
         order. Failure works as for :meth:`parallel`. The group's scope is
         ``<name>Map``; item ``i`` runs in scope ``<name>Map/steps[i]``.
+
+        With ``call=flow`` (a :class:`~stepflow.Flow` or a flow name) instead of
+        ``steps``, each item runs one child run of ``flow``, its input the item:
+        the steps are ``steps().call(name, flow, input=ctx.item)``, so item
+        ``i``'s child is ``<name>Map/steps[i]/<name>Call`` and the group's
+        output is the list of the children's outputs (see :meth:`call`).
+
+        Raises:
+            DefinitionError: both ``steps`` and ``call=`` are given, or neither.
+
         """
-        return self._add(Map(name, items, steps, max_concurrency, max_failures))
+        if (steps is None) == (call is None):
+            raise DefinitionError(
+                f"map {name!r} needs exactly one of steps (run for each item) and call= "
+                "(a child run for each item); pass one of them",
+                path=name,
+            )
+        body = steps if steps is not None else Steps().call(name, call, input=_the_item)
+        return self._add(Map(name, items, body, max_concurrency, max_failures))
 
     def switch(
         self,
