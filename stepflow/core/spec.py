@@ -248,7 +248,7 @@ class Saga:
 
 
 def _the_item(ctx: Any) -> Any:
-    """The input of a ``map(call=)`` item's child: the item."""
+    """Return the input of a ``map(call=)`` item's child: the item."""
     return ctx.item
 
 
