@@ -658,7 +658,7 @@ def test_positions_a_flow_does_not_have_are_refused_with_their_indices() -> None
 # -- random flows ------------------------------------------------------------------------
 
 
-@given(definitions())
+@given(definitions(calls=False))  # (diagrams learn call steps on their own branch)
 def test_every_step_and_reason_of_a_random_flow_is_drawn(
     definition: stepflow.FlowDefinition,
 ) -> None:
@@ -683,7 +683,7 @@ def test_every_step_and_reason_of_a_random_flow_is_drawn(
     assert len(graph["edges"]) == 1 + len(joins) + sum(len(t.destinations) for t in handlers)
 
 
-@given(definitions())
+@given(definitions(calls=False))  # (diagrams learn call steps on their own branch)
 def test_the_json_graph_of_a_random_flow_is_consistent(
     definition: stepflow.FlowDefinition,
 ) -> None:
@@ -707,7 +707,7 @@ def test_the_json_graph_of_a_random_flow_is_consistent(
     assert retry_scopes == set(definition.retry_scopes())
 
 
-@given(definitions())
+@given(definitions(calls=False))  # (diagrams learn call steps on their own branch)
 def test_mermaid_and_dot_draw_exactly_the_json_edges(
     definition: stepflow.FlowDefinition,
 ) -> None:
@@ -718,7 +718,7 @@ def test_mermaid_and_dot_draw_exactly_the_json_edges(
     same_edges(dot_edges(to_dot(definition)), graph, mermaid=False)
 
 
-@given(definitions())
+@given(definitions(calls=False))  # (diagrams learn call steps on their own branch)
 def test_diagrams_are_deterministic(definition: stepflow.FlowDefinition) -> None:
     again = pickle.loads(pickle.dumps(definition))  # an equal definition, rebuilt
     assert to_mermaid(definition) == to_mermaid(again)
@@ -726,7 +726,7 @@ def test_diagrams_are_deterministic(definition: stepflow.FlowDefinition) -> None
     assert json.dumps(to_json(definition)) == json.dumps(to_json(again))
 
 
-@given(flows_and_scripts(), st.data())
+@given(flows_and_scripts(calls=False), st.data())
 def test_every_state_of_a_run_is_drawn_at_its_position(
     flow_and_script: Any, data: st.DataObject
 ) -> None:
@@ -753,7 +753,7 @@ def test_every_state_of_a_run_is_drawn_at_its_position(
 
 
 @settings(max_examples=10)
-@given(flows_and_scripts(max_depth=2), st.data())
+@given(flows_and_scripts(max_depth=2, calls=False), st.data())
 def test_dot_of_random_flows_renders(flow_and_script: Any, data: st.DataObject) -> None:
     definition, script = flow_and_script
     _, states, _ = run(definition, World(script))
