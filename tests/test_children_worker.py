@@ -206,3 +206,21 @@ def test_a_parent_with_many_children_in_a_map_collects_their_outputs(store: Stor
     assert state.status == "completed"
     assert state.outputs["fan/v1/eachMap"] == [{"double/v1/x2": 2 * i} for i in range(5)]
     assert len(store.children("p")) == 5
+
+
+def test_show_names_a_runs_parent_and_children(tmp_path: Path) -> None:
+    from stepflow.cli import _read_shown, _show_document
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    clock = FakeClock(START)
+    parent = caller()
+    start_run(store, parent, 3, run_id="p", clock=clock)
+    drive(store, [parent, double()], clock)
+    shown = _show_document(_read_shown(store, "p"))
+    child = "p/caller/v1/runCall#1"
+    assert (shown["parent_run_id"], shown["children"]) == (None, [child])
+    outcomes = [e for entry in shown["journal"] for e in entry["effects"]]
+    assert {"outcome": "child", "child": child, "status": "completed"} in outcomes
+    kid = _show_document(_read_shown(store, child))
+    assert (kid["parent_run_id"], kid["children"]) == ("p", [])
+    store.close()
