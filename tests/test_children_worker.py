@@ -224,3 +224,59 @@ def test_show_names_a_runs_parent_and_children(tmp_path: Path) -> None:
     kid = _show_document(_read_shown(store, child))
     assert (kid["parent_run_id"], kid["children"]) == ("p", [])
     store.close()
+
+
+def test_a_parent_cancelled_before_its_child_started_starts_none(store: Store) -> None:
+    clock = FakeClock(START)
+    parent = caller()
+    start_run(store, parent, 1, run_id="p", clock=clock)
+    assert cancel_run(store, "p", "changed my mind", clock=clock)
+    drive(store, [parent, double()], clock)
+    record = store.load("p")
+    assert record.status == "cancelled"
+    assert store.children("p") == []
+
+
+def test_a_save_that_fails_creates_no_child(store: Store) -> None:
+    from stepflow.errors import StaleWriteError
+    from stepflow.stores.base import ChildRun
+
+    clock = FakeClock(START)
+    start_run(store, caller(), 1, run_id="p", clock=clock)
+    record = store.load("p")
+    child = ChildRun("p/kid", "double/v1", record.state, "running", START, 1, 1)
+    stale = Save("p", record.version + 1, None, record.state, "running", None, children=(child,))
+    with pytest.raises(StaleWriteError):
+        store.save(stale, now=START)
+    assert store.children("p") == []
+    fresh = attrs.evolve(stale, expected_version=record.version)
+    store.save(fresh, now=START)
+    assert [c.run_id for c in store.children("p")] == ["p/kid"]
+    assert [e.seq for e in store.history("p/kid")] == []  # (no batch given)
+
+
+def test_on_step_reports_a_childs_end_as_its_calls_step(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    clock = FakeClock(START)
+    waits = stepflow.new(stepflow.named("waits/v1").wait_event("go"))
+    parent = stepflow.new(
+        stepflow.named("caller/v1")
+        .wait_event("start")
+        .call("run", "waits/v1")
+        .do("after", lambda ctx: None)
+    )
+    start_run(store, parent, run_id="p", clock=clock)
+    reports: list[Any] = []
+    stepflow.send_event(store, "p", "start", None, clock=clock)
+    Worker(store, [parent, waits], clock=clock, on_step=reports.append).run_sync(
+        until_idle=True, handle_signals=False
+    )
+    stepflow.send_event(store, "p/caller/v1/runCall#2", "go", 1, clock=clock)
+    Worker(store, [parent, waits], clock=clock, on_step=reports.append).run_sync(
+        until_idle=True, handle_signals=False
+    )
+    kinds = [(r.run_id, r.command.kind, type(r.effect).__name__) for r in reports]
+    assert ("p", "wait_event", "EventReceived") in kinds
+    assert ("p", "call", "ChildEnded") in kinds
+    assert store.load("p").status == "completed"
+    store.close()
