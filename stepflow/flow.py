@@ -37,6 +37,7 @@ from stepflow.core.messages import (
     Command,
     Effect,
     EventReceived,
+    HandlerRaised,
     HandlerReturned,
     StartChild,
     Wake,
@@ -340,7 +341,9 @@ def _scripted(command: StartChild, given: Effect) -> Effect:
     """
     if type(given) is HandlerReturned:
         return ChildEnded(command.id, "completed", given.value, None, given.at, command.key)
-    return given
+    error = cast(HandlerRaised, given).error  # as stepflow.testing's worlds script a failure
+    failed = ErrorRecord(error.type, error.message, command.flow)
+    return ChildEnded(command.id, "failed", None, failed, given[-1], command.key)
 
 
 def _due(state: State, command: Command, now: float) -> bool:

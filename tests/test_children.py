@@ -493,3 +493,22 @@ def test_a_map_takes_steps_or_call_not_both_nor_neither(both: bool) -> None:
     with pytest.raises(DefinitionError, match="exactly one of steps") as caught:
         stepflow.steps().map("each", lambda ctx: [], body, call="c/v1" if both else None)
     assert caught.value.path == "each"
+
+
+def test_a_scripted_flow_answers_calls_as_its_world_does() -> None:
+    from stepflow.testing import ScriptedWorld, scripted_flow
+
+    flow = parent()
+    key = ("call", STEP)
+    for outcome in (Returns({"v": 1}), Raises("down", "KeyError")):
+        script = {key: [outcome]}
+        in_world = simulate(flow, script).final
+        try:
+            by_flow = scripted_flow(flow.definition, ScriptedWorld(script)).run()
+        except FlowFailed as failed:
+            by_flow = failed.state
+        assert (by_flow.status, by_flow.outputs.get(STEP)) == (
+            in_world.status,
+            in_world.outputs.get(STEP),
+        )
+        assert by_flow.error == in_world.error
