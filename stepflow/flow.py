@@ -341,9 +341,9 @@ def _scripted(command: StartChild, given: Effect) -> Effect:
     """
     if type(given) is HandlerReturned:
         return ChildEnded(command.id, "completed", given.value, None, given.at, command.key)
-    error = cast(HandlerRaised, given).error  # as stepflow.testing's worlds script a failure
-    failed = ErrorRecord(error.type, error.message, command.flow)
-    return ChildEnded(command.id, "failed", None, failed, given[-1], command.key)
+    raised = cast(HandlerRaised, given)  # as stepflow.testing's worlds script a failure
+    failed = ErrorRecord(raised.error.type, raised.error.message, command.flow)
+    return ChildEnded(command.id, "failed", None, failed, raised.at, command.key)
 
 
 def _due(state: State, command: Command, now: float) -> bool:
