@@ -512,3 +512,13 @@ def test_a_scripted_flow_answers_calls_as_its_world_does() -> None:
             in_world.outputs.get(STEP),
         )
         assert by_flow.error == in_world.error
+
+
+def test_start_child_and_child_ended_compare_only_to_their_own_type() -> None:
+    command = StartChild(1, "call", STEP, f"start:{STEP}", "c/v1")
+    assert command != (1, "call", STEP, f"start:{STEP}", "c/v1")
+    assert hash(command) == hash(StartChild(*command))
+    ended = ChildEnded(1, "completed", {"a": [1]}, None, T0, "kid")
+    assert ended != HandlerReturned(1, {"a": [1]}, T0)
+    assert ended == ChildEnded(1, "completed", {"a": [1]}, None, T0, "kid")
+    assert hash(ended) == hash(ChildEnded(1, "completed", {"a": [1]}, None, T0, "kid"))
