@@ -522,3 +522,12 @@ def test_start_child_and_child_ended_compare_only_to_their_own_type() -> None:
     assert ended != HandlerReturned(1, {"a": [1]}, T0)
     assert ended == ChildEnded(1, "completed", {"a": [1]}, None, T0, "kid")
     assert hash(ended) == hash(ChildEnded(1, "completed", {"a": [1]}, None, T0, "kid"))
+
+
+def test_a_child_output_json_cannot_hold_is_not_kept_while_its_parent_cancels() -> None:
+    flow = cleanup_flow()
+    state, command = started(flow)
+    state, _ = advance(flow.definition, state, [CancelRequested("stop", T0)])
+    state, commands = advance(flow.definition, state, [ChildEnded(command.id, "completed", {1j})])
+    assert "p/v1/workFinally/steps/runCall" not in state.outputs
+    assert [c.step for c in commands] == ["p/v1/workFinally/cleanup/release"]
