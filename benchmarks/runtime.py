@@ -39,6 +39,8 @@ TARGET_GROUP = 2.0  # steps/s >= 2x raw commits/s with group commit
 TARGET_KIB = 4.0  # worker memory per run in flight < 4 KiB
 MAP_ITEMS, MAP_STEPS, MAP_CONCURRENCY = 100, 3, 20
 TARGET_MAP = 0.8  # steps/s of one run's map >= 0.8x the same steps as separate runs
+CHILDREN, CHILDREN_QUICK = 1000, 200
+TARGET_CHILDREN = 2.0  # n children of one parent (started, driven, waited for) <= 2x n runs
 
 POSTGRES_ENV = "STEPFLOW_BENCH_POSTGRES_DSN"
 
@@ -289,6 +291,40 @@ def map_vs_runs(bench: SQLiteBench) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+def children_vs_runs(bench: SQLiteBench, count: int) -> tuple[float, float]:
+    """Seconds to start and drive ``count`` child runs of one parent, and ``count`` runs.
+
+    The parent is a ``map(call=)`` of ``count`` items: its worker starts every
+    child in one save, drives them, and the parent wakes as their ends reach
+    its inbox, until it completes. The runs are started with ``start_run`` and
+    driven by the same kind of worker; both on SQLite, one no-op step each.
+    """
+    child = stepflow.new(stepflow.named("bench/child/v1").do("step", noop))
+    items = list(range(count))
+    parent = stepflow.new(
+        stepflow.named("bench/parent/v1").map("kids", lambda ctx: items, call=child)
+    )
+    times = []
+    for runs in (0, count):
+        with bench.store() as store:
+
+            async def timed(store: Store = store, runs: int = runs) -> float:
+                start = _now()
+                if runs:
+                    for i in range(runs):
+                        stepflow.start_run(store, child, run_id=f"run{i:06d}")
+                else:
+                    stepflow.start_run(store, parent, run_id="parent")
+                worker = stepflow.Worker(store, [parent, child], concurrency=MAP_CONCURRENCY)
+                await worker.run(until_idle=True)
+                return _now() - start
+
+            times.append(asyncio.run(timed()))
+            done = store.count(status="completed")
+            _expect(done == count + (0 if runs else 1), f"{count} completed runs", done)
+    return times[0], times[1]
+
+
 def event_latency(bench: SQLiteBench, sends: int) -> list[float]:
     """Seconds from ``send_event`` to a resting run until its next step starts, per send.
 
@@ -526,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         peak, current, handler = memory_per_run(benches[0].store(), runs)
         assert isinstance(benches[0], SQLiteBench)
         map_rate, runs_rate = map_vs_runs(benches[0])
+        children = CHILDREN_QUICK if args.quick else CHILDREN
+        children_s, runs_s = children_vs_runs(benches[0], children)
         latencies = event_latency(benches[0], EVENT_SENDS_QUICK if args.quick else EVENT_SENDS)
     finally:
         for bench in benches:
@@ -578,6 +616,19 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio {map_ratio:.2f}x"
     )
     print(f"  {'PASS' if map_ok else 'MISS'}  >= {TARGET_MAP:g}x")
+    print()
+    children_ratio = children_s / runs_s
+    children_ok = children_ratio <= TARGET_CHILDREN
+    results.append(
+        (f"{children} children of one parent <= {TARGET_CHILDREN:g}x {children} runs",
+         children_ok, f"{children_ratio:.2f}x")
+    )  # fmt: skip
+    print(
+        f"child runs (SQLite): one parent starting {children} children (map(call=)) and "
+        f"waking when the last ends: {children_s:.2f} s; {children} independent runs started "
+        f"and driven: {runs_s:.2f} s; ratio {children_ratio:.2f}x"
+    )
+    print(f"  {'PASS' if children_ok else 'MISS'}  <= {TARGET_CHILDREN:g}x")
     print()
     median_ms = _percentile(latencies, 0.5) * 1000
     p99_ms = _percentile(latencies, 0.99) * 1000

@@ -16,6 +16,7 @@ trap 'rm -rf "$(dirname "$data")"' EXIT
     tests/test_advance.py tests/test_definition.py tests/test_codec.py tests/test_go_parity.py \
     tests/test_flow.py tests/test_timers.py tests/test_batches.py tests/test_groups.py \
     tests/test_purity.py tests/test_core_edges.py tests/test_switch.py tests/test_catch.py \
-    tests/test_events.py tests/test_sleep_until.py tests/test_cleanup.py stepflow/core \
+    tests/test_events.py tests/test_sleep_until.py tests/test_cleanup.py tests/test_children.py \
+    stepflow/core \
     --deselect tests/test_sleep_until.py::test_the_worker_asks_when_once_and_wakes_the_run_at_that_time
 "$python" -m coverage report --data-file="$data" -m --skip-covered --fail-under=100

@@ -33,11 +33,13 @@ from stepflow.core.definition import FlowDefinition as FlowDefinition
 from stepflow.core.definition import Transition as Transition
 from stepflow.core.messages import AwaitEvent as AwaitEvent
 from stepflow.core.messages import CallHandler as CallHandler
+from stepflow.core.messages import ChildEnded as ChildEnded
 from stepflow.core.messages import Command as Command
 from stepflow.core.messages import Effect as Effect
 from stepflow.core.messages import EventReceived as EventReceived
 from stepflow.core.messages import HandlerRaised as HandlerRaised
 from stepflow.core.messages import HandlerReturned as HandlerReturned
+from stepflow.core.messages import StartChild as StartChild
 from stepflow.core.messages import TimerFired as TimerFired
 from stepflow.core.messages import Wake as Wake
 from stepflow.core.policies import RetryPolicy as RetryPolicy
@@ -48,6 +50,7 @@ from stepflow.core.state import ErrorRecord as ErrorRecord
 from stepflow.core.state import State as State
 from stepflow.core.state import Status as Status
 from stepflow.errors import AmbiguousRunError as AmbiguousRunError
+from stepflow.errors import ChildFailed as ChildFailed
 from stepflow.errors import ConfigurationError as ConfigurationError
 from stepflow.errors import CorruptStateError as CorruptStateError
 from stepflow.errors import DefinitionError as DefinitionError
@@ -119,6 +122,8 @@ __all__ = [
     "AmbiguousRunError",
     "AwaitEvent",
     "CallHandler",
+    "ChildEnded",
+    "ChildFailed",
     "Clock",
     "Command",
     "ConfigurationError",
@@ -161,6 +166,7 @@ __all__ = [
     "ScheduleError",
     "ScheduleExistsError",
     "StaleWriteError",
+    "StartChild",
     "State",
     "StateError",
     "Status",

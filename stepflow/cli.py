@@ -78,6 +78,7 @@ from stepflow.codec import Batch, loads
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
     CancelRequested,
+    ChildEnded,
     Command,
     Effect,
     EventReceived,
@@ -1179,13 +1180,14 @@ class _Shown:
     journal: tuple[tuple[JournalEntry, Batch], ...] | None
     problems: tuple[str, ...] = ()
     notes: RunNotes | None = None
+    children: tuple[str, ...] = ()
 
     def key(self) -> Hashable:
         record = self.record
         facts = None if record is None else (record.version, record.status, record.lease_owner)
         journal = None if self.journal is None else len(self.journal)
         notes = None if self.notes is None else (self.notes.progress_at, self.notes.pruned_at)
-        return (facts, journal, self.problems, notes)
+        return (facts, journal, self.problems, notes, self.children)
 
     def pruned(self) -> bool:
         """Whether a prune removed the start of the journal (see ``RunView.journal_pruned``)."""
@@ -1210,7 +1212,9 @@ def _read_shown(store: Store, run_id: str) -> _Shown:
         state = _state_problem(record)
         return _Shown(run_id, record, None, tuple([state, *problems] if state else problems))
     state = _state_problem(view.record)
-    return _Shown(run_id, view.record, view.journal, (state,) if state else (), view.notes)
+    children = tuple(child.run_id for child in store.children(run_id))
+    found: tuple[str, ...] = (state,) if state else ()
+    return _Shown(run_id, view.record, view.journal, found, view.notes, children)
 
 
 def _cancel_text(cancel: CancelRequested) -> str:
@@ -1224,6 +1228,8 @@ def _effect_json(effect: Effect, command: Command | None) -> dict[str, Any]:
         return {"outcome": "event", "name": effect.name, "payload": effect.payload}
     if type(effect) is CancelRequested:
         return {"outcome": "cancel", "reason": effect.reason, "deadline": effect.deadline}
+    if type(effect) is ChildEnded:
+        return {"outcome": "child", "child": effect.child, "status": effect.status}
     body: dict[str, Any] = {
         "command": effect[0],
         "kind": None if command is None else command.kind,
@@ -1249,6 +1255,8 @@ def _show_document(shown: _Shown) -> dict[str, Any]:
     body.update(
         timeout_at=state.get("timeout_at"),
         deadline_at=None if shown.record is None else shown.record.deadline_at,
+        parent_run_id=None if shown.record is None else shown.record.parent_run_id,
+        children=list(shown.children),
         outputs=state.get("outputs") or {},
         error=(
             {"type": error.get("type"), "message": error.get("message"), "step": error.get("step")}
@@ -1299,6 +1307,10 @@ def _show_view(shown: _Shown, now: float) -> RenderableType:
         facts.add_row("deadline", f"{_clock(until)} ({_relative(until, now)})")
     facts.add_row("created", f"{_clock(record.created_at)} ({_relative(record.created_at, now)})")
     facts.add_row("updated", f"{_clock(record.updated_at)} ({_relative(record.updated_at, now)})")
+    if record.parent_run_id is not None:
+        facts.add_row("parent", escape(record.parent_run_id))
+    if shown.children:
+        facts.add_row("children", escape(", ".join(shown.children)))
     if record.lease_owner is not None:
         expiry = _relative(record.lease_expires_at, now)
         facts.add_row("leased by", escape(f"{record.lease_owner} (expires {expiry})"))
@@ -1738,6 +1750,8 @@ def _outcome(effect: Effect) -> Text:
         return Text("timer fired", style="magenta")
     if type(effect) is CancelRequested:
         return Text(_cancel_text(effect), style="yellow")
+    if type(effect) is ChildEnded:
+        return Text(f"child {effect.child} {effect.status}", style="cyan")
     event = cast(EventReceived, effect)
     return Text(f"event {event.name} -> {_json(event.payload)}", style="cyan")
 

@@ -34,17 +34,20 @@ from pyrsistent import pmap
 from stepflow.core._json import NotJSON, freeze_json, thaw_json
 from stepflow.core.advance import result_error
 from stepflow.core.checks import check_state
+from stepflow.core.children import CHILD_STATUSES
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.messages import (
     AwaitEvent,
     CallHandler,
     CancelRequested,
+    ChildEnded,
     Command,
     CommandKind,
     Effect,
     EventReceived,
     HandlerRaised,
     HandlerReturned,
+    StartChild,
     TimerFired,
     Wake,
     answered_id,
@@ -109,6 +112,7 @@ class _WireCommand:
     error: _WireError | None = None
     at: float | None = None
     name: str | None = None
+    flow: str | None = None
 
 
 @attrs.frozen
@@ -178,6 +182,8 @@ def _unstructure_command(c: Command) -> dict[str, Any]:
     if type(c) is AwaitEvent:
         at = None if c[4] is None else float(c[4])
         return {"id": c[0], "kind": c[1], "step": c[2], "event": c[3], "at": at, "name": c[5]}
+    if type(c) is StartChild:
+        return {"id": c[0], "kind": c[1], "step": c[2], "event": c[3], "flow": c[4]}
     return {
         "id": c[0],
         "kind": c[1],
@@ -289,6 +295,11 @@ def _command_fast(c: dict[str, Any], strings: Mapping[str, str] = EMPTY_STRINGS)
         if len(c) != 6 or type(name) is not str:
             raise TypeError
         return _new(AwaitEvent, (cid, kind, step, event, at, strings.get(name, name)))
+    if kind == "call":
+        flow = c["flow"]
+        if len(c) != 5 or type(flow) is not str:
+            raise TypeError
+        return _new(StartChild, (cid, kind, step, event, strings.get(flow, flow)))
     if len(c) != 5 or kind not in _KINDS:
         raise TypeError
     cerror = c["error"]
@@ -383,6 +394,13 @@ def _from_wire(env: _Envelope) -> State:
                     problems=("$.state.in_flight: wait_event command without 'name'",),
                 )
             return AwaitEvent(c.id, "wait_event", c.step, c.event, c.at, c.name)
+        if c.kind == "call":
+            if c.flow is None:
+                raise CorruptStateError(
+                    f"call command {c.id} has no child flow",
+                    problems=("$.state.in_flight: call command without 'flow'",),
+                )
+            return StartChild(c.id, "call", c.step, c.event, c.flow)
         return CallHandler(c.id, c.kind, c.step, c.event, err(c.error))
 
     def group(g: _WireGroup) -> GroupProgress:
@@ -584,6 +602,22 @@ def _unstructure_effect(effect: Effect, command: Command | None) -> dict[str, An
         return {"type": "event", "name": effect.name, "payload": payload, "at": _time(effect.at)}
     if type(effect) is TimerFired:
         return {"type": "timer", "command": effect.command_id, "at": _time(effect.at)}
+    if type(effect) is ChildEnded:
+        command_id, status, output, error, at, child = effect
+        try:
+            output = thaw_json(freeze_json(output))
+        except NotJSON:  # recorded as the failure advance makes of it, as for a return
+            returned = HandlerReturned(command_id, output, at)
+            return _unstructure_effect(returned, command)
+        return {
+            "type": "child",
+            "command": command_id,
+            "status": status,
+            "output": output,
+            "error": _unstructure_error(error),
+            "child": child,
+            "at": _time(at),
+        }
     if type(effect) is HandlerReturned:
         try:
             value = thaw_json(freeze_json(effect.value))
@@ -657,6 +691,12 @@ def _structure_effect(raw: Any) -> Effect:
         return HandlerReturned(command_id, raw["value"], at)
     if kind == "raised":
         return HandlerRaised(command_id, _error_fast(raw["error"]), None, at)
+    if kind == "child":
+        status, error, child = raw["status"], raw["error"], raw["child"]
+        if status not in CHILD_STATUSES or type(child) is not str or len(raw) != 7:
+            raise TypeError(f"malformed child outcome {raw!r:.80}")
+        record = None if error is None else _error_fast(error)
+        return ChildEnded(command_id, status, raw["output"], record, at, child)
     raise TypeError(f"unknown effect type {kind!r}")
 
 

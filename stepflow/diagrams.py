@@ -105,6 +105,7 @@ _ROOT = "flow"
 _SUFFIX = {"wait_for": "WaitFor", "case": "Case", "loop_until": "LoopUntil"}
 _SUFFIX.update({"wait_event": "WaitEvent", "parallel": "Parallel", "map": "Map"})
 _SUFFIX["switch"] = "Switch"
+_SUFFIX["call"] = "Call"
 _SUFFIX.update({"finally": "Finally", "leave": "Finally", "saga": "Saga", "compensate": "Saga"})
 # Kinds of handler transition whose step path is a scope drawn around their node.
 _GROUP_KINDS = frozenset(
@@ -528,6 +529,8 @@ def _node_detail(node: _Node) -> str:
         timing.append(_seconds(node.delay))
     if node.kind == "wait_event":
         timing.append("for an event")
+    if node.kind == "call":
+        timing.append("a child run")
     if node.timeout is not None:
         timing.append(f"timeout {_seconds(node.timeout)}")
     return node.kind + (f" ({', '.join(timing)})" if timing else "")
@@ -692,6 +695,7 @@ _SHAPES = {
     "saga": "invhouse",
     "leave": "diamond",
     "compensate": "box3d",
+    "call": "component",
 }
 _CLUSTER_STYLES = {
     "flow": ("solid", "#334155"),

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AmbiguousRunError",
+    "ChildFailed",
     "ConfigurationError",
     "CorruptStateError",
     "DeadlineExceeded",
@@ -250,6 +251,16 @@ class RunCancelled(StepflowError):
     (:class:`~stepflow.core.messages.CancelRequested`), and its record, with
     the reason as the message, is the state's ``error`` while the cleanups run
     and once the run is cancelled. Retries and catches never take it.
+    """
+
+
+class ChildFailed(StepflowError, RuntimeError):
+    """A child run started by a ``call`` step failed or was cancelled.
+
+    Recorded, never raised by the core: the ``call`` step fails with the
+    record ``stepflow.errors.ChildFailed``, whose message names the child's
+    run id (when known), how it ended and its own error. Retries (a retry
+    starts a new child) and catches take it like any failure.
     """
 
 

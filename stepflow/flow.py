@@ -18,25 +18,46 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, cast
 
 import attrs
 
 from stepflow.clock import Clock, SystemClock
+from stepflow.core._json import thaw_json
 from stepflow.core.advance import advance
 from stepflow.core.compile import HandlerKey, compile_spec
-from stepflow.core.definition import FlowDefinition
+from stepflow.core.definition import FlowDefinition, template_of
 from stepflow.core.events import resting, untimed_wait
 from stepflow.core.groups import command_times, item_of
-from stepflow.core.messages import AwaitEvent, CancelRequested, Command, EventReceived, Wake
+from stepflow.core.messages import (
+    AwaitEvent,
+    CallHandler,
+    CancelRequested,
+    ChildEnded,
+    Command,
+    Effect,
+    EventReceived,
+    HandlerRaised,
+    HandlerReturned,
+    StartChild,
+    Wake,
+)
 from stepflow.core.scopes import handler_error
-from stepflow.core.spec import Steps
-from stepflow.core.state import CANCELLING, COMPLETED, FAILED, RUNNING, ErrorRecord, State
-from stepflow.errors import DefinitionError, FlowFailed
+from stepflow.core.spec import Call, Steps
+from stepflow.core.state import (
+    CANCELLED,
+    CANCELLING,
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    ErrorRecord,
+    State,
+)
+from stepflow.errors import ConfigurationError, DefinitionError, FlowFailed, InterpreterError
 from stepflow.interpreter import Interpreter
 from stepflow.versioning import Migration
 
-__all__ = ["Flow", "ItemContext", "new"]
+__all__ = ["ChildContext", "Flow", "ItemContext", "new"]
 
 
 def _tuple(migrations: Iterable[Migration]) -> tuple[Migration, ...]:
@@ -146,7 +167,12 @@ class Flow:
         state, due = self._first(state)
         execute = self.interpreter.execute
         while due:
-            effects = [execute(c, self._context(state, c, ctx)) for c in due]
+            effects = [
+                self._start_child(c, self._context(state, c, ctx))
+                if type(c) is StartChild
+                else execute(c, self._context(state, c, ctx))
+                for c in due
+            ]
             before = state
             state, commands = advance(self.definition, state, effects)
             due = self._after(before, state, commands)
@@ -158,7 +184,7 @@ class Flow:
         The due commands of a run with several positions run concurrently.
         """
         state, due = self._first(state)
-        execute = self.interpreter.execute_async
+        execute = self._execute_async
         while due:
             if len(due) == 1:
                 effects = [await execute(due[0], self._context(state, due[0], ctx))]
@@ -169,6 +195,70 @@ class Flow:
             state, commands = advance(self.definition, state, effects)
             due = self._after(before, state, commands)
         return state
+
+    async def _execute_async(self, command: Command, ctx: Any) -> Effect:
+        if type(command) is StartChild:
+            return await self._start_child_async(command, ctx)
+        return await self.interpreter.execute_async(command, ctx)
+
+    def _child_of(self, command: StartChild) -> Flow:
+        """Return the child flow of ``command``, given inline as a :class:`Flow`."""
+        call = self.handlers.get(("call", template_of(command.step)))
+        assert isinstance(call, Call)
+        if isinstance(call.flow, str):
+            raise ConfigurationError(
+                f"step {command.step!r} calls flow {call.flow!r} by name, and a Flow run in "
+                "memory has no registry to find it in; pass the child's Flow object to "
+                ".call(...), or serve both flows with a stepflow.Worker"
+            )
+        return cast(Flow, call.flow).with_clock(self.clock)
+
+    def _runs_child(self, command: StartChild) -> bool:
+        """Whether ``command``'s step is bound to a :class:`Call` (else, to a scripted stand-in)."""
+        return isinstance(self.handlers.get(("call", template_of(command.step))), Call)
+
+    def _ended(self, command: StartChild, child: Flow, state: State) -> ChildEnded:
+        """Return how the child ``state`` ended, as the effect that answers ``command``."""
+        now = self.clock.now()
+        if state.status == COMPLETED:
+            return ChildEnded(command.id, "completed", thaw_json(state.outputs), None, now)
+        if state.status == FAILED or state.status == CANCELLED:
+            ended = cast(Literal["failed", "cancelled"], state.status)
+            return ChildEnded(command.id, ended, None, state.error, now)
+        raise InterpreterError(
+            f"the child run of {child.name!r} started by {command.step!r} rests until an event "
+            "or a cancellation; in memory, Flow.run drives only children that run to their "
+            "end (use a stepflow.Worker for the others)"
+        )
+
+    def _start_child(self, command: StartChild, ctx: Any) -> Effect:
+        """Run the child of ``command`` to its end, in process (see :class:`ChildContext`)."""
+        asked = CallHandler(command.id, "call", command.step, command.event, None)
+        given = self.interpreter.execute(asked, ctx)
+        if not self._runs_child(command):
+            return _scripted(command, given)
+        if type(given) is not HandlerReturned:
+            return given
+        child = self._child_of(command)
+        try:
+            state = child.run(None, ChildContext(ctx, given.value))
+        except FlowFailed as failed:
+            state = failed.state
+        return self._ended(command, child, state)
+
+    async def _start_child_async(self, command: StartChild, ctx: Any) -> Effect:
+        asked = CallHandler(command.id, "call", command.step, command.event, None)
+        given = await self.interpreter.execute_async(asked, ctx)
+        if not self._runs_child(command):
+            return _scripted(command, given)
+        if type(given) is not HandlerReturned:
+            return given
+        child = self._child_of(command)
+        try:
+            state = await child.run_async(None, ChildContext(ctx, given.value))
+        except FlowFailed as failed:
+            state = failed.state
+        return self._ended(command, child, state)
 
     def send(self, state: State | None, name: str, payload: Any = None) -> State:
         """Deliver the event ``name`` with its JSON ``payload`` to the run; return the new state.
@@ -243,6 +333,19 @@ class Flow:
         return state
 
 
+def _scripted(command: StartChild, given: Effect) -> Effect:
+    """Answer a call bound to a plain function: its value is the child's output.
+
+    Only flows made by hand (:func:`stepflow.testing.scripted_flow`) bind one:
+    :func:`new` binds every call to its :class:`~stepflow.core.spec.Call`.
+    """
+    if type(given) is HandlerReturned:
+        return ChildEnded(command.id, "completed", given.value, None, given.at, command.key)
+    raised = cast(HandlerRaised, given)  # as stepflow.testing's worlds script a failure
+    failed = ErrorRecord(raised.error.type, raised.error.message, command.flow)
+    return ChildEnded(command.id, "failed", None, failed, raised.at, command.key)
+
+
 def _due(state: State, command: Command, now: float) -> bool:
     """Whether ``command`` may be carried out at ``now`` (its position's ``wake_at`` came)."""
     if untimed_wait(command):
@@ -281,6 +384,29 @@ class ItemContext:
             f"ItemContext(index={self.index!r}, item={self.item!r:.60}, "
             f"wrapped={self.wrapped!r:.60})"
         )
+
+
+class ChildContext:
+    """The context a child run's handlers get when :meth:`Flow.run` runs it inline.
+
+    ``input`` is the child's input (what the ``call`` step's ``input(ctx)``
+    returned); every other attribute is the parent's context's (``wrapped``).
+
+    >>> ChildContext(None, {"cluster": "c3"}).input
+    {'cluster': 'c3'}
+    """
+
+    __slots__ = ("input", "wrapped")
+
+    def __init__(self, wrapped: Any, input: Any) -> None:
+        self.wrapped = wrapped
+        self.input = input
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+    def __repr__(self) -> str:
+        return f"ChildContext(input={self.input!r:.60}, wrapped={self.wrapped!r:.60})"
 
 
 class ErrorContext:

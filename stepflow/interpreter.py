@@ -51,6 +51,7 @@ from stepflow.core.messages import (
     Effect,
     HandlerRaised,
     HandlerReturned,
+    StartChild,
     TimerFired,
     Wake,
 )
@@ -280,6 +281,14 @@ class Interpreter:
             )
         return TimerFired(command.id, now)
 
+    def _fire(self, command: Command) -> TimerFired:
+        if type(command) is StartChild:
+            raise InterpreterError(
+                f"step {command.step!r} starts a child run of {command.flow!r}, which no "
+                "interpreter executes: Flow.run runs it inline, a stepflow.Worker starts it"
+            )
+        return self.fire(cast(Wake | AwaitEvent, command))
+
     def _handler(self, command: CallHandler) -> Callable[..., Any]:
         try:
             return self._handlers[(command[1], command[2])]
@@ -329,7 +338,7 @@ class Interpreter:
 
         """
         if type(command) is not CallHandler:
-            return self.fire(cast(Wake | AwaitEvent, command))
+            return self._fire(command)
         handler = self._handler(command)
         limit = self.timeout_of(command) if self._timeouts else None
         try:
@@ -408,7 +417,7 @@ class Interpreter:
 
         """
         if type(command) is not CallHandler:
-            return self.fire(cast(Wake | AwaitEvent, command))
+            return self._fire(command)
         handler = self._handler(command)
         limit = self.timeout_of(command) if self._timeouts else None
         try:

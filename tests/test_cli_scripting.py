@@ -185,9 +185,10 @@ def test_show_json_has_the_run_fields_outputs_error_and_journal(ref: str, projec
     document = json.loads(ok(run("show", run_id, "--json")))
     assert list(document) == [
         *RUN_FIELDS,
-        *("timeout_at", "deadline_at", "outputs", "error", "journal", "progress", "progress_at"),
-        "journal_pruned",
+        *("timeout_at", "deadline_at", "parent_run_id", "children", "outputs", "error"),
+        *("journal", "progress", "progress_at", "journal_pruned"),
     ]
+    assert (document["parent_run_id"], document["children"]) == (None, [])
     assert document["id"] == run_id
     assert document["input"] == "world"
     assert document["position"] == ["start:hello/v1/nap"]

@@ -736,7 +736,7 @@ def test_diagrams_are_deterministic(definition: stepflow.FlowDefinition) -> None
     assert json.dumps(to_json(definition)) == json.dumps(to_json(again))
 
 
-@given(flows_and_scripts(), st.data())
+@given(flows_and_scripts(calls=False), st.data())
 def test_every_state_of_a_run_is_drawn_at_its_position(
     flow_and_script: Any, data: st.DataObject
 ) -> None:
@@ -763,7 +763,7 @@ def test_every_state_of_a_run_is_drawn_at_its_position(
 
 
 @settings(max_examples=10)
-@given(flows_and_scripts(max_depth=2), st.data())
+@given(flows_and_scripts(max_depth=2, calls=False), st.data())
 def test_dot_of_random_flows_renders(flow_and_script: Any, data: st.DataObject) -> None:
     definition, script = flow_and_script
     _, states, _ = run(definition, World(script))

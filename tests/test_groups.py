@@ -441,6 +441,8 @@ def _success(command: stepflow.Command, state: stepflow.State) -> stepflow.Effec
         # so the payload names the event, not the waiter, whatever the order.
         name = getattr(command, "name")  # noqa: B009 (an AwaitEvent's)
         return stepflow.EventReceived(name, name, at)
+    if type(command) is stepflow.StartChild:  # its child completes, with its step as output
+        return stepflow.ChildEnded(command.id, "completed", command.step, None, at)
     salt = sum(map(ord, command.step)) % 3
     value: Any = {
         "do": command.step,

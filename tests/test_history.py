@@ -166,7 +166,7 @@ def anonymous(state: State) -> State:
 
 @given(st.data())
 def test_replaying_a_recorded_run_gives_back_every_saved_state(data: st.DataObject) -> None:
-    definition = data.draw(definitions())
+    definition = data.draw(definitions(calls=False))  # (a worker records: it serves no child flow)
     script = data.draw(scripts(definition))
     store, saved = record(definition, script)
     recorded = history(store, RUN)
@@ -420,7 +420,7 @@ def recorded_runs(
     an edit by the one position a run holds, batch by batch. A run of several
     positions is covered by the replay property above and tests/test_groups.py.
     """
-    spec = draw(specs(fork=False).filter(having))
+    spec = draw(specs(fork=False, calls=False).filter(having))  # (its worker serves no child flow)
     definition = stepflow.new(spec).definition
     # The tests' own path arithmetic agrees with the compiler's.
     assert all(start_event(item_path(spec, w)) in definition.table for w in locations(spec))

@@ -338,7 +338,7 @@ def test_prune_removes_a_finished_runs_inbox(store: Store) -> None:
 
 def test_a_version_5_database_is_upgraded_with_its_runs(durable: Backend) -> None:
     module = sqlite_module if durable.kind == "sqlite" else postgres_module
-    assert module._MIGRATIONS[-2] is module._INBOX
+    assert module._MIGRATIONS[-3] is module._INBOX
     store = durable.open()
     create(store, "old", wake_at=None)
     store.close()
@@ -346,10 +346,13 @@ def test_a_version_5_database_is_upgraded_with_its_runs(durable: Backend) -> Non
     durable.raw("ALTER TABLE runs DROP COLUMN inbox")
     durable.raw("ALTER TABLE runs DROP COLUMN woken_at")  # version 6's
     durable.raw("ALTER TABLE runs DROP COLUMN deadline_at")  # version 8's
+    durable.raw("DROP INDEX runs_parent")  # version 9's child runs
+    durable.raw("ALTER TABLE runs DROP COLUMN parent_run_id")
+    durable.raw("ALTER TABLE runs DROP COLUMN parent_command")
     durable.raw("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     again = durable.open()
     ((version,),) = durable.raw("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert int(version) == module.SCHEMA_VERSION == 8
+    assert int(version) == module.SCHEMA_VERSION == 9
     assert (again.load("old").inbox, again.load("old").deadline_at) == (0, None)
     assert again.send_event("old", "go", None, now=3.0)
     assert [e.name for e in again.pending_events("old", limit=5)] == ["go"]

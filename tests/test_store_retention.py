@@ -262,10 +262,10 @@ def test_a_stale_save_is_still_stale_after_a_progress_report(store: Store) -> No
 def test_a_database_of_the_schema_before_retention_is_upgraded_with_its_runs(
     durable: Backend,
 ) -> None:
-    # The retention and progress step (then pending wakes, the inbox, deadlines): undo
-    # all four, say so, reopen.
+    # The retention and progress step (then pending wakes, the inbox, deadlines, child
+    # runs): undo all five, say so, reopen.
     module = sqlite_module if durable.kind == "sqlite" else postgres_module
-    assert module._MIGRATIONS[-4] is module._RETENTION_AND_PROGRESS
+    assert module._MIGRATIONS[-5] is module._RETENTION_AND_PROGRESS
     store = durable.open()
     finished(store, "old", at=10.0)
     store.close()
@@ -275,7 +275,10 @@ def test_a_database_of_the_schema_before_retention_is_upgraded_with_its_runs(
     durable.raw("ALTER TABLE runs DROP COLUMN woken_at")
     durable.raw("DROP TABLE inbox")
     durable.raw("ALTER TABLE runs DROP COLUMN deadline_at")
-    before = module.SCHEMA_VERSION - 4
+    durable.raw("DROP INDEX runs_parent")  # version 9's child runs
+    durable.raw("ALTER TABLE runs DROP COLUMN parent_run_id")
+    durable.raw("ALTER TABLE runs DROP COLUMN parent_command")
+    before = module.SCHEMA_VERSION - 5
     durable.raw(f"UPDATE meta SET value = '{before}' WHERE key = 'schema_version'")
     again = durable.open()
     ((version,),) = durable.raw("SELECT value FROM meta WHERE key = 'schema_version'")

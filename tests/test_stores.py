@@ -735,6 +735,9 @@ def test_a_database_of_schema_version_2_is_upgraded_with_its_runs(durable: Backe
     durable.raw("DROP TABLE inbox")  # version 7's
     durable.raw("ALTER TABLE runs DROP COLUMN inbox")
     durable.raw("ALTER TABLE runs DROP COLUMN deadline_at")  # version 8's
+    durable.raw("DROP INDEX runs_parent")  # version 9's child runs
+    durable.raw("ALTER TABLE runs DROP COLUMN parent_run_id")
+    durable.raw("ALTER TABLE runs DROP COLUMN parent_command")
     durable.raw("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     again = durable.open()
     assert _schema_version(durable) == _module(durable).SCHEMA_VERSION
@@ -759,8 +762,8 @@ def _module(durable: Backend) -> Any:
 def test_the_schema_version_is_recorded(durable: Backend) -> None:
     durable.open()
     # 3: parked runs; 4: schedules; 5: retention and progress; 6: pending wakes;
-    # 7: events sent to runs; 8: run deadlines.
-    assert _schema_version(durable) == _module(durable).SCHEMA_VERSION == 8
+    # 7: events sent to runs; 8: run deadlines; 9: child runs.
+    assert _schema_version(durable) == _module(durable).SCHEMA_VERSION == 9
 
 
 def test_reopening_a_database_keeps_its_runs(durable: Backend) -> None:

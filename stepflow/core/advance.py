@@ -50,6 +50,7 @@ from pyrsistent.typing import PMap
 
 from stepflow.core._json import NotJSON, freeze_json
 from stepflow.core.checks import check_state
+from stepflow.core.children import with_children
 from stepflow.core.choice import choose, route_error
 from stepflow.core.cleanup import (
     cancel_from,
@@ -68,11 +69,13 @@ from stepflow.core.messages import (
     AwaitEvent,
     CallHandler,
     CancelRequested,
+    ChildEnded,
     Command,
     Effect,
     EventReceived,
     HandlerRaised,
     HandlerReturned,
+    StartChild,
     TimerFired,
     Wake,
     answered_id,
@@ -207,6 +210,8 @@ def advance(
         if any(type(e) is EventReceived for e in effects):
             state, effects = with_events(definition, check_state(definition, state), effects, now)
             return advance(definition, state, effects, now=now)
+        if any(type(e) is ChildEnded for e in effects):  # stepflow.core.children, rule 4
+            return advance(definition, state, with_children(state, effects), now=now)
         raise _rejection(state, effects)
     command = in_flight[0]
     node = nodes.get(command[3])
@@ -262,7 +267,7 @@ def answer(
     outputs, attempts = state[7], state[10]
     if effect_type is HandlerReturned:
         value = effect[1]
-        if kind == "do" or kind == "wait_event":
+        if kind == "do" or kind == "wait_event" or kind == "call":
             if value is not None:  # None keeps the step's earlier output
                 try:
                     outputs = outputs.set(command[2], freeze_json(value))
@@ -432,7 +437,10 @@ def _enter(
         wake_at = not_before
         if node.timeout is not None and start is not None:
             timeout_at = start + node.timeout
-        command = _new(CallHandler, (seq, node.kind, node.step, node.event, None))
+        if node.kind == "call":  # a child run (stepflow.core.children)
+            command = _new(StartChild, (seq, "call", node.step, node.event, node.awaits))
+        else:
+            command = _new(CallHandler, (seq, node.kind, node.step, node.event, None))
     issued: tuple[Command, ...] = (command,)
     fields = (name, fingerprint, node.events, status, error, issued, seq, outputs)
     rest = (wake_at, timeout_at, attempts, run_id, EMPTY_TIMES, EMPTY_GROUPS, mail)
@@ -559,7 +567,7 @@ def result_error(command: Command, value: Any) -> ErrorRecord | None:
         return time_error(command, value)
     if command.kind == "compensate":  # its value is ignored
         return None
-    if command.kind == "do" or command.kind == "wait_event":
+    if command.kind == "do" or command.kind == "wait_event" or command.kind == "call":
         try:
             freeze_json(value)
         except NotJSON as exc:

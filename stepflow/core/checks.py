@@ -23,7 +23,7 @@ A well-formed state of the very definition passes a fast path of a few lookups
 from __future__ import annotations
 
 from stepflow.core.definition import FlowDefinition, _Node, start_event
-from stepflow.core.messages import CallHandler
+from stepflow.core.messages import CallHandler, Command, StartChild
 from stepflow.core.state import (
     CANCELLED,
     CANCELLING,
@@ -154,7 +154,7 @@ def check_state(definition: FlowDefinition, state: State) -> State:
                 or command.error is not None
             ):
                 missing.append(f"compensate of {command.step} at {command.event}")
-        elif not fits(node, command) or node.step != command.step:
+        elif not fits(node, command) or node.step != command.step or _bad_child(node, command):
             missing.append(f"{command.kind} of {command.step} at {command.event}")
     # Retries around a position, through the groups it is in (a group's branches
     # count the attempts of the retries around the group).
@@ -210,3 +210,10 @@ def _position_node(definition: FlowDefinition, event: str) -> _Node | None:
         return definition._node(event)
     except KeyError:
         return None
+
+
+def _bad_child(node: _Node, command: Command) -> bool:
+    """Whether ``command`` breaks a call's rule: a StartChild of the node's flow, at a call."""
+    if type(command) is StartChild:
+        return command.flow != node.awaits
+    return node.kind == "call"

@@ -105,6 +105,7 @@ from stepflow.core.messages import (
     Effect,
     EventReceived,
     HandlerReturned,
+    StartChild,
     answered_id,
 )
 from stepflow.core.state import CANCELLED, CANCELLING, FAILED, RUNNING, ErrorRecord, State
@@ -408,7 +409,7 @@ def interrupted(
     """Record the outcome of a command in flight when the run was cancelled; unwind (Rule 8)."""
     outputs = state.outputs
     kind = command.kind
-    if type(effect) is HandlerReturned and (kind == "do" or kind == "wait_event"):
+    if type(effect) is HandlerReturned and (kind == "do" or kind == "wait_event" or kind == "call"):
         value = effect.value
         if value is not None:
             try:
@@ -452,8 +453,15 @@ def with_cancel(
 
 
 def may_run(command: Command, wake_at: float | None, at: float | None) -> bool:
-    """Whether ``command`` may be executing at ``at``: a handler call already due."""
-    return type(command) is CallHandler and (wake_at is None or at is None or wake_at <= at)
+    """Whether ``command`` may be executing at ``at``: a handler call (or a child run) due.
+
+    A :class:`~stepflow.core.messages.StartChild` counts: its child may be
+    running, and the shell cancels it (stepflow.core.children, Rule 5).
+    """
+    kind = type(command)
+    return (kind is CallHandler or kind is StartChild) and (
+        wake_at is None or at is None or wake_at <= at
+    )
 
 
 def _cancel_one(

@@ -16,6 +16,8 @@ Scopes and events follow go-stepflow character for character:
   in ``cleanup``; ``saga`` (suffix ``Saga``) runs its steps in ``steps`` and
   waits at ``start:<saga>/compensate`` while it compensates (see
   :mod:`stepflow.core.cleanup`);
+* ``call`` (suffix ``Call``) starts a child run and rests until it ends (see
+  :mod:`stepflow.core.children`);
 * ``parallel`` (suffix ``Parallel``) runs branch ``b`` in the child scope ``b``;
   ``map`` (suffix ``Map``) runs its item group in the child scope ``steps``, which
   a position of item ``i`` carries as ``steps[i]`` (see :mod:`stepflow.core.groups`).
@@ -46,6 +48,7 @@ from stepflow.core.definition import (
 from stepflow.core.policies import CatchRule, RetryPolicy, RetryRule, to_seconds
 from stepflow.core.scopes import error_names
 from stepflow.core.spec import (
+    Call,
     Case,
     Catch,
     Do,
@@ -88,6 +91,7 @@ _SUFFIX: Mapping[type, str] = MappingProxyType(
         Catch: "Catch",
         Finally: "Finally",
         Saga: "Saga",
+        Call: "Call",
     }
 )
 _ITEMS = (
@@ -106,6 +110,7 @@ _ITEMS = (
     SleepUntil,
     Finally,
     Saga,
+    Call,
 )
 # Characters a step or branch name may not hold: ':' and '/' build event strings,
 # '[' and ']' mark a map item's index in a position.
@@ -211,6 +216,8 @@ def _check_item(item: object, parent: str, index: int) -> Item:
                 "pass a function (plain or async def)",
                 path=path,
             )
+    if isinstance(item, Call):
+        _check_call(item, path)
     if isinstance(item, Saga) and not isinstance(item.policy, (RetryPolicy, type(None))):
         raise DefinitionError(
             f"the policy of saga {path!r} is {item.policy!r}, not a RetryPolicy", path=path
@@ -249,6 +256,29 @@ def _check_item(item: object, parent: str, index: int) -> Item:
                 path=path,
             )
     return item
+
+
+def _check_call(item: Call, path: str) -> None:
+    flow = item.flow
+    if isinstance(flow, str):
+        try:
+            _check_root_name(flow)
+        except DefinitionError as exc:
+            raise DefinitionError(f"call {path!r} names no valid flow: {exc}", path=path) from None
+    elif not isinstance(getattr(flow, "definition", None), FlowDefinition):
+        raise DefinitionError(
+            f"call {path!r} is given {flow!r:.80} as its flow; pass a stepflow.Flow "
+            "(from stepflow.new) or the name of a flow the worker serves",
+            path=path,
+        )
+    for attr in ("input", "id"):
+        fn = getattr(item, attr)
+        if fn is not None and not callable(fn):
+            raise DefinitionError(
+                f"the {attr} of call {path!r} is {fn!r:.80}, which is not callable; "
+                f"pass a function {attr}(ctx) (or nothing)",
+                path=path,
+            )
 
 
 def _check_switch(item: Switch, path: str) -> None:
@@ -326,6 +356,7 @@ class _Compiler:
         timeout: float | None = None,
         cases: tuple[str, ...] = (),
         compensate: bool = False,
+        calls: str | None = None,
     ) -> None:
         # A timer cannot fail, so only handlers list their failure scopes as destinations.
         failure_dests = self.failure_dests(scopes) if fn is not None else ()
@@ -334,6 +365,7 @@ class _Compiler:
             Transition(
                 source, kind, step, destinations + failure_dests, retries, delay, timeout,
                 catch_scopes=catches, cases=cases, cleanup_scopes=cleanups, compensate=compensate,
+                calls=calls,
             )
         )  # fmt: skip
         if fn is not None:
@@ -458,6 +490,9 @@ class _Compiler:
             self.finally_(scope, item, scopes)
         elif isinstance(item, Saga):
             self.saga(scope, item, scopes)
+        elif isinstance(item, Call):
+            ended = (Destination(done, "child run completed"),)
+            self.handler("call", start, scope, ended, scopes, item, calls=item.flow_name)
         else:
             self.steps(scope, item.body, scopes)
 

@@ -28,6 +28,9 @@ Two kinds of transition exist:
   for an event named ``awaits``, then goes to ``destinations[0]``; past its
   ``timeout`` it goes to ``destinations[1]`` (the ``on_timeout`` steps) when that
   is not a failure destination, else it fails (see :mod:`stepflow.core.events`).
+* a **child** transition (``"call"``): the position waits at its source while
+  the child run of flow ``calls`` runs, then goes to ``destinations[0]``; a
+  child that fails fails the step (see :mod:`stepflow.core.children`).
 * **group** transitions: a ``"parallel"`` fork lists the start of each branch; a
   ``"map"`` calls its ``items`` handler, then starts ``destinations[0]`` (the item
   group) once per item, or goes to ``destinations[1]`` when there are none; a
@@ -101,6 +104,7 @@ TransitionKind = Literal[
     "saga",
     "leave",
     "compensate",
+    "call",
 ]
 #: The kinds of transition that fork or join positions.
 GROUP_KINDS = ("parallel", "map")
@@ -221,6 +225,7 @@ class Transition:
             enclosing the step, innermost first.
         compensate: For ``do``, whether the step has a ``compensate`` handler
             (called by the enclosing saga's ``compensate`` transition).
+        calls: For ``call``, the name of the child's flow.
 
     """
 
@@ -238,6 +243,7 @@ class Transition:
     awaits: str | None = None
     cleanup_scopes: tuple[str, ...] = ()
     compensate: bool = False
+    calls: str | None = None
 
     @property
     def is_static(self) -> bool:
@@ -274,7 +280,7 @@ class _Node(NamedTuple):
     tolerated: int = 0
     # Retry and catch scopes around the node, innermost first: where a failure goes.
     failures: tuple[str, ...] = ()
-    # A wait_event's event name ("" otherwise).
+    # A wait_event's event name, a call's child flow name ("" otherwise).
     awaits: str = ""
     # How many of ``failures`` (the innermost) lie inside the outermost cleanup
     # the node runs in (a finally's cleanup or a saga's compensation); -1: in none.
@@ -310,6 +316,8 @@ def _canonical(
             row.append({"max_concurrency": t.max_concurrency, "max_failures": t.max_failures})
         if t.awaits is not None:
             row.append({"awaits": t.awaits})
+        if t.calls is not None:
+            row.append({"calls": t.calls})
         # Catches and cases join the row only when present: older flows keep their prints.
         if t.catch_scopes:
             row.append({"catch_scopes": list(t.catch_scopes)})
@@ -566,7 +574,7 @@ class FlowDefinition:
                 on_true = on_false = resolve(t.destinations[0].event)
             else:
                 on_true = resolve(t.destinations[0].event)
-                two_way = t.kind not in ("do", "sleep", "sleep_until", "join")
+                two_way = t.kind not in ("do", "sleep", "sleep_until", "join", "call")
                 on_false = resolve(t.destinations[1].event) if two_way else on_true
             path = t.source.partition(":")[2]
             group = groups.get(path)
@@ -589,7 +597,7 @@ class FlowDefinition:
                 t.max_failures,
                 # Scopes around a step are its ancestors: the innermost has the longest path.
                 failures,
-                t.awaits or "",
+                t.awaits or t.calls or "",
                 _shield(path, failures, finallies, sagas),
                 tuple(g for g in sagas if path == g or path.startswith(g + "/")),
                 t.compensate,

@@ -85,12 +85,14 @@ from stepflow.core.advance import (
     result_error,
 )
 from stepflow.core.checks import check_state
+from stepflow.core.children import with_children
 from stepflow.core.cleanup import cancel_from, cancel_record, is_cancellation, may_run, with_cancel
 from stepflow.core.definition import FlowDefinition, _Node, completed_event, start_event
 from stepflow.core.events import untimed_wait, with_events
 from stepflow.core.messages import (
     CallHandler,
     CancelRequested,
+    ChildEnded,
     Command,
     Effect,
     EventReceived,
@@ -496,7 +498,8 @@ class _Run:
             self.answer_items(view, command, node, effect, at)
             return
         moved, _ = answer(self.definition, view, command, node, effect, now)
-        if command.kind == "do" and node.groups and type(effect) is HandlerReturned:
+        kind = command.kind
+        if (kind == "do" or kind == "call") and node.groups and type(effect) is HandlerReturned:
             # Kept only if the value was: a value that is not JSON fails the step.
             value = moved.outputs.get(command.step)
             if value is not None and value is not view.outputs.get(command.step):
@@ -620,6 +623,8 @@ def _advance(
             if any(type(e) is EventReceived for e in effects):
                 state, effects = with_events(definition, state, effects, now)
                 return _advance(definition, state, effects, now)
+            if any(type(e) is ChildEnded for e in effects):  # stepflow.core.children
+                return _advance(definition, state, with_children(state, effects), now)
             raise _rejection(state, effects)
         seen.add(answered_id(effect))
     run = _Run(definition, state)

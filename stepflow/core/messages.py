@@ -1,9 +1,10 @@
 """Commands and effects: what the core asks for, and what happened.
 
-Commands are imperative (:class:`CallHandler`, :class:`Wake`, :class:`AwaitEvent`):
-the core asks the shell to call a handler, to wake the run at a time, or to deliver
-an event when one comes. Effects are past tense (:class:`HandlerReturned`,
-:class:`HandlerRaised`, :class:`TimerFired`, :class:`EventReceived`): the shell
+Commands are imperative (:class:`CallHandler`, :class:`Wake`, :class:`AwaitEvent`,
+:class:`StartChild`): the core asks the shell to call a handler, to wake the run
+at a time, to deliver an event when one comes, or to start a child run. Effects
+are past tense (:class:`HandlerReturned`, :class:`HandlerRaised`,
+:class:`TimerFired`, :class:`EventReceived`, :class:`ChildEnded`): the shell
 reports the outcome, addressed to the command's id (an event is addressed to the
 run: see :mod:`stepflow.core.events`), stamped with the time it was observed
 (``at``, seconds since the epoch, read from the shell's clock: the core
@@ -21,12 +22,14 @@ __all__ = [
     "AwaitEvent",
     "CallHandler",
     "CancelRequested",
+    "ChildEnded",
     "Command",
     "CommandKind",
     "Effect",
     "EventReceived",
     "HandlerRaised",
     "HandlerReturned",
+    "StartChild",
     "TimerFired",
     "Wake",
     "answered_id",
@@ -44,6 +47,7 @@ CommandKind = Literal[
     "switch",
     "sleep_until",
     "compensate",
+    "call",
 ]
 
 
@@ -178,8 +182,52 @@ class AwaitEvent(NamedTuple):
         return f"{self.step}#{self.id}"
 
 
+class StartChild(NamedTuple):
+    """Start a child run of flow ``flow``: a ``call`` step's position rests here.
+
+    The shell calls the step's ``input`` (and ``id``) handlers, starts the child
+    run (in the same transaction as the parent's save, for a durable runtime),
+    and answers with :class:`ChildEnded` once the child has ended; see
+    :mod:`stepflow.core.children`. For a cancellation it counts as executing:
+    the parent waits for its child, whose cancellation the shell requests.
+    Its first fields line up with :class:`CallHandler`'s.
+
+    Attributes:
+        id: Run-unique, deterministic id, as for :class:`CallHandler`.
+        kind: Always ``"call"``.
+        step: Scope path of the ``call`` step.
+        event: The state event the command belongs to.
+        flow: The name of the child's flow (``"deploy-cluster/v1"``).
+
+    """
+
+    id: int
+    kind: Literal["call"]
+    step: str
+    event: str
+    flow: str
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is StartChild and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
+
+    @property
+    def key(self) -> str:
+        """Idempotency key, as for :attr:`CallHandler.key`.
+
+        >>> StartChild(4, "call", "p/v1/deployCall", "start:p/v1/deployCall", "c/v1").key
+        'p/v1/deployCall#4'
+        """
+        return f"{self.step}#{self.id}"
+
+
 #: Every command the core can issue.
-Command = CallHandler | Wake | AwaitEvent
+Command = CallHandler | Wake | AwaitEvent | StartChild
 
 
 class HandlerReturned(NamedTuple):
@@ -322,8 +370,39 @@ class CancelRequested(NamedTuple):
         return tuple.__hash__(self)
 
 
+class ChildEnded(NamedTuple):
+    """The child run that :class:`StartChild` command ``command_id`` started has ended.
+
+    Attributes:
+        command_id: The id of the answered :class:`StartChild`.
+        status: How the child ended: ``"completed"``, ``"failed"`` or ``"cancelled"``.
+        output: For a completed child, its output (JSON; see
+            :mod:`stepflow.core.children`); else ``None``.
+        error: For a failed or cancelled child, its error record; else ``None``.
+        at: When the child ended (seconds since the epoch), or ``None``.
+        child: The child's run id, when known (for the failure's message).
+
+    """
+
+    command_id: int
+    status: Literal["completed", "failed", "cancelled"]
+    output: Any = None
+    error: ErrorRecord | None = None
+    at: float | None = None
+    child: str = ""
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is ChildEnded and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((ChildEnded, self.command_id, self.status, repr(self.output), self.error))
+
+
 #: Every effect the core accepts.
-Effect = HandlerReturned | HandlerRaised | TimerFired | EventReceived | CancelRequested
+Effect = HandlerReturned | HandlerRaised | TimerFired | EventReceived | CancelRequested | ChildEnded
 
 
 def answered_id(effect: Effect) -> int:

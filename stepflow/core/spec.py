@@ -25,6 +25,7 @@ from stepflow.errors import DefinitionError
 
 __all__ = [
     "DEFAULT_POLL_INTERVAL",
+    "Call",
     "Case",
     "Catch",
     "Do",
@@ -63,6 +64,8 @@ RouteFn = Callable[[Any], Any]
 ItemsFn = Callable[[Any], Any]
 #: ``when(ctx)``: a ``datetime`` (naive means UTC) or seconds since the epoch. May be ``async def``.
 WhenFn = Callable[[Any], Any]
+#: ``input(ctx)``: a child run's JSON input; ``id(ctx)``: its run id (a ``str``).
+ChildFn = Callable[[Any], Any]
 
 
 @attrs.frozen
@@ -244,6 +247,35 @@ class Saga:
     policy: RetryPolicy | None = None
 
 
+def _the_item(ctx: Any) -> Any:
+    """Return the input of a ``map(call=)`` item's child: the item."""
+    return ctx.item
+
+
+@attrs.frozen
+class Call:
+    """A child run of ``flow`` (a :class:`~stepflow.Flow` or a flow name), waited for.
+
+    Calling it calls ``input(ctx)`` (``None`` without one): it is bound as the
+    step's ``call`` handler, and the shell reads ``flow`` and ``id`` from it.
+    See :mod:`stepflow.core.children`.
+    """
+
+    name: str
+    flow: Any
+    input: ChildFn | None = None
+    id: ChildFn | None = None
+
+    def __call__(self, ctx: Any) -> Any:
+        """Return the child's input: ``input(ctx)``, or ``None`` without an ``input``."""
+        return None if self.input is None else self.input(ctx)
+
+    @property
+    def flow_name(self) -> str:
+        """The name of the child's flow (``flow`` itself, or its ``name``)."""
+        return self.flow if isinstance(self.flow, str) else str(self.flow.name)
+
+
 Item = (
     Do
     | WaitFor
@@ -260,6 +292,7 @@ Item = (
     | SleepUntil
     | Finally
     | Saga
+    | Call
 )
 
 
@@ -368,6 +401,33 @@ class Steps:
         """
         return self._add(Sleep(name, duration))
 
+    def call(
+        self,
+        name: str,
+        flow: Any,
+        input: ChildFn | None = None,
+        id: ChildFn | None = None,
+    ) -> Steps:
+        """Add a step that starts a child run of ``flow`` and waits for it to end.
+
+        ``flow`` is a :class:`~stepflow.Flow` or a flow name (a ``str``, which a
+        worker resolves among the flows it serves). ``input(ctx)`` returns the
+        child's JSON input (default: ``None``); ``id(ctx)`` its run id (default:
+        ``"<parent run id>/<step path>#<command id>"``, deterministic, so a
+        crashed worker's successor finds the same child). Both are called once
+        per start, like a handler.
+
+        The parent rests until the child ends. A completed child's outputs
+        (its state's ``outputs``: a JSON object of step path to output) become
+        this step's output.
+        A failed or cancelled child fails the step with
+        :class:`~stepflow.errors.ChildFailed`, which retries (a retry starts a
+        new child, with a new id) and catches take like any failure.
+        Cancelling the parent cancels the child, and waits for it. Its scope is
+        ``<name>Call``. See :mod:`stepflow.core.children` for every rule.
+        """
+        return self._add(Call(name, flow, input, id))
+
     def sleep_until(self, name: str, when: WhenFn) -> Steps:
         """Add a durable timer at the time ``when(ctx)`` returns: no drift, across restarts.
 
@@ -455,10 +515,11 @@ class Steps:
         self,
         name: str,
         items: ItemsFn,
-        steps: Steps,
+        steps: Steps | None = None,
         *,
         max_concurrency: int | None = None,
         max_failures: int = 0,
+        call: Any = None,
     ) -> Steps:
         """Add a group that runs ``steps`` once for each item of ``items(ctx)``.
 
@@ -468,8 +529,25 @@ class Steps:
         The group's output is the list of each item's last ``do`` output, in item
         order. Failure works as for :meth:`parallel`. The group's scope is
         ``<name>Map``; item ``i`` runs in scope ``<name>Map/steps[i]``.
+
+        With ``call=flow`` (a :class:`~stepflow.Flow` or a flow name) instead of
+        ``steps``, each item runs one child run of ``flow``, its input the item:
+        the steps are ``steps().call(name, flow, input=ctx.item)``, so item
+        ``i``'s child is ``<name>Map/steps[i]/<name>Call`` and the group's
+        output is the list of the children's outputs (see :meth:`call`).
+
+        Raises:
+            DefinitionError: both ``steps`` and ``call=`` are given, or neither.
+
         """
-        return self._add(Map(name, items, steps, max_concurrency, max_failures))
+        if (steps is None) == (call is None):
+            raise DefinitionError(
+                f"map {name!r} needs exactly one of steps (run for each item) and call= "
+                "(a child run for each item); pass one of them",
+                path=name,
+            )
+        body = steps if steps is not None else Steps().call(name, call, input=_the_item)
+        return self._add(Map(name, items, body, max_concurrency, max_failures))
 
     def switch(
         self,

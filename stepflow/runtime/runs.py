@@ -12,16 +12,20 @@ import datetime as dt
 import math
 import re
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 import attrs
 import orjson
 
 from stepflow.clock import Clock, SystemClock
-from stepflow.codec import Batch, dumps, dumps_batch, loads, loads_batch
+from stepflow.codec import Batch, dumps, dumps_batch, loads, loads_batch, structure_state
+from stepflow.core._json import thaw_json
 from stepflow.core.advance import advance, initial_state, resume
-from stepflow.core.events import resting
-from stepflow.core.state import CANCELLING, RUNNING, State
+from stepflow.core.events import resting, untimed_wait
+from stepflow.core.groups import command_times
+from stepflow.core.messages import ChildEnded, StartChild
+from stepflow.core.state import CANCELLING, COMPLETED, RUNNING, ErrorRecord, State
 from stepflow.errors import (
     AmbiguousRunError,
     ConfigurationError,
@@ -33,6 +37,7 @@ from stepflow.flow import Flow
 from stepflow.stores._inbox import CANCEL_EVENT
 from stepflow.stores.base import (
     FINISHED_STATUSES,
+    ChildRun,
     JournalEntry,
     PruneResult,
     RunNotes,
@@ -46,6 +51,9 @@ __all__ = [
     "Deadline",
     "RunView",
     "cancel_run",
+    "child_ended",
+    "child_note",
+    "child_run",
     "deadline_at",
     "deadline_reason",
     "non_finite_path",
@@ -60,24 +68,100 @@ __all__ = [
 ]
 
 
-def store_wake_at(state: State, now: float, deadline_at: float | None = None) -> float | None:
+def store_wake_at(
+    state: State, now: float, deadline_at: float | None = None, started: Collection[int] = ()
+) -> float | None:
     """When a store should hand ``state``'s run to a worker next (``None``: never).
 
     A running or cancelling run is handed over at its state's ``wake_at``. A run
     resting at ``wait_event`` steps without timeouts has nothing to do until an
     event comes: ``None`` too (a send makes it due; see
-    :func:`stepflow.send_event`). A *running* run with a ``deadline_at`` is handed
-    over by then at the latest, so the worker can cancel it (once cancelling, the
-    deadline was delivered and counts no more).
+    :func:`stepflow.send_event`). So is a ``StartChild`` among ``started`` (the
+    ids of those whose child the caller started, or asked to cancel): its
+    child's end wakes the run (through its inbox). A *running* run with a
+    ``deadline_at`` is handed over by then at the latest, so the worker can
+    cancel it (once cancelling, the deadline was delivered and counts no more).
     """
     if state.status != RUNNING and state.status != CANCELLING:
         return None
     wake_at = state.wake_at
-    if wake_at is None and not resting(state):
+    if started and any(type(c) is StartChild and c[0] in started for c in state.in_flight):
+        wake_at = _past_children(state, now, started)
+    elif wake_at is None and not resting(state):
         wake_at = now
     if deadline_at is not None and state.status == RUNNING:
         return deadline_at if wake_at is None else min(wake_at, deadline_at)
     return wake_at
+
+
+def _past_children(state: State, now: float, started: Collection[int]) -> float | None:
+    """When the commands in flight, but waits and the started children, come due."""
+    times = []
+    for command in state.in_flight:
+        if untimed_wait(command) or (type(command) is StartChild and command[0] in started):
+            continue
+        wake_at = command_times(state, command)[0]
+        if wake_at is None:
+            return now
+        times.append(wake_at)
+    return min(times) if times else None
+
+
+def child_run(flow: Flow, run_id: str, input: Any, command: int, now: float) -> ChildRun:
+    """Return the child run of ``flow`` a ``StartChild`` command ``command`` starts.
+
+    Its first command is issued, due now, as :func:`start_run` does; the
+    parent's save creates it (:attr:`~stepflow.stores.base.Save.children`).
+
+    Raises:
+        ConfigurationError: ``input`` is not JSON data.
+
+    """
+    run_input = _check_input(input)
+    definition = flow.definition
+    state, _ = advance(definition, initial_state(definition, run_id), now=now)
+    return ChildRun(
+        run_id,
+        definition.name,
+        dumps(state),
+        state.status,
+        store_wake_at(state, now),
+        run_input,
+        command,
+        dumps_batch(Batch("start", now, state=state)),
+    )
+
+
+def child_note(state: State, child_id: str, command: int) -> str:
+    """Return the JSON text a finished child run leaves in its parent's inbox.
+
+    ``{"command", "status", "output", "error", "child"}``: the output is the
+    child's ``outputs`` when it completed, the error its record otherwise.
+    """
+    error = state.error
+    return orjson.dumps(
+        {
+            "command": command,
+            "status": state.status,
+            "output": thaw_json(state.outputs) if state.status == COMPLETED else None,
+            "error": None
+            if error is None
+            else {"type": error.type, "message": error.message, "step": error.step},
+            "child": child_id,
+        }
+    ).decode()
+
+
+def child_ended(payload: Any, at: float) -> ChildEnded | None:
+    """Return the effect a child's note (:func:`child_note`) stands for, ``None`` if malformed."""
+    try:
+        error = payload["error"]
+        record = None if error is None else ErrorRecord(**error)
+        return ChildEnded(
+            payload["command"], payload["status"], payload["output"], record, at, payload["child"]
+        )
+    except (KeyError, TypeError):
+        return None
 
 
 #: A run deadline as :func:`start_run` takes it: seconds from the start, a
@@ -297,7 +381,13 @@ def cancel_run(store: Store, run_id: str, reason: str = "", *, clock: Clock | No
     if record.status == "failed" or record.status == "parked":
         status: RunStatus = "cancelled"
         batch = dumps_batch(Batch("cancel", now))
-        store.save(Save(run_id, record.version, None, record.state, status, None, batch), now=now)
+        note = None  # a child tells its parent it ended
+        if record.parent_run_id is not None and record.parent_command is not None:
+            held = structure_state(orjson.loads(record.state))
+            held = held._replace(status="cancelled", error=held.error or _abandoned(reason))
+            note = child_note(held, run_id, record.parent_command)
+        save = Save(run_id, record.version, None, record.state, status, None, batch)
+        store.save(attrs.evolve(save, parent_note=note), now=now)
         return True
     if record.status in FINISHED_STATUSES or record.status == "cancelling":
         return False
@@ -306,6 +396,10 @@ def cancel_run(store: Store, run_id: str, reason: str = "", *, clock: Clock | No
         return store.send_event(run_id, CANCEL_EVENT, reason, key=CANCEL_EVENT, now=now)
     except RunFinishedError:
         return False  # it finished meanwhile
+
+
+def _abandoned(reason: str) -> ErrorRecord:
+    return ErrorRecord("stepflow.errors.RunCancelled", reason, "")
 
 
 def wake(store: Store, run_id: str, *, clock: Clock | None = None) -> bool:

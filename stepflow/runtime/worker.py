@@ -99,21 +99,25 @@ from stepflow.clock import Clock, SystemClock
 from stepflow.codec import Batch, dumps, dumps_batch, loads, structure_state
 from stepflow.core.advance import advance
 from stepflow.core.cleanup import cancel_record, may_run
+from stepflow.core.definition import template_of
 from stepflow.core.events import MAILBOX_LIMIT, mailbox_room, untimed_wait, with_events
 from stepflow.core.groups import command_times, item_of
 from stepflow.core.messages import (
     AwaitEvent,
     CallHandler,
     CancelRequested,
+    ChildEnded,
     Command,
     Effect,
     EventReceived,
     HandlerRaised,
+    StartChild,
     TimerFired,
     Wake,
 )
 from stepflow.core.scopes import handler_error
-from stepflow.core.state import CANCELLING, RUNNING, State
+from stepflow.core.spec import Call
+from stepflow.core.state import CANCELLING, RUNNING, ErrorRecord, State
 from stepflow.errors import (
     ConfigurationError,
     CorruptStateError,
@@ -121,6 +125,7 @@ from stepflow.errors import (
     StaleWriteError,
     StepflowError,
     StoreError,
+    UnknownRunError,
     UnreadableRunError,
 )
 from stepflow.flow import Flow
@@ -128,10 +133,26 @@ from stepflow.interpreter import Interpreter
 from stepflow.runtime import _owner
 from stepflow.runtime.context import RunContext
 from stepflow.runtime.metrics import WorkerMetrics
-from stepflow.runtime.runs import deadline_reason, store_wake_at
+from stepflow.runtime.runs import (
+    cancel_run,
+    child_ended,
+    child_note,
+    child_run,
+    deadline_reason,
+    store_wake_at,
+)
 from stepflow.runtime.schedules import Schedule, Scheduler
-from stepflow.stores._inbox import CANCEL_EVENT
-from stepflow.stores.base import RUN_STATUSES, InboxEvent, Lease, RunRecord, Save, Store
+from stepflow.stores._inbox import CANCEL_EVENT, CHILD_EVENT
+from stepflow.stores.base import (
+    FINISHED_STATUSES,
+    RUN_STATUSES,
+    ChildRun,
+    InboxEvent,
+    Lease,
+    RunRecord,
+    Save,
+    Store,
+)
 from stepflow.versioning import Migration, migrate
 
 __all__ = ["StepReport", "Worker", "WorkerStats"]
@@ -365,6 +386,10 @@ class Worker:
         self._wakeup: asyncio.Event | None = None
         self._leases: dict[str, str] = {}  # run id -> lease token, for renewal
         self._deadlines: dict[str, float | None] = {}  # run id -> its deadline_at
+        # Run id -> (the parent's StartChild id, the parent's run id), for child runs.
+        self._parents: dict[str, tuple[int, str]] = {}
+        # Run id -> the StartChild ids whose child this drive started (see _drive).
+        self._started: dict[str, set[int]] = {}
         # run id -> when its lease ends by this worker's clock (the store's measure).
         self._expires: dict[str, float] = {}
         self._pending: list[tuple[Save, asyncio.Future[RunRecord]]] = []
@@ -744,6 +769,12 @@ class Worker:
         running: dict[int, asyncio.Task[Effect]] = {}
         watching: dict[int, tuple[float, Any]] = {}
         self._deadlines[run_id] = deadline
+        if record.parent_run_id is not None and record.parent_command is not None:
+            self._parents[run_id] = (record.parent_command, record.parent_run_id)
+        # The StartChild commands of this run whose child was started (or asked
+        # to cancel) in this drive: they rest until the child's end comes.
+        started: set[int] = set()
+        self._started[run_id] = started
         try:
             try:
                 if record.unreadable is not None:
@@ -792,9 +823,18 @@ class Worker:
                     c
                     for c in commands
                     if c[0] not in running
+                    and c[0] not in started
                     and (_due(state, c, now) or (early and type(c) is CallHandler))
                 ]
                 early = False
+                if not self._stopping and any(type(c) is StartChild for c in due):
+                    children = [c for c in due if type(c) is StartChild]
+                    state, version, inbox, released = await self._start_children(
+                        flow, run_id, run_input, token, version, state, children, bool(running)
+                    )
+                    if released:
+                        return
+                    continue
                 if not due and not running:
                     await self._save_last(run_id, version, self._token(run_id, token), state, now)
                     return
@@ -863,6 +903,8 @@ class Worker:
             for task in running.values():
                 task.cancel()
             self._deadlines.pop(run_id, None)
+            self._parents.pop(run_id, None)
+            self._started.pop(run_id, None)
             self._leases.pop(run_id, None)  # one task per run: this one ends
             self._expires.pop(run_id, None)
 
@@ -986,7 +1028,8 @@ class Worker:
 
         The journal gets an empty batch, so its sequence stays contiguous.
         """
-        wake_at = store_wake_at(state, now, self._deadlines.get(run_id))
+        started = self._started.get(run_id, ())
+        wake_at = store_wake_at(state, now, self._deadlines.get(run_id), started)
         full = len(state.mailbox) >= MAILBOX_LIMIT
         save = Save(
             run_id,
@@ -998,6 +1041,7 @@ class Worker:
             _NOTHING,
             True,
             mailbox_full=full,
+            parent_note=self._note(run_id, state),
         )
         await self._save(save, now)
 
@@ -1011,15 +1055,18 @@ class Worker:
         running: bool,
         *,
         delivered: int | None = None,
+        children: tuple[ChildRun, ...] = (),
     ) -> tuple[RunRecord, bool]:
         """Save ``new_state`` with its journal ``batch``; return the record and whether it let go.
 
         The lease is released in the same save when nothing of the run is
         running and it has nothing to do now (or the worker is stopping).
-        ``delivered`` is the last inbox event the batch delivered, if any.
+        ``delivered`` is the last inbox event the batch delivered, if any;
+        ``children`` the child runs the save creates.
         """
         now = self.clock.now()
-        wake_at = store_wake_at(new_state, now, self._deadlines.get(run_id))
+        started = self._started.get(run_id, ())
+        wake_at = store_wake_at(new_state, now, self._deadlines.get(run_id), started)
         release = not running and (self._stopping or wake_at is None or wake_at > now)
         save = Save(
             run_id,
@@ -1032,8 +1079,121 @@ class Worker:
             release,
             delivered=delivered,
             mailbox_full=len(new_state.mailbox) >= MAILBOX_LIMIT,
+            children=children,
+            parent_note=self._note(run_id, new_state),
         )
         return await self._save(save, now), release
+
+    def _note(self, run_id: str, state: State) -> str | None:
+        """Return what a child run that ``state`` finishes leaves in its parent's inbox."""
+        parent = self._parents.get(run_id)
+        if parent is None or state.status not in FINISHED_STATUSES:
+            return None
+        return child_note(state, run_id, parent[0])
+
+    async def _start_children(
+        self,
+        flow: Flow,
+        run_id: str,
+        run_input: Any,
+        token: str,
+        version: int,
+        state: State,
+        commands: list[StartChild],
+        running: bool,
+    ) -> tuple[State, int, int, bool]:
+        """Start the children of ``commands`` in one save (or answer those that cannot start).
+
+        Returns the new state, its version, its inbox count and whether the
+        lease was released, as :meth:`_deliver` does.
+        """
+        started = self._started[run_id]
+        effects: list[Effect] = []
+        answered: list[Command] = []
+        children: list[ChildRun] = []
+        for command in commands:
+            outcome = await self._start_child(flow, run_id, run_input, state, command)
+            if outcome is None or isinstance(outcome, ChildRun):
+                started.add(command[0])
+                if outcome is not None:
+                    children.append(outcome)
+            else:
+                effects.append(outcome)
+                answered.append(command)
+        new_state, batch = state, _NOTHING
+        if effects:
+            new_state, _ = advance(flow.definition, state, effects)
+            at = max(_times(effects), default=None)
+            batch = dumps_batch(Batch("effects", at, tuple(effects), tuple(answered)))
+        saved, release = await self._save_batch(
+            run_id, version, token, new_state, batch, running, children=tuple(children)
+        )
+        for done, effect in zip(answered, effects, strict=True):
+            self._count(new_state)
+            if self.on_step is not None:
+                self._report(StepReport(run_id, flow.name, done, effect, new_state))
+        return new_state, saved.version, saved.inbox, release
+
+    async def _start_child(
+        self, flow: Flow, run_id: str, run_input: Any, state: State, command: StartChild
+    ) -> Effect | ChildRun | None:
+        """Start the child of ``command``: the child to create, ``None``, or the step's outcome.
+
+        ``None``: the child exists already (started by an earlier drive) or
+        was asked to cancel, as its cancelling parent is; nothing to create.
+        A child id that names another run, a child flow this worker does not
+        serve, or an ``input``/``id`` handler that raises fail the step.
+        """
+        now = self.clock.now()
+        call = self.flows[flow.name].handlers.get(("call", template_of(command.step)))
+        assert isinstance(call, Call)
+        asked = CallHandler(command.id, "call", command.step, command.event, None)
+        ctx = self._context(flow, run_id, run_input, state, asked)
+        try:
+            child_id = f"{run_id}/{command.key}" if call.id is None else call.id(ctx)
+            if not isinstance(child_id, str) or not child_id:
+                raise ConfigurationError(
+                    f"the id handler of {command.step!r} returned {child_id!r:.80}; "
+                    "a child run id is a non-empty str"
+                )
+            found = await self._store(self._find, child_id)
+            if state.status == CANCELLING:  # the child stops with its parent
+                if found is None or found.parent_run_id != run_id:
+                    return ChildEnded(command.id, "cancelled", None, state.error, now, child_id)
+                reason = state.error.message if state.error is not None else ""
+                await self._store(cancel_run, self.store, child_id, reason, clock=self.clock)
+                return None
+            if found is not None:
+                if found.parent_run_id == run_id and found.parent_command == command.id:
+                    return None  # started by an earlier drive: its end will come
+                message = (
+                    f"the child run id {child_id!r} of step {command.step!r} is used by another "
+                    "run; give each child its own id (id(ctx) must differ per parent and attempt)"
+                )
+                error = ErrorRecord("stepflow.errors.RunExistsError", message, command.step)
+                return HandlerRaised(command.id, error, None, now)
+            child_flow = self.flows.get(call.flow_name)
+            if child_flow is None:
+                raise ConfigurationError(
+                    f"step {command.step!r} calls flow {call.flow_name!r}, which this worker "
+                    f"does not serve (it serves {sorted(self.flows)!r}); add it to the "
+                    "worker's flows"
+                )
+            child_input = call(ctx)
+            if inspect.isawaitable(child_input):
+                child_input = await child_input
+            return child_run(child_flow, child_id, child_input, command.id, now)
+        except StoreError:
+            raise
+        except Exception as exc:  # the step fails, recorded; the worker goes on
+            error = ErrorRecord.from_exception(exc, command.step)
+            return HandlerRaised(command.id, error, exc, self.clock.now())
+
+    def _find(self, run_id: str) -> RunRecord | None:
+        try:
+            return self.store.load(run_id)
+        except UnknownRunError:
+            return None  # (a StoreError: the caller's except does not take it)
 
     async def _take_wake(
         self, run_id: str, version: int, token: str, state: State, woken_at: float
@@ -1092,9 +1252,15 @@ class Worker:
         # A cancellation takes no room in the mailbox: look at one entry at least.
         pending = await self._store(self.store.pending_events, run_id, limit=max(room, 1))
         events: list[InboxEvent] = []
+        ended: list[tuple[InboxEvent, ChildEnded]] = []
         for entry in pending:
+            if entry.name == CHILD_EVENT:  # a child's end: it answers its StartChild
+                found = child_ended(entry.payload, entry.sent_at)
+                if found is not None:
+                    ended.append((entry, found))
+                continue
             if entry.name == CANCEL_EVENT:
-                if not events:
+                if not events and not ended:
                     reason = entry.payload if isinstance(entry.payload, str) else str(entry.payload)
                     cancel = CancelRequested(reason, entry.sent_at)
                     log.info("run %s: cancellation requested (%s)", run_id, reason or "no reason")
@@ -1105,24 +1271,42 @@ class Worker:
             if len(events) >= room:
                 break
             events.append(entry)
-        if not events:
+        if not events and not ended:
             return None
-        effects = tuple(EventReceived(e.name, e.payload, e.sent_at) for e in events)
+        children = {c[0] for c in state.in_flight if type(c) is StartChild}
+        # (An end whose command is no longer in flight answers nothing: it is dropped.)
+        ends = tuple(e for _, e in ended if e.command_id in children)
+        received = tuple(EventReceived(e.name, e.payload, e.sent_at) for e in events)
+        effects: tuple[Effect, ...] = (*received, *ends)
+        delivered = [*events, *(entry for entry, _ in ended)]
+        last_seq = max(event.seq for event in delivered)
+        if not effects:
+            saved, release = await self._save_batch(
+                run_id, version, token, state, _NOTHING, bool(running), delivered=last_seq
+            )
+            return state, saved.version, saved.inbox, release
         new_state, _ = advance(flow.definition, state, effects)
         # The waits the events answer are recorded as answered, as a handler's
         # command is: a replay against a definition that no longer waits there
         # diverges at this batch.
         taken = {answer[0] for answer in with_events(flow.definition, state, effects, None)[1]}
         answered = tuple(c for c in state.in_flight if c[0] in taken)
-        at = max(event.sent_at for event in events)
+        at = max(event.sent_at for event in delivered)
         batch = dumps_batch(Batch("effects", at, effects, answered))
         saved, release = await self._save_batch(
-            run_id, version, token, new_state, batch, bool(running), delivered=events[-1].seq
+            run_id, version, token, new_state, batch, bool(running), delivered=last_seq
         )
+        for end in ends:
+            self._started[run_id].discard(end.command_id)
         self.stats.events += len(effects)
         self._count_finish(new_state)
         if self.on_step is not None:
-            self._report_waits(run_id, flow, answered, new_state, effects)
+            waits = tuple(c for c in answered if type(c) is AwaitEvent)
+            if waits:
+                self._report_waits(run_id, flow, waits, new_state, received)
+            for end in ends:
+                command = next(c for c in answered if c[0] == end.command_id)
+                self._report(StepReport(run_id, flow.name, command, end, new_state))
         return new_state, saved.version, saved.inbox, release
 
     async def _cancel(
@@ -1223,15 +1407,35 @@ class Worker:
         interpreter = self._interpreters[flow.name]
         if type(command) is Wake or type(command) is AwaitEvent:
             return interpreter.fire(command)  # a timer, or a wait for an event timing out
+        if type(command) is StartChild:  # (started by _start_children, never executed)
+            raise InterpreterError(f"step {command.step!r}: a StartChild is not executed")
         assert type(command) is CallHandler
         assert self._slots is not None
+        ctx = self._context(flow, run_id, run_input, state, command)
+        async with self._slots:
+            # A step with a timeout is timed on the loop: an async handler is
+            # cancelled there, a plain one runs on a thread of its own that can
+            # be abandoned (a hung handler must not hold a pool thread forever).
+            if self._on_loop.get((flow.name, command.kind, command.step), False) or (
+                interpreter.timeout_of(command) is not None
+            ):
+                return await interpreter.execute_async(command, ctx)
+            assert self._handler_pool is not None
+            return await self._handler_pool.submit(
+                functools.partial(interpreter.execute, command, ctx)
+            )
+
+    def _context(
+        self, flow: Flow, run_id: str, run_input: Any, state: State, command: CallHandler
+    ) -> RunContext:
+        """Return the context ``command``'s handler is called with."""
         attempt = _attempt(flow, state, command)
         index, item = (None, None)
         if state.groups:
             found = item_of(state, command.step)
             if found is not None:
                 index, item = found
-        ctx = RunContext(
+        return RunContext(
             run_id=run_id,
             flow=flow.name,
             step=command.step,
@@ -1248,18 +1452,6 @@ class Worker:
             error=handler_error(flow.definition, state.outputs, command),
             reporter=functools.partial(self._report_progress, run_id),
         )
-        async with self._slots:
-            # A step with a timeout is timed on the loop: an async handler is
-            # cancelled there, a plain one runs on a thread of its own that can
-            # be abandoned (a hung handler must not hold a pool thread forever).
-            if self._on_loop.get((flow.name, command.kind, command.step), False) or (
-                interpreter.timeout_of(command) is not None
-            ):
-                return await interpreter.execute_async(command, ctx)
-            assert self._handler_pool is not None
-            return await self._handler_pool.submit(
-                functools.partial(interpreter.execute, command, ctx)
-            )
 
     def _report_progress(self, run_id: str, progress: Any) -> None:
         """Write a handler's progress document under this worker's lease (``ctx.report``).

@@ -11,8 +11,10 @@ rules alike:
   run's row lock (SQLite's write lock, PostgreSQL's ``FOR UPDATE``) before it
   numbers its event, so once a worker has read event ``n``, no event below ``n``
   can still appear, and ``Save.delivered = n`` marks exactly the events read.
-* **A running run with undelivered events is due** (:func:`inbox_wake_at`): a
-  send makes it due now; a save that leaves events undelivered keeps it due.
+* **A running (or cancelling) run with undelivered events is due**
+  (:func:`inbox_wake_at`): a send makes a running one due now (a child's
+  outcome, a cancelling one too); a save that leaves events undelivered keeps
+  it due.
 * **In-process listeners** (:class:`Listeners`) hear of each send after its
   commit, so an idle worker in the same process starts at once.
 """
@@ -32,6 +34,7 @@ from stepflow.stores.base import FINISHED_STATUSES, INBOX_LIMIT, MAX_EVENT_BYTES
 
 __all__ = [
     "CANCEL_EVENT",
+    "CHILD_EVENT",
     "Listeners",
     "check_name",
     "dump_event",
@@ -45,6 +48,13 @@ __all__ = [
 #: No user event can have it: event names may not hold ``:``. A worker delivers it
 #: as a :class:`~stepflow.core.messages.CancelRequested` effect.
 CANCEL_EVENT = "stepflow:cancel"
+
+#: The inbox name of a child run's outcome, left in its parent's inbox by the save
+#: that finishes the child (:attr:`~stepflow.stores.base.Save.parent_note`), keyed
+#: by the child's id; its payload ``{"command", "status", "output", "error",
+#: "child"}``. A worker delivers it as a
+#: :class:`~stepflow.core.messages.ChildEnded` effect.
+CHILD_EVENT = "stepflow:child"
 
 log = logging.getLogger("stepflow.stores")
 
@@ -103,7 +113,7 @@ def inbox_wake_at(status: str, wake_at: float | None, inbox: int, now: float) ->
     >>> inbox_wake_at("running", None, 1, 5.0), inbox_wake_at("running", 9.0, 0, 5.0)
     (5.0, 9.0)
     """
-    if inbox > 0 and status == "running":
+    if inbox > 0 and (status == "running" or status == "cancelling"):
         return now if wake_at is None else min(wake_at, now)
     return wake_at
 

@@ -64,6 +64,7 @@ __all__ = [
     "MAX_PROGRESS_BYTES",
     "RUN_COLUMNS",
     "RUN_STATUSES",
+    "ChildRun",
     "InboxEvent",
     "JournalEntry",
     "Lease",
@@ -168,6 +169,11 @@ class RunRecord:
             ``None``. The store only keeps it: the runtime keeps the run's
             ``wake_at`` no later than it while the run is running, and the
             worker that claims it past it cancels it.
+        parent_run_id: For a child run (a ``call`` step's), its parent's id;
+            ``None`` otherwise. Indexed: :meth:`Store.children` lists a run's
+            children.
+        parent_command: For a child run, the id of the parent's
+            :class:`~stepflow.core.messages.StartChild` command that started it.
         unreadable: Why a column of the row cannot be read, or ``None``: the
             record is then incomplete (an unreadable input reads as ``None``).
             Not a column; never part of equality.
@@ -190,6 +196,8 @@ class RunRecord:
     woken_at: float | None = None
     inbox: int = 0
     deadline_at: float | None = None
+    parent_run_id: str | None = None
+    parent_command: int | None = None
     unreadable: UnreadableRunError | None = attrs.field(default=None, eq=False)
 
 
@@ -256,6 +264,32 @@ class JournalEntry:
 
 
 @attrs.frozen
+class ChildRun:
+    """A child run a parent's :class:`Save` creates, in the same transaction.
+
+    Attributes:
+        run_id: The child's id.
+        flow: Its flow's name.
+        state: Its first serialized state (its first command issued).
+        status: Its status (``"running"``).
+        wake_at: When it is due (usually the save's time).
+        input: Its JSON input.
+        command: The id of the parent's ``StartChild`` command.
+        batch: Its first journal entry (seq 1), or ``None``.
+
+    """
+
+    run_id: str
+    flow: str
+    state: str
+    status: RunStatus
+    wake_at: float | None
+    input: Any
+    command: int
+    batch: str | None = None
+
+
+@attrs.frozen
 class Save:
     """One compare-and-swap write of a run's new state.
 
@@ -285,8 +319,20 @@ class Save:
             transaction, and its ``inbox`` count goes down by as many.
         mailbox_full: The new state's mailbox can take no more events: the
             events still undelivered do not make the run due by this save (a
-            later send still does). Otherwise a running run that still has
-            undelivered events after the save is due by the save's time.
+            later send still does). Otherwise a running (or cancelling) run
+            that still has undelivered events after the save is due by the
+            save's time.
+        children: Child runs to create in the same transaction, with this run
+            as their parent (a ``call`` step's, see :class:`ChildRun`). A child
+            id that already names a child of this run is not created again; one
+            that names any other run fails the save with
+            :class:`~stepflow.errors.RunExistsError`, writing nothing.
+        parent_note: For a save that finishes a child run (completed, failed
+            or cancelled): the JSON text of its outcome, left in its parent's
+            inbox under the name :data:`~stepflow.stores._inbox.CHILD_EVENT`
+            (keyed by the child's id: once) in the same transaction, which
+            makes the parent due. Ignored for a run with no parent, or whose
+            parent is finished.
 
     """
 
@@ -302,6 +348,8 @@ class Save:
     takes_wake: bool = False
     delivered: int | None = None
     mailbox_full: bool = False
+    children: tuple[ChildRun, ...] = ()
+    parent_note: str | None = None
 
 
 @attrs.frozen
@@ -530,6 +578,14 @@ class Store(ScheduleStore, Protocol):
 
         That is ``wake_at`` for an unleased run and ``max(wake_at,
         lease_expires_at)`` for a leased one; the worker sleeps until then.
+        """
+        ...
+
+    def children(self, run_id: str) -> list[RunRecord]:
+        """Return the child runs ``run_id`` started (``call`` steps), oldest first.
+
+        Read through the index on :attr:`RunRecord.parent_run_id`; an unknown
+        run has none.
         """
         ...
 

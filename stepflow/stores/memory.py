@@ -14,7 +14,14 @@ from typing import Any
 import attrs
 
 from stepflow.errors import StoreError
-from stepflow.stores._inbox import Listeners, dump_event, inbox_wake_at, load_payload, refusal
+from stepflow.stores._inbox import (
+    CHILD_EVENT,
+    Listeners,
+    dump_event,
+    inbox_wake_at,
+    load_payload,
+    refusal,
+)
 from stepflow.stores._rules import (
     WAKEABLE,
     apply_save,
@@ -33,6 +40,7 @@ from stepflow.stores._rules import (
 from stepflow.stores._schedules import MemorySchedules
 from stepflow.stores.base import (
     ACTIVE_STATUSES,
+    FINISHED_STATUSES,
     InboxEvent,
     JournalEntry,
     Lease,
@@ -84,6 +92,8 @@ class MemoryStore(Listeners, MemorySchedules):
         # Each run's inbox, in seq order (seq = place + 1), and its keys' seqs.
         self._inbox: dict[str, list[_Sent]] = {}
         self._keys: dict[tuple[str, str], int] = {}
+        # Parents a save left a child's outcome for: told after the lock is let go.
+        self._noted: list[str] = []
 
     @staticmethod
     def _out(run: RunRecord) -> RunRecord:
@@ -177,6 +187,29 @@ class MemoryStore(Listeners, MemorySchedules):
         if error is not None:
             return error
         assert run is not None  # check_save refuses a missing run
+        for child in save.children:
+            found = self._runs.get(child.run_id)
+            if found is not None and found.parent_run_id != save.run_id:
+                return run_exists(child.run_id)
+        for child in save.children:
+            if child.run_id not in self._runs:
+                self._runs[child.run_id] = RunRecord(
+                    run_id=child.run_id,
+                    flow=child.flow,
+                    status=child.status,
+                    state=child.state,
+                    version=1,
+                    wake_at=child.wake_at,
+                    input=dump_input(child.input),
+                    created_at=float(now),
+                    updated_at=float(now),
+                    parent_run_id=save.run_id,
+                    parent_command=child.command,
+                )
+                entries = [] if child.batch is None else [child.batch]
+                self._journal[child.run_id] = [
+                    JournalEntry(child.run_id, 1, float(now), b) for b in entries
+                ]
         sent = self._inbox.get(run.run_id, ()) if save.delivered is not None else ()
         delivered = [one for one in sent[: save.delivered] if one.delivered_at is None]
         new = apply_save(run, save, float(now), len(delivered))
@@ -187,12 +220,40 @@ class MemoryStore(Listeners, MemorySchedules):
             self._journal[run.run_id].append(
                 JournalEntry(run_id=run.run_id, seq=new.version, at=float(now), batch=save.batch)
             )
+        parent = new.parent_run_id
+        if parent is not None and save.parent_note is not None and new.status in FINISHED_STATUSES:
+            self._note_parent(parent, new.run_id, save.parent_note, float(now))
         return self._out(new)
+
+    def _note_parent(self, parent_id: str, child_id: str, note: str, now: float) -> None:
+        """Leave a finished child's outcome in its parent's inbox (the caller holds the lock)."""
+        parent = self._runs.get(parent_id)
+        if parent is None or parent.status in FINISHED_STATUSES:
+            return
+        if (parent_id, child_id) in self._keys:
+            return
+        sent = self._inbox.setdefault(parent_id, [])
+        event = InboxEvent(len(sent) + 1, CHILD_EVENT, note, child_id, now)
+        sent.append(_Sent(event))
+        self._keys[(parent_id, child_id)] = event.seq
+        inbox = parent.inbox + 1
+        wake_at = now if parent.wake_at is None else min(parent.wake_at, now)
+        self._runs[parent_id] = attrs.evolve(parent, inbox=inbox, wake_at=wake_at)
+        self._noted.append(parent_id)
+
+    def children(self, run_id: str) -> list[RunRecord]:
+        """Return the child runs of ``run_id``, oldest first (see :meth:`Store.children`)."""
+        with self._lock:
+            found = [r for r in self._runs.values() if r.parent_run_id == run_id]
+        return [self._out(r) for r in sorted(found, key=lambda r: (r.created_at, r.run_id))]
 
     def save(self, save: Save, *, now: float) -> RunRecord:
         """Apply one compare-and-swap save (see :meth:`Store.save`)."""
         with self._lock:
             result = self._save(save, now)
+            noted, self._noted = self._noted, []
+        for parent in noted:
+            self._tell(parent)
         if isinstance(result, StoreError):
             raise result
         return result
@@ -200,7 +261,11 @@ class MemoryStore(Listeners, MemorySchedules):
     def save_many(self, saves: Sequence[Save], *, now: float) -> list[RunRecord | BaseException]:
         """Apply several saves at once (see :meth:`Store.save_many`)."""
         with self._lock:
-            return [self._save(save, now) for save in saves]
+            results: list[RunRecord | BaseException] = [self._save(save, now) for save in saves]
+            noted, self._noted = self._noted, []
+        for parent in noted:
+            self._tell(parent)
+        return results
 
     def renew(
         self, leases: Sequence[tuple[str, str]], *, now: float, lease_seconds: float

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError
-from stepflow.stores._inbox import Listeners, dump_event, load_payload, refusal
+from stepflow.stores._inbox import CHILD_EVENT, Listeners, dump_event, load_payload, refusal
 from stepflow.stores._rules import (
     WAKEABLE,
     check_prune,
@@ -48,6 +48,7 @@ from stepflow.stores._rules import (
 from stepflow.stores._schedules import POSTGRES_MIGRATION, PostgresSchedules
 from stepflow.stores.base import (
     ACTIVE_STATUSES,
+    FINISHED_STATUSES,
     RUN_COLUMNS,
     InboxEvent,
     JournalEntry,
@@ -156,6 +157,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _INBOX,
     # 8: run deadlines (start_run(deadline=)); the runtime keeps wake_at no later.
     ("ALTER TABLE runs ADD COLUMN deadline_at double precision",),
+    # 9: child runs (call steps): each child names its parent and the parent's
+    # command; a parent's children are found through a partial index.
+    (
+        "ALTER TABLE runs ADD COLUMN parent_run_id text",
+        "ALTER TABLE runs ADD COLUMN parent_command bigint",
+        "CREATE INDEX runs_parent ON runs (parent_run_id, created_at, run_id)"
+        " WHERE parent_run_id IS NOT NULL",
+    ),
 )
 
 #: The schema version this code creates and understands.
@@ -178,7 +187,8 @@ WITH saved AS (
     UPDATE runs SET
         state = %(state)s, status = %(status)s,
         wake_at = CASE
-            WHEN inbox - %(delivered)s > 0 AND %(status)s = 'running' AND NOT %(mailbox_full)s
+            WHEN inbox - %(delivered)s > 0 AND %(status)s IN ('running', 'cancelling')
+                AND NOT %(mailbox_full)s
                 THEN LEAST(COALESCE(%(wake_at)s::double precision, %(now)s), %(now)s)
             WHEN %(wake_at)s::double precision IS NULL OR %(takes_wake)s OR woken_at IS NULL
                 THEN %(wake_at)s::double precision
@@ -227,7 +237,8 @@ WITH given AS (
     UPDATE runs SET
         state = s.state, status = s.status,
         wake_at = CASE
-            WHEN runs.inbox - s.delivered > 0 AND s.status = 'running' AND NOT s.mailbox_full
+            WHEN runs.inbox - s.delivered > 0 AND s.status IN ('running', 'cancelling')
+                AND NOT s.mailbox_full
                 THEN LEAST(COALESCE(s.wake_at, %(now)s), %(now)s)
             WHEN s.wake_at IS NULL OR s.takes_wake OR runs.woken_at IS NULL THEN s.wake_at
             ELSE LEAST(s.wake_at, runs.woken_at) END,
@@ -282,6 +293,72 @@ def _changed_while_saving(save: Save) -> StaleWriteError:
     )
 
 
+def _child_conflict(cur: psycopg.Cursor[tuple[Any, ...]], save: Save) -> StoreError | None:
+    """Return the error of a child id of ``save`` that names a run not its child, if any."""
+    cur.execute(
+        "SELECT run_id, parent_run_id FROM runs WHERE run_id = ANY(%s::text[])",
+        ([child.run_id for child in save.children],),
+    )
+    for run_id, parent in cur.fetchall():
+        if parent != save.run_id:
+            return run_exists(run_id)
+    return None
+
+
+def _create_children(cur: psycopg.Cursor[tuple[Any, ...]], save: Save, now: float) -> None:
+    """Create the child runs of ``save`` not created yet, with their first journal entry."""
+    for child in save.children:
+        cur.execute(
+            f"INSERT INTO runs ({_COLUMNS})"
+            " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s,"
+            " NULL, NULL, NULL, NULL, NULL, 0, NULL, %s, %s)"
+            " ON CONFLICT (run_id) DO NOTHING RETURNING run_id",
+            (
+                child.run_id,
+                child.flow,
+                child.status,
+                child.state,
+                child.wake_at,
+                dump_input(child.input),
+                now,
+                now,
+                save.run_id,
+                child.command,
+            ),
+        )
+        if cur.fetchone() is not None and child.batch is not None:
+            cur.execute(
+                "INSERT INTO journal (run_id, seq, at, batch) VALUES (%s, 1, %s, %s)",
+                (child.run_id, now, child.batch),
+            )
+
+
+def _note_parent(
+    cur: psycopg.Cursor[tuple[Any, ...]], child: RunRecord, note: str, now: float
+) -> bool:
+    """Leave a finished child's outcome in its parent's inbox, once; return whether it was."""
+    parent = child.parent_run_id
+    cur.execute("SELECT status FROM runs WHERE run_id = %s FOR UPDATE", (parent,))
+    row = cur.fetchone()
+    if row is None or row[0] in FINISHED_STATUSES:
+        return False
+    cur.execute(
+        "INSERT INTO inbox (run_id, seq, name, payload, key, sent_at)"
+        " SELECT %(run_id)s, COALESCE(max(seq), 0) + 1, %(name)s, %(payload)s,"
+        " %(key)s, %(now)s FROM inbox WHERE run_id = %(run_id)s"
+        " ON CONFLICT DO NOTHING RETURNING seq",
+        {"run_id": parent, "name": CHILD_EVENT, "payload": note, "key": child.run_id, "now": now},
+    )
+    if cur.fetchone() is None:
+        return False
+    cur.execute(
+        "UPDATE runs SET inbox = inbox + 1, wake_at = LEAST(COALESCE(wake_at, %(now)s), %(now)s)"
+        " WHERE run_id = %(run_id)s",
+        {"run_id": parent, "now": now},
+    )
+    return True
+
+
 def _flows(flows: Collection[str] | None) -> list[str] | None:
     return None if flows is None else sorted(flows)
 
@@ -314,6 +391,7 @@ class PostgresStore(Listeners, PostgresSchedules):
         self._channel = "stepflow_events_" + hashlib.sha256(schema.encode()).hexdigest()[:16]
         self._listening: threading.Event | None = None
         self._lock = threading.Lock()
+        self._noted: list[str] = []  # parents told of a child's end after a commit
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         try:
             with self._transaction() as cur:
@@ -427,7 +505,7 @@ class PostgresStore(Listeners, PostgresSchedules):
             cur.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
                 " VALUES (%s, %s, %s, %s, 1, %s, %s::jsonb, %s, %s,"
-                " NULL, NULL, NULL, NULL, NULL, 0, %s)"
+                " NULL, NULL, NULL, NULL, NULL, 0, %s, NULL, NULL)"
                 f" ON CONFLICT (run_id) DO NOTHING RETURNING {_COLUMNS}",
                 (run_id, flow, status, state, wake_at, text, now, now, deadline_at),
             )
@@ -530,6 +608,10 @@ class PostgresStore(Listeners, PostgresSchedules):
         A save that delivers inbox events must run inside a transaction: they are
         counted first, and marked delivered once the save went through.
         """
+        if save.children:
+            conflict = _child_conflict(cur, save)
+            if conflict is not None:
+                return conflict
         delivered = 0
         if save.delivered is not None:
             delivered = _undelivered(cur, [save])[save.run_id]
@@ -540,7 +622,31 @@ class PostgresStore(Listeners, PostgresSchedules):
             return error
         if delivered:
             _mark_delivered(cur, [save], now)
-        return RunRecord(*row)
+        saved = RunRecord(*row)
+        if save.children:
+            _create_children(cur, save, now)
+        parent, note = saved.parent_run_id, save.parent_note
+        if parent is None or note is None or saved.status not in FINISHED_STATUSES:
+            return saved
+        if _note_parent(cur, saved, note, now):
+            cur.execute("SELECT pg_notify(%s, %s)", (self._channel, parent))  # at commit
+            self._noted.append(parent)
+        return saved
+
+    def _tell_noted(self) -> None:
+        """Tell the listeners of the parents the last transaction left a child's outcome for."""
+        noted, self._noted = self._noted, []
+        for parent in noted:
+            self._tell(parent)
+
+    def children(self, run_id: str) -> list[RunRecord]:
+        """Return the child runs of ``run_id``, oldest first (see :meth:`Store.children`)."""
+        with self._transaction() as cur:
+            cur.execute(
+                f"SELECT {_COLUMNS} FROM runs WHERE parent_run_id = %s ORDER BY created_at, run_id",
+                (run_id,),
+            )
+            return [RunRecord(*row) for row in cur.fetchall()]
 
     def save(self, save: Save, *, now: float) -> RunRecord:
         """Apply one compare-and-swap save in its own transaction (see :meth:`Store.save`).
@@ -548,8 +654,10 @@ class PostgresStore(Listeners, PostgresSchedules):
         One statement in autocommit, but for a save delivering inbox events: then
         one transaction of three (count, save, mark).
         """
-        with self._transaction(autocommit=save.delivered is None) as cur:
+        plain = save.delivered is None and not save.children and save.parent_note is None
+        with self._transaction(autocommit=plain) as cur:
             result = self._save(cur, save, now)
+        self._tell_noted()
         if isinstance(result, StoreError):
             raise result
         return result
@@ -566,7 +674,9 @@ class PostgresStore(Listeners, PostgresSchedules):
         """
         if not saves:
             return []
-        if len({save.run_id for save in saves}) < len(saves):
+        if len({save.run_id for save in saves}) < len(saves) or any(
+            save.children or save.parent_note is not None for save in saves
+        ):
             return self._save_each(saves, now)
         with self._transaction() as cur:
             counts = _undelivered(cur, [save for save in saves if save.delivered is not None])
@@ -610,6 +720,7 @@ class PostgresStore(Listeners, PostgresSchedules):
         order = sorted(range(len(saves)), key=lambda index: saves[index].run_id)
         with self._transaction() as cur:
             results = {index: self._save(cur, saves[index], now) for index in order}
+        self._tell_noted()
         return [results[index] for index in range(len(saves))]
 
     def renew(
@@ -989,7 +1100,8 @@ class PostgresStore(Listeners, PostgresSchedules):
             )
             cur.execute("SELECT pg_notify(%s, %s)", (self._channel, run_id))  # at commit
             cur.execute(
-                "UPDATE runs SET inbox = inbox + 1, wake_at = CASE WHEN status = 'running'"
+                "UPDATE runs SET inbox = inbox + 1,"
+                " wake_at = CASE WHEN status IN ('running', 'cancelling')"
                 " THEN LEAST(COALESCE(wake_at, %(now)s), %(now)s) ELSE wake_at END"
                 " WHERE run_id = %(run_id)s",
                 {"run_id": run_id, "now": float(now)},

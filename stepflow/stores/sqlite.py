@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from stepflow.errors import ConfigurationError, StaleWriteError, StoreError, UnreadableRunError
-from stepflow.stores._inbox import Listeners, dump_event, load_payload, refusal
+from stepflow.stores._inbox import CHILD_EVENT, Listeners, dump_event, load_payload, refusal
 from stepflow.stores._rules import (
     WAKEABLE,
     apply_save,
@@ -45,6 +45,7 @@ from stepflow.stores._rules import (
 from stepflow.stores._schedules import SQLITE_MIGRATION, SQLiteSchedules
 from stepflow.stores.base import (
     ACTIVE_STATUSES,
+    FINISHED_STATUSES,
     RUN_COLUMNS,
     InboxEvent,
     JournalEntry,
@@ -152,6 +153,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _INBOX,
     # 8: run deadlines (start_run(deadline=)); the runtime keeps wake_at no later.
     ("ALTER TABLE runs ADD COLUMN deadline_at REAL",),
+    # 9: child runs (call steps): each child names its parent and the parent's
+    # command; a parent's children are found through a partial index.
+    (
+        "ALTER TABLE runs ADD COLUMN parent_run_id TEXT",
+        "ALTER TABLE runs ADD COLUMN parent_command INTEGER",
+        "CREATE INDEX runs_parent ON runs (parent_run_id, created_at, run_id)"
+        " WHERE parent_run_id IS NOT NULL",
+    ),
 )
 
 #: The schema version this code creates and understands.
@@ -189,7 +198,7 @@ _SAVE = f"""
 UPDATE runs SET
     state = ?1, status = ?2, version = version + 1, updated_at = ?4,
     wake_at = CASE
-        WHEN inbox - ?11 > 0 AND ?2 = 'running' AND NOT ?12
+        WHEN inbox - ?11 > 0 AND ?2 IN ('running', 'cancelling') AND NOT ?12
             THEN MIN(COALESCE(?3, ?4), ?4)
         WHEN ?3 IS NULL OR ?10 OR woken_at IS NULL THEN ?3
         ELSE MIN(?3, woken_at) END,
@@ -206,6 +215,62 @@ WHERE run_id = ?6 AND version = ?7
 RETURNING {_COLUMNS}"""
 
 _JOURNAL = "INSERT INTO journal (run_id, seq, at, batch) VALUES (?, ?, ?, ?)"
+
+
+def _child_conflict(db: sqlite3.Connection, save: Save) -> StoreError | None:
+    """Return the error of a child id of ``save`` that names a run not its child, if any."""
+    for child in save.children:
+        row = db.execute(
+            "SELECT parent_run_id FROM runs WHERE run_id = ?", (child.run_id,)
+        ).fetchone()
+        if row is not None and row[0] != save.run_id:
+            return run_exists(child.run_id)
+    return None
+
+
+def _create_children(db: sqlite3.Connection, save: Save, now: float) -> None:
+    """Create the child runs of ``save`` not created yet, with their first journal entry."""
+    for child in save.children:
+        inserted = db.execute(
+            f"INSERT INTO runs ({_COLUMNS})"
+            " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, 0, NULL, ?, ?)"
+            " ON CONFLICT (run_id) DO NOTHING",
+            (
+                child.run_id,
+                child.flow,
+                child.status,
+                child.state,
+                child.wake_at,
+                dump_input(child.input),
+                now,
+                now,
+                save.run_id,
+                child.command,
+            ),
+        ).rowcount
+        if inserted and child.batch is not None:
+            db.execute(_JOURNAL, (child.run_id, 1, now, child.batch))
+
+
+def _note_parent(db: sqlite3.Connection, child: RunRecord, note: str, now: float) -> bool:
+    """Leave a finished child's outcome in its parent's inbox, once; return whether it was."""
+    parent = child.parent_run_id
+    row = db.execute("SELECT status FROM runs WHERE run_id = ?", (parent,)).fetchone()
+    if row is None or row[0] in FINISHED_STATUSES:
+        return False
+    inserted = db.execute(
+        "INSERT INTO inbox (run_id, seq, name, payload, key, sent_at)"
+        " SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM inbox WHERE run_id = ?1"
+        " ON CONFLICT DO NOTHING",
+        (parent, CHILD_EVENT, note, child.run_id, now),
+    ).rowcount
+    if inserted:
+        db.execute(
+            "UPDATE runs SET inbox = inbox + 1, wake_at = MIN(COALESCE(wake_at, ?1), ?1)"
+            " WHERE run_id = ?2",
+            (now, parent),
+        )
+    return bool(inserted)
 
 
 def _record(row: Sequence[Any], *, lenient: bool = False) -> RunRecord:
@@ -339,6 +404,7 @@ class SQLiteStore(Listeners, SQLiteSchedules):
         self.path = os.fspath(path)
         self.synchronous = synchronous.lower()
         self._lock = threading.Lock()
+        self._noted: list[str] = []  # parents told of a child's end after a commit
         try:
             self._db = sqlite3.connect(
                 self.path,
@@ -428,7 +494,8 @@ class SQLiteStore(Listeners, SQLiteSchedules):
         with self._transaction() as db:
             inserted = db.execute(
                 f"INSERT INTO runs ({_COLUMNS})"
-                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, 0, ?)"
+                " VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?,"
+                " NULL, NULL, NULL, NULL, NULL, 0, ?, NULL, NULL)"
                 " ON CONFLICT (run_id) DO NOTHING",
                 (run_id, flow, status, state, wake_at, text, now, now, deadline_at),
             ).rowcount
@@ -524,14 +591,42 @@ class SQLiteStore(Listeners, SQLiteSchedules):
 
         The inbox events it delivers are marked delivered with it.
         """
+        if save.children:
+            conflict = _child_conflict(db, save)
+            if conflict is not None:
+                return conflict
         delivered = 0 if save.delivered is None else _undelivered(db, save)
         if not _HAS_RETURNING:
             result = self._update_checked(db, save, now, delivered)
         else:
             result = self._update_returning(db, save, now, delivered)
-        if delivered and not isinstance(result, StoreError):
+        if isinstance(result, StoreError):
+            return result
+        if delivered:
             _mark_delivered(db, save, now)
+        if save.children:
+            _create_children(db, save, now)
+        parent, note = result.parent_run_id, save.parent_note
+        if parent is None or note is None or result.status not in FINISHED_STATUSES:
+            return result
+        if _note_parent(db, result, note, now):
+            self._noted.append(parent)
         return result
+
+    def _tell_noted(self) -> None:
+        """Tell the listeners of the parents the last transaction left a child's outcome for."""
+        noted, self._noted = self._noted, []
+        for parent in noted:
+            self._tell(parent)
+
+    def children(self, run_id: str) -> list[RunRecord]:
+        """Return the child runs of ``run_id``, oldest first (see :meth:`Store.children`)."""
+        with self._locked() as db:
+            return _records(
+                db,
+                f"SELECT {_COLUMNS} FROM runs WHERE parent_run_id = ? ORDER BY created_at, run_id",
+                (run_id,),
+            )
 
     def _update_returning(
         self, db: sqlite3.Connection, save: Save, now: float, delivered: int
@@ -597,6 +692,7 @@ class SQLiteStore(Listeners, SQLiteSchedules):
             result = self._update(db, save, now)
             if save.batch is not None and not isinstance(result, StoreError):
                 db.execute(_JOURNAL, (save.run_id, result.version, now, save.batch))
+        self._tell_noted()
         if isinstance(result, StoreError):
             raise result
         return result
@@ -621,6 +717,7 @@ class SQLiteStore(Listeners, SQLiteSchedules):
                     if save.batch is not None and isinstance(result, RunRecord)
                 ],
             )
+        self._tell_noted()
         return results
 
     def renew(
@@ -987,7 +1084,8 @@ class SQLiteStore(Listeners, SQLiteSchedules):
                 (run_id, name, text, key, float(now)),
             )
             db.execute(
-                "UPDATE runs SET inbox = inbox + 1, wake_at = CASE WHEN status = 'running'"
+                "UPDATE runs SET inbox = inbox + 1,"
+                " wake_at = CASE WHEN status IN ('running', 'cancelling')"
                 " THEN MIN(COALESCE(wake_at, ?1), ?1) ELSE wake_at END WHERE run_id = ?2",
                 (float(now), run_id),
             )

@@ -13,6 +13,7 @@ from stepflow.codec import dumps, loads
 from stepflow.core.advance import advance, initial_state
 from stepflow.core.definition import FlowDefinition, template_of
 from stepflow.core.messages import (
+    ChildEnded,
     Command,
     Effect,
     HandlerRaised,
@@ -94,6 +95,14 @@ class FlowMachine(RuleBasedStateMachine):
         command = self.command
         assert command is not None
         self.apply(HandlerReturned(command.id, value, self._tick()))
+
+    @precondition(lambda self: self._kind() == "call")
+    @rule(output=json_values)
+    def child_completes(self, output: Any) -> None:
+        """Answer the ``call`` in flight: its child run completed with ``output``."""
+        command = self.command
+        assert command is not None
+        self.apply(ChildEnded(command.id, "completed", output, None, self._tick()))
 
     @precondition(lambda self: self._kind() in _CONDITIONS)
     @rule(result=st.booleans())

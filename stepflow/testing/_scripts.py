@@ -23,11 +23,13 @@ from stepflow.core.groups import command_times
 from stepflow.core.messages import (
     AwaitEvent,
     CancelRequested,
+    ChildEnded,
     Command,
     Effect,
     EventReceived,
     HandlerRaised,
     HandlerReturned,
+    StartChild,
     TimerFired,
     Wake,
 )
@@ -152,6 +154,7 @@ EXIT_OUTCOMES: Mapping[str, Outcome] = {
     "switch": Returns(None),
     "sleep_until": Returns(0),  # a time long past: the timer fires at once
     "compensate": Returns(None),
+    "call": Returns(None),  # the child completes, with no outputs kept
 }
 
 
@@ -248,6 +251,8 @@ class ScriptedWorld:
         if isinstance(outcome, TimesOut) and timeout_at is not None:
             self.clock.set(max(timeout_at, self.clock.now()))
         at = self.clock.advance(self.handler_seconds)
+        if type(command) is StartChild:  # the child's end, scripted (no child runs)
+            return _child_ended(command, outcome, at)
         if isinstance(outcome, Returns):
             return HandlerReturned(command.id, outcome.value, at)
         if isinstance(outcome, TimesOut):
@@ -299,6 +304,15 @@ class ScriptedWorld:
             return WrongKind()
 
         return play
+
+
+def _child_ended(command: StartChild, outcome: Outcome, at: float) -> ChildEnded:
+    """How a scripted child ends: ``Returns(v)`` completes with ``v``, ``Raises`` fails."""
+    if isinstance(outcome, Raises):
+        error = ErrorRecord(outcome.type, outcome.message, command.flow)
+        return ChildEnded(command.id, "failed", None, error, at, command.key)
+    value = outcome.value if isinstance(outcome, Returns) else WrongKind()
+    return ChildEnded(command.id, "completed", value, None, at, command.key)
 
 
 def check_script(definition: FlowDefinition, script: Script) -> None:

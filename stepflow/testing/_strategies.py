@@ -17,6 +17,7 @@ from stepflow.core.compile import scope_name
 from stepflow.core.definition import FlowDefinition
 from stepflow.core.policies import RetryPolicy
 from stepflow.core.spec import (
+    Call,
     Case,
     Catch,
     Do,
@@ -103,22 +104,27 @@ catch_errors = st.sampled_from(
 )
 
 
-def items(depth: int, *, fork: bool = True) -> st.SearchStrategy[Item]:
+def items(depth: int, *, fork: bool = True, calls: bool = True) -> st.SearchStrategy[Item]:
     """One step of any kind; groups nest at most ``depth`` more levels.
 
     With ``fork=False``, no ``parallel`` or ``map`` group: runs of one position.
+    With ``calls=False``, no ``call`` step (child run).
     """
     # (A composite keeps the strategy's repr short: the nested one_of's repr runs
     # to tens of kB, which hypothesis warns about whenever it reports an example.)
-    return _items(depth, fork)
+    return _items(depth, fork, calls)
 
 
 @st.composite
-def _items(draw: st.DrawFn, depth: int, fork: bool) -> Item:
-    return draw(_item_kinds(depth, fork))
+def _items(draw: st.DrawFn, depth: int, fork: bool, calls: bool) -> Item:
+    return draw(_item_kinds(depth, fork, calls))
 
 
-def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
+#: The child flows ``call`` steps are drawn with (by name: scripts answer them).
+_child_flows = st.sampled_from(["child/v1", "other"])
+
+
+def _item_kinds(depth: int, fork: bool, calls: bool) -> st.SearchStrategy[Item]:
     leaves: list[st.SearchStrategy[Item]] = [
         st.builds(Do, step_names, st.just(_unused), st.none() | durations),
         st.builds(
@@ -132,10 +138,12 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
         st.builds(WaitEvent, _event_names, st.none() | durations),
         st.builds(SleepUntil, step_names, st.just(_unused)),
     ]
+    if calls:
+        leaves.append(st.builds(Call, step_names, _child_flows))
     if depth <= 0:
         return st.one_of(leaves)
-    body = bodies(depth - 1, fork=fork)
-    leaves.append(_waits_with_timeout_steps(depth, fork))
+    body = bodies(depth - 1, fork=fork, calls=calls)
+    leaves.append(_waits_with_timeout_steps(depth, fork, calls))
     on_error = st.just(_unused)
     groups: list[st.SearchStrategy[Item]] = [
         st.builds(Case, step_names, st.just(_unused), body),
@@ -191,9 +199,9 @@ def _item_kinds(depth: int, fork: bool) -> st.SearchStrategy[Item]:
 
 
 @st.composite
-def _waits_with_timeout_steps(draw: st.DrawFn, depth: int, fork: bool) -> Item:
+def _waits_with_timeout_steps(draw: st.DrawFn, depth: int, fork: bool, calls: bool) -> Item:
     # (A composite for a short repr, as _items.)
-    on_timeout = draw(bodies(depth - 1, fork=fork))
+    on_timeout = draw(bodies(depth - 1, fork=fork, calls=calls))
     return WaitEvent(draw(_event_names), draw(durations), on_timeout)
 
 
@@ -212,32 +220,41 @@ def _first(pair: tuple[str, Any]) -> str:
     return pair[0]
 
 
-def bodies(depth: int, max_size: int = 3, *, fork: bool = True) -> st.SearchStrategy[Steps]:
+def bodies(
+    depth: int, max_size: int = 3, *, fork: bool = True, calls: bool = True
+) -> st.SearchStrategy[Steps]:
     """Draw a group's steps, names unique in the scope after go-stepflow's suffixing."""
     return st.builds(
         Steps,
         st.just("steps"),
-        st.lists(items(depth, fork=fork), max_size=max_size, unique_by=scope_name).map(tuple),
+        st.lists(items(depth, fork=fork, calls=calls), max_size=max_size, unique_by=scope_name).map(
+            tuple
+        ),
     )
 
 
 @st.composite
-def specs(draw: st.DrawFn, max_depth: int = 3, *, fork: bool = True) -> Steps:
+def specs(draw: st.DrawFn, max_depth: int = 3, *, fork: bool = True, calls: bool = True) -> Steps:
     """Draw a root spec: a random flow tree of every construct.
 
     With ``fork=False``, no ``parallel`` or ``map`` group: runs of one position.
+    With ``calls=False``, no ``call`` step (child run).
     """
     name = draw(_root_names)
-    children = draw(st.lists(items(max_depth, fork=fork), max_size=4, unique_by=scope_name))
+    drawn = items(max_depth, fork=fork, calls=calls)
+    children = draw(st.lists(drawn, max_size=4, unique_by=scope_name))
     return Steps(name, tuple(children))
 
 
-def definitions(max_depth: int = 3, *, fork: bool = True) -> st.SearchStrategy[FlowDefinition]:
+def definitions(
+    max_depth: int = 3, *, fork: bool = True, calls: bool = True
+) -> st.SearchStrategy[FlowDefinition]:
     """Compiled random flows: every construct, nested up to ``max_depth``.
 
     With ``fork=False``, no ``parallel`` or ``map`` group: runs of one position.
+    With ``calls=False``, no ``call`` step (child run).
     """
-    return specs(max_depth, fork=fork).map(lambda s: new(s).definition)
+    return specs(max_depth, fork=fork, calls=calls).map(lambda s: new(s).definition)
 
 
 #: Random flows; the same strategy stepflow's own property tests use.
@@ -261,7 +278,7 @@ json_values = st.recursive(
 
 def outcomes_for(kind: str) -> st.SearchStrategy[Outcome]:
     """Outcomes a handler of ``kind`` can have: mostly successes, sometimes failures."""
-    if kind == "do" or kind == "compensate":
+    if kind == "do" or kind == "compensate" or kind == "call":  # (call: the child's output)
         value: st.SearchStrategy[Outcome] = st.builds(Returns, json_values)
     elif kind == "map":
         value = st.builds(Returns, st.lists(json_values, max_size=3))
@@ -299,8 +316,11 @@ def outcomes(
 
 @st.composite
 def flows_and_scripts(
-    draw: st.DrawFn, max_depth: int = 3
+    draw: st.DrawFn, max_depth: int = 3, *, calls: bool = True
 ) -> tuple[FlowDefinition, dict[HandlerKey, tuple[Outcome, ...]]]:
-    """Draw a random definition with a random outcome script for it."""
-    definition = draw(definitions(max_depth))
+    """Draw a random definition with a random outcome script for it.
+
+    With ``calls=False``, no ``call`` step (child run).
+    """
+    definition = draw(definitions(max_depth, calls=calls))
     return definition, draw(outcomes(definition))
