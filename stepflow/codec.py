@@ -625,6 +625,14 @@ def _unstructure_effect(effect: Effect, command: Command | None) -> dict[str, An
             # A value JSON cannot hold is recorded as the failure advance made of it
             # (result_error), which leads to the very same state.
             error = result_error(command, effect.value) if command is not None else None
+            if error is None and command is not None and command.kind == "compensate":
+                # A compensation's value is ignored (stepflow.core.cleanup, Rule 5).
+                return {
+                    "type": "returned",
+                    "command": effect.command_id,
+                    "value": None,
+                    "at": _time(effect.at),
+                }
             if error is None:
                 raise TypeError(f"effect value {effect.value!r:.80} is not JSON") from None
             return {

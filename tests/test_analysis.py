@@ -271,7 +271,7 @@ def explorable() -> st.SearchStrategy[FlowDefinition]:
     parallel and map groups, whose interleavings multiply the states, are
     explored by the properties of tests/test_analysis_groups.py.
     """
-    return definitions(fork=False, calls=False) | cleanup_flows()  # (calls: test_children)
+    return definitions(fork=False) | cleanup_flows()
 
 
 def rests(t: Transition) -> bool:

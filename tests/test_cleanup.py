@@ -686,3 +686,9 @@ def test_a_retry_around_a_saga_or_a_finally_counts_its_attempts() -> None:
         state = _run(flow)
         assert state.is_failed
         assert log.names.count(step) == 3
+
+
+def test_a_compensation_value_that_is_not_json_is_journaled_as_none() -> None:
+    command = CallHandler(3, "compensate", "f/sSaga/steps/a", "start:f/sSaga/compensate", None)
+    batch = Batch("effects", 1.0, (HandlerReturned(3, object(), 1.0),), (command,))
+    assert loads_batch(dumps_batch(batch)).effects == (HandlerReturned(3, None, 1.0),)

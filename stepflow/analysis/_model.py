@@ -55,6 +55,7 @@ from stepflow.core.messages import (
     EventReceived,
     HandlerRaised,
     HandlerReturned,
+    StartChild,
     TimerFired,
     Wake,
 )
@@ -310,8 +311,8 @@ def outcomes_for(
         return received if command[4] is None else [*received, "timed_out"]
     if kind == "map":
         options = [f"items:{n}" for n in range(max_items + 1)]
-    elif kind == "do" or kind == "compensate":
-        options = ["returned"]
+    elif kind == "do" or kind == "compensate" or kind == "call":
+        options = ["returned"]  # (a call: its child completed; raised: it failed)
     elif kind == "switch":
         cases = definition.table[template_of(command.event)].cases
         options = [f"route:{key}" for key in (*cases, _unmatched(cases))]
@@ -379,9 +380,9 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
         raise AnalysisError(
             f"a wait_event can only be 'received' (or 'timed_out', with a timeout), not {outcome!r}"
         )
-    assert isinstance(command, CallHandler)
-    if outcome == "returned" and (command.kind == "do" or command.kind == "compensate"):
-        return HandlerReturned(command.id, None, at)
+    assert isinstance(command, (CallHandler, StartChild))
+    if outcome == "returned" and command.kind in ("do", "compensate", "call"):
+        return HandlerReturned(command.id, None, at)  # (a call: stepflow.core.children, Rule 4)
     if outcome == "past" and command.kind == "sleep_until":
         return HandlerReturned(command.id, 0, at)
     if outcome in ("true", "false") and command.kind != "do":
@@ -403,7 +404,7 @@ def make_effect(state: State, outcome: Outcome, clock: float, command: Command) 
         return HandlerRaised(command.id, ErrorRecord(error_type, _MESSAGE, command.step), None, at)
     raise AnalysisError(
         f"outcome {outcome!r} cannot answer the {command.kind} command of {command.step!r}; "
-        "use returned (do, compensate), true/false (conditions, on_error), timed_out "
+        "use returned (do, compensate, call), true/false (conditions, on_error), timed_out "
         "(wait_for with a timeout), fired (sleep), past (sleep_until), received/timed_out "
         "(wait_event), items:<n> (a map's items), route:<JSON> (a switch), raised or raised:<type>"
     )
