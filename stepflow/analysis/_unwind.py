@@ -164,8 +164,9 @@ class Unwinder:
         """Pass on what a saga with nothing left to compensate ran for."""
         node = self.definition._node(event)
         error = self.error_of(node.step)
-        index = max(node.shield, 0)
-        if self.cancelling or (error is not None and is_cancellation(error)):
+        index = 1 if node.failures[:1] == (node.step + "/compensate",) else 0  # its own retry
+        shielded = self.definition._node(start_event(node.step)).shield >= 0
+        if (error is not None and is_cancellation(error)) or (self.cancelling and not shielded):
             self.unwind(event, index)
         elif error is not None:
             self.fail(event, index, error)
