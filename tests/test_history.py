@@ -438,10 +438,11 @@ def recorded_runs(
 
 def _plain(value: Any) -> Any:
     """``value`` (a spec) with each finally_ and saga made a plain group, and no compensation."""
+    # (The group keeps the scope name: "<name>Finally" can be no other step's.)
     if isinstance(value, Finally):
-        return Group(value.name, _plain(value.body))
+        return Group(value.name + "Finally", _plain(value.body))
     if isinstance(value, Saga):
-        return Group(value.name, _plain(value.body))
+        return Group(value.name + "Saga", _plain(value.body))
     if isinstance(value, Do):
         return Do(value.name, value.fn, value.timeout)
     if isinstance(value, tuple):
