@@ -118,10 +118,14 @@ def test_a_version_3_database_is_upgraded_with_schedules_and_its_runs(durable: B
     durable.raw("ALTER TABLE runs DROP COLUMN woken_at")  # version 6's
     durable.raw("DROP TABLE inbox")  # and version 7's inbox
     durable.raw("ALTER TABLE runs DROP COLUMN inbox")
+    durable.raw("ALTER TABLE runs DROP COLUMN deadline_at")  # version 8's
+    durable.raw("DROP INDEX runs_parent")  # and version 9's
+    durable.raw("ALTER TABLE runs DROP COLUMN parent_run_id")
+    durable.raw("ALTER TABLE runs DROP COLUMN parent_command")
     durable.raw("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     again = durable.open()
     ((version,),) = durable.raw("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version == "7"
+    assert version == "9"
     assert again.load("old").run_id == "old"
     assert again.create_schedule(record(), now=1.0).version == 1
 
@@ -132,9 +136,9 @@ def test_sqlite_creates_the_latest_version_with_schedules_from_nothing(tmp_path:
         pass
     with closing(sqlite3.connect(path)) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        assert db.execute("SELECT value FROM meta").fetchall() == [("7",)]
+        assert db.execute("SELECT value FROM meta").fetchall() == [("9",)]
     assert "schedules" in tables
-    assert sqlite_module.SCHEMA_VERSION == 7
+    assert sqlite_module.SCHEMA_VERSION == 9
 
 
 def test_a_schedule_row_whose_input_is_not_json_is_marked_and_stops_nobody(
